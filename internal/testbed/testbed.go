@@ -1,0 +1,177 @@
+// Package testbed sets up real libvirt fixtures for integration tests and the
+// demo: the tiny golden VM under a unique name prefix, an overlay directory,
+// and a cleanup that removes every domain, volume, storage pool and file
+// carrying the prefix, even when the test fails.
+package testbed
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/digitalocean/go-libvirt"
+
+	"undervdi/server/config"
+	"undervdi/tinyvm"
+)
+
+// URI is the libvirt the tests use.
+const URI = "qemu:///system"
+
+// CacheDir holds downloaded packages and built images between runs.
+func CacheDir() string {
+	if d := os.Getenv("UNDERVDI_CACHE"); d != "" {
+		return d
+	}
+	return "/var/cache/undervdi"
+}
+
+// Bed is one test's fixtures.
+type Bed struct {
+	Prefix     string // unique; also the broker's pool name
+	Root       string // directory for the test's files
+	OverlayDir string
+	L          *libvirt.Libvirt
+	Art        *tinyvm.Artifacts
+	Golden     *tinyvm.Golden
+	Log        *slog.Logger
+}
+
+// Connect opens a libvirt connection for test code.
+func Connect() (*libvirt.Libvirt, error) {
+	u, _ := url.Parse(URI)
+	return libvirt.ConnectToURI(u)
+}
+
+// New builds (or reuses) the tiny VM image and defines a golden VM with a
+// fresh prefix. Everything is removed when t ends.
+func New(t testing.TB) *Bed {
+	t.Helper()
+	b, err := Setup(context.Background(), "it", testLogger(t))
+	if err != nil {
+		t.Fatalf("testbed: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("testbed cleanup: %v", err)
+		}
+	})
+	return b
+}
+
+// Setup is New for non-test callers (the demo). namePrefix starts the prefix.
+func Setup(ctx context.Context, namePrefix string, log *slog.Logger) (*Bed, error) {
+	rnd := make([]byte, 3)
+	rand.Read(rnd)
+	prefix := namePrefix + hex.EncodeToString(rnd)
+	root := filepath.Join("/var/lib/undervdi-test", prefix)
+	art, err := (&tinyvm.Builder{CacheDir: filepath.Join(CacheDir(), "tinyvm"), Log: log}).Build(ctx)
+	if err != nil {
+		return nil, err
+	}
+	l, err := Connect()
+	if err != nil {
+		return nil, fmt.Errorf("connecting to libvirt (is libvirtd running?): %w", err)
+	}
+	b := &Bed{Prefix: prefix, Root: root, OverlayDir: filepath.Join(root, "overlays"), L: l, Art: art, Log: log}
+	g, err := tinyvm.Define(l, prefix+"-golden", filepath.Join(root, "golden"), art, 160)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	b.Golden = g
+	return b, nil
+}
+
+// Config returns a broker configuration for this bed.
+func (b *Bed) Config(poolSize int) *config.Config {
+	c := config.Default()
+	c.Golden = b.Golden.Name
+	c.PoolName = b.Prefix
+	c.PoolSize = poolSize
+	c.MaxVMs = poolSize + 4
+	c.OverlayDir = b.OverlayDir
+	c.MemoryReserve = 512 << 20
+	c.ReadyTimeout = config.Duration(3 * time.Minute)
+	c.AdminSocket = filepath.Join(b.Root, "admin.sock")
+	c.ReconcileInterval = config.Duration(20 * time.Second)
+	c.LogLevel = "debug"
+	return c
+}
+
+// Close removes everything carrying the prefix: clone domains, the golden,
+// overlays, storage pools, files. It reconnects if libvirt was restarted.
+func (b *Bed) Close() error {
+	l := b.L
+	if !l.IsConnected() {
+		var err error
+		if l, err = Connect(); err != nil {
+			return err
+		}
+	}
+	var errs []string
+	doms, _, err := l.ConnectListAllDomains(1, 0)
+	if err != nil {
+		errs = append(errs, err.Error())
+	}
+	for _, d := range doms {
+		if strings.HasPrefix(d.Name, b.Prefix+"-") {
+			l.DomainDestroy(d)
+			if err := l.DomainUndefineFlags(d, libvirt.DomainUndefineNvram|libvirt.DomainUndefineManagedSave); err != nil && !libvirt.IsNotFound(err) {
+				errs = append(errs, err.Error())
+			}
+		}
+	}
+	if b.Golden != nil {
+		if err := b.Golden.Remove(l); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	pools, _, _ := l.ConnectListAllStoragePools(1, 0)
+	for _, p := range pools {
+		if strings.HasPrefix(p.Name, b.Prefix+"-") {
+			l.StoragePoolDestroy(p)
+			l.StoragePoolUndefine(p)
+		}
+	}
+	if err := os.RemoveAll(b.Root); err != nil {
+		errs = append(errs, err.Error())
+	}
+	l.Disconnect()
+	if len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// Leftovers lists the domains and overlay files of the bed's pool: what a
+// crash could leak.
+func (b *Bed) Leftovers(l *libvirt.Libvirt) (domains []string, overlays []string, err error) {
+	doms, _, err := l.ConnectListAllDomains(1, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, d := range doms {
+		if strings.HasPrefix(d.Name, b.Prefix+"-") && d.Name != b.Golden.Name {
+			domains = append(domains, d.Name)
+		}
+	}
+	overlays, _ = filepath.Glob(filepath.Join(b.OverlayDir, "*"))
+	return domains, overlays, nil
+}
+
+func testLogger(testing.TB) *slog.Logger {
+	if !testing.Verbose() {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"undervdi/server/config"
+	"undervdi/server/virt"
+)
+
+// check validates the configuration and the golden VM without touching the
+// pool: what an operator runs after editing either.
+func check(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", config.DefaultPath, "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return exitSetup
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
+		return exitSetup
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	host, err := virt.Open(ctx, cfg.LibvirtURI, slog.New(slog.DiscardHandler))
+	if err != nil {
+		fmt.Fprintf(stderr, "vdi-broker: %v\n", err)
+		return exitSetup
+	}
+	if err := waitConnected(ctx, host); err != nil {
+		fmt.Fprintf(stderr, "vdi-broker: cannot reach libvirt at %s: %v\n", cfg.LibvirtURI, err)
+		return exitError
+	}
+	g, err := host.Golden(ctx, cfg.Golden)
+	if err != nil {
+		fmt.Fprintf(stderr, "vdi-broker: %v\n", err)
+		return exitSetup
+	}
+	fmt.Fprintf(stdout, "config %s: ok\ngolden %s: ok (%d MiB, %d disk(s) to clone, guest agent: %v)\n",
+		*path, g.Name, g.Memory>>20, len(g.WritableDisks()), g.HasAgent)
+	return exitOK
+}
+
+func waitConnected(ctx context.Context, host *virt.Host) error {
+	for {
+		select {
+		case ev := <-host.Events():
+			if ev.Kind == virt.Connected {
+				return nil
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

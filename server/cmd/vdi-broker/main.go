@@ -1,0 +1,52 @@
+// Command vdi-broker is the undervdi broker on the KVM server: it keeps a pool
+// of disposable VMs on libvirt and hands them to kiosks.
+//
+//	vdi-broker run    [-config FILE]          run the daemon (the systemd unit does)
+//	vdi-broker status [-config FILE] [-json]  show the pool and every VM
+//	vdi-broker check  [-config FILE]          validate the config and the golden VM
+//	vdi-broker example-config                 print the documented example config
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+// Exit statuses; 2 tells systemd (RestartPreventExitStatus) not to retry.
+const (
+	exitOK    = 0
+	exitError = 1
+	exitSetup = 2
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	verb := "run"
+	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+		verb, args = args[0], args[1:]
+	}
+	switch verb {
+	case "run":
+		return runDaemon(args, stderr)
+	case "status":
+		return status(args, stdout, stderr)
+	case "check":
+		return check(args, stdout, stderr)
+	case "example-config":
+		return exampleConfig(stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "vdi-broker: unknown command %q\n%s", verb, usage)
+	return exitSetup
+}
+
+const usage = `usage:
+  vdi-broker run    [-config FILE]          run the daemon
+  vdi-broker status [-config FILE] [-json]  show the pool and every VM
+  vdi-broker check  [-config FILE]          validate the config and the golden VM
+  vdi-broker example-config                 print the documented example config
+`

@@ -1,0 +1,467 @@
+// Package domxml is the broker's model of libvirt domain XML: it checks a
+// golden VM's definition, derives a disposable clone's definition from it,
+// and reads back what the broker needs from a pool domain. It edits an XML
+// tree (beevik/etree), never text, and keeps every element it does not know.
+package domxml
+
+import (
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/beevik/etree"
+)
+
+// Namespace and Prefix identify the broker's element in a domain's <metadata>.
+const (
+	Namespace = "https://undervdi.org/xmlns/vm/1"
+	Prefix    = "vdi"
+)
+
+// AgentChannel is the virtio-serial port name of qemu-guest-agent.
+const AgentChannel = "org.qemu.guest_agent.0"
+
+// ErrGolden marks problems with the golden VM's definition.
+var ErrGolden = errors.New("golden VM unusable")
+
+// Disk is one <disk> of a domain.
+type Disk struct {
+	Target    string // guest device name, e.g. vda
+	Device    string // disk, cdrom, floppy, lun
+	Type      string // file, block, network, volume, dir, nvme
+	Path      string // source file, for type file
+	Format    string // driver type, e.g. qcow2, raw
+	ReadOnly  bool
+	Shareable bool
+	Capacity  uint64 // virtual size in bytes; filled in by the host's golden check
+}
+
+// Writable reports whether the guest can write the disk, which is what makes
+// it need a per-clone overlay.
+func (d Disk) Writable() bool { return !d.ReadOnly && d.Device != "cdrom" }
+
+// Golden is a checked golden VM definition.
+type Golden struct {
+	Name     string
+	Memory   uint64 // bytes, from <memory>
+	Disks    []Disk
+	HasAgent bool // a qemu-guest-agent channel is defined
+	doc      *etree.Document
+}
+
+// WritableDisks returns the disks that each clone gets an overlay for.
+func (g *Golden) WritableDisks() []Disk {
+	var out []Disk
+	for _, d := range g.Disks {
+		if d.Writable() {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// ParseGolden reads the inactive XML of the golden domain and checks that it
+// can be cloned safely: each writable disk is a file image (qcow2 or raw)
+// that is not shared, and no host device is passed through. All problems are
+// reported at once.
+func ParseGolden(text string) (*Golden, error) {
+	doc := etree.NewDocument()
+	if err := doc.ReadFromString(text); err != nil {
+		return nil, fmt.Errorf("%w: domain XML: %v", ErrGolden, err)
+	}
+	root := doc.Root()
+	if root == nil || root.Tag != "domain" {
+		return nil, fmt.Errorf("%w: not a <domain> document", ErrGolden)
+	}
+	g := &Golden{Name: childText(root, "name"), doc: doc}
+	mem, err := memoryBytes(root.SelectElement("memory"))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrGolden, err)
+	}
+	g.Memory = mem
+	g.Disks = disks(root)
+	g.HasAgent = agentChannel(root) != nil
+
+	var errs []error
+	problem := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	for _, d := range g.Disks {
+		if !d.Writable() {
+			continue
+		}
+		switch {
+		case d.Type != "file":
+			problem("disk %s is a %q disk, not a file image: only qcow2 or raw files can be cloned", d.Target, d.Type)
+		case d.Path == "":
+			problem("disk %s has no source file", d.Target)
+		case d.Format != "qcow2" && d.Format != "raw":
+			problem("disk %s has format %q: only qcow2 or raw can be cloned (set <driver type=...>)", d.Target, d.Format)
+		}
+		if d.Shareable {
+			problem("disk %s is shareable: a writable disk shared between visitors' VMs would leak their data", d.Target)
+		}
+	}
+	if len(g.WritableDisks()) == 0 {
+		problem("no writable disk: nothing to clone")
+	}
+	for _, h := range root.FindElements("./devices/hostdev") {
+		problem("a host device (<hostdev type=%q>) is passed through: it cannot belong to several clones", h.SelectAttrValue("type", "?"))
+	}
+	if len(root.FindElements("./devices/interface[@type='hostdev']")) > 0 {
+		problem("a network interface of type hostdev is passed through: it cannot belong to several clones")
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %q: %w", ErrGolden, g.Name, errors.Join(errs...))
+	}
+	return g, nil
+}
+
+// Clone says what makes one clone different from the golden.
+type Clone struct {
+	Name          string
+	UUID          string
+	Overlays      map[string]string // disk target -> overlay path, for every writable disk
+	SpicePassword string
+	Meta          Metadata
+	MAC           func() string // returns a fresh MAC address per call
+}
+
+// CloneXML derives the clone's domain XML from the golden's:
+//   - new name, UUID and VM generation ID; a fresh MAC per NIC;
+//   - each writable disk points at its qcow2 overlay (the golden's disk becomes
+//     its backing file and is never written);
+//   - the only display is SPICE on a unix socket with the clone's password:
+//     VNC or SPICE on the network would bypass the broker;
+//   - character devices that write host files or listen on the network become
+//     ptys (a console log would outlive the visitor); agent sockets get
+//     per-domain paths;
+//   - UEFI variables come from the golden's as a template, into a file of the
+//     clone's own;
+//   - power off, reboot and crash all destroy the domain, which ends the session.
+func (g *Golden) CloneXML(c Clone) (string, error) {
+	doc := g.doc.Copy()
+	root := doc.Root()
+	root.RemoveAttr("id")
+	setChild(root, "name", c.Name)
+	setChild(root, "uuid", c.UUID)
+	setChild(root, "description", fmt.Sprintf("undervdi disposable clone of %s: destroyed with its disk after one use", g.Name))
+	if genid := root.SelectElement("genid"); genid != nil {
+		genid.SetText("") // libvirt generates a new one
+	}
+	for _, ev := range []string{"on_poweroff", "on_reboot", "on_crash"} {
+		setChild(root, ev, "destroy")
+	}
+	if err := setMetadata(root, c.Meta); err != nil {
+		return "", err
+	}
+	if nv := root.FindElement("./os/nvram"); nv != nil {
+		if path := strings.TrimSpace(nv.Text()); path != "" {
+			nv.CreateAttr("template", path)
+			nv.SetText("")
+		}
+	}
+	devices := root.SelectElement("devices")
+	if devices == nil {
+		return "", fmt.Errorf("%w: %q has no <devices>", ErrGolden, g.Name)
+	}
+	for _, el := range devices.SelectElements("disk") {
+		d := diskOf(el)
+		if !d.Writable() {
+			continue
+		}
+		overlay, ok := c.Overlays[d.Target]
+		if !ok {
+			return "", fmt.Errorf("no overlay given for writable disk %s", d.Target)
+		}
+		el.CreateAttr("type", "file")
+		for _, s := range el.SelectElements("source") {
+			el.RemoveChild(s)
+		}
+		el.InsertChildAt(0, newElement("source", "file", overlay))
+		for _, b := range el.SelectElements("backingStore") {
+			el.RemoveChild(b)
+		}
+		drv := el.SelectElement("driver")
+		if drv == nil {
+			drv = el.CreateElement("driver")
+			drv.CreateAttr("name", "qemu")
+		}
+		drv.CreateAttr("type", "qcow2")
+	}
+	for _, nic := range devices.SelectElements("interface") {
+		for _, name := range []string{"mac", "target", "alias"} {
+			for _, e := range nic.SelectElements(name) {
+				nic.RemoveChild(e)
+			}
+		}
+		nic.InsertChildAt(0, newElement("mac", "address", c.MAC()))
+	}
+	setSpiceSocket(devices, c.SpicePassword)
+	for _, tag := range []string{"serial", "console", "parallel", "channel"} {
+		for _, el := range devices.SelectElements(tag) {
+			confineChardev(el)
+		}
+	}
+	doc.Indent(2)
+	return doc.WriteToString()
+}
+
+// setSpiceSocket replaces every display with SPICE on a unix socket whose
+// path libvirt picks per domain. Settings of the golden's own SPICE display
+// (compression, streaming, clipboard, ...) are kept.
+func setSpiceSocket(devices *etree.Element, password string) {
+	spice := etree.NewElement("graphics")
+	spice.CreateAttr("type", "spice")
+	for _, gr := range devices.SelectElements("graphics") {
+		if gr.SelectAttrValue("type", "") == "spice" {
+			for _, ch := range gr.ChildElements() {
+				switch ch.Tag {
+				case "image", "jpeg", "zlib", "playback", "streaming", "clipboard", "mouse", "filetransfer", "gl":
+					spice.AddChild(ch.Copy())
+				}
+			}
+		}
+		devices.RemoveChild(gr)
+	}
+	spice.CreateAttr("passwd", password)
+	spice.InsertChildAt(0, newElement("listen", "type", "socket"))
+	devices.AddChild(spice)
+}
+
+// confineChardev keeps a character device off the host's file system and
+// network, except the unix sockets libvirt names per domain.
+func confineChardev(el *etree.Element) {
+	for _, l := range el.SelectElements("log") {
+		el.RemoveChild(l)
+	}
+	typ := el.SelectAttrValue("type", "pty")
+	switch {
+	case typ == "pty" || typ == "null" || typ == "spicevmc" || typ == "spiceport" || typ == "vc":
+		return
+	case typ == "unix" && el.Tag == "channel":
+		for _, s := range el.SelectElements("source") {
+			el.RemoveChild(s) // libvirt then creates a per-domain socket
+		}
+		return
+	}
+	el.CreateAttr("type", "pty")
+	for _, s := range el.SelectElements("source") {
+		el.RemoveChild(s)
+	}
+	for _, p := range el.SelectElements("protocol") {
+		el.RemoveChild(p)
+	}
+}
+
+// Domain is what the broker reads back from one of its pool's domains.
+type Domain struct {
+	Name          string
+	UUID          string
+	Running       bool      // libvirt gave it an id: running or paused
+	Meta          *Metadata // nil when the domain is not the broker's
+	Disks         []Disk
+	MACs          []string
+	SpiceSocket   string // path of the SPICE unix socket, when running
+	SpicePassword string // only present in XML read with the secure flag
+	AgentState    string // "connected", "disconnected" or "" (no channel or not running)
+	StopReason    string // why a domain that is not running stopped; filled in by the host
+}
+
+// ParseDomain reads a domain's XML (live or inactive).
+func ParseDomain(text string) (*Domain, error) {
+	doc := etree.NewDocument()
+	if err := doc.ReadFromString(text); err != nil {
+		return nil, fmt.Errorf("domain XML: %w", err)
+	}
+	root := doc.Root()
+	if root == nil || root.Tag != "domain" {
+		return nil, errors.New("domain XML: no <domain> element")
+	}
+	id := root.SelectAttrValue("id", "-1")
+	d := &Domain{
+		Name:    childText(root, "name"),
+		UUID:    childText(root, "uuid"),
+		Running: id != "-1",
+		Disks:   disks(root),
+	}
+	for _, m := range root.FindElements("./devices/interface/mac") {
+		d.MACs = append(d.MACs, m.SelectAttrValue("address", ""))
+	}
+	if gr := root.FindElement("./devices/graphics[@type='spice']"); gr != nil {
+		d.SpicePassword = gr.SelectAttrValue("passwd", "")
+		if l := gr.FindElement("./listen[@type='socket']"); l != nil {
+			d.SpiceSocket = l.SelectAttrValue("socket", "")
+		}
+	}
+	if ch := agentChannel(root); ch != nil {
+		if t := ch.SelectElement("target"); t != nil {
+			d.AgentState = t.SelectAttrValue("state", "")
+		}
+	}
+	if md := root.SelectElement("metadata"); md != nil {
+		for _, el := range md.ChildElements() {
+			if el.NamespaceURI() != Namespace {
+				continue
+			}
+			m, err := parseMetadata(el)
+			if err != nil {
+				return nil, fmt.Errorf("domain %s: %w", d.Name, err)
+			}
+			d.Meta = m
+		}
+	}
+	return d, nil
+}
+
+// State is a pool VM's place in its life, as recorded in its metadata.
+type State string
+
+// The states of a pool VM. A VM only moves forward through them, except that
+// an offered VM that was never linked may go back to clean.
+const (
+	Booting State = "booting" // defined and started, not ready yet
+	Clean   State = "clean"   // ready, never offered or linked
+	Offered State = "offered" // handed to a kiosk, not linked yet
+	InUse   State = "in-use"  // a client linked: never offered again
+	Ending  State = "ending"  // being destroyed with its disk
+)
+
+// Metadata is the broker's element in a domain's <metadata>.
+type Metadata struct {
+	Pool   string    `xml:"pool"`
+	State  State     `xml:"state"`
+	Since  time.Time `xml:"since"`
+	Golden string    `xml:"golden"`
+}
+
+// Element is the metadata as the single element virDomainSetMetadata takes;
+// libvirt puts it in the broker's namespace.
+func (m Metadata) Element() string {
+	b, err := xml.Marshal(struct {
+		XMLName xml.Name `xml:"vm"`
+		Metadata
+	}{Metadata: m})
+	if err != nil {
+		panic(err) // only strings and a time: cannot fail
+	}
+	return string(b)
+}
+
+func parseMetadata(el *etree.Element) (*Metadata, error) {
+	m := &Metadata{
+		Pool:   childText(el, "pool"),
+		State:  State(childText(el, "state")),
+		Golden: childText(el, "golden"),
+	}
+	if s := childText(el, "since"); s != "" {
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return nil, fmt.Errorf("metadata since %q: %w", s, err)
+		}
+		m.Since = t
+	}
+	return m, nil
+}
+
+func setMetadata(root *etree.Element, m Metadata) error {
+	md := root.SelectElement("metadata")
+	if md == nil {
+		md = root.CreateElement("metadata")
+	}
+	for _, el := range md.ChildElements() {
+		if el.NamespaceURI() == Namespace {
+			md.RemoveChild(el)
+		}
+	}
+	frag := etree.NewDocument()
+	if err := frag.ReadFromString(m.Element()); err != nil {
+		return err
+	}
+	vm := frag.Root()
+	vm.Space = Prefix
+	vm.CreateAttr("xmlns:"+Prefix, Namespace)
+	md.AddChild(vm)
+	return nil
+}
+
+func disks(root *etree.Element) []Disk {
+	var out []Disk
+	for _, el := range root.FindElements("./devices/disk") {
+		out = append(out, diskOf(el))
+	}
+	return out
+}
+
+func diskOf(el *etree.Element) Disk {
+	d := Disk{
+		Type:      el.SelectAttrValue("type", "file"),
+		Device:    el.SelectAttrValue("device", "disk"),
+		ReadOnly:  el.SelectElement("readonly") != nil,
+		Shareable: el.SelectElement("shareable") != nil,
+	}
+	if t := el.SelectElement("target"); t != nil {
+		d.Target = t.SelectAttrValue("dev", "")
+	}
+	if s := el.SelectElement("source"); s != nil {
+		d.Path = s.SelectAttrValue("file", "")
+	}
+	if drv := el.SelectElement("driver"); drv != nil {
+		d.Format = drv.SelectAttrValue("type", "")
+	}
+	return d
+}
+
+func agentChannel(root *etree.Element) *etree.Element {
+	for _, ch := range root.FindElements("./devices/channel") {
+		if t := ch.SelectElement("target"); t != nil && t.SelectAttrValue("name", "") == AgentChannel {
+			return ch
+		}
+	}
+	return nil
+}
+
+// memoryBytes converts <memory unit='KiB'>N</memory> to bytes.
+func memoryBytes(el *etree.Element) (uint64, error) {
+	if el == nil {
+		return 0, errors.New("no <memory> element")
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(el.Text()), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("<memory> %q: %v", el.Text(), err)
+	}
+	unit := el.SelectAttrValue("unit", "KiB")
+	mult := map[string]uint64{
+		"b": 1, "bytes": 1,
+		"KB": 1000, "k": 1 << 10, "KiB": 1 << 10,
+		"MB": 1000 * 1000, "M": 1 << 20, "MiB": 1 << 20,
+		"GB": 1000 * 1000 * 1000, "G": 1 << 30, "GiB": 1 << 30,
+		"TB": 1000 * 1000 * 1000 * 1000, "T": 1 << 40, "TiB": 1 << 40,
+	}[unit]
+	if mult == 0 {
+		return 0, fmt.Errorf("<memory> unit %q is unknown", unit)
+	}
+	return n * mult, nil
+}
+
+func childText(el *etree.Element, tag string) string {
+	if c := el.SelectElement(tag); c != nil {
+		return strings.TrimSpace(c.Text())
+	}
+	return ""
+}
+
+func setChild(el *etree.Element, tag, text string) {
+	c := el.SelectElement(tag)
+	if c == nil {
+		c = el.CreateElement(tag)
+	}
+	c.SetText(text)
+}
+
+func newElement(tag, attr, value string) *etree.Element {
+	e := etree.NewElement(tag)
+	e.CreateAttr(attr, value)
+	return e
+}

@@ -1,0 +1,207 @@
+package domxml
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func readGolden(t *testing.T) *Golden {
+	t.Helper()
+	b, err := os.ReadFile("testdata/win10.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := ParseGolden(string(b))
+	if err != nil {
+		t.Fatalf("ParseGolden(win10.xml) = %v", err)
+	}
+	return g
+}
+
+func TestParseGolden(t *testing.T) {
+	g := readGolden(t)
+	if g.Name != "win10" || g.Memory != 4<<30 || !g.HasAgent {
+		t.Errorf("ParseGolden = name %q memory %d agent %v, want win10, 4 GiB, agent", g.Name, g.Memory, g.HasAgent)
+	}
+	var targets []string
+	for _, d := range g.WritableDisks() {
+		targets = append(targets, d.Target+"="+d.Format+":"+d.Path)
+	}
+	want := []string{"sda=qcow2:/var/lib/libvirt/images/win10.qcow2", "vdb=raw:/var/lib/libvirt/images/data.img"}
+	if fmt.Sprint(targets) != fmt.Sprint(want) {
+		t.Errorf("WritableDisks = %v, want %v (the read-only ISO is shared, not cloned)", targets, want)
+	}
+}
+
+func TestCloneXML(t *testing.T) {
+	g := readGolden(t)
+	since := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	macs := 0
+	out, err := g.CloneXML(Clone{
+		Name: "undervdi-0a1b2c3d",
+		UUID: "11111111-2222-4333-8444-555555555555",
+		Overlays: map[string]string{
+			"sda": "/var/lib/undervdi/overlays/undervdi-0a1b2c3d-sda.qcow2",
+			"vdb": "/var/lib/undervdi/overlays/undervdi-0a1b2c3d-vdb.qcow2",
+		},
+		SpicePassword: "per-vm-secret",
+		Meta:          Metadata{Pool: "undervdi", State: Booting, Since: since, Golden: "win10"},
+		MAC:           func() string { macs++; return fmt.Sprintf("52:54:00:00:00:%02x", macs) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := ParseDomain(out)
+	if err != nil {
+		t.Fatalf("ParseDomain(clone) = %v", err)
+	}
+	if d.Name != "undervdi-0a1b2c3d" || d.UUID != "11111111-2222-4333-8444-555555555555" {
+		t.Errorf("clone name/uuid = %s %s", d.Name, d.UUID)
+	}
+	if d.Running {
+		t.Errorf("clone XML claims to be running")
+	}
+	if want := []string{"52:54:00:00:00:01", "52:54:00:00:00:02"}; fmt.Sprint(d.MACs) != fmt.Sprint(want) {
+		t.Errorf("MACs = %v, want %v", d.MACs, want)
+	}
+	wantMeta := Metadata{Pool: "undervdi", State: Booting, Since: since, Golden: "win10"}
+	if d.Meta == nil || *d.Meta != wantMeta {
+		t.Errorf("Meta = %+v, want %+v", d.Meta, wantMeta)
+	}
+	if d.SpicePassword != "per-vm-secret" {
+		t.Errorf("SpicePassword = %q", d.SpicePassword)
+	}
+	for _, disk := range d.Disks {
+		switch disk.Target {
+		case "sda", "vdb":
+			if disk.Format != "qcow2" || !strings.HasPrefix(disk.Path, "/var/lib/undervdi/overlays/undervdi-0a1b2c3d-"+disk.Target) {
+				t.Errorf("disk %s = %+v, want its qcow2 overlay", disk.Target, disk)
+			}
+		case "sdb":
+			if disk.Path != "/var/lib/libvirt/images/virtio-win.iso" {
+				t.Errorf("read-only ISO changed: %+v", disk)
+			}
+		}
+	}
+	for _, must := range []string{
+		`<on_reboot>destroy</on_reboot>`,
+		`<on_crash>destroy</on_crash>`,
+		`<nvram template="/var/lib/libvirt/qemu/nvram/win10_VARS.fd"/>`,
+		`<genid/>`,
+		`<listen type="socket"/>`,
+		`<image compression="auto_glz"/>`,
+		`<streaming mode="filter"/>`,
+		`<other:app xmlns:other="https://example.org/other">`,
+		`<target type="virtio" name="org.qemu.guest_agent.0"/>`,
+		`cache="none"`,
+		`<redirdev bus="usb" type="spicevmc"/>`,
+	} {
+		if !strings.Contains(out, must) {
+			t.Errorf("clone XML lacks %s", must)
+		}
+	}
+	for _, mustNot := range []string{
+		"win10.qcow2\"/>", // the golden disk is no disk of the clone
+		"data.img",
+		`type="vnc"`,
+		"0.0.0.0",
+		"5901",
+		"golden-secret",
+		"secure",
+		"/var/log/",
+		"4555",
+		"vnet7",
+		"52:54:00:aa:bb",
+		"6f1c1e3a",
+		"1e4d1c3a",
+		"backingStore",
+		"win10.org.qemu.guest_agent.0",
+	} {
+		if strings.Contains(out, mustNot) {
+			t.Errorf("clone XML still contains %q:\n%s", mustNot, out)
+		}
+	}
+	if n := strings.Count(out, "<graphics"); n != 1 {
+		t.Errorf("clone has %d displays, want exactly one (SPICE on a socket)", n)
+	}
+	if n := strings.Count(out, `type="pty"`); n != 3 {
+		t.Errorf("clone has %d pty chardevs, want 3 (two serials and the console)", n)
+	}
+}
+
+func TestCloneXMLNeedsEveryOverlay(t *testing.T) {
+	g := readGolden(t)
+	_, err := g.CloneXML(Clone{Name: "x", UUID: "u", Overlays: map[string]string{"sda": "/o"}, MAC: func() string { return "52:54:00:00:00:01" }})
+	if err == nil || !strings.Contains(err.Error(), "vdb") {
+		t.Errorf("CloneXML without vdb's overlay = %v, want an error naming vdb", err)
+	}
+}
+
+func TestParseGoldenErrors(t *testing.T) {
+	base := func(devices string) string {
+		return `<domain type='kvm'><name>g</name><memory unit='MiB'>512</memory><devices>` + devices + `</devices></domain>`
+	}
+	for _, tc := range []struct {
+		xml  string
+		want string
+	}{
+		{base(`<disk type='block' device='disk'><driver type='raw'/><source dev='/dev/vg/win'/><target dev='vda'/></disk>`), `disk vda is a "block" disk, not a file image`},
+		{base(`<disk type='network' device='disk'><driver type='raw'/><source protocol='rbd' name='p/i'/><target dev='vda'/></disk>`), `"network" disk`},
+		{base(`<disk type='file' device='disk'><driver type='vmdk'/><source file='/a.vmdk'/><target dev='vda'/></disk>`), `format "vmdk"`},
+		{base(`<disk type='file' device='disk'><driver type='qcow2'/><source file='/a'/><target dev='vda'/><shareable/></disk>`), "shareable"},
+		{base(`<disk type='file' device='cdrom'><source file='/a.iso'/><target dev='sda'/><readonly/></disk>`), "no writable disk"},
+		{base(`<disk type='file' device='disk'><driver type='qcow2'/><source file='/a'/><target dev='vda'/></disk><hostdev mode='subsystem' type='pci'/>`), "host device"},
+		{base(`<disk type='file' device='disk'><driver type='qcow2'/><source file='/a'/><target dev='vda'/></disk><interface type='hostdev'/>`), "hostdev"},
+		{`<domain><name>g</name><memory unit='parsecs'>1</memory></domain>`, "unit"},
+		{`<network/>`, "not a <domain>"},
+		{`<domain`, "domain XML"},
+	} {
+		_, err := ParseGolden(tc.xml)
+		if err == nil || !errors.Is(err, ErrGolden) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ParseGolden(%s) = %v, want ErrGolden containing %q", tc.xml, err, tc.want)
+		}
+	}
+}
+
+func TestParseLiveDomain(t *testing.T) {
+	live := `<domain type='qemu' id='7'>
+  <name>undervdi-0a1b2c3d</name><uuid>u</uuid>
+  <metadata><vdi:vm xmlns:vdi="https://undervdi.org/xmlns/vm/1"><pool>undervdi</pool><state>clean</state><since>2026-11-23T10:00:00Z</since><golden>tiny</golden></vdi:vm></metadata>
+  <devices>
+    <channel type='unix'><source mode='bind' path='/x'/><target type='virtio' name='org.qemu.guest_agent.0' state='connected'/></channel>
+    <graphics type='spice' passwd='pw'><listen type='socket' socket='/var/lib/libvirt/qemu/domain-7-x/spice.sock'/></graphics>
+  </devices></domain>`
+	d, err := ParseDomain(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.Running || d.AgentState != "connected" || d.SpiceSocket != "/var/lib/libvirt/qemu/domain-7-x/spice.sock" || d.SpicePassword != "pw" {
+		t.Errorf("ParseDomain = %+v", d)
+	}
+	if d.Meta == nil || d.Meta.State != Clean || d.Meta.Pool != "undervdi" || d.Meta.Golden != "tiny" {
+		t.Errorf("Meta = %+v", d.Meta)
+	}
+	if _, err := ParseDomain(strings.Replace(live, "2026-11-23T10:00:00Z", "yesterday", 1)); err == nil {
+		t.Errorf("ParseDomain with a bad since = nil error")
+	}
+}
+
+func FuzzParseDomain(f *testing.F) {
+	b, _ := os.ReadFile("testdata/win10.xml")
+	f.Add(string(b))
+	f.Add(`<domain id='1'><metadata><vdi:vm xmlns:vdi="https://undervdi.org/xmlns/vm/1"><state>clean</state></vdi:vm></metadata></domain>`)
+	f.Fuzz(func(t *testing.T, s string) {
+		ParseDomain(s)
+		if g, err := ParseGolden(s); err == nil {
+			overlays := map[string]string{}
+			for _, d := range g.WritableDisks() {
+				overlays[d.Target] = "/o/" + d.Target
+			}
+			g.CloneXML(Clone{Name: "n", UUID: "u", Overlays: overlays, MAC: func() string { return "52:54:00:00:00:01" }})
+		}
+	})
+}

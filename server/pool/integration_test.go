@@ -1,0 +1,457 @@
+//go:build integration
+
+package pool_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/digitalocean/go-libvirt"
+
+	"undervdi/internal/testbed"
+	"undervdi/server/domxml"
+	"undervdi/server/pool"
+	"undervdi/server/qcow2"
+	"undervdi/server/virt"
+)
+
+// realPool runs a pool on the real libvirt for the bed.
+type realPool struct {
+	*pool.Pool
+	host  *virt.Host
+	ended chan pool.Ended
+}
+
+func startRealPool(t *testing.T, bed *testbed.Bed, size int) *realPool {
+	t.Helper()
+	cfg := bed.Config(size)
+	log := slog.New(slog.DiscardHandler)
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	host, err := virt.Open(ctx, cfg.LibvirtURI, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pool.New(pool.Config{
+		Name: cfg.PoolName, Golden: cfg.Golden, Size: cfg.PoolSize, MaxVMs: cfg.MaxVMs,
+		OverlayDir: cfg.OverlayDir, MemoryReserve: uint64(cfg.MemoryReserve),
+		ReadyTimeout: cfg.ReadyTimeout.D(), RefillConcurrency: cfg.RefillConcurrency,
+		FailureLimit: cfg.FailureLimit, ReconcileInterval: cfg.ReconcileInterval.D(),
+	}, host, log)
+	rp := &realPool{Pool: p, host: host, ended: make(chan pool.Ended, 16)}
+	p.OnEnded(func(e pool.Ended) { rp.ended <- e })
+	if err := p.Start(ctx); err != nil {
+		cancel()
+		t.Fatalf("Start() = %v", err)
+	}
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; p.Wait() })
+	return rp
+}
+
+// waitFor polls cond; the deadline only guards against a hang (TCG boots are slow).
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (rp *realPool) waitFull(t *testing.T, size int) {
+	t.Helper()
+	waitFor(t, 5*time.Minute, fmt.Sprintf("%d clean VMs", size), func() bool {
+		return rp.Status().Counts[domxml.Clean] == size
+	})
+}
+
+// agent runs a guest agent command and decodes its "return" into out.
+func agent(t *testing.T, h *virt.Host, vm string, out any, cmd string, args ...any) {
+	t.Helper()
+	req := map[string]any{"execute": cmd}
+	if len(args) > 0 {
+		req["arguments"] = args[0]
+	}
+	b, _ := json.Marshal(req)
+	res, err := h.AgentCommand(context.Background(), vm, string(b))
+	if err != nil {
+		t.Fatalf("guest agent %s on %s: %v", cmd, vm, err)
+	}
+	if out != nil {
+		var env struct{ Return json.RawMessage }
+		if err := json.Unmarshal([]byte(res), &env); err != nil {
+			t.Fatalf("guest agent %s answer %q: %v", cmd, res, err)
+		}
+		if err := json.Unmarshal(env.Return, out); err != nil {
+			t.Fatalf("guest agent %s return %q: %v", cmd, env.Return, err)
+		}
+	}
+}
+
+// writeDisk writes data at the start of the guest's /dev/vda and syncs, from
+// inside the guest.
+func writeDisk(t *testing.T, h *virt.Host, vm string, data []byte) {
+	t.Helper()
+	var handle int
+	agent(t, h, vm, &handle, "guest-file-open", map[string]any{"path": "/dev/vda", "mode": "r+"})
+	agent(t, h, vm, nil, "guest-file-write", map[string]any{"handle": handle, "buf-b64": base64.StdEncoding.EncodeToString(data)})
+	agent(t, h, vm, nil, "guest-file-close", map[string]any{"handle": handle})
+	var exec struct{ PID int }
+	agent(t, h, vm, &exec, "guest-exec", map[string]any{"path": "/bbin/sync"})
+	waitFor(t, time.Minute, "sync in the guest", func() bool {
+		var st struct{ Exited bool }
+		agent(t, h, vm, &st, "guest-exec-status", map[string]any{"pid": exec.PID})
+		return st.Exited
+	})
+}
+
+func fileSum(t *testing.T, path string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+// TestRealPool runs the pool's whole life on real libvirt and QEMU, sharing
+// one pool between steps because every boot under TCG costs seconds.
+func TestRealPool(t *testing.T) {
+	bed := testbed.New(t)
+	goldenSum := fileSum(t, bed.Golden.DiskPath)
+	rp := startRealPool(t, bed, 2)
+	rp.waitFull(t, 2)
+	ctx := context.Background()
+
+	t.Run("clones are distinct and backed by the golden", func(t *testing.T) {
+		doms, err := rp.host.Domains(ctx, bed.Prefix+"-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]string{}
+		clones := 0
+		for _, d := range doms {
+			if d.Name == bed.Golden.Name {
+				continue
+			}
+			clones++
+			var overlays []string
+			for _, disk := range d.Disks {
+				if disk.Device == "disk" {
+					overlays = append(overlays, disk.Path)
+				}
+			}
+			ids := append([]string{"name:" + d.Name, "uuid:" + d.UUID, "spice:" + d.SpiceSocket, "password:" + d.SpicePassword}, overlays...)
+			for _, m := range d.MACs {
+				ids = append(ids, "mac:"+m)
+			}
+			for _, id := range ids {
+				if other, dup := seen[id]; dup {
+					t.Errorf("%s shared by %s and %s", id, other, d.Name)
+				}
+				seen[id] = d.Name
+			}
+			if len(overlays) != 1 || !strings.HasPrefix(overlays[0], bed.OverlayDir+"/") {
+				t.Fatalf("%s disks = %v, want one overlay in %s", d.Name, overlays, bed.OverlayDir)
+			}
+			head, err := os.ReadFile(overlays[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, err := qcow2.Parse(head)
+			if err != nil || h.BackingFile != bed.Golden.DiskPath {
+				t.Errorf("overlay %s: header %+v, %v; want backing file %s", overlays[0], h, err, bed.Golden.DiskPath)
+			}
+			if d.SpiceSocket == "" || d.SpicePassword == "" {
+				t.Errorf("%s has no SPICE socket or password: %q", d.Name, d.SpiceSocket)
+			}
+		}
+		if clones != 2 {
+			t.Errorf("%d clones in libvirt, want 2", clones)
+		}
+	})
+
+	t.Run("writes go to the overlay, never the golden", func(t *testing.T) {
+		v, err := rp.Take(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rp.MarkUsed(ctx, v.Name); err != nil {
+			t.Fatal(err)
+		}
+		marker := []byte("undervdi-visitor-data-" + strconv.FormatInt(time.Now().UnixNano(), 36))
+		before := fileSum(t, v.Overlays[0])
+		writeDisk(t, rp.host, v.Name, marker)
+		overlay, err := os.ReadFile(v.Overlays[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(overlay, marker) {
+			t.Errorf("the guest's write is not in its overlay %s", v.Overlays[0])
+		}
+		if sha256.Sum256(overlay) == before {
+			t.Errorf("overlay unchanged by the guest's write")
+		}
+		if fileSum(t, bed.Golden.DiskPath) != goldenSum {
+			t.Errorf("the golden disk changed")
+		}
+		rp.End(v.Name, "test done")
+		waitEnded(t, rp, v.Name)
+	})
+
+	t.Run("guest power-off ends the VM and wipes its disk", func(t *testing.T) {
+		rp.waitFull(t, 2)
+		v, err := rp.Take(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rp.MarkUsed(ctx, v.Name)
+		if _, err := rp.host.AgentCommand(ctx, v.Name, `{"execute":"guest-shutdown"}`); err != nil &&
+			!strings.Contains(err.Error(), "disappeared") {
+			t.Fatalf("guest-shutdown: %v", err)
+		}
+		e := waitEnded(t, rp, v.Name)
+		if e.Reason != "guest powered off or rebooted" || !e.Wiped || !e.Used {
+			t.Errorf("Ended = %+v", e)
+		}
+		l, err := testbed.Connect()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Disconnect()
+		if _, err := l.DomainLookupByName(v.Name); !libvirt.IsNotFound(err) {
+			t.Errorf("domain %s after power-off: lookup = %v, want not found", v.Name, err)
+		}
+		for _, o := range v.Overlays {
+			if _, err := os.Stat(o); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("overlay %s after power-off: %v, want it gone", o, err)
+			}
+		}
+		rp.waitFull(t, 2)
+	})
+
+	t.Run("concurrent takers never share a VM", func(t *testing.T) {
+		rp.waitFull(t, 2)
+		var mu sync.Mutex
+		got := map[string]int{}
+		var wg sync.WaitGroup
+		for range 24 {
+			wg.Go(func() {
+				v, err := rp.Take(ctx)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				got[v.Name]++
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		if len(got) != 2 {
+			t.Errorf("24 takers got %v, want both clean VMs handed out once", got)
+		}
+		for name, n := range got {
+			if n != 1 {
+				t.Errorf("%s handed out %d times", name, n)
+			}
+			rp.End(name, "test done")
+		}
+	})
+
+	if fileSum(t, bed.Golden.DiskPath) != goldenSum {
+		t.Errorf("the golden disk changed during the test")
+	}
+}
+
+func waitEnded(t *testing.T, rp *realPool, vm string) pool.Ended {
+	t.Helper()
+	timeout := time.After(2 * time.Minute)
+	for {
+		select {
+		case e := <-rp.ended:
+			if e.VM == vm {
+				return e
+			}
+		case <-timeout:
+			t.Fatalf("%s did not end", vm)
+		}
+	}
+}
+
+func TestRealBadGolden(t *testing.T) {
+	bed := testbed.New(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	host, err := virt.Open(ctx, testbed.URI, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ev := range host.Events() {
+		if ev.Kind == virt.Connected {
+			break
+		}
+	}
+	if err := host.PrepareOverlays(ctx, bed.Prefix, bed.OverlayDir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := host.Golden(ctx, bed.Golden.Name); err != nil {
+		t.Fatalf("Golden(good golden) = %v", err)
+	}
+	check := func(name string, want ...string) {
+		t.Helper()
+		_, err := host.Golden(ctx, name)
+		if err == nil || !errors.Is(err, domxml.ErrGolden) {
+			t.Errorf("Golden(%s) = %v, want ErrGolden", name, err)
+			return
+		}
+		for _, w := range want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("Golden(%s) = %q, want it to say %q", name, err, w)
+			}
+		}
+	}
+	check(bed.Prefix+"-nosuchvm", "does not exist")
+
+	t.Run("running", func(t *testing.T) {
+		dom, _ := bed.L.DomainLookupByName(bed.Golden.Name)
+		if err := bed.L.DomainCreate(dom); err != nil {
+			t.Fatal(err)
+		}
+		check(bed.Golden.Name, "is running", "shut it down")
+		bed.L.DomainDestroy(dom)
+	})
+
+	t.Run("internal snapshot", func(t *testing.T) {
+		qemuImg(t, "snapshot", "-c", "oops", bed.Golden.DiskPath)
+		check(bed.Golden.Name, "1 internal snapshot(s)", bed.Golden.DiskPath)
+		qemuImg(t, "snapshot", "-d", "oops", bed.Golden.DiskPath)
+		if _, err := host.Golden(ctx, bed.Golden.Name); err != nil {
+			t.Errorf("Golden() after deleting the snapshot = %v", err)
+		}
+	})
+
+	t.Run("disk that is not a file image", func(t *testing.T) {
+		name := bed.Prefix + "-blockgolden"
+		x := strings.Replace(strings.Replace(
+			strings.Replace(testGoldenXML(bed), "<name>"+bed.Golden.Name+"</name>", "<name>"+name+"</name>", 1),
+			"<disk type='file' device='disk'>", "<disk type='block' device='disk'>", 1),
+			"<source file='"+bed.Golden.DiskPath+"'/>", "<source dev='/dev/null'/>", 1)
+		dom, err := bed.L.DomainDefineXML(x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer bed.L.DomainUndefine(dom)
+		check(name, "disk vda is a \"block\" disk, not a file image")
+	})
+
+	t.Run("pool refuses to start", func(t *testing.T) {
+		cfg := bed.Config(1)
+		h2, err := virt.Open(ctx, testbed.URI, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := pool.New(pool.Config{Name: cfg.PoolName, Golden: bed.Prefix + "-nosuchvm", Size: 1, MaxVMs: 1,
+			OverlayDir: cfg.OverlayDir, ReadyTimeout: time.Minute, RefillConcurrency: 1, FailureLimit: 1,
+			ReconcileInterval: time.Minute}, h2, slog.New(slog.DiscardHandler))
+		sctx, scancel := context.WithTimeout(ctx, time.Minute)
+		defer scancel()
+		if err := p.Start(sctx); !errors.Is(err, domxml.ErrGolden) {
+			t.Errorf("Start() with a missing golden = %v, want ErrGolden", err)
+		}
+	})
+}
+
+// testGoldenXML is the golden's definition without its UUID, to define
+// variants of it.
+func testGoldenXML(bed *testbed.Bed) string {
+	x, err := bed.L.DomainGetXMLDesc(mustLookup(bed), libvirt.DomainXMLInactive)
+	if err != nil {
+		panic(err)
+	}
+	return regexp.MustCompile(`<uuid>[^<]*</uuid>`).ReplaceAllString(x, "")
+}
+
+func mustLookup(bed *testbed.Bed) libvirt.Domain {
+	d, err := bed.L.DomainLookupByName(bed.Golden.Name)
+	if err != nil {
+		panic(err)
+	}
+	return d
+}
+
+func qemuImg(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img %v: %v: %s", args, err, out)
+	}
+}
+
+// TestRealLibvirtdRestart restarts libvirtd under a running pool: the pool
+// must notice, reconnect by itself, keep its clean VM (QEMU outlives
+// libvirtd), and serve again.
+func TestRealLibvirtdRestart(t *testing.T) {
+	bed := testbed.New(t)
+	rp := startRealPool(t, bed, 1)
+	rp.waitFull(t, 1)
+	before := rp.Status().VMs[0].Name
+
+	restartLibvirtd(t)
+	waitFor(t, 2*time.Minute, "reconnected and full", func() bool {
+		s := rp.Status()
+		return s.Connected && s.Counts[domxml.Clean] == 1
+	})
+	v, err := rp.Take(context.Background())
+	if err != nil {
+		t.Fatalf("Take() after the restart = %v", err)
+	}
+	if v.Name != before {
+		t.Logf("clean VM %s was replaced by %s across the restart", before, v.Name)
+	}
+	if err := rp.host.Ping(context.Background(), v.Name); err != nil {
+		t.Errorf("the VM's agent after the restart: %v", err)
+	}
+	rp.End(v.Name, "test done")
+	waitEnded(t, rp, v.Name)
+}
+
+// restartLibvirtd stops the libvirtd that .ci/run started (by the PID in its
+// pid file) and starts a new one the same way.
+func restartLibvirtd(t *testing.T) {
+	t.Helper()
+	b, err := os.ReadFile("/run/libvirtd.pid")
+	if err != nil {
+		t.Fatalf("libvirtd pid file: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatalf("stopping libvirtd %d: %v", pid, err)
+	}
+	waitFor(t, time.Minute, "libvirtd to exit", func() bool { return syscall.Kill(pid, 0) != nil })
+	if out, err := exec.Command("libvirtd", "-d").CombinedOutput(); err != nil {
+		t.Fatalf("starting libvirtd: %v: %s", err, out)
+	}
+}

@@ -1,0 +1,457 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"undervdi/server/domxml"
+	"undervdi/server/virt"
+)
+
+func testLogger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func testConfig() Config {
+	return Config{
+		Name: "t", Golden: "golden", Size: 3, MaxVMs: 6, OverlayDir: "/ovl",
+		MemoryReserve: 1 << 30, ReadyTimeout: 5 * time.Second, RefillConcurrency: 2,
+		FailureLimit: 3, ReconcileInterval: time.Hour,
+	}
+}
+
+// startPool starts a pool on f and stops it when the test ends.
+func startPool(t *testing.T, f *fakeHV, cfg Config) *Pool {
+	t.Helper()
+	p := New(cfg, f, testLogger())
+	p.minBackoff, p.maxBackoff = 10*time.Millisecond, 80*time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	f.events <- virt.Event{Kind: virt.Connected}
+	if err := p.Start(ctx); err != nil {
+		t.Fatalf("Start() = %v", err)
+	}
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; p.Wait() })
+	return p
+}
+
+// waitFor polls cond until it holds; the deadline only guards against hangs.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func clean(p *Pool) int { return p.Status().Counts[domxml.Clean] }
+
+func TestFillsToSize(t *testing.T) {
+	f := newFakeHV()
+	p := startPool(t, f, testConfig())
+	waitFor(t, "3 clean VMs", func() bool { return clean(p) == 3 })
+	names := map[string]bool{}
+	for _, v := range p.Status().VMs {
+		names[v.Name] = true
+		if len(v.Overlays) != 1 || !strings.HasPrefix(v.Overlays[0], "/ovl/"+v.Name+"-vda") {
+			t.Errorf("VM %s overlays = %v, want /ovl/%s-vda.qcow2", v.Name, v.Overlays, v.Name)
+		}
+	}
+	if len(names) != 3 {
+		t.Errorf("VM names = %v, want 3 distinct", names)
+	}
+	doms, _ := f.Domains(context.Background(), "t-")
+	for _, d := range doms {
+		if d.Meta.State != domxml.Clean {
+			t.Errorf("libvirt metadata of %s = %s, want clean", d.Name, d.Meta.State)
+		}
+	}
+}
+
+func TestTakeNeverGivesAVMTwice(t *testing.T) {
+	f := newFakeHV()
+	cfg := testConfig()
+	cfg.Size, cfg.MaxVMs = 5, 5
+	p := startPool(t, f, cfg)
+	waitFor(t, "5 clean VMs", func() bool { return clean(p) == 5 })
+
+	var mu sync.Mutex
+	got := map[string]int{}
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Go(func() {
+			v, err := p.Take(context.Background())
+			if errors.Is(err, ErrNoCleanVM) {
+				return
+			}
+			if err != nil {
+				t.Errorf("Take() = %v", err)
+				return
+			}
+			mu.Lock()
+			got[v.Name]++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if len(got) != 5 {
+		t.Errorf("64 callers got %d distinct VMs, want all 5 handed out", len(got))
+	}
+	for name, n := range got {
+		if n != 1 {
+			t.Errorf("VM %s handed out %d times", name, n)
+		}
+	}
+	if f.peak > 5 {
+		t.Errorf("%d domains existed at once, max_vms is 5", f.peak)
+	}
+}
+
+func TestTakeRecordsOfferInLibvirt(t *testing.T) {
+	f := newFakeHV()
+	p := startPool(t, f, testConfig())
+	waitFor(t, "a clean VM", func() bool { return clean(p) > 0 })
+	v, err := p.Take(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Spice.Password == "" || v.Spice.Socket == "" {
+		t.Errorf("Take() = %+v, want a SPICE target with a password", v)
+	}
+	doms, _ := f.Domains(context.Background(), v.Name)
+	if len(doms) != 1 || doms[0].Meta.State != domxml.Offered {
+		t.Fatalf("libvirt state of taken VM = %+v, want offered", doms)
+	}
+	if err := p.MarkUsed(context.Background(), v.Name); err != nil {
+		t.Fatal(err)
+	}
+	doms, _ = f.Domains(context.Background(), v.Name)
+	if doms[0].Meta.State != domxml.InUse {
+		t.Errorf("after MarkUsed, libvirt state = %s, want in-use", doms[0].Meta.State)
+	}
+	if err := p.Release(context.Background(), v.Name); !errors.Is(err, ErrNotOffered) {
+		t.Errorf("Release(used VM) = %v, want ErrNotOffered: a used VM never goes back", err)
+	}
+}
+
+func TestReleaseReturnsPristineVM(t *testing.T) {
+	f := newFakeHV()
+	cfg := testConfig()
+	cfg.Size, cfg.MaxVMs = 1, 1
+	p := startPool(t, f, cfg)
+	waitFor(t, "a clean VM", func() bool { return clean(p) == 1 })
+	v, err := p.Take(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Take(context.Background()); !errors.Is(err, ErrNoCleanVM) {
+		t.Errorf("second Take() = %v, want ErrNoCleanVM", err)
+	}
+	if err := p.Release(context.Background(), v.Name); err != nil {
+		t.Fatal(err)
+	}
+	again, err := p.Take(context.Background())
+	if err != nil || again.Name != v.Name {
+		t.Errorf("Take() after Release = %v, %v; want %s again", again.Name, err, v.Name)
+	}
+}
+
+func TestEndWipesAndRefills(t *testing.T) {
+	f := newFakeHV()
+	p := startPool(t, f, testConfig())
+	ended := make(chan Ended, 1)
+	p.OnEnded(func(e Ended) { ended <- e })
+	waitFor(t, "3 clean VMs", func() bool { return clean(p) == 3 })
+	v, _ := p.Take(context.Background())
+	p.MarkUsed(context.Background(), v.Name)
+	if err := p.End(v.Name, "visitor finished"); err != nil {
+		t.Fatal(err)
+	}
+	e := <-ended
+	if e.VM != v.Name || !e.Wiped || !e.Used || e.Reason != "visitor finished" {
+		t.Errorf("Ended = %+v", e)
+	}
+	for _, n := range f.domainNames() {
+		if n == v.Name {
+			t.Errorf("domain %s still defined after End", n)
+		}
+	}
+	f.mu.Lock()
+	for _, o := range v.Overlays {
+		if f.overlays[o] {
+			t.Errorf("overlay %s still present after End", o)
+		}
+	}
+	f.mu.Unlock()
+	waitFor(t, "the pool refilled", func() bool { return clean(p) == 3 })
+}
+
+func TestGuestPowerOffEndsSession(t *testing.T) {
+	f := newFakeHV()
+	p := startPool(t, f, testConfig())
+	ended := make(chan Ended, 4)
+	p.OnEnded(func(e Ended) { ended <- e })
+	waitFor(t, "a clean VM", func() bool { return clean(p) > 0 })
+	v, _ := p.Take(context.Background())
+	p.MarkUsed(context.Background(), v.Name)
+	f.stop(v.Name)
+	e := <-ended
+	if e.VM != v.Name || e.Reason != "guest powered off or rebooted" {
+		t.Errorf("Ended = %+v, want %s ended by the guest", e, v.Name)
+	}
+}
+
+func TestCleanVMDeathIsReplaced(t *testing.T) {
+	f := newFakeHV()
+	p := startPool(t, f, testConfig())
+	waitFor(t, "3 clean VMs", func() bool { return clean(p) == 3 })
+	victim := p.Status().VMs[0].Name
+	f.stop(victim)
+	waitFor(t, "a replacement", func() bool {
+		s := p.Status()
+		for _, v := range s.VMs {
+			if v.Name == victim {
+				return false
+			}
+		}
+		return s.Counts[domxml.Clean] == 3
+	})
+}
+
+func TestNeverExceedsMaxVMs(t *testing.T) {
+	f := newFakeHV()
+	cfg := testConfig()
+	cfg.Size, cfg.MaxVMs, cfg.RefillConcurrency = 2, 3, 3
+	p := startPool(t, f, cfg)
+	var used []string
+	for range 3 {
+		waitFor(t, "a clean VM", func() bool { return clean(p) > 0 })
+		v, err := p.Take(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.MarkUsed(context.Background(), v.Name)
+		used = append(used, v.Name)
+	}
+	// Three sessions fill max_vms: no clone may be made for the pool now.
+	p.mu.Lock()
+	p.syncLocked()
+	p.mu.Unlock()
+	if _, err := p.Take(context.Background()); !errors.Is(err, ErrNoCleanVM) {
+		t.Errorf("Take() at max_vms = %v, want ErrNoCleanVM", err)
+	}
+	p.End(used[0], "done")
+	waitFor(t, "a clean VM after a session ended", func() bool { return clean(p) == 1 })
+	if f.peak > 3 {
+		t.Errorf("%d domains existed at once, max_vms is 3", f.peak)
+	}
+}
+
+func TestKeepsMemoryReserve(t *testing.T) {
+	f := newFakeHV()
+	f.mem = 1<<30 + 256<<20 // the reserve plus one clone
+	cfg := testConfig()
+	p := startPool(t, f, cfg)
+	waitFor(t, "one VM and a memory note", func() bool {
+		s := p.Status()
+		return len(s.VMs) == 1 && s.Memory != ""
+	})
+	if f.created != 1 {
+		t.Errorf("created %d clones with memory for one", f.created)
+	}
+	if s := p.Status(); !strings.Contains(s.Memory, "a clone needs 256 MiB and 1024 MiB stay reserved") {
+		t.Errorf("Status().Memory = %q, want the available memory named", s.Memory)
+	}
+	f.mu.Lock()
+	f.mem = 64 << 30
+	f.mu.Unlock()
+	waitFor(t, "the pool filled once memory is free", func() bool { return clean(p) == 3 })
+}
+
+func TestFailuresBackOffAndDegrade(t *testing.T) {
+	f := newFakeHV()
+	f.defineErr = errors.New("qemu exploded")
+	cfg := testConfig()
+	cfg.Size, cfg.RefillConcurrency = 1, 1
+	p := startPool(t, f, cfg)
+	waitFor(t, "a degraded pool", func() bool { return p.Status().Degraded != "" })
+	s := p.Status()
+	if !strings.Contains(s.Degraded, "3 clones in a row failed") || !strings.Contains(s.Degraded, "qemu exploded") {
+		t.Errorf("Degraded = %q", s.Degraded)
+	}
+	waitFor(t, "failed clones' overlays deleted", func() bool { return f.overlayCount() == 0 })
+	// Backoff: with 10ms doubling to 80ms, a quarter second holds few tries.
+	before := s.Failures
+	time.Sleep(250 * time.Millisecond)
+	if n := p.Status().Failures - before; n > 6 {
+		t.Errorf("%d retries in 250ms: no backoff", n)
+	}
+	f.mu.Lock()
+	f.defineErr = nil
+	f.mu.Unlock()
+	waitFor(t, "recovery", func() bool { s := p.Status(); return s.Degraded == "" && s.Counts[domxml.Clean] == 1 })
+}
+
+func TestNotReadyInTimeIsReplaced(t *testing.T) {
+	f := newFakeHV()
+	var mu sync.Mutex
+	deaf := "" // the first VM's agent never answers
+	f.pingErr = func(name string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if deaf == "" {
+			deaf = name
+		}
+		if name == deaf {
+			return virt.ErrAgent
+		}
+		return nil
+	}
+	cfg := testConfig()
+	cfg.Size, cfg.RefillConcurrency, cfg.ReadyTimeout = 1, 1, 50*time.Millisecond
+	p := startPool(t, f, cfg)
+	waitFor(t, "a clean replacement", func() bool { return clean(p) == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	for _, n := range f.domainNames() {
+		if n == deaf {
+			t.Errorf("VM %s whose agent never answered is still defined", deaf)
+		}
+	}
+}
+
+func TestStartupReconcile(t *testing.T) {
+	f := newFakeHV()
+	f.seed("t-00000001", domxml.Clean, true, "/ovl/t-00000001-vda.qcow2")   // provably clean: kept
+	f.seed("t-00000002", domxml.InUse, true, "/ovl/t-00000002-vda.qcow2")   // a session of the old run
+	f.seed("t-00000003", domxml.Offered, true, "/ovl/t-00000003-vda.qcow2") // offered, maybe linked
+	f.seed("t-00000004", domxml.Clean, false, "/ovl/t-00000004-vda.qcow2")  // clean but shut off
+	f.seed("t-00000005", domxml.Booting, true, "/ovl/t-00000005-vda.qcow2") // killed mid-boot
+	f.seed("t-00000006", domxml.Clean, true, "/ovl/t-00000006-vda.qcow2")   // clean, agent dead
+	f.overlays["/ovl/t-0000000a-vda.qcow2"] = true                          // crash between overlay and define
+	f.overlays["/ovl/somebody-elses.qcow2"] = true                          // not ours: untouched
+	f.pingErr = func(name string) error {
+		if name == "t-00000006" {
+			return virt.ErrAgent
+		}
+		return nil
+	}
+	cfg := testConfig()
+	cfg.Size = 2
+	p := startPool(t, f, cfg)
+	waitFor(t, "leftovers gone and the pool full", func() bool {
+		s := p.Status()
+		return len(s.VMs) == 2 && s.Counts[domxml.Clean] == 2 && f.overlayCount() == 3
+	})
+	names := f.domainNames()
+	kept := false
+	for _, n := range names {
+		switch n {
+		case "t-00000001":
+			kept = true
+		case "t-00000002", "t-00000003", "t-00000004", "t-00000005", "t-00000006":
+			t.Errorf("leftover %s survived the reconcile", n)
+		}
+	}
+	if !kept {
+		t.Errorf("the provably clean VM t-00000001 was destroyed")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.overlays["/ovl/t-0000000a-vda.qcow2"] {
+		t.Errorf("orphaned overlay survived")
+	}
+	if !f.overlays["/ovl/somebody-elses.qcow2"] {
+		t.Errorf("a file that is not the pool's was deleted")
+	}
+}
+
+func TestReconnect(t *testing.T) {
+	f := newFakeHV()
+	p := startPool(t, f, testConfig())
+	waitFor(t, "3 clean VMs", func() bool { return clean(p) == 3 })
+	v, _ := p.Take(context.Background())
+	p.MarkUsed(context.Background(), v.Name)
+
+	f.events <- virt.Event{Kind: virt.Disconnected}
+	waitFor(t, "disconnected", func() bool { return !p.Status().Connected })
+	if _, err := p.Take(context.Background()); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Take() while disconnected = %v, want ErrUnavailable", err)
+	}
+	// While libvirt was away, the in-use guest powered off: no event for it.
+	f.mu.Lock()
+	f.domains[v.Name].running = false
+	f.mu.Unlock()
+	ended := make(chan Ended, 4)
+	p.OnEnded(func(e Ended) { ended <- e })
+	f.events <- virt.Event{Kind: virt.Connected}
+	if e := <-ended; e.VM != v.Name || e.Reason != "guest powered off or rebooted" {
+		t.Errorf("Ended = %+v, want %s ended as powered off", e, v.Name)
+	}
+	waitFor(t, "the missed power-off handled", func() bool {
+		for _, n := range f.domainNames() {
+			if n == v.Name {
+				return false
+			}
+		}
+		return clean(p) == 3
+	})
+}
+
+func TestGoldenRunningPausesRefill(t *testing.T) {
+	f := newFakeHV()
+	cfg := testConfig()
+	cfg.Size = 1
+	p := startPool(t, f, cfg)
+	waitFor(t, "a clean VM", func() bool { return clean(p) == 1 })
+	f.events <- virt.Event{Kind: virt.Started, Domain: "golden"}
+	waitFor(t, "paused", func() bool { return p.Status().Paused != "" })
+	v, _ := p.Take(context.Background())
+	p.End(v.Name, "done")
+	waitFor(t, "the VM wiped", func() bool { return len(p.Status().VMs) == 0 })
+	if n := len(f.domainNames()); n != 0 {
+		t.Errorf("%d clones made while the golden runs", n)
+	}
+	f.events <- virt.Event{Kind: virt.Stopped, Domain: "golden", Detail: "shutdown"}
+	waitFor(t, "refilled after the golden stopped", func() bool { return clean(p) == 1 && p.Status().Paused == "" })
+}
+
+func TestStartFailsOnBadGolden(t *testing.T) {
+	f := newFakeHV()
+	f.goldenErr = domxml.ErrGolden
+	p := New(testConfig(), f, testLogger())
+	f.events <- virt.Event{Kind: virt.Connected}
+	if err := p.Start(context.Background()); !errors.Is(err, domxml.ErrGolden) {
+		t.Errorf("Start() = %v, want the golden's error", err)
+	}
+}
+
+func TestOverlayOwner(t *testing.T) {
+	p := New(testConfig(), nil, testLogger())
+	for path, want := range map[string]string{
+		"/ovl/t-0a1b2c3d-vda.qcow2":   "t-0a1b2c3d",
+		"/ovl/t-0a1b2c3d-sda.qcow2":   "t-0a1b2c3d",
+		"/other/t-0a1b2c3d-vda.qcow2": "",
+		"/ovl/t2-0a1b2c3d-vda.qcow2":  "",
+		"/ovl/t-zzzzzzzz-vda.qcow2":   "",
+		"/ovl/t-0a1b2c3d.qcow2":       "",
+		"/ovl/golden.qcow2":           "",
+	} {
+		if got := p.overlayOwner(path); got != want {
+			t.Errorf("overlayOwner(%s) = %q, want %q", path, got, want)
+		}
+	}
+}

@@ -1,0 +1,124 @@
+package virt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/digitalocean/go-libvirt"
+
+	"undervdi/server/domxml"
+	"undervdi/server/qcow2"
+)
+
+// headerBytes is how much of a golden disk is read to check its header: the
+// qcow2 header and, where qemu-img puts it, the backing file name.
+const headerBytes = 64 << 10
+
+// Golden reads the golden domain and checks it can be cloned: it exists and
+// is shut off, has no libvirt snapshots, and each writable disk is a qcow2 or
+// raw file image, in the format the XML declares, with no internal snapshots
+// and no backing file. Errors wrap domxml.ErrGolden and say what to do.
+func (h *Host) Golden(ctx context.Context, name string) (*domxml.Golden, error) {
+	l, err := h.conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %q %s", domxml.ErrGolden, name, fmt.Sprintf(format, args...))
+	}
+	dom, err := l.DomainLookupByName(name)
+	if libvirt.IsNotFound(err) {
+		return nil, bad("does not exist on %s (virsh list --all shows the domains)", h.uri)
+	}
+	if err != nil {
+		return nil, wrap(l, err, "looking up golden %s", name)
+	}
+	state, _, err := l.DomainGetState(dom, 0)
+	if err != nil {
+		return nil, wrap(l, err, "golden %s", name)
+	}
+	if libvirt.DomainState(state) != libvirt.DomainShutoff {
+		return nil, bad("is %s: shut it down; a golden VM that runs would change the disk every clone reads", stateName(state))
+	}
+	if n, err := l.DomainSnapshotNum(dom, 0); err != nil {
+		return nil, wrap(l, err, "golden %s", name)
+	} else if n > 0 {
+		return nil, bad("has %d libvirt snapshot(s): delete them (virsh snapshot-list %s) so clones start from one known state", n, name)
+	}
+	x, err := l.DomainGetXMLDesc(dom, libvirt.DomainXMLInactive|libvirt.DomainXMLSecure)
+	if err != nil {
+		return nil, wrap(l, err, "golden %s", name)
+	}
+	g, err := domxml.ParseGolden(x)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for i, d := range g.Disks {
+		if !d.Writable() {
+			continue
+		}
+		capacity, err := checkGoldenDisk(h, l, d)
+		if err != nil {
+			if !l.IsConnected() {
+				return nil, wrap(l, err, "golden %s", name)
+			}
+			errs = append(errs, err)
+			continue
+		}
+		g.Disks[i].Capacity = capacity
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %q: %w", domxml.ErrGolden, name, errors.Join(errs...))
+	}
+	return g, nil
+}
+
+// checkGoldenDisk checks one writable disk through the storage API and
+// returns its virtual size.
+func checkGoldenDisk(h *Host, l *libvirt.Libvirt, d domxml.Disk) (uint64, error) {
+	vol, err := h.goldenVolume(l, d.Path)
+	if err != nil {
+		return 0, fmt.Errorf("disk %s (%s): %w", d.Target, d.Path, err)
+	}
+	_, capacity, _, err := l.StorageVolGetInfo(vol)
+	if err != nil {
+		return 0, fmt.Errorf("disk %s (%s): %w", d.Target, d.Path, err)
+	}
+	head, err := readHead(l, vol, min(headerBytes, capacity))
+	if err != nil {
+		return 0, fmt.Errorf("disk %s (%s): reading its header: %w", d.Target, d.Path, err)
+	}
+	switch d.Format {
+	case "raw":
+		if qcow2.IsQCOW2(head) {
+			return 0, fmt.Errorf("disk %s (%s) is declared raw but holds a qcow2 image: declare <driver type='qcow2'/>", d.Target, d.Path)
+		}
+	case "qcow2":
+		hd, err := qcow2.Parse(head)
+		if err != nil {
+			return 0, fmt.Errorf("disk %s (%s) is declared qcow2: %w", d.Target, d.Path, err)
+		}
+		if hd.Snapshots > 0 {
+			return 0, fmt.Errorf("disk %s (%s) has %d internal snapshot(s): delete them (qemu-img snapshot -l/-d) so clones start from one known state", d.Target, d.Path, hd.Snapshots)
+		}
+		if hd.BackingFile != "" {
+			return 0, fmt.Errorf("disk %s (%s) has backing file %s: flatten it first (qemu-img convert -O qcow2)", d.Target, d.Path, hd.BackingFile)
+		}
+		capacity = hd.Size
+	}
+	return capacity, nil
+}
+
+func stateName(s int32) string {
+	switch libvirt.DomainState(s) {
+	case libvirt.DomainRunning:
+		return "running"
+	case libvirt.DomainPaused:
+		return "paused"
+	case libvirt.DomainShutoff:
+		return "shut off"
+	}
+	return fmt.Sprintf("in state %d", s)
+}

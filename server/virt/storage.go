@@ -1,0 +1,206 @@
+package virt
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"html"
+	"path/filepath"
+
+	"github.com/digitalocean/go-libvirt"
+
+	"undervdi/server/domxml"
+)
+
+// ErrOverlayRemains is returned when an overlay is still there after deletion.
+var ErrOverlayRemains = errors.New("overlay still present after deletion")
+
+// PrepareOverlays makes sure a running libvirt storage pool covers dir, where
+// the clones' overlays live: <poolName>-overlays, created if no pool covers
+// the directory yet. Storage pools the host creates later are named after
+// poolName too.
+func (h *Host) PrepareOverlays(ctx context.Context, poolName, dir string) error {
+	l, err := h.conn(ctx)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.poolName = poolName
+	h.mu.Unlock()
+	pool, err := l.StoragePoolLookupByTargetPath(dir)
+	if err != nil {
+		name := poolName + "-overlays"
+		pool, err = l.StoragePoolLookupByName(name)
+		if err != nil {
+			xml := fmt.Sprintf(`<pool type='dir'><name>%s</name><target><path>%s</path>`+
+				`<permissions><mode>0711</mode></permissions></target></pool>`, html.EscapeString(name), html.EscapeString(dir))
+			if pool, err = l.StoragePoolDefineXML(xml, 0); err != nil {
+				return wrap(l, err, "defining storage pool %s for %s", name, dir)
+			}
+			if err := l.StoragePoolBuild(pool, libvirt.StoragePoolBuildNew); err != nil && !hasCode(err, libvirt.ErrStoragePoolBuilt) {
+				return wrap(l, err, "creating %s", dir)
+			}
+			if err := l.StoragePoolSetAutostart(pool, 1); err != nil {
+				return wrap(l, err, "marking storage pool %s autostart", name)
+			}
+			h.log.Info("created storage pool for overlays", "pool", name, "dir", dir)
+		}
+	}
+	if state, _, _, _, err := l.StoragePoolGetInfo(pool); err != nil {
+		return wrap(l, err, "storage pool %s", pool.Name)
+	} else if state != 2 { // VIR_STORAGE_POOL_RUNNING
+		if err := l.StoragePoolCreate(pool, 0); err != nil {
+			return wrap(l, err, "starting storage pool %s", pool.Name)
+		}
+	}
+	h.mu.Lock()
+	h.overlayPool = pool.Name
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *Host) overlayStore(ctx context.Context) (*libvirt.Libvirt, libvirt.StoragePool, error) {
+	l, err := h.conn(ctx)
+	if err != nil {
+		return nil, libvirt.StoragePool{}, err
+	}
+	h.mu.RLock()
+	name := h.overlayPool
+	h.mu.RUnlock()
+	if name == "" {
+		return nil, libvirt.StoragePool{}, errors.New("overlay storage pool not prepared")
+	}
+	pool, err := l.StoragePoolLookupByName(name)
+	if err != nil {
+		return nil, pool, wrap(l, err, "storage pool %s", name)
+	}
+	return l, pool, nil
+}
+
+// Overlays returns the paths of all volumes in the overlay pool, after a
+// refresh so that files libvirt has not seen yet are included.
+func (h *Host) Overlays(ctx context.Context) ([]string, error) {
+	l, pool, err := h.overlayStore(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.StoragePoolRefresh(pool, 0); err != nil {
+		return nil, wrap(l, err, "refreshing storage pool %s", pool.Name)
+	}
+	vols, _, err := l.StoragePoolListAllVolumes(pool, 1, 0)
+	if err != nil {
+		return nil, wrap(l, err, "listing storage pool %s", pool.Name)
+	}
+	var out []string
+	for _, v := range vols {
+		p, err := l.StorageVolGetPath(v)
+		if hasCode(err, libvirt.ErrNoStorageVol) {
+			continue
+		}
+		if err != nil {
+			return nil, wrap(l, err, "volume %s", v.Name)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// CreateOverlay creates a qcow2 volume named name in the overlay pool whose
+// backing file is the golden disk, and returns its path. The golden disk is
+// opened read-only from then on.
+func (h *Host) CreateOverlay(ctx context.Context, name string, backing domxml.Disk) (string, error) {
+	l, pool, err := h.overlayStore(ctx)
+	if err != nil {
+		return "", err
+	}
+	xml := fmt.Sprintf(`<volume type='file'><name>%s</name><capacity unit='bytes'>%d</capacity>`+
+		`<target><format type='qcow2'/><permissions><mode>0600</mode></permissions></target>`+
+		`<backingStore><path>%s</path><format type='%s'/></backingStore></volume>`,
+		html.EscapeString(name), backing.Capacity, html.EscapeString(backing.Path), html.EscapeString(backing.Format))
+	vol, err := l.StorageVolCreateXML(pool, xml, 0)
+	if err != nil {
+		return "", wrap(l, err, "creating overlay %s", name)
+	}
+	p, err := l.StorageVolGetPath(vol)
+	return p, wrap(l, err, "overlay %s", name)
+}
+
+// DeleteOverlay deletes the overlay at path and verifies, after refreshing
+// the pool from disk, that it is gone. An overlay already gone is not an
+// error.
+func (h *Host) DeleteOverlay(ctx context.Context, path string) error {
+	l, pool, err := h.overlayStore(ctx)
+	if err != nil {
+		return err
+	}
+	vol, err := l.StorageVolLookupByPath(path)
+	if hasCode(err, libvirt.ErrNoStorageVol) {
+		// Maybe a file libvirt has not seen yet: look again after a refresh.
+		if err := l.StoragePoolRefresh(pool, 0); err != nil {
+			return wrap(l, err, "refreshing storage pool %s", pool.Name)
+		}
+		vol, err = l.StorageVolLookupByPath(path)
+		if hasCode(err, libvirt.ErrNoStorageVol) {
+			return nil
+		}
+	}
+	if err != nil {
+		return wrap(l, err, "looking up overlay %s", path)
+	}
+	if err := l.StorageVolDelete(vol, libvirt.StorageVolDeleteNormal); err != nil && !hasCode(err, libvirt.ErrNoStorageVol) {
+		return wrap(l, err, "deleting overlay %s", path)
+	}
+	if err := l.StoragePoolRefresh(pool, 0); err != nil {
+		return wrap(l, err, "refreshing storage pool %s", pool.Name)
+	}
+	if _, err := l.StorageVolLookupByName(pool, vol.Name); err == nil {
+		return fmt.Errorf("%w: %s", ErrOverlayRemains, path)
+	} else if !hasCode(err, libvirt.ErrNoStorageVol) {
+		return wrap(l, err, "checking overlay %s is gone", path)
+	}
+	return nil
+}
+
+// goldenVolume finds the storage volume of a golden disk. libvirt's storage
+// API reads the disk for the broker, so the broker needs no access to the
+// file itself. A file no pool knows yet is found by refreshing the pools,
+// and failing that by a transient pool for its directory.
+func (h *Host) goldenVolume(l *libvirt.Libvirt, path string) (libvirt.StorageVol, error) {
+	vol, err := l.StorageVolLookupByPath(path)
+	if err == nil || !hasCode(err, libvirt.ErrNoStorageVol) {
+		return vol, err
+	}
+	pools, _, err := l.ConnectListAllStoragePools(1, libvirt.ConnectListStoragePoolsActive)
+	if err != nil {
+		return vol, err
+	}
+	for _, p := range pools {
+		l.StoragePoolRefresh(p, 0)
+	}
+	if vol, err = l.StorageVolLookupByPath(path); err == nil || !hasCode(err, libvirt.ErrNoStorageVol) {
+		return vol, err
+	}
+	dir := filepath.Dir(path)
+	sum := sha256.Sum256([]byte(dir))
+	h.mu.RLock()
+	name := h.poolName + "-golden-" + hex.EncodeToString(sum[:4])
+	h.mu.RUnlock()
+	xml := fmt.Sprintf(`<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>`,
+		html.EscapeString(name), html.EscapeString(dir))
+	if _, err := l.StoragePoolCreateXML(xml, 0); err != nil {
+		return vol, fmt.Errorf("no libvirt storage pool holds %s, and one for %s could not be made: %w", path, dir, err)
+	}
+	return l.StorageVolLookupByPath(path)
+}
+
+// readHead returns the first n bytes of a volume, through libvirt.
+func readHead(l *libvirt.Libvirt, vol libvirt.StorageVol, n uint64) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := l.StorageVolDownload(vol, &buf, 0, n, 0); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
