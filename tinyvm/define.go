@@ -9,7 +9,8 @@ import (
 	"github.com/digitalocean/go-libvirt"
 )
 
-// DiskSize is the virtual size of the tiny golden's disk.
+// DiskSize is the usual virtual size of the tiny golden's disk. The guest
+// only writes to it in tests, so any size works.
 const DiskSize = 64 << 20
 
 // Golden describes a defined tiny golden VM.
@@ -21,9 +22,9 @@ type Golden struct {
 }
 
 // Define creates the tiny golden VM on libvirt: a storage pool at dir with an
-// empty qcow2 disk, and a shut-off domain that boots art directly. memMiB is
-// the guest's memory.
-func Define(l *libvirt.Libvirt, name, dir string, art *Artifacts, memMiB int) (*Golden, error) {
+// empty qcow2 disk of diskSize bytes (virtual), and a shut-off domain that
+// boots art directly. memMiB is the guest's memory.
+func Define(l *libvirt.Libvirt, name, dir string, art *Artifacts, memMiB int, diskSize uint64) (*Golden, error) {
 	g := &Golden{Name: name, Pool: name + "-disks", Dir: dir, DiskPath: dir + "/" + name + ".qcow2"}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -40,7 +41,7 @@ func Define(l *libvirt.Libvirt, name, dir string, art *Artifacts, memMiB int) (*
 		return nil, err
 	}
 	_, err = l.StorageVolCreateXML(pool, fmt.Sprintf(`<volume><name>%s.qcow2</name><capacity unit='bytes'>%d</capacity>`+
-		`<target><format type='qcow2'/></target></volume>`, html.EscapeString(name), DiskSize), 0)
+		`<target><format type='qcow2'/></target></volume>`, html.EscapeString(name), diskSize), 0)
 	if err != nil {
 		return nil, fmt.Errorf("creating the golden disk: %w", err)
 	}

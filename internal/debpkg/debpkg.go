@@ -91,9 +91,15 @@ func (c *Cache) Depends(ctx context.Context, name string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w %q: %v", ErrNoPackage, name, err)
 	}
+	return parseDepends(string(out)), nil
+}
+
+// parseDepends reads `apt-cache depends` output: the first alternative of
+// each Depends or PreDepends line, skipping virtual packages (<name>).
+func parseDepends(out string) []string {
 	var deps []string
 	alt := false // the line after "|Depends:" is an alternative of the same dependency
-	for _, line := range strings.Split(string(out), "\n") {
+	for _, line := range strings.Split(out, "\n") {
 		m := depRE.FindStringSubmatch(line)
 		if m == nil {
 			continue
@@ -103,7 +109,7 @@ func (c *Cache) Depends(ctx context.Context, name string) ([]string, error) {
 		}
 		alt = strings.HasPrefix(strings.TrimSpace(line), "|")
 	}
-	return deps, nil
+	return deps
 }
 
 // Fetch returns the path of the cached .deb for the candidate version of

@@ -82,7 +82,7 @@ func Setup(ctx context.Context, namePrefix string, log *slog.Logger) (*Bed, erro
 		return nil, fmt.Errorf("connecting to libvirt (is libvirtd running?): %w", err)
 	}
 	b := &Bed{Prefix: prefix, Root: root, OverlayDir: filepath.Join(root, "overlays"), L: l, Art: art, Log: log}
-	g, err := tinyvm.Define(l, prefix+"-golden", filepath.Join(root, "golden"), art, 160)
+	g, err := tinyvm.Define(l, prefix+"-golden", filepath.Join(root, "golden"), art, 160, tinyvm.DiskSize)
 	if err != nil {
 		b.Close()
 		return nil, err

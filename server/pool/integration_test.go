@@ -17,12 +17,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
 
+	"undervdi/internal/hostsetup"
 	"undervdi/internal/testbed"
 	"undervdi/server/domxml"
 	"undervdi/server/pool"
@@ -38,6 +38,10 @@ type realPool struct {
 }
 
 func startRealPool(t *testing.T, bed *testbed.Bed, size int) *realPool {
+	return startRealPoolB(t, bed, size)
+}
+
+func startRealPoolB(t testing.TB, bed *testbed.Bed, size int) *realPool {
 	t.Helper()
 	cfg := bed.Config(size)
 	log := slog.New(slog.DiscardHandler)
@@ -435,23 +439,12 @@ func TestRealLibvirtdRestart(t *testing.T) {
 	waitEnded(t, rp, v.Name)
 }
 
-// restartLibvirtd stops the libvirtd that .ci/run started (by the PID in its
-// pid file) and starts a new one the same way.
+// restartLibvirtd restarts the libvirtd that .ci/run started, the same way.
 func restartLibvirtd(t *testing.T) {
 	t.Helper()
-	b, err := os.ReadFile("/run/libvirtd.pid")
-	if err != nil {
-		t.Fatalf("libvirtd pid file: %v", err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := hostsetup.RestartLibvirtd(ctx); err != nil {
 		t.Fatal(err)
-	}
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
-		t.Fatalf("stopping libvirtd %d: %v", pid, err)
-	}
-	waitFor(t, time.Minute, "libvirtd to exit", func() bool { return syscall.Kill(pid, 0) != nil })
-	if out, err := exec.Command("libvirtd", "-d").CombinedOutput(); err != nil {
-		t.Fatalf("starting libvirtd: %v: %s", err, out)
 	}
 }

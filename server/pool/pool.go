@@ -619,8 +619,11 @@ func (p *Pool) startWipeLocked(v *vm, reason string) {
 // state ending and the next reconcile tries again.
 func (p *Pool) wipe(v *vm) {
 	ctx := p.ctx
+	start := time.Now()
 	p.hv.SetMetadata(ctx, v.name, p.meta(domxml.Ending)) // best effort: for status readers only
+	marked := time.Now()
 	err := p.hv.Destroy(ctx, v.name)
+	destroyed := time.Now()
 	if err == nil {
 		p.mu.Lock()
 		overlays := append([]string(nil), v.overlays...)
@@ -631,6 +634,7 @@ func (p *Pool) wipe(v *vm) {
 		}
 		err = errors.Join(errs...)
 	}
+	p.log.Debug("wiped VM", "vm", v.name, "err", err, "mark", marked.Sub(start), "destroy", destroyed.Sub(marked), "overlays", time.Since(destroyed))
 	p.mu.Lock()
 	if err != nil {
 		v.endErr = err

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -108,6 +109,7 @@ type brokerProc struct {
 	log    *syncBuffer
 	socket string
 	done   chan struct{}
+	ready  chan struct{} // closed when the broker sent READY=1 to systemd
 }
 
 func writeConfig(t *testing.T, cfg *config.Config) string {
@@ -126,9 +128,30 @@ func writeConfig(t *testing.T, cfg *config.Config) string {
 
 func startBroker(t *testing.T, cfgPath, socket string) *brokerProc {
 	t.Helper()
-	p := &brokerProc{log: &syncBuffer{}, socket: socket, done: make(chan struct{})}
+	p := &brokerProc{log: &syncBuffer{}, socket: socket, done: make(chan struct{}), ready: make(chan struct{})}
 	p.cmd = exec.Command(brokerBinary(t), "run", "-config", cfgPath)
 	p.cmd.Stderr = p.log
+	// Play systemd's part of Type=notify.
+	notify := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			if slices.Contains(strings.Split(string(buf[:n]), "\n"), "READY=1") {
+				close(p.ready)
+				return
+			}
+		}
+	}()
+	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -180,6 +203,11 @@ func (p *brokerProc) waitFull(t *testing.T, size int) *broker.Status {
 		s = p.status()
 		return s != nil && s.Pool.Counts[domxml.Clean] == size && len(s.Pool.VMs) == size
 	})
+	select {
+	case <-p.ready:
+	default:
+		t.Errorf("the broker never told systemd READY=1")
+	}
 	return s
 }
 

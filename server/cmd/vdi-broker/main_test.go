@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -48,5 +51,35 @@ func TestUnknownCommand(t *testing.T) {
 	var stderr bytes.Buffer
 	if code := run([]string{"frobnicate"}, &bytes.Buffer{}, &stderr); code != exitSetup || !strings.Contains(stderr.String(), "usage") {
 		t.Errorf("run(frobnicate) = %d, %q", code, stderr.String())
+	}
+}
+
+// TestSystemdUnit checks the unit file with systemd's own tools: it must
+// verify cleanly and keep its hardening (exposure level at most 2.0 of 10).
+func TestSystemdUnit(t *testing.T) {
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Skip("systemd-analyze not installed")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "vdi-broker")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v: %s", err, out)
+	}
+	unit, err := os.ReadFile("../../vdi-broker.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "vdi-broker.service")
+	os.WriteFile(path, bytes.ReplaceAll(unit, []byte("/usr/local/bin/vdi-broker"), []byte(bin)), 0o644)
+	if out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput(); err != nil || len(out) > 0 {
+		t.Errorf("systemd-analyze verify = %v: %s", err, out)
+	}
+	out, _ := exec.Command("systemd-analyze", "security", "--offline=true", path).CombinedOutput()
+	m := regexp.MustCompile(`Overall exposure level for vdi-broker.service: ([0-9.]+)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("systemd-analyze security said:\n%s", out)
+	}
+	if level, _ := strconv.ParseFloat(string(m[1]), 64); level > 2.0 {
+		t.Errorf("exposure level = %.1f, want at most 2.0:\n%s", level, out)
 	}
 }

@@ -1,0 +1,110 @@
+// Package hostsetup starts the daemons the tests and the demo need on a
+// machine without systemd: virtlogd and libvirtd. libvirtd runs under
+// `tini -s`, a child subreaper, so that QEMU processes are reaped the moment
+// they exit, as systemd does on a real server; without it, an init that
+// reaps slowly makes every VM destroy wait for libvirt's 200 ms polls.
+package hostsetup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// LibvirtSocket is where libvirtd listens for qemu:///system.
+const LibvirtSocket = "/var/run/libvirt/libvirt-sock"
+
+// EnsureLibvirt starts virtlogd and libvirtd unless they run, and waits for
+// libvirtd's socket.
+func EnsureLibvirt(ctx context.Context) error {
+	if !running("/run/virtlogd.pid") {
+		if out, err := exec.CommandContext(ctx, "virtlogd", "-d").CombinedOutput(); err != nil {
+			return fmt.Errorf("starting virtlogd: %v: %s", err, out)
+		}
+	}
+	if !running("/run/libvirtd.pid") {
+		if err := StartLibvirtd(); err != nil {
+			return err
+		}
+	}
+	return waitSocket(ctx, LibvirtSocket)
+}
+
+// StartLibvirtd starts libvirtd in the background, in its own session, under
+// a subreaper. It does not wait for it.
+func StartLibvirtd() error {
+	args := []string{"libvirtd"}
+	if tini, err := exec.LookPath("tini"); err == nil {
+		args = []string{tini, "-s", "--", "libvirtd"}
+	}
+	log, err := os.OpenFile("/var/log/undervdi-libvirtd.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting libvirtd: %w", err)
+	}
+	return cmd.Process.Release()
+}
+
+// RestartLibvirtd stops the running libvirtd by the PID in its pid file and
+// starts a new one. Running VMs survive it: QEMU outlives libvirtd.
+func RestartLibvirtd(ctx context.Context) error {
+	pid, err := readPID("/run/libvirtd.pid")
+	if err != nil {
+		return err
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stopping libvirtd %d: %w", pid, err)
+	}
+	for syscall.Kill(pid, 0) == nil {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("libvirtd %d did not stop: %w", pid, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if err := StartLibvirtd(); err != nil {
+		return err
+	}
+	return waitSocket(ctx, LibvirtSocket)
+}
+
+func running(pidFile string) bool {
+	pid, err := readPID(pidFile)
+	return err == nil && syscall.Kill(pid, 0) == nil
+}
+
+func readPID(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+func waitSocket(ctx context.Context, path string) error {
+	for {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(fmt.Errorf("waiting for %s", path), err, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
