@@ -222,6 +222,13 @@ func (f *fakeHV) domainNames() []string {
 	return out
 }
 
+// counts returns how many clones were made and the most that existed at once.
+func (f *fakeHV) counts() (created, peak int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.created, f.peak
+}
+
 func (f *fakeHV) overlayCount() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

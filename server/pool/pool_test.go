@@ -115,8 +115,8 @@ func TestTakeNeverGivesAVMTwice(t *testing.T) {
 			t.Errorf("VM %s handed out %d times", name, n)
 		}
 	}
-	if f.peak > 5 {
-		t.Errorf("%d domains existed at once, max_vms is 5", f.peak)
+	if _, peak := f.counts(); peak > 5 {
+		t.Errorf("%d domains existed at once, max_vms is 5", peak)
 	}
 }
 
@@ -255,8 +255,8 @@ func TestNeverExceedsMaxVMs(t *testing.T) {
 	}
 	p.End(used[0], "done")
 	waitFor(t, "a clean VM after a session ended", func() bool { return clean(p) == 1 })
-	if f.peak > 3 {
-		t.Errorf("%d domains existed at once, max_vms is 3", f.peak)
+	if _, peak := f.counts(); peak > 3 {
+		t.Errorf("%d domains existed at once, max_vms is 3", peak)
 	}
 }
 
@@ -269,8 +269,8 @@ func TestKeepsMemoryReserve(t *testing.T) {
 		s := p.Status()
 		return len(s.VMs) == 1 && s.Memory != ""
 	})
-	if f.created != 1 {
-		t.Errorf("created %d clones with memory for one", f.created)
+	if created, _ := f.counts(); created != 1 {
+		t.Errorf("created %d clones with memory for one", created)
 	}
 	if s := p.Status(); !strings.Contains(s.Memory, "a clone needs 256 MiB and 1024 MiB stay reserved") {
 		t.Errorf("Status().Memory = %q, want the available memory named", s.Memory)
