@@ -7,7 +7,7 @@ SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)
 
 # Debian packages the tests, the demo and the image builds need.
-DEBS := libvirt-daemon-system qemu-system-x86 qemu-utils qemu-guest-agent tini \
+DEBS := libvirt-daemon-system qemu-system-x86 qemu-utils qemu-guest-agent tini virt-viewer xvfb \
         systemd dpkg-dev ca-certificates
 
 GO_PKGS := ./...
