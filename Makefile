@@ -50,9 +50,12 @@ unit:
 integration:
 	go test -tags integration -count=1 -p 1 -timeout 30m $(GO_PKGS)
 
-# bench prints a table of the benchmarks (real libvirt + QEMU, so slow).
+# bench prints a table of the benchmarks. Those on real libvirt + QEMU boot
+# VMs, so they run few iterations, six times each (benchstat's minimum for a
+# confidence interval). Figures are recorded in docs/benchmarks.md.
 bench: daemons
-	go test -tags integration -run '^$$' -bench . -benchtime 5x -p 1 -timeout 30m ./server/... | tee bench.out
+	go test -tags integration -run '^$$' -bench . -benchtime 30x -count 6 ./server/virt | tee bench.out
+	go test -tags integration -run '^$$' -bench . -benchtime 1x -count 6 -timeout 30m ./server/pool | tee -a bench.out
 	go tool benchstat bench.out
 
 demo: daemons

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -14,48 +15,101 @@ import (
 
 	"undervdi/server/domxml"
 	"undervdi/server/pool"
+	"undervdi/server/session"
 )
 
 // Status is what GET /v1/status returns.
 type Status struct {
-	Libvirt string      `json:"libvirt"`
-	Pool    pool.Status `json:"pool"`
+	Libvirt  string                `json:"libvirt"`
+	Pool     pool.Status           `json:"pool"`
+	Sessions []session.LeaseStatus `json:"sessions"`
 }
 
+// The admin API, on a unix socket only root and the broker's group reach:
+//
+//	GET  /v1/status          the pool, its VMs and the sessions
+//	POST /v1/vms/{name}/end  end the session on a VM (or the VM), destroying it
 func (b *Broker) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(Status{Libvirt: b.Host.URI(), Pool: b.Pool.Status()})
+		json.NewEncoder(w).Encode(Status{Libvirt: b.Host.URI(), Pool: b.Pool.Status(), Sessions: b.Sessions.Leases()})
+	})
+	mux.HandleFunc("POST /v1/vms/{name}/end", func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		reason := "ended by an admin"
+		if q := r.URL.Query().Get("reason"); q != "" {
+			reason += ": " + q
+		}
+		if b.Sessions.EndVM(name, reason) {
+			return
+		}
+		if err := b.Pool.End(name, reason); err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+		}
 	})
 	return mux
 }
 
-// FetchStatus reads the status from a broker's admin socket.
-func FetchStatus(ctx context.Context, socket string) (*Status, error) {
-	c := &http.Client{Transport: &http.Transport{
+// Client talks to a broker's admin socket.
+type Client struct {
+	Socket string
+	http   *http.Client
+}
+
+// NewClient returns a client for the admin socket at path.
+func NewClient(socket string) *Client {
+	return &Client{Socket: socket, http: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
 		},
-	}}
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://broker/v1/status", nil)
+	}}}
+}
+
+func (c *Client) do(ctx context.Context, method, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://broker"+path, nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.Do(req)
+	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("broker not reachable on %s (is vdi-broker running?): %w", socket, err)
+		return nil, fmt.Errorf("broker not reachable on %s (is vdi-broker running?): %w", c.Socket, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return nil, fmt.Errorf("broker: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	return resp, nil
+}
+
+// Status reads the broker's status.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	resp, err := c.do(ctx, "GET", "/v1/status")
+	if err != nil {
+		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("broker answered %s", resp.Status)
-	}
 	var s Status
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
 		return nil, fmt.Errorf("broker status: %w", err)
 	}
 	return &s, nil
+}
+
+// End ends the session on a VM, or the VM itself, with a reason.
+func (c *Client) End(ctx context.Context, vm, reason string) error {
+	resp, err := c.do(ctx, "POST", "/v1/vms/"+url.PathEscape(vm)+"/end?reason="+url.QueryEscape(reason))
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+// FetchStatus reads the status from a broker's admin socket.
+func FetchStatus(ctx context.Context, socket string) (*Status, error) {
+	return NewClient(socket).Status(ctx)
 }
 
 // WriteTable prints the status for people.
@@ -81,7 +135,11 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tSTATE\tFOR\tOVERLAYS\tNOTE")
+	fmt.Fprintln(tw, "VM\tSTATE\tFOR\tKIOSK\tOVERLAYS\tNOTE")
+	kiosks := map[string]string{}
+	for _, l := range s.Sessions {
+		kiosks[l.VM] = fmt.Sprintf("%s (%s)", l.Kiosk, l.Addr)
+	}
 	vms := append([]pool.VMStatus(nil), p.VMs...)
 	sort.Slice(vms, func(i, j int) bool { return vms[i].Name < vms[j].Name })
 	for _, v := range vms {
@@ -89,8 +147,12 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 		if v.Error != "" {
 			note = "error: " + v.Error
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.Name, v.State, now.Sub(v.Since).Round(time.Second),
-			strings.Join(v.Overlays, ","), note)
+		kiosk := kiosks[v.Name]
+		if kiosk == "" {
+			kiosk = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.State, now.Sub(v.Since).Round(time.Second),
+			kiosk, strings.Join(v.Overlays, ","), note)
 	}
 	tw.Flush()
 }

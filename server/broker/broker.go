@@ -1,10 +1,12 @@
 // Package broker is the vdi-broker daemon: it connects to libvirt, keeps the
-// pool of disposable VMs, and serves the admin API that `vdi-broker status`
-// reads. Sessions and the SPICE gateway build on the pool it owns.
+// pool of disposable VMs, serves kiosks (the kiosk protocol and the
+// original's signal port), runs the SPICE gateway, and serves the admin API
+// that `vdi-broker status` reads.
 package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,27 +14,34 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sync/errgroup"
 
+	"undervdi/kioskproto"
 	"undervdi/server/config"
 	"undervdi/server/domxml"
+	"undervdi/server/gateway"
 	"undervdi/server/pool"
+	"undervdi/server/session"
 	"undervdi/server/virt"
 )
 
 // ErrSetup marks errors an operator must fix before a restart can help: a
-// bad golden VM, an unusable admin socket path. The daemon exits with status
-// 2 for them, which the systemd unit does not restart.
+// bad golden VM, a port in use, an unusable path. The daemon exits with
+// status 2 for them, which the systemd unit does not restart.
 var ErrSetup = errors.New("setup error")
 
 // Broker is a running broker.
 type Broker struct {
-	Config *config.Config
-	Log    *slog.Logger
-	Pool   *pool.Pool
-	Host   *virt.Host
+	Config   *config.Config
+	Log      *slog.Logger
+	Host     *virt.Host
+	Pool     *pool.Pool
+	Sessions *session.Manager
+	Gateway  *gateway.Gateway
 }
 
 // New prepares a broker; it starts connecting to libvirt at once, in the
@@ -42,50 +51,130 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
-	return &Broker{
-		Config: cfg,
-		Log:    log,
-		Host:   host,
-		Pool: pool.New(pool.Config{
-			Name:              cfg.PoolName,
-			Golden:            cfg.Golden,
-			Size:              cfg.PoolSize,
-			MaxVMs:            cfg.MaxVMs,
-			OverlayDir:        cfg.OverlayDir,
-			MemoryReserve:     uint64(cfg.MemoryReserve),
-			ReadyTimeout:      cfg.ReadyTimeout.D(),
-			RefillConcurrency: cfg.RefillConcurrency,
-			FailureLimit:      cfg.FailureLimit,
-			ReconcileInterval: cfg.ReconcileInterval.D(),
-		}, host, log),
-	}, nil
+	_, portStr, _ := net.SplitHostPort(cfg.Gateway.Listen)
+	port, _ := strconv.Atoi(portStr)
+	registry, err := session.NewRegistry(cfg.Kiosks)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
+	}
+	audit, err := session.OpenAudit(cfg.Sessions.AuditLog, log)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
+	}
+	b := &Broker{Config: cfg, Log: log, Host: host}
+	var gw *gateway.Gateway
+	b.Pool = pool.New(pool.Config{
+		Name:              cfg.PoolName,
+		Golden:            cfg.Golden,
+		Size:              cfg.PoolSize,
+		MaxVMs:            cfg.MaxVMs,
+		OverlayDir:        cfg.OverlayDir,
+		MemoryReserve:     uint64(cfg.MemoryReserve),
+		ReadyTimeout:      cfg.ReadyTimeout.D(),
+		RefillConcurrency: cfg.RefillConcurrency,
+		FailureLimit:      cfg.FailureLimit,
+		ReconcileInterval: cfg.ReconcileInterval.D(),
+		ReadyCheck:        func(ctx context.Context, vm pool.VM) error { return gw.Prepare(ctx, vm) },
+	}, host, log)
+	v := cfg.Viewer
+	b.Sessions = session.New(session.Config{
+		ConnectWindow:    cfg.Gateway.ConnectWindow.D(),
+		Grace:            cfg.Gateway.Grace.D(),
+		Heartbeat:        cfg.Sessions.Heartbeat.D(),
+		HeartbeatTimeout: cfg.Sessions.HeartbeatTimeout.D(),
+		IdleLimit:        cfg.Sessions.IdleLimit.D(),
+		MaxSession:       cfg.Sessions.MaxSession.D(),
+		QueueLimit:       cfg.Sessions.QueueLimit,
+		PublicHost:       cfg.Gateway.PublicHost,
+		GatewayPort:      port,
+		Viewer: kioskproto.Viewer{Title: v.Title, DisableAudio: v.DisableAudio, DisableEffects: v.DisableEffects,
+			Compression: v.Compression, USBAutoRedirect: v.USBAutoRedirect, USBRedirectConnect: v.USBRedirectConnect},
+	}, b.Pool, registry, audit, log)
+	gw, err = gateway.New(b.Sessions, gateway.LocalDialer{}, audit, log)
+	if err != nil {
+		return nil, err
+	}
+	b.Gateway = gw
+	b.Sessions.SetPrepare(gw.Prepare) // VMs adopted after a restart were never probed
+	b.Pool.OnEnded(func(e pool.Ended) { gw.Forget(e.VM) })
+	return b, nil
 }
 
 // Run runs the broker until ctx ends. It tells systemd it is ready once the
-// first reconcile with libvirt is done.
+// first reconcile with libvirt is done and the ports are open.
 func (b *Broker) Run(ctx context.Context) error {
+	cfg := b.Config
 	admin, err := b.serveAdmin(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrSetup, err)
 	}
 	defer admin.Close()
+	listeners, err := b.listen()
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrSetup, err)
+	}
 
 	daemon.SdNotify(false, "STATUS=connecting to libvirt and reconciling")
 	if err := b.Pool.Start(ctx); err != nil {
+		for _, ln := range listeners {
+			ln.Close()
+		}
 		if errors.Is(err, domxml.ErrGolden) {
 			return fmt.Errorf("%w: %w", ErrSetup, err)
 		}
 		return err
 	}
-	cfg := b.Config
-	b.Log.Info("broker ready", "pool", cfg.PoolName, "golden", cfg.Golden, "size", cfg.PoolSize, "admin", cfg.AdminSocket)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return b.Pool.Run(ctx) })
+	g.Go(func() error { b.Sessions.Run(ctx); return nil })
+	g.Go(func() error { return b.Gateway.Serve(ctx, listeners["gateway"]) })
+	g.Go(func() error { return session.Serve(ctx, listeners["kiosk"], b.Sessions.ServeKiosk) })
+	if ln := listeners["legacy"]; ln != nil {
+		g.Go(func() error { return session.Serve(ctx, ln, b.Sessions.ServeLegacy) })
+	}
+	b.Log.Info("broker ready", "pool", cfg.PoolName, "golden", cfg.Golden, "size", cfg.PoolSize,
+		"gateway", cfg.Gateway.Listen, "kiosks", cfg.Sessions.Listen, "legacy", cfg.Sessions.LegacyListen)
 	daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS=serving")
-	err = b.Pool.Run(ctx)
+	err = g.Wait()
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}
 	return err
+}
+
+// listen opens the broker's ports before anything else, so that a port in
+// use is a setup error at once.
+func (b *Broker) listen() (map[string]net.Listener, error) {
+	cfg := b.Config
+	out := map[string]net.Listener{}
+	open := func(name, addr string) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s port: %w", name, err)
+		}
+		out[name] = ln
+		return nil
+	}
+	err := errors.Join(open("gateway", cfg.Gateway.Listen), open("kiosk", cfg.Sessions.Listen))
+	if err == nil && cfg.Sessions.LegacyListen != "" {
+		err = open("legacy", cfg.Sessions.LegacyListen)
+	}
+	if err == nil && cfg.Sessions.TLSCert != "" {
+		cert, cerr := tls.LoadX509KeyPair(cfg.Sessions.TLSCert, cfg.Sessions.TLSKey)
+		if cerr != nil {
+			err = fmt.Errorf("sessions.tls_cert: %w", cerr)
+		} else {
+			out["kiosk"] = tls.NewListener(out["kiosk"], &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		}
+	}
+	if err != nil {
+		for _, ln := range out {
+			ln.Close()
+		}
+		return nil, err
+	}
+	return out, nil
 }
 
 // serveAdmin serves the admin API on the configured unix socket.

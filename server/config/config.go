@@ -8,10 +8,14 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -42,7 +46,59 @@ type Config struct {
 	ReconcileInterval Duration `toml:"reconcile_interval"`
 	AdminSocket       string   `toml:"admin_socket"`
 	LogLevel          string   `toml:"log_level"`
+
+	Gateway  Gateway  `toml:"gateway"`
+	Sessions Sessions `toml:"sessions"`
+	Viewer   Viewer   `toml:"viewer"`
+	Kiosks   []Kiosk  `toml:"kiosk"`
 }
+
+// Gateway is the SPICE gateway: the only way to a VM's screen.
+type Gateway struct {
+	Listen        string   `toml:"listen"`         // the original's vdi_spice_port
+	PublicHost    string   `toml:"public_host"`    // what kiosks are told to connect to
+	ConnectWindow Duration `toml:"connect_window"` // the original's count_conn_tryes
+	Grace         Duration `toml:"grace"`
+}
+
+// Sessions is the kiosk side: the kiosk protocol, the legacy signal port,
+// and when sessions end.
+type Sessions struct {
+	Listen           string   `toml:"listen"`
+	LegacyListen     string   `toml:"legacy_listen"` // the original's vdi_signal_port
+	Heartbeat        Duration `toml:"heartbeat"`
+	HeartbeatTimeout Duration `toml:"heartbeat_timeout"`
+	IdleLimit        Duration `toml:"idle_limit"`
+	MaxSession       Duration `toml:"max_session"`
+	QueueLimit       int      `toml:"queue_limit"`
+	TLSCert          string   `toml:"tls_cert"`
+	TLSKey           string   `toml:"tls_key"`
+	AuditLog         string   `toml:"audit_log"`
+}
+
+// Viewer holds the remote-viewer settings sent to kiosks with each offer.
+type Viewer struct {
+	Title              string `toml:"title"`
+	DisableAudio       bool   `toml:"disable_audio"`
+	DisableEffects     string `toml:"disable_effects"`
+	Compression        string `toml:"compression"`
+	USBAutoRedirect    string `toml:"usb_auto_redirect"`
+	USBRedirectConnect string `toml:"usb_redirect_connect"`
+}
+
+// Kiosk is one known kiosk, or a group of them when ID holds a '*'.
+type Kiosk struct {
+	ID      string `toml:"id"`
+	Address string `toml:"address"` // an address or a CIDR range the kiosk connects from
+	Token   string `toml:"token"`
+	Legacy  bool   `toml:"legacy"` // runs the original remote.sh: no id, no token, known by address
+}
+
+// DefaultUSBFilter redirects flash drives (mass storage), scanners (still
+// image and vendor-specific), printers and webcams (video), and never
+// keyboards, mice or hubs. The syntax is spice-gtk's: class,vendor,product,
+// version,allow rules separated by '|', first match wins.
+const DefaultUSBFilter = "0x03,-1,-1,-1,0|0x09,-1,-1,-1,0|0x08,-1,-1,-1,1|0x06,-1,-1,-1,1|0x07,-1,-1,-1,1|0x0e,-1,-1,-1,1|0xff,-1,-1,-1,1|-1,-1,-1,-1,0"
 
 // Default returns the configuration used for keys the file leaves out.
 func Default() *Config {
@@ -59,6 +115,28 @@ func Default() *Config {
 		ReconcileInterval: Duration(time.Minute),
 		AdminSocket:       "/run/undervdi/admin.sock",
 		LogLevel:          "info",
+		Gateway: Gateway{
+			Listen:        ":5906",
+			ConnectWindow: Duration(10 * time.Second),
+			Grace:         Duration(5 * time.Second),
+		},
+		Sessions: Sessions{
+			Listen:           ":5907",
+			LegacyListen:     ":5905",
+			Heartbeat:        Duration(5 * time.Second),
+			HeartbeatTimeout: Duration(15 * time.Second),
+			IdleLimit:        Duration(5 * time.Minute),
+			QueueLimit:       200,
+			AuditLog:         "/var/log/undervdi/sessions.jsonl",
+		},
+		Viewer: Viewer{
+			Title:              "undervdi",
+			DisableAudio:       true,
+			DisableEffects:     "animation",
+			Compression:        "auto-glz",
+			USBAutoRedirect:    DefaultUSBFilter,
+			USBRedirectConnect: DefaultUSBFilter,
+		},
 	}
 }
 
@@ -145,7 +223,104 @@ func (c *Config) Validate() error {
 	default:
 		bad("log_level", "%q: must be debug, info, warn or error", c.LogLevel)
 	}
+	g, ss := c.Gateway, c.Sessions
+	for key, addr := range map[string]string{"gateway.listen": g.Listen, "sessions.listen": ss.Listen, "sessions.legacy_listen": ss.LegacyListen} {
+		if addr == "" && key == "sessions.legacy_listen" {
+			continue // legacy kiosks off
+		}
+		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+			bad(key, "%q is not a listen address such as :5906 or 169.254.24.1:5906", addr)
+		}
+	}
+	if g.ConnectWindow < Duration(time.Second) {
+		bad("gateway.connect_window", "%v: must be at least 1s", g.ConnectWindow)
+	}
+	if ss.Heartbeat < Duration(time.Second) {
+		bad("sessions.heartbeat", "%v: must be at least 1s", ss.Heartbeat)
+	}
+	if ss.HeartbeatTimeout < 2*ss.Heartbeat {
+		bad("sessions.heartbeat_timeout", "%v: must be at least twice sessions.heartbeat (%v)", ss.HeartbeatTimeout, ss.Heartbeat)
+	}
+	if ss.IdleLimit < Duration(10*time.Second) {
+		bad("sessions.idle_limit", "%v: must be at least 10s", ss.IdleLimit)
+	}
+	if ss.QueueLimit < 1 {
+		bad("sessions.queue_limit", "%d: must be at least 1", ss.QueueLimit)
+	}
+	if (ss.TLSCert == "") != (ss.TLSKey == "") {
+		bad("sessions.tls_cert", "tls_cert and tls_key go together")
+	}
+	if ss.AuditLog != "" && !filepath.IsAbs(ss.AuditLog) {
+		bad("sessions.audit_log", "%q must be an absolute path", ss.AuditLog)
+	}
+	for key, f := range map[string]string{"viewer.usb_auto_redirect": c.Viewer.USBAutoRedirect, "viewer.usb_redirect_connect": c.Viewer.USBRedirectConnect} {
+		if err := CheckUSBFilter(f); err != nil {
+			bad(key, "%v", err)
+		}
+	}
+	ids := map[string]bool{}
+	for i, k := range c.Kiosks {
+		key := fmt.Sprintf("kiosk[%d]", i)
+		if k.ID != "" {
+			key = fmt.Sprintf("kiosk %q", k.ID)
+		}
+		if _, err := k.Prefix(); err != nil {
+			bad(key+".address", "%v", err)
+		}
+		switch {
+		case k.Legacy && k.Token != "":
+			bad(key+".token", "a legacy kiosk runs the original remote.sh, which has no token: it is known by its address only")
+		case !k.Legacy && k.ID == "":
+			bad(key+".id", "required (or legacy = true for a kiosk running the original remote.sh)")
+		case !k.Legacy && len(k.Token) < 16:
+			bad(key+".token", "must be at least 16 characters")
+		}
+		if k.ID != "" {
+			if _, err := path.Match(k.ID, ""); err != nil || len(k.ID) > 64 {
+				bad(key+".id", "%q is not an id or a pattern such as branch-*", k.ID)
+			}
+			if ids[k.ID] {
+				bad(key+".id", "%q appears twice", k.ID)
+			}
+			ids[k.ID] = true
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// Prefix returns the address range the kiosk connects from.
+func (k Kiosk) Prefix() (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(k.Address); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(k.Address)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address or a range such as 169.254.24.0/24", k.Address)
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+}
+
+// CheckUSBFilter checks a spice-gtk USB redirection filter: rules
+// class,vendor,product,version,allow separated by '|'; numbers are decimal
+// or 0x-hex, -1 matches anything, allow is 0 or 1.
+func CheckUSBFilter(f string) error {
+	if f == "" {
+		return nil
+	}
+	for i, rule := range strings.Split(f, "|") {
+		fields := strings.Split(rule, ",")
+		if len(fields) != 5 {
+			return fmt.Errorf("rule %d %q: want class,vendor,product,version,allow", i+1, rule)
+		}
+		for j, field := range fields {
+			v, err := strconv.ParseInt(strings.TrimSpace(field), 0, 32)
+			max := []int64{0xff, 0xffff, 0xffff, 0xffff, 1}[j]
+			if err != nil || v < -1 || v > max || (j == 4 && v < 0) {
+				return fmt.Errorf("rule %d %q: field %d %q is not -1 or 0..%#x", i+1, rule, j+1, field, max)
+			}
+		}
+	}
+	return nil
 }
 
 // Duration is a time.Duration written as "90s", "5m" or "1h30m".

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +16,7 @@ func TestExampleParses(t *testing.T) {
 	// equal them, or the file lies to its reader.
 	want := Default()
 	want.Golden = "win10"
-	if *c != *want {
+	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Parse(Example) = %+v, want defaults %+v", *c, *want)
 	}
 }
@@ -64,6 +65,17 @@ func TestParseErrors(t *testing.T) {
 		{`golden = "g"` + "\nlog_level = \"loud\"", []string{"log_level"}},
 		{`golden = "g"` + "\nlibvirt_uri = \"nonsense\"", []string{"libvirt_uri"}},
 		{`golden = "g` + "\n", []string{"line 1"}},
+		{`golden = "g"` + "\n[gateway]\nlisten = \"5906\"", []string{"gateway.listen", "not a listen address"}},
+		{`golden = "g"` + "\n[sessions]\nheartbeat = \"10s\"", []string{"sessions.heartbeat_timeout", "twice"}},
+		{`golden = "g"` + "\n[sessions]\ntls_cert = \"/c\"", []string{"tls_cert and tls_key go together"}},
+		{`golden = "g"` + "\n[viewer]\nusb_auto_redirect = \"0x08,-1,-1\"", []string{"viewer.usb_auto_redirect", "class,vendor,product,version,allow"}},
+		{`golden = "g"` + "\n[viewer]\nusb_auto_redirect = \"0x08,-1,-1,-1,2\"", []string{"field 5"}},
+		{`golden = "g"` + "\n[[kiosk]]\nid = \"k1\"\naddress = \"10.0.0.300\"\ntoken = \"0123456789abcdef\"", []string{`kiosk "k1".address`}},
+		{`golden = "g"` + "\n[[kiosk]]\nid = \"k1\"\naddress = \"10.0.0.3\"\ntoken = \"short\"", []string{`kiosk "k1".token`, "16"}},
+		{`golden = "g"` + "\n[[kiosk]]\naddress = \"10.0.0.3\"\ntoken = \"0123456789abcdef\"", []string{"kiosk[0].id", "legacy"}},
+		{`golden = "g"` + "\n[[kiosk]]\naddress = \"10.0.0.3\"\nlegacy = true\ntoken = \"0123456789abcdef\"", []string{"no token"}},
+		{`golden = "g"` + "\n[[kiosk]]\nid = \"k\"\naddress = \"10.0.0.3\"\ntoken = \"0123456789abcdef\"\n[[kiosk]]\nid = \"k\"\naddress = \"10.0.0.4\"\ntoken = \"0123456789abcdef\"", []string{"appears twice"}},
+		{`golden = "g"` + "\n[[kiosk]]\nid = \"k\"\naddress = \"10.0.0.3\"\ntoken = \"0123456789abcdef\"\nport = 3", []string{`unknown key "kiosk.port"`}},
 		// Several problems are reported together.
 		{`golden = "g"` + "\npool_size = 0\nfailure_limit = 0", []string{"pool_size", "failure_limit"}},
 	} {
@@ -76,6 +88,34 @@ func TestParseErrors(t *testing.T) {
 			if !strings.Contains(err.Error(), w) {
 				t.Errorf("Parse(%q) = %q, want it to contain %q", tc.in, err, w)
 			}
+		}
+	}
+}
+
+func TestKiosks(t *testing.T) {
+	c, err := Parse([]byte(`
+golden = "g"
+[[kiosk]]
+id = "lobby-1"
+address = "169.254.24.10"
+token = "0123456789abcdef"
+[[kiosk]]
+id = "branch-*"
+address = "169.254.24.0/24"
+token = "fedcba9876543210"
+[[kiosk]]
+address = "169.254.24.20"
+legacy = true
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Kiosks) != 3 || !c.Kiosks[2].Legacy {
+		t.Fatalf("Kiosks = %+v", c.Kiosks)
+	}
+	for i, want := range []string{"169.254.24.10/32", "169.254.24.0/24", "169.254.24.20/32"} {
+		if p, err := c.Kiosks[i].Prefix(); err != nil || p.String() != want {
+			t.Errorf("Kiosks[%d].Prefix() = %v, %v; want %s", i, p, err, want)
 		}
 	}
 }

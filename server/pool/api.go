@@ -13,38 +13,60 @@ import (
 // make it look clean again, and no other caller can ever get it.
 func (p *Pool) Take(ctx context.Context) (VM, error) {
 	for {
-		p.mu.Lock()
-		if err := p.availableLocked(); err != nil {
-			p.mu.Unlock()
+		v, err := p.Claim()
+		if err != nil {
 			return VM{}, err
 		}
-		var pick *vm
-		for _, v := range p.vms {
-			if v.state == domxml.Clean && (pick == nil || v.since.Before(pick.since)) {
-				pick = v
-			}
+		if err := p.Confirm(ctx, v.Name); err == nil {
+			return v, nil
 		}
-		if pick == nil {
-			p.mu.Unlock()
-			return VM{}, ErrNoCleanVM
-		}
-		pick.state, pick.since = domxml.Offered, time.Now()
-		p.syncLocked() // one clean VM fewer: refill
-		p.mu.Unlock()
-
-		err := p.hv.SetMetadata(ctx, pick.name, p.meta(domxml.Offered))
-		p.mu.Lock()
-		if err == nil && pick.state == domxml.Offered {
-			out := pick.export()
-			p.mu.Unlock()
-			return out, nil
-		}
-		if err != nil {
-			p.log.Warn("could not record a VM as offered; destroying it", "vm", pick.name, "err", err)
-			p.endLocked(pick, "could not record the offer: "+err.Error())
-		}
-		p.mu.Unlock() // the VM died meanwhile: try the next one
+		// The VM is being destroyed: try the next one.
 	}
+}
+
+// Claim is the first half of Take: it picks the clean VM that has waited
+// longest and marks it offered in memory only, so that no other caller can
+// get it. It is instant, which lets a dispatcher serve a queue strictly in
+// order while the Confirms run concurrently. The caller must Confirm the VM
+// before handing it to anyone.
+func (p *Pool) Claim() (VM, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.availableLocked(); err != nil {
+		return VM{}, err
+	}
+	var pick *vm
+	for _, v := range p.vms {
+		if v.state == domxml.Clean && (pick == nil || v.since.Before(pick.since)) {
+			pick = v
+		}
+	}
+	if pick == nil {
+		return VM{}, ErrNoCleanVM
+	}
+	pick.state, pick.since = domxml.Offered, time.Now()
+	p.syncLocked() // one clean VM fewer: refill
+	return pick.export(), nil
+}
+
+// Confirm records a claimed VM as offered in libvirt. If that fails, the VM
+// is destroyed and the error returned.
+func (p *Pool) Confirm(ctx context.Context, name string) error {
+	err := p.hv.SetMetadata(ctx, name, p.meta(domxml.Offered))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v := p.vms[name]
+	switch {
+	case v == nil:
+		return fmt.Errorf("%w: %s", ErrUnknownVM, name)
+	case err != nil:
+		p.log.Warn("could not record a VM as offered; destroying it", "vm", name, "err", err)
+		p.endLocked(v, "could not record the offer: "+err.Error())
+		return err
+	case v.state != domxml.Offered:
+		return fmt.Errorf("%w: %s is %s", ErrNotOffered, name, v.state)
+	}
+	return nil
 }
 
 // WaitClean returns a channel that is closed the next time a VM may have

@@ -73,6 +73,9 @@ type Config struct {
 	RefillConcurrency int
 	FailureLimit      int
 	ReconcileInterval time.Duration
+	// ReadyCheck, if set, is the last test before a VM is clean (the SPICE
+	// gateway probes the VM's display there); an error fails the clone.
+	ReadyCheck func(context.Context, VM) error
 }
 
 // SpiceTarget is how the broker reaches a VM's display: a unix socket on the
@@ -536,7 +539,18 @@ func (p *Pool) checkReady(v *vm) {
 		p.mu.Unlock()
 		return
 	}
+	snapshot := v.export()
 	p.mu.Unlock()
+	if p.cfg.ReadyCheck != nil {
+		if err := p.cfg.ReadyCheck(ctx, snapshot); err != nil {
+			p.mu.Lock()
+			if v.state == domxml.Booting {
+				p.failLocked(v, fmt.Errorf("readiness check: %w", err))
+			}
+			p.mu.Unlock()
+			return
+		}
+	}
 	if err := p.hv.SetMetadata(ctx, v.name, p.meta(domxml.Clean)); err != nil {
 		p.mu.Lock()
 		if v.state == domxml.Booting {

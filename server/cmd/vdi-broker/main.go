@@ -3,6 +3,7 @@
 //
 //	vdi-broker run    [-config FILE]          run the daemon (the systemd unit does)
 //	vdi-broker status [-config FILE] [-json]  show the pool and every VM
+//	vdi-broker end    [-config FILE] VM [why] end the session on a VM, destroying it
 //	vdi-broker check  [-config FILE]          validate the config and the golden VM
 //	vdi-broker example-config                 print the documented example config
 package main
@@ -34,6 +35,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return status(args, stdout, stderr)
 	case "check":
 		return check(args, stdout, stderr)
+	case "end":
+		return end(args, stdout, stderr)
 	case "example-config":
 		return exampleConfig(stdout)
 	case "help", "-h", "--help":
@@ -47,6 +50,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 const usage = `usage:
   vdi-broker run    [-config FILE]          run the daemon
   vdi-broker status [-config FILE] [-json]  show the pool and every VM
+  vdi-broker end    [-config FILE] VM [why] end the session on a VM, destroying it
   vdi-broker check  [-config FILE]          validate the config and the golden VM
   vdi-broker example-config                 print the documented example config
 `

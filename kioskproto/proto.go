@@ -1,0 +1,331 @@
+// Package kioskproto is the protocol between a kiosk (kioskd) and the broker:
+// length-prefixed JSON frames over TCP (optionally TLS), versioned, every
+// frame bounded in size and every field in length. docs/protocol.md shows a
+// whole session; the decoder is fuzzed and never panics on bad input.
+package kioskproto
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+	"unicode/utf8"
+)
+
+// Version is the protocol version this package speaks.
+const Version = 1
+
+// MaxFrame bounds every frame's payload; no message needs more.
+const MaxFrame = 16 << 10
+
+// Errors of the decoder.
+var (
+	ErrFrameTooLarge = errors.New("frame too large")
+	ErrBadMessage    = errors.New("bad message")
+)
+
+// Type names a message.
+type Type string
+
+// Message types. Kiosk to broker: hello, request, heartbeat, end. Broker to
+// kiosk: welcome, status, offer, heartbeat, end, error.
+const (
+	THello     Type = "hello"
+	TWelcome   Type = "welcome"
+	TRequest   Type = "request"
+	TStatus    Type = "status"
+	TOffer     Type = "offer"
+	THeartbeat Type = "heartbeat"
+	TEnd       Type = "end"
+	TError     Type = "error"
+)
+
+// Message is one frame: its type and exactly the payload of that type.
+type Message struct {
+	Type      Type       `json:"type"`
+	Hello     *Hello     `json:"hello,omitempty"`
+	Welcome   *Welcome   `json:"welcome,omitempty"`
+	Request   *Request   `json:"request,omitempty"`
+	Status    *Status    `json:"status,omitempty"`
+	Offer     *Offer     `json:"offer,omitempty"`
+	Heartbeat *Heartbeat `json:"heartbeat,omitempty"`
+	End       *End       `json:"end,omitempty"`
+	Error     *Error     `json:"error,omitempty"`
+}
+
+// Hello opens a connection: who the kiosk is and its secret token.
+type Hello struct {
+	Version  int    `json:"version"`
+	Kiosk    string `json:"kiosk"`
+	Token    string `json:"token"`
+	Software string `json:"software,omitempty"` // e.g. "kioskd 0.1", for the broker's log
+}
+
+// Welcome accepts a kiosk and tells it the broker's timings.
+type Welcome struct {
+	Version          int    `json:"version"`
+	HeartbeatSeconds int    `json:"heartbeat_seconds"` // send a heartbeat at least this often
+	IdleLimitSeconds int    `json:"idle_limit_seconds"`
+	Broker           string `json:"broker,omitempty"`
+}
+
+// Request asks for a session: a VM for the visitor at the kiosk.
+type Request struct{}
+
+// Status reports progress while a request waits.
+type Status struct {
+	State   string `json:"state"`             // StateQueued or StatePreparing
+	Ahead   int    `json:"ahead,omitempty"`   // kiosks served before this one
+	Message string `json:"message,omitempty"` // for the screen
+}
+
+// States of a waiting request.
+const (
+	StateQueued    = "queued"
+	StatePreparing = "preparing"
+)
+
+// Offer hands the kiosk its VM: where the SPICE gateway is, and the
+// one-time ticket that opens it, valid for this kiosk's address until the
+// lease ends. The client must link before Expires.
+type Offer struct {
+	Lease   string    `json:"lease"`
+	Host    string    `json:"host"`
+	Port    int       `json:"port"`
+	Ticket  string    `json:"ticket"`
+	Expires time.Time `json:"expires"`
+	Viewer  Viewer    `json:"viewer"`
+}
+
+// Viewer carries remote-viewer settings chosen by the broker's operator.
+type Viewer struct {
+	Title              string `json:"title,omitempty"`
+	DisableAudio       bool   `json:"disable_audio,omitempty"`
+	DisableEffects     string `json:"disable_effects,omitempty"`      // e.g. "animation"
+	Compression        string `json:"compression,omitempty"`          // e.g. "auto-glz"
+	USBAutoRedirect    string `json:"usb_auto_redirect,omitempty"`    // spice-gtk filter for devices plugged in
+	USBRedirectConnect string `json:"usb_redirect_connect,omitempty"` // filter for devices present at connect
+}
+
+// Heartbeat keeps a connection and its lease alive. From a kiosk it carries
+// how long the visitor has not touched anything.
+type Heartbeat struct {
+	IdleSeconds int `json:"idle_seconds,omitempty"`
+}
+
+// End closes a session, in either direction, with a reason for the log.
+type End struct {
+	Reason string `json:"reason"`
+}
+
+// Error reports a refused hello or request; the broker closes the
+// connection after it for the codes that say so.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Error codes.
+const (
+	CodeBadMessage  = "bad-message"
+	CodeBadVersion  = "bad-version"
+	CodeUnknown     = "unknown-kiosk" // id, token or address not accepted
+	CodeUnavailable = "unavailable"   // the pool cannot serve now; retry later
+	CodeBusy        = "busy"          // a session is already open on this connection
+	CodeInternal    = "internal"
+)
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Limits on fields, so a peer cannot make the other keep or log much.
+const (
+	maxID     = 64
+	maxSecret = 256
+	maxText   = 1024
+)
+
+// ReadMessage reads and validates one frame.
+func ReadMessage(r io.Reader) (*Message, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n > MaxFrame {
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrFrameTooLarge, n, MaxFrame)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return Decode(buf)
+}
+
+// Decode parses and validates one frame's payload.
+func Decode(payload []byte) (*Message, error) {
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	var m Message
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadMessage, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data", ErrBadMessage)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// WriteMessage validates m and writes it as one frame.
+func WriteMessage(w io.Writer, m *Message) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if len(b) > MaxFrame {
+		return fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(b))
+	}
+	frame := make([]byte, 4+len(b))
+	binary.BigEndian.PutUint32(frame, uint32(len(b)))
+	copy(frame[4:], b)
+	_, err = w.Write(frame)
+	return err
+}
+
+// Validate checks that m carries exactly the payload its type names, and
+// that every field is within bounds.
+func (m *Message) Validate() error {
+	payloads := map[Type]bool{
+		THello: m.Hello != nil, TWelcome: m.Welcome != nil, TRequest: m.Request != nil,
+		TStatus: m.Status != nil, TOffer: m.Offer != nil, THeartbeat: m.Heartbeat != nil,
+		TEnd: m.End != nil, TError: m.Error != nil,
+	}
+	has, known := payloads[m.Type]
+	if !known {
+		return fmt.Errorf("%w: unknown type %q", ErrBadMessage, clip(string(m.Type)))
+	}
+	n := 0
+	for _, p := range payloads {
+		if p {
+			n++
+		}
+	}
+	if !has || n != 1 {
+		return fmt.Errorf("%w: a %s message must carry exactly its %s payload", ErrBadMessage, m.Type, m.Type)
+	}
+	var errs []error
+	text := func(field, s string, max int, required bool) {
+		switch {
+		case required && s == "":
+			errs = append(errs, fmt.Errorf("%s is required", field))
+		case len(s) > max:
+			errs = append(errs, fmt.Errorf("%s is %d bytes, at most %d", field, len(s), max))
+		case !utf8.ValidString(s):
+			errs = append(errs, fmt.Errorf("%s is not UTF-8", field))
+		}
+	}
+	num := func(field string, v, max int) {
+		if v < 0 || v > max {
+			errs = append(errs, fmt.Errorf("%s = %d, want 0 to %d", field, v, max))
+		}
+	}
+	switch m.Type {
+	case THello:
+		num("version", m.Hello.Version, 1<<16)
+		text("kiosk", m.Hello.Kiosk, maxID, true)
+		text("token", m.Hello.Token, maxSecret, false)
+		text("software", m.Hello.Software, maxID, false)
+	case TWelcome:
+		num("version", m.Welcome.Version, 1<<16)
+		num("heartbeat_seconds", m.Welcome.HeartbeatSeconds, 3600)
+		num("idle_limit_seconds", m.Welcome.IdleLimitSeconds, 7*24*3600)
+		text("broker", m.Welcome.Broker, maxID, false)
+	case TStatus:
+		if s := m.Status.State; s != StateQueued && s != StatePreparing {
+			errs = append(errs, fmt.Errorf("state %q unknown", clip(s)))
+		}
+		num("ahead", m.Status.Ahead, 1<<20)
+		text("message", m.Status.Message, maxText, false)
+	case TOffer:
+		o := m.Offer
+		text("lease", o.Lease, maxID, true)
+		text("host", o.Host, 255, true)
+		num("port", o.Port, 65535)
+		text("ticket", o.Ticket, 60, true) // SPICE passwords are at most 60 bytes
+		text("viewer.title", o.Viewer.Title, maxText, false)
+		text("viewer.disable_effects", o.Viewer.DisableEffects, maxID, false)
+		text("viewer.compression", o.Viewer.Compression, maxID, false)
+		text("viewer.usb_auto_redirect", o.Viewer.USBAutoRedirect, maxText, false)
+		text("viewer.usb_redirect_connect", o.Viewer.USBRedirectConnect, maxText, false)
+		if o.Port == 0 || o.Expires.IsZero() {
+			errs = append(errs, errors.New("port and expires are required"))
+		}
+	case THeartbeat:
+		num("idle_seconds", m.Heartbeat.IdleSeconds, 1<<30)
+	case TEnd:
+		text("reason", m.End.Reason, maxText, false)
+	case TError:
+		text("code", m.Error.Code, maxID, true)
+		text("message", m.Error.Message, maxText, false)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %s: %w", ErrBadMessage, m.Type, errors.Join(errs...))
+	}
+	return nil
+}
+
+func clip(s string) string {
+	if len(s) > 32 {
+		return s[:32] + "..."
+	}
+	return s
+}
+
+// Constructors for the messages, so callers write kioskproto.Offer(...)
+// rather than build envelopes by hand.
+
+// NewHello returns a hello for kiosk id with its token.
+func NewHello(id, token, software string) *Message {
+	return &Message{Type: THello, Hello: &Hello{Version: Version, Kiosk: id, Token: token, Software: software}}
+}
+
+// NewWelcome returns a welcome with the broker's timings.
+func NewWelcome(heartbeat, idleLimit time.Duration, broker string) *Message {
+	return &Message{Type: TWelcome, Welcome: &Welcome{Version: Version,
+		HeartbeatSeconds: int(heartbeat / time.Second), IdleLimitSeconds: int(idleLimit / time.Second), Broker: broker}}
+}
+
+// NewRequest returns a session request.
+func NewRequest() *Message { return &Message{Type: TRequest, Request: &Request{}} }
+
+// NewStatus returns a progress report.
+func NewStatus(state string, ahead int, msg string) *Message {
+	return &Message{Type: TStatus, Status: &Status{State: state, Ahead: ahead, Message: msg}}
+}
+
+// NewOffer wraps an offer.
+func NewOffer(o Offer) *Message { return &Message{Type: TOffer, Offer: &o} }
+
+// NewHeartbeat returns a heartbeat carrying the visitor's idle time.
+func NewHeartbeat(idle time.Duration) *Message {
+	return &Message{Type: THeartbeat, Heartbeat: &Heartbeat{IdleSeconds: int(idle / time.Second)}}
+}
+
+// NewEnd returns an end with a reason.
+func NewEnd(reason string) *Message { return &Message{Type: TEnd, End: &End{Reason: reason}} }
+
+// NewError returns an error message.
+func NewError(code, msg string) *Message {
+	return &Message{Type: TError, Error: &Error{Code: code, Message: msg}}
+}

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"undervdi/server/broker"
+	"undervdi/server/config"
+)
+
+// end ends the session on a VM (or the VM): it is destroyed with its disk.
+func end(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("end", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", config.DefaultPath, "configuration file (for the admin socket)")
+	socket := fs.String("socket", "", "admin socket (overrides the config)")
+	if err := fs.Parse(args); err != nil {
+		return exitSetup
+	}
+	if fs.NArg() < 1 {
+		fmt.Fprintln(stderr, "usage: vdi-broker end [-config FILE] VM [reason...]")
+		return exitSetup
+	}
+	if *socket == "" {
+		cfg, err := config.Load(*path)
+		if err != nil {
+			fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
+			return exitSetup
+		}
+		*socket = cfg.AdminSocket
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := broker.NewClient(*socket).End(ctx, fs.Arg(0), strings.Join(fs.Args()[1:], " ")); err != nil {
+		fmt.Fprintf(stderr, "vdi-broker: %v\n", err)
+		return exitError
+	}
+	fmt.Fprintf(stdout, "%s: ending\n", fs.Arg(0))
+	return exitOK
+}

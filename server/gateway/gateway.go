@@ -1,0 +1,238 @@
+// Package gateway is the SPICE gateway: the one TCP port through which a
+// kiosk reaches its VM's screen. It answers each channel's link handshake
+// itself, with its own RSA key, checks the client's ticket against the
+// session's lease, and only then logs in to the VM (on its unix socket,
+// with the VM's own password) and splices bytes both ways.
+package gateway
+
+import (
+	"context"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"undervdi/server/pool"
+	"undervdi/server/session"
+	"undervdi/server/spice"
+)
+
+// handshakeTimeout bounds a link handshake, on either side.
+const handshakeTimeout = 10 * time.Second
+
+// Dialer reaches a VM's SPICE server: a unix socket on this host today, a
+// TLS connection to another KVM host later (design decision 13).
+type Dialer interface {
+	DialSpice(ctx context.Context, t pool.SpiceTarget) (net.Conn, error)
+}
+
+// LocalDialer dials SPICE unix sockets on this host.
+type LocalDialer struct{}
+
+// DialSpice implements Dialer.
+func (LocalDialer) DialSpice(ctx context.Context, t pool.SpiceTarget) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", t.Socket)
+}
+
+// Sessions is what the gateway asks about leases; *session.Manager has it.
+type Sessions interface {
+	Lookup(addr netip.Addr) (pool.VM, error)
+	Attach(ctx context.Context, addr netip.Addr, ticket string, ch session.Channel) (*session.Attachment, error)
+	Activity(l *session.Lease)
+}
+
+// Gateway is the SPICE gateway.
+type Gateway struct {
+	key      *rsa.PrivateKey
+	sessions Sessions
+	dial     Dialer
+	audit    *session.Audit
+	log      *slog.Logger
+
+	mu   sync.Mutex
+	caps map[string]vmCaps // by VM name
+}
+
+// New returns a gateway with a fresh RSA key.
+func New(sessions Sessions, dial Dialer, audit *session.Audit, log *slog.Logger) (*Gateway, error) {
+	key, err := spice.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	return &Gateway{key: key, sessions: sessions, dial: dial, audit: audit, log: log, caps: map[string]vmCaps{}}, nil
+}
+
+// Serve accepts SPICE clients on ln until ctx ends.
+func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	return session.Serve(ctx, ln, g.handle)
+}
+
+// handle runs one SPICE channel connection from a client.
+func (g *Gateway) handle(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	addr := session.RemoteAddr(c)
+	c.SetDeadline(time.Now().Add(handshakeTimeout))
+	s := spice.NewServerLink(c, g.key)
+	m, err := s.ReadLinkMess()
+	if err != nil {
+		var pe *spice.ProtocolError
+		if errors.As(err, &pe) {
+			g.audit.Refused("spice-link", addr.String(), "", "malformed link message: "+err.Error())
+		}
+		return
+	}
+	refuse := func(code spice.LinkError, reason string) {
+		s.Refuse(code)
+		g.audit.Refused("spice-link", addr.String(), "", fmt.Sprintf("%v channel: %s", m.ChannelType, reason))
+	}
+	// Before the ticket: an address without a lease never reaches a VM.
+	vm, err := g.sessions.Lookup(addr)
+	if err != nil {
+		refuse(spice.LinkErrPermissionDenied, err.Error())
+		return
+	}
+	caps, ok := g.capsOf(vm.Name)
+	if !ok {
+		refuse(spice.LinkErrError, "the VM's SPICE capabilities are unknown")
+		return
+	}
+	channelCaps, ok := caps[m.ChannelType]
+	if !ok {
+		refuse(spice.LinkErrChannelNotAvailable, "the VM has no such channel")
+		return
+	}
+	common := spice.Caps(spice.CapProtocolAuthSelection, spice.CapAuthSpice)
+	if spice.HasCap(m.CommonCaps, spice.CapMiniHeader) {
+		common = spice.SetCap(common, spice.CapMiniHeader) // the VM will agree: it decides from the client's caps
+	}
+	if err := s.Reply(common, channelCaps); err != nil {
+		return
+	}
+	ticket, err := s.ReadTicket()
+	if err != nil {
+		g.audit.Refused("spice-link", addr.String(), "", fmt.Sprintf("%v channel: bad ticket: %v", m.ChannelType, err))
+		return
+	}
+	conns := &closer{}
+	conns.add(c)
+	att, err := g.sessions.Attach(ctx, addr, ticket, session.Channel{
+		Main: m.ChannelType == spice.ChannelMain, Name: m.ChannelType.String(), Close: conns.close,
+	})
+	if err != nil {
+		s.Finish(spice.LinkErrPermissionDenied)
+		g.audit.Refused("spice-link", addr.String(), "", fmt.Sprintf("%v channel: %v", m.ChannelType, err))
+		return
+	}
+	defer att.Detach()
+
+	vmc, err := g.dial.DialSpice(ctx, att.VM.Spice)
+	if err != nil {
+		s.Finish(spice.LinkErrError)
+		g.log.Warn("cannot reach the VM's SPICE server", "vm", att.VM.Name, "err", err)
+		return
+	}
+	if !conns.add(vmc) {
+		return // the session ended meanwhile
+	}
+	vmc.SetDeadline(time.Now().Add(handshakeTimeout))
+	reply, err := spice.Link(vmc, m, att.VM.Spice.Password)
+	if err != nil {
+		s.Finish(spice.LinkErrError)
+		g.log.Warn("the VM refused the gateway's link", "vm", att.VM.Name, "channel", m.ChannelType, "err", err)
+		return
+	}
+	if !capsEqual(reply.ChannelCaps, channelCaps) {
+		g.log.Debug("VM's channel caps changed since the probe", "vm", att.VM.Name, "channel", m.ChannelType)
+	}
+	if err := s.Finish(spice.LinkErrOK); err != nil {
+		return
+	}
+	c.SetDeadline(time.Time{})
+	vmc.SetDeadline(time.Time{})
+	g.log.Debug("linked", "vm", att.VM.Name, "channel", m.ChannelType, "id", m.ChannelID, "addr", addr)
+
+	var toVM io.Reader = c
+	if m.ChannelType == spice.ChannelInputs {
+		// The visitor's keys and pointer: the idle clock of legacy kiosks.
+		// Cheap to watch, and never bulk, so no zero-copy is lost.
+		toVM = &activityReader{r: c, touch: func() { g.sessions.Activity(att.Lease) }}
+	}
+	splice(c, vmc, toVM)
+}
+
+// splice copies both ways until either side closes. io.Copy between TCP and
+// unix stream sockets uses splice(2) on Linux: no copy through user space.
+func splice(client, vm net.Conn, fromClient io.Reader) {
+	done := make(chan struct{}, 2)
+	go func() {
+		io.Copy(vm, fromClient)
+		closeWrite(vm)
+		done <- struct{}{}
+	}()
+	go func() {
+		io.Copy(client, vm)
+		closeWrite(client)
+		done <- struct{}{}
+	}()
+	<-done
+	// One side is finished: a SPICE channel is over when either end leaves.
+	client.Close()
+	vm.Close()
+	<-done
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+}
+
+// closer closes a connection's two sockets when the session ends, including
+// one opened after that.
+type closer struct {
+	mu     sync.Mutex
+	closed bool
+	conns  []net.Conn
+}
+
+func (c *closer) add(conn net.Conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		conn.Close()
+		return false
+	}
+	c.conns = append(c.conns, conn)
+	return true
+}
+
+func (c *closer) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	for _, conn := range c.conns {
+		conn.Close()
+	}
+}
+
+// activityReader reports reads, at most once a second.
+type activityReader struct {
+	r     io.Reader
+	touch func()
+	last  time.Time
+}
+
+func (a *activityReader) Read(p []byte) (int, error) {
+	n, err := a.r.Read(p)
+	if n > 0 && time.Since(a.last) > time.Second {
+		a.last = time.Now()
+		a.touch()
+	}
+	return n, err
+}

@@ -1,0 +1,332 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"undervdi/kioskproto"
+	"undervdi/server/config"
+	"undervdi/server/pool/pooltest"
+	"undervdi/server/session"
+	"undervdi/server/spice"
+)
+
+const (
+	vmPassword = "vm-secret"
+	token      = "0123456789abcdef"
+)
+
+// fakeVM is a SPICE server on a unix socket: it links with vmPassword and
+// then echoes. It counts the links that got past the ticket: a refused
+// client must never add one.
+type fakeVM struct {
+	socket   string
+	channels map[spice.ChannelType]bool
+	authed   atomic.Int32
+}
+
+func startFakeVM(t *testing.T) *fakeVM {
+	t.Helper()
+	key, err := spice.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := &fakeVM{socket: filepath.Join(t.TempDir(), "spice.sock"),
+		channels: map[spice.ChannelType]bool{spice.ChannelMain: true, spice.ChannelDisplay: true, spice.ChannelInputs: true}}
+	ln, err := net.Listen("unix", vm.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				s := spice.NewServerLink(c, key)
+				m, err := s.ReadLinkMess()
+				if err != nil {
+					return
+				}
+				if !vm.channels[m.ChannelType] {
+					return // as spice-server: no reply for a channel it lacks
+				}
+				if s.Reply(spice.Caps(spice.CapProtocolAuthSelection, spice.CapAuthSpice, spice.CapMiniHeader), spice.Caps(uint(m.ChannelType))) != nil {
+					return
+				}
+				pw, err := s.ReadTicket()
+				if err != nil {
+					return // a probe hangs up here
+				}
+				if pw != vmPassword {
+					s.Finish(spice.LinkErrPermissionDenied)
+					return
+				}
+				vm.authed.Add(1)
+				s.Finish(spice.LinkErrOK)
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return vm
+}
+
+type harness struct {
+	t     *testing.T
+	vm    *fakeVM
+	pool  *pooltest.Pool
+	m     *session.Manager
+	gw    *Gateway
+	addr  string // the gateway
+	kiosk string // the kiosk protocol
+	audit *bytes.Buffer
+	amu   *sync.Mutex
+}
+
+func logger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	h := &harness{t: t, vm: startFakeVM(t), audit: &bytes.Buffer{}, amu: &sync.Mutex{}}
+	h.pool = pooltest.New(2, h.vm.socket, vmPassword)
+	reg, _ := session.NewRegistry([]config.Kiosk{{ID: "k1", Address: "127.0.0.1", Token: token}})
+	audit := session.NewAudit(lockedWriter{h.amu, h.audit}, logger())
+	h.m = session.New(session.Config{ConnectWindow: 5 * time.Second, Grace: 50 * time.Millisecond, Heartbeat: time.Second,
+		HeartbeatTimeout: 5 * time.Second, IdleLimit: time.Minute, QueueLimit: 10, GatewayPort: 1}, h.pool, reg, audit, logger())
+	gw, err := New(h.m, LocalDialer{}, audit, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.gw = gw
+	h.m.SetPrepare(gw.Prepare)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go h.m.Run(ctx)
+	for _, s := range []struct {
+		addr  *string
+		serve func(net.Listener)
+	}{
+		{&h.addr, func(ln net.Listener) { gw.Serve(ctx, ln) }},
+		{&h.kiosk, func(ln net.Listener) { session.Serve(ctx, ln, h.m.ServeKiosk) }},
+	} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		*s.addr = ln.Addr().String()
+		go s.serve(ln)
+	}
+	return h
+}
+
+// offer gets a session for kiosk k1 and returns its ticket and the kiosk's
+// connection.
+func (h *harness) offer() (string, net.Conn) {
+	h.t.Helper()
+	c, err := net.Dial("tcp", h.kiosk)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	kioskproto.WriteMessage(c, kioskproto.NewHello("k1", token, ""))
+	kioskproto.WriteMessage(c, kioskproto.NewRequest())
+	for {
+		m, err := kioskproto.ReadMessage(c)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if m.Type == kioskproto.TOffer {
+			return m.Offer.Ticket, c
+		}
+	}
+}
+
+// link connects to the gateway as a SPICE client from address from.
+func (h *harness) link(from string, t spice.ChannelType, ticket string) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	c, err := d.Dial("tcp", h.addr)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	m := &spice.LinkMess{ChannelType: t, CommonCaps: spice.Caps(spice.CapProtocolAuthSelection, spice.CapAuthSASL, spice.CapMiniHeader)}
+	if _, err := spice.Link(c, m, ticket); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	h.t.Cleanup(func() { c.Close() })
+	return c, nil
+}
+
+func echo(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != msg {
+		t.Fatalf("echo through the gateway = %q, %v; want %q", b, err, msg)
+	}
+}
+
+func TestLinkAndSplice(t *testing.T) {
+	h := newHarness(t)
+	ticket, _ := h.offer()
+	main, err := h.link("127.0.0.1", spice.ChannelMain, ticket)
+	if err != nil {
+		t.Fatalf("main link = %v", err)
+	}
+	echo(t, main, "hello VM")
+	display, err := h.link("127.0.0.1", spice.ChannelDisplay, ticket)
+	if err != nil {
+		t.Fatalf("display link = %v", err)
+	}
+	echo(t, display, "frames")
+	if n := h.vm.authed.Load(); n != 2 {
+		t.Errorf("the VM saw %d authenticated links, want 2", n)
+	}
+	if !h.pool.HasEvent("used vm-001") {
+		t.Errorf("the first link did not mark the VM used: %v", h.pool.Log())
+	}
+}
+
+func TestRefusedLinksNeverReachTheVM(t *testing.T) {
+	h := newHarness(t)
+	ticket, kiosk := h.offer()
+	for _, tc := range []struct {
+		name, from, ticket string
+		ch                 spice.ChannelType
+		want               spice.LinkError
+	}{
+		{"no lease for the address", "127.0.0.2", ticket, spice.ChannelMain, spice.LinkErrPermissionDenied},
+		{"wrong ticket", "127.0.0.1", "not-the-ticket", spice.ChannelMain, spice.LinkErrPermissionDenied},
+		{"display before main", "127.0.0.1", ticket, spice.ChannelDisplay, spice.LinkErrPermissionDenied},
+		{"channel the VM lacks", "127.0.0.1", ticket, spice.ChannelUSBRedir, spice.LinkErrChannelNotAvailable},
+	} {
+		_, err := h.link(tc.from, tc.ch, tc.ticket)
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%s: link = %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if n := h.vm.authed.Load(); n != 0 {
+		t.Errorf("refused clients reached the VM %d times", n)
+	}
+	if h.pool.HasEvent("used") {
+		t.Errorf("a refused link marked the VM used: %v", h.pool.Log())
+	}
+
+	// The right client gets in; a second one cannot take over.
+	if _, err := h.link("127.0.0.1", spice.ChannelMain, ticket); err != nil {
+		t.Fatalf("main link = %v", err)
+	}
+	if _, err := h.link("127.0.0.1", spice.ChannelMain, ticket); !errors.Is(err, spice.LinkErrPermissionDenied) {
+		t.Errorf("takeover: link = %v, want permission denied", err)
+	}
+	// After the session, the ticket opens nothing.
+	kiosk.Close()
+	waitEnded(t, h)
+	if _, err := h.link("127.0.0.1", spice.ChannelMain, ticket); !errors.Is(err, spice.LinkErrPermissionDenied) {
+		t.Errorf("replayed ticket: link = %v, want permission denied", err)
+	}
+	if n := h.vm.authed.Load(); n != 1 {
+		t.Errorf("the VM saw %d authenticated links, want only the kiosk's", n)
+	}
+	h.amu.Lock()
+	defer h.amu.Unlock()
+	if n := bytes.Count(h.audit.Bytes(), []byte(`"what":"spice-link"`)); n != 6 {
+		t.Errorf("%d refused-link audit lines, want 6:\n%s", n, h.audit)
+	}
+	if bytes.Contains(h.audit.Bytes(), []byte(ticket)) {
+		t.Errorf("the audit log contains the ticket")
+	}
+}
+
+func waitEnded(t *testing.T, h *harness) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !h.pool.HasEvent("ended vm-001") {
+		if time.Now().After(deadline) {
+			t.Fatalf("session did not end: %v", h.pool.Log())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestSessionEndClosesConnections(t *testing.T) {
+	h := newHarness(t)
+	ticket, _ := h.offer()
+	main, err := h.link("127.0.0.1", spice.ChannelMain, ticket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.pool.GuestStops("vm-001")
+	main.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := main.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("read after the guest stopped = %v, want EOF: the gateway must close the session's connections", err)
+	}
+}
+
+func TestViewerGoneEndsSession(t *testing.T) {
+	h := newHarness(t)
+	ticket, _ := h.offer()
+	main, err := h.link("127.0.0.1", spice.ChannelMain, ticket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	main.Close()
+	waitEnded(t, h)
+	if !h.pool.HasEvent("ended vm-001: the viewer disconnected") {
+		t.Errorf("pool log = %v", h.pool.Log())
+	}
+}
+
+func TestProbeSeesOnlyExistingChannels(t *testing.T) {
+	h := newHarness(t)
+	h.offer()
+	caps, ok := h.gw.capsOf("vm-001")
+	if !ok {
+		t.Fatal("no caps learned before the offer")
+	}
+	for _, ch := range []spice.ChannelType{spice.ChannelMain, spice.ChannelDisplay, spice.ChannelInputs} {
+		if !spice.HasCap(caps[ch], uint(ch)) {
+			t.Errorf("caps of %v = %v, want the VM's", ch, caps[ch])
+		}
+	}
+	if _, ok := caps[spice.ChannelUSBRedir]; ok {
+		t.Errorf("the probe found a usbredir channel the VM lacks")
+	}
+	if n := h.vm.authed.Load(); n != 0 {
+		t.Errorf("probing authenticated %d times; it must hang up before the ticket", n)
+	}
+}

@@ -1,0 +1,154 @@
+// Package pooltest is an in-memory stand-in for the VM pool, for tests of
+// the logic built on it (sessions, the gateway). Real VMs are exercised by
+// the integration tests.
+package pooltest
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"strings"
+	"sync"
+	"time"
+
+	"undervdi/server/domxml"
+	"undervdi/server/pool"
+)
+
+// Pool is an in-memory pool of VMs whose SPICE is at Socket.
+type Pool struct {
+	mu      sync.Mutex
+	vms     map[string]*pool.VM
+	order   []string // clean VMs, oldest first
+	wait    chan struct{}
+	ended   []func(pool.Ended)
+	used    map[string]bool
+	events  []string // "released x", "ended x: reason", "used x"
+	claimed map[string]int
+	// Socket and Password are given to every VM's SPICE target.
+	Socket   string
+	Password string
+}
+
+// New returns a pool with n clean VMs, whose SPICE is at socket.
+func New(n int, socket, password string) *Pool {
+	f := &Pool{vms: map[string]*pool.VM{}, wait: make(chan struct{}), used: map[string]bool{}, claimed: map[string]int{},
+		Socket: socket, Password: password}
+	for range n {
+		f.Add()
+	}
+	return f
+}
+
+// Add makes one more clean VM and returns its name.
+func (f *Pool) Add() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	name := fmt.Sprintf("vm-%03d", len(f.vms)+len(f.events)+1)
+	for f.vms[name] != nil {
+		name += "x"
+	}
+	f.vms[name] = &pool.VM{Name: name, State: domxml.Clean, Spice: pool.SpiceTarget{Socket: f.Socket, Password: f.Password}}
+	f.order = append(f.order, name)
+	close(f.wait)
+	f.wait = make(chan struct{})
+	return name
+}
+
+func (f *Pool) Claim() (pool.VM, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.order) == 0 {
+		return pool.VM{}, pool.ErrNoCleanVM
+	}
+	name := f.order[0]
+	f.order = f.order[1:]
+	f.vms[name].State = domxml.Offered
+	f.claimed[name]++
+	return *f.vms[name], nil
+}
+
+func (f *Pool) Confirm(ctx context.Context, name string) error { return nil }
+
+func (f *Pool) WaitClean() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.wait
+}
+
+func (f *Pool) MarkUsed(ctx context.Context, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.used[name] = true
+	f.events = append(f.events, "used "+name)
+	return nil
+}
+
+func (f *Pool) Release(ctx context.Context, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v := f.vms[name]
+	if v == nil || v.State != domxml.Offered {
+		return pool.ErrNotOffered
+	}
+	v.State = domxml.Clean
+	f.order = append(f.order, name)
+	f.events = append(f.events, "released "+name)
+	close(f.wait)
+	f.wait = make(chan struct{})
+	return nil
+}
+
+// End destroys the VM and, like the real pool, reports it a moment later.
+func (f *Pool) End(name, reason string) error {
+	f.mu.Lock()
+	if f.vms[name] == nil {
+		f.mu.Unlock()
+		return pool.ErrUnknownVM
+	}
+	delete(f.vms, name)
+	f.events = append(f.events, "ended "+name+": "+reason)
+	listeners := f.ended
+	used := f.used[name]
+	f.mu.Unlock()
+	go func() {
+		time.Sleep(time.Millisecond)
+		for _, l := range listeners {
+			l(pool.Ended{VM: name, Reason: reason, Used: used, Wiped: true, At: time.Now()})
+		}
+	}()
+	return nil
+}
+
+func (f *Pool) OnEnded(fn func(pool.Ended)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ended = append(f.ended, fn)
+}
+
+// GuestStops plays a guest that powers off: the pool reports the VM ended.
+func (f *Pool) GuestStops(name string) { f.End(name, "guest powered off or rebooted") }
+
+// Log returns what happened to the VMs: "used x", "released x", "ended x: why".
+func (f *Pool) Log() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.events...)
+}
+
+// HasEvent reports whether an entry of Log starts with prefix.
+func (f *Pool) HasEvent(prefix string) bool {
+	for _, e := range f.Log() {
+		if strings.HasPrefix(e, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// Claimed returns how many times each VM was claimed.
+func (f *Pool) Claimed() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.claimed)
+}

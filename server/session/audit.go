@@ -1,0 +1,95 @@
+package session
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Audit writes one JSON line per session and per refused connection. It
+// never writes a ticket, token or password.
+type Audit struct {
+	mu  sync.Mutex
+	w   io.Writer
+	log *slog.Logger
+}
+
+// OpenAudit appends to the file at path; "" keeps records in the log only.
+func OpenAudit(path string, log *slog.Logger) (*Audit, error) {
+	a := &Audit{log: log}
+	if path == "" {
+		return a, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	a.w = f
+	return a, nil
+}
+
+// NewAudit writes to w (tests).
+func NewAudit(w io.Writer, log *slog.Logger) *Audit { return &Audit{w: w, log: log} }
+
+// AuditRecord is one line of the audit log.
+type AuditRecord struct {
+	Time    time.Time  `json:"time"`
+	Event   string     `json:"event"` // "session" or "refused"
+	What    string     `json:"what,omitempty"`
+	Lease   string     `json:"lease,omitempty"`
+	Kiosk   string     `json:"kiosk,omitempty"`
+	Addr    string     `json:"addr,omitempty"`
+	Legacy  bool       `json:"legacy,omitempty"`
+	VM      string     `json:"vm,omitempty"`
+	Offered *time.Time `json:"offered,omitempty"`
+	Linked  *time.Time `json:"linked,omitempty"`
+	Ended   *time.Time `json:"ended,omitempty"`
+	Reason  string     `json:"reason"`
+	Wiped   bool       `json:"wiped"`
+	WipedAt *time.Time `json:"wiped_at,omitempty"`
+}
+
+// record describes l's session as it ends.
+func (l *Lease) record(reason string) *AuditRecord {
+	now := time.Now()
+	r := &AuditRecord{Event: "session", Lease: l.ID, Kiosk: l.Kiosk, Addr: l.Addr.String(), Legacy: l.Legacy,
+		VM: l.VM.Name, Offered: timePtr(l.Offered), Ended: &now, Reason: reason}
+	if !l.linked.IsZero() {
+		r.Linked = timePtr(l.linked)
+	}
+	return r
+}
+
+// Write appends a record.
+func (a *Audit) Write(r *AuditRecord) {
+	r.Time = time.Now().UTC()
+	b, err := json.Marshal(r)
+	if err != nil {
+		a.log.Error("audit record", "err", err)
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.w == nil {
+		a.log.Info("audit", "record", string(b))
+		return
+	}
+	if _, err := a.w.Write(append(b, '\n')); err != nil {
+		a.log.Error("cannot write the audit log", "err", err, "record", string(b))
+	}
+}
+
+// Refused records a refused connection: what was refused (kiosk, legacy,
+// spice-link), from where, and why.
+func (a *Audit) Refused(what, addr, kiosk, reason string) {
+	a.log.Warn("refused", "what", what, "addr", addr, "kiosk", kiosk, "reason", reason)
+	a.Write(&AuditRecord{Event: "refused", What: what, Addr: addr, Kiosk: kiosk, Reason: reason})
+}

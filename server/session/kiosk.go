@@ -1,0 +1,298 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"undervdi/kioskproto"
+)
+
+// helloTimeout bounds how long a new connection may take to say hello.
+const helloTimeout = 10 * time.Second
+
+// writeTimeout bounds one write to a kiosk; a kiosk that does not read is lost.
+const writeTimeout = 10 * time.Second
+
+// kioskConn is one kiosk's protocol connection. A lease lives with it: when
+// the connection is lost or its heartbeats stop, the session ends.
+type kioskConn struct {
+	m      *Manager
+	c      net.Conn
+	id     string
+	addr   netip.Addr
+	host   string // the offer's gateway host
+	out    chan *kioskproto.Message
+	closed chan struct{}
+	once   sync.Once
+
+	mu  sync.Mutex
+	req *request // the current request or session, if any
+}
+
+// ServeKiosk runs the kiosk protocol on c until the connection ends.
+func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	addr := RemoteAddr(c)
+	c.SetDeadline(time.Now().Add(helloTimeout))
+	msg, err := kioskproto.ReadMessage(c)
+	if err != nil || msg.Type != kioskproto.THello {
+		reason := "the first message must be hello"
+		if err != nil {
+			reason = err.Error()
+		}
+		kioskproto.WriteMessage(c, kioskproto.NewError(kioskproto.CodeBadMessage, reason))
+		m.audit.Refused("kiosk", addr.String(), "", reason)
+		return
+	}
+	h := msg.Hello
+	if h.Version != kioskproto.Version {
+		reason := fmt.Sprintf("protocol version %d is not spoken here (this broker speaks %d)", h.Version, kioskproto.Version)
+		kioskproto.WriteMessage(c, kioskproto.NewError(kioskproto.CodeBadVersion, reason))
+		m.audit.Refused("kiosk", addr.String(), h.Kiosk, reason)
+		return
+	}
+	if err := m.registry.Authenticate(h.Kiosk, h.Token, addr); err != nil {
+		kioskproto.WriteMessage(c, kioskproto.NewError(kioskproto.CodeUnknown, err.Error()))
+		m.audit.Refused("kiosk", addr.String(), h.Kiosk, err.Error())
+		return
+	}
+	host := m.cfg.PublicHost
+	if host == "" {
+		host = localAddr(c).String()
+	}
+	k := &kioskConn{m: m, c: c, id: h.Kiosk, addr: addr, host: host,
+		out: make(chan *kioskproto.Message, 32), closed: make(chan struct{})}
+	m.replaceConn(k)
+	defer m.dropConn(k)
+	m.log.Debug("kiosk connected", "kiosk", k.id, "addr", addr, "software", h.Software)
+
+	go k.writeLoop()
+	k.send(kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker"))
+	go k.heartbeatLoop()
+	reason := k.readLoop(ctx)
+	k.close()
+	k.mu.Lock()
+	r := k.req
+	k.mu.Unlock()
+	if r != nil {
+		m.cancel(r, reason)
+	}
+}
+
+// readLoop handles the kiosk's messages and returns why the connection ended.
+func (k *kioskConn) readLoop(ctx context.Context) string {
+	for {
+		k.c.SetReadDeadline(time.Now().Add(k.m.cfg.HeartbeatTimeout))
+		msg, err := kioskproto.ReadMessage(k.c)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return fmt.Sprintf("kiosk heartbeats stopped (nothing for %v)", k.m.cfg.HeartbeatTimeout)
+		case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || isReset(err):
+			return "kiosk connection lost"
+		case err != nil:
+			k.send(kioskproto.NewError(kioskproto.CodeBadMessage, err.Error()))
+			return "kiosk sent a bad message: " + err.Error()
+		}
+		switch msg.Type {
+		case kioskproto.TRequest:
+			if err := k.request(); err != nil {
+				k.send(err)
+			}
+		case kioskproto.THeartbeat:
+			k.mu.Lock()
+			r := k.req
+			k.mu.Unlock()
+			if r != nil {
+				k.m.heartbeat(k.m.leaseOf(r), time.Duration(msg.Heartbeat.IdleSeconds)*time.Second)
+			}
+		case kioskproto.TEnd:
+			k.mu.Lock()
+			r := k.req
+			k.req = nil
+			k.mu.Unlock()
+			if r != nil {
+				k.m.cancel(r, "the kiosk ended the session: "+msg.End.Reason)
+			}
+		default:
+			k.send(kioskproto.NewError(kioskproto.CodeBadMessage, fmt.Sprintf("a kiosk does not send %s messages", msg.Type)))
+			return "kiosk sent a " + string(msg.Type) + " message"
+		}
+	}
+}
+
+// request queues a session request; the answer comes as status and offer
+// messages from the dispatcher.
+func (k *kioskConn) request() *kioskproto.Message {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.req != nil {
+		return kioskproto.NewError(kioskproto.CodeBusy, "this kiosk already has a session or a request")
+	}
+	r := &request{kiosk: k.id, addr: k.addr}
+	r.onStatus = func(state string, ahead int, msg string) {
+		k.trySend(kioskproto.NewStatus(state, ahead, msg))
+	}
+	r.onEnd = func(reason string) { k.endSession(r, reason) }
+	r.onOffer = func(l *Lease) {
+		k.send(kioskproto.NewOffer(kioskproto.Offer{
+			Lease: l.ID, Host: k.host, Port: k.m.cfg.GatewayPort, Ticket: l.ticket, Expires: l.Expires,
+			Viewer: k.m.cfg.Viewer,
+		}))
+	}
+	if err := k.m.enqueue(r); err != nil {
+		return kioskproto.NewError(kioskproto.CodeUnavailable, fmt.Sprintf("%v: try again in a minute", err))
+	}
+	k.req = r
+	return nil
+}
+
+// endSession tells the kiosk its session is over and forgets it.
+func (k *kioskConn) endSession(r *request, reason string) {
+	k.mu.Lock()
+	if k.req == r {
+		k.req = nil
+	}
+	k.mu.Unlock()
+	k.send(kioskproto.NewEnd(reason))
+}
+
+func (m *Manager) leaseOf(r *request) *Lease {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return r.lease
+}
+
+// send queues an important message (offer, end, error): if the kiosk does
+// not take it in time, the connection is dropped, which ends the session.
+func (k *kioskConn) send(msg *kioskproto.Message) {
+	select {
+	case k.out <- msg:
+	case <-k.closed:
+	case <-time.After(writeTimeout):
+		k.close()
+	}
+}
+
+// trySend queues a message that may be dropped (status, heartbeat).
+func (k *kioskConn) trySend(msg *kioskproto.Message) {
+	select {
+	case k.out <- msg:
+	default:
+	}
+}
+
+func (k *kioskConn) writeLoop() {
+	for {
+		select {
+		case msg := <-k.out:
+			k.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+			if err := kioskproto.WriteMessage(k.c, msg); err != nil {
+				k.close()
+				return
+			}
+		case <-k.closed:
+			// Flush what is queued (an end or an error) before leaving.
+			for {
+				select {
+				case msg := <-k.out:
+					k.c.SetWriteDeadline(time.Now().Add(time.Second))
+					if kioskproto.WriteMessage(k.c, msg) != nil {
+						return
+					}
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+func (k *kioskConn) heartbeatLoop() {
+	t := time.NewTicker(k.m.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			k.trySend(kioskproto.NewHeartbeat(0))
+		case <-k.closed:
+			return
+		}
+	}
+}
+
+func (k *kioskConn) close() {
+	k.once.Do(func() {
+		close(k.closed)
+		k.c.SetReadDeadline(time.Now())
+	})
+}
+
+// replaceConn makes k the kiosk's only connection: a kiosk that reconnects
+// (after a reboot, say) replaces its old, probably dead, connection.
+func (m *Manager) replaceConn(k *kioskConn) {
+	m.mu.Lock()
+	old := m.conns[k.id]
+	m.conns[k.id] = k
+	m.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+}
+
+func (m *Manager) dropConn(k *kioskConn) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.conns[k.id] == k { // a newer connection may have replaced it
+		delete(m.conns, k.id)
+	}
+}
+
+// RemoteAddr is the address c comes from, IPv4 unmapped.
+func RemoteAddr(c net.Conn) netip.Addr {
+	if a, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return a.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+func localAddr(c net.Conn) netip.Addr {
+	if a, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
+		return a.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+func isReset(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op)
+}
+
+// Serve accepts connections on ln and handles each with handle, until ctx
+// ends.
+func Serve(ctx context.Context, ln net.Listener, handle func(context.Context, net.Conn)) error {
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		go handle(ctx, c)
+	}
+}

@@ -1,0 +1,184 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"undervdi/kioskproto"
+	"undervdi/server/pool"
+)
+
+// ErrQueueFull is returned when more kiosks wait than queue_limit allows.
+var ErrQueueFull = errors.New("too many kiosks waiting")
+
+// request is one kiosk waiting for a VM, served in arrival order.
+type request struct {
+	kiosk  string
+	addr   netip.Addr
+	legacy bool
+	// Callbacks into the kiosk's connection; they must not block.
+	onStatus func(state string, ahead int, msg string)
+	onOffer  func(*Lease)
+	onEnd    func(reason string) // the session ended; may be nil
+
+	// Guarded by Manager.mu.
+	cancelled bool
+	lastAhead int
+	lastState string
+	lease     *Lease
+}
+
+// enqueue puts r at the end of the queue and tells it its place.
+func (m *Manager) enqueue(r *request) error {
+	m.mu.Lock()
+	if len(m.queue) >= m.cfg.QueueLimit {
+		m.mu.Unlock()
+		return ErrQueueFull
+	}
+	m.queue = append(m.queue, r)
+	// Its place is sent after the next dispatch, if it has to wait at all.
+	r.lastAhead, r.lastState = -1, kioskproto.StateQueued
+	m.mu.Unlock()
+	m.wake()
+	return nil
+}
+
+// cancel takes r out of the queue, or ends its session if it was served.
+func (m *Manager) cancel(r *request, reason string) {
+	m.mu.Lock()
+	r.cancelled = true
+	for i, q := range m.queue {
+		if q == r {
+			m.queue = append(m.queue[:i], m.queue[i+1:]...)
+			break
+		}
+	}
+	l := r.lease
+	m.mu.Unlock()
+	if l != nil {
+		m.end(l, reason)
+	}
+	m.wake()
+}
+
+func (m *Manager) wake() {
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run serves the queue until ctx ends.
+func (m *Manager) Run(ctx context.Context) {
+	m.ctx = ctx
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		m.dispatch(ctx)
+		m.sendPositions()
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.kick:
+		case <-m.pool.WaitClean():
+		case <-tick.C:
+		}
+	}
+}
+
+// dispatch claims a clean VM for each request, head first, as long as there
+// are any. Claims are instant; confirming and offering run concurrently.
+func (m *Manager) dispatch(ctx context.Context) {
+	for {
+		m.mu.Lock()
+		if len(m.queue) == 0 {
+			m.mu.Unlock()
+			return
+		}
+		head := m.queue[0]
+		vm, err := m.pool.Claim()
+		if err != nil {
+			state, msg := kioskproto.StatePreparing, "Preparing your workstation"
+			if errors.Is(err, pool.ErrUnavailable) {
+				state, msg = kioskproto.StateQueued, "Service temporarily unavailable"
+			}
+			notify := head.lastState != state
+			head.lastState, head.lastAhead = state, 0
+			m.mu.Unlock()
+			if notify {
+				head.onStatus(state, 0, msg)
+			}
+			return
+		}
+		m.queue = m.queue[1:]
+		m.inflight++
+		m.mu.Unlock()
+		go m.serve(ctx, head, vm)
+	}
+}
+
+// serve confirms a claimed VM, prepares it and offers it to r.
+func (m *Manager) serve(ctx context.Context, r *request, vm pool.VM) {
+	err := m.pool.Confirm(ctx, vm.Name)
+	if err == nil && m.prepare != nil {
+		if err = m.prepare(ctx, vm); err != nil {
+			m.pool.End(vm.Name, "not ready for SPICE: "+err.Error())
+		}
+	}
+	m.mu.Lock()
+	m.inflight--
+	switch {
+	case err != nil:
+		// That VM is gone; r keeps its place at the head.
+		m.log.Warn("a claimed VM could not be offered; trying another", "vm", vm.Name, "err", err)
+		if !r.cancelled {
+			m.queue = append([]*request{r}, m.queue...)
+		}
+		m.mu.Unlock()
+		m.wake()
+		return
+	case r.cancelled:
+		m.mu.Unlock()
+		m.pool.Release(ctx, vm.Name)
+		return
+	}
+	l := m.newLeaseLocked(r, vm)
+	r.lease = l
+	m.mu.Unlock()
+	m.log.Debug("offer", "lease", l.ID, "kiosk", l.Kiosk, "vm", vm.Name)
+	r.onOffer(l)
+}
+
+// sendPositions tells waiting kiosks their place when they start waiting
+// and whenever it changes.
+func (m *Manager) sendPositions() {
+	type update struct {
+		r     *request
+		ahead int
+	}
+	var ups []update
+	m.mu.Lock()
+	for i, r := range m.queue {
+		if r.lastAhead != i && r.lastState == kioskproto.StateQueued {
+			r.lastAhead = i
+			ups = append(ups, update{r, i})
+		}
+	}
+	m.mu.Unlock()
+	for _, u := range ups {
+		u.r.onStatus(kioskproto.StateQueued, u.ahead, queueMessage(u.ahead))
+	}
+}
+
+func queueMessage(ahead int) string {
+	switch ahead {
+	case 0:
+		return "Preparing your workstation"
+	case 1:
+		return "Preparing your workstation (1 visitor ahead of you)"
+	}
+	return fmt.Sprintf("Preparing your workstation (%d visitors ahead of you)", ahead)
+}

@@ -1,0 +1,81 @@
+package session
+
+import (
+	"crypto/subtle"
+	"fmt"
+	"net/netip"
+	"path"
+	"strings"
+
+	"undervdi/server/config"
+)
+
+// Registry is the set of kiosks the broker serves.
+type Registry struct {
+	exact    map[string]kioskEntry
+	patterns []kioskEntry
+	legacy   []kioskEntry
+}
+
+type kioskEntry struct {
+	id     string
+	prefix netip.Prefix
+	token  string
+}
+
+// NewRegistry builds the registry from the configuration's [[kiosk]] tables.
+func NewRegistry(kiosks []config.Kiosk) (*Registry, error) {
+	r := &Registry{exact: map[string]kioskEntry{}}
+	for _, k := range kiosks {
+		p, err := k.Prefix()
+		if err != nil {
+			return nil, err
+		}
+		e := kioskEntry{id: k.ID, prefix: p, token: k.Token}
+		switch {
+		case k.Legacy:
+			r.legacy = append(r.legacy, e)
+		case strings.ContainsAny(k.ID, "*?["):
+			r.patterns = append(r.patterns, e)
+		default:
+			r.exact[k.ID] = e
+		}
+	}
+	return r, nil
+}
+
+// Authenticate checks a kiosk's id, token and address. The error says which
+// of them is wrong, never what the right token is.
+func (r *Registry) Authenticate(id, token string, addr netip.Addr) error {
+	e, ok := r.exact[id]
+	if !ok {
+		for _, p := range r.patterns {
+			if m, _ := path.Match(p.id, id); m {
+				e, ok = p, true
+				break
+			}
+		}
+	}
+	switch {
+	case !ok:
+		return fmt.Errorf("kiosk %q is not known to this broker", id)
+	case !e.prefix.Contains(addr.Unmap()):
+		return fmt.Errorf("kiosk %q may not connect from %s (allowed: %s)", id, addr, e.prefix)
+	case subtle.ConstantTimeCompare([]byte(e.token), []byte(token)) != 1:
+		return fmt.Errorf("wrong token for kiosk %q", id)
+	}
+	return nil
+}
+
+// Legacy returns the name under which a legacy kiosk at addr is known.
+func (r *Registry) Legacy(addr netip.Addr) (string, bool) {
+	for _, e := range r.legacy {
+		if e.prefix.Contains(addr.Unmap()) {
+			if e.id != "" && e.prefix.IsSingleIP() {
+				return e.id, true
+			}
+			return "legacy-" + addr.Unmap().String(), true
+		}
+	}
+	return "", false
+}

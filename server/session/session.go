@@ -1,0 +1,436 @@
+// Package session hands VMs to kiosks and takes them back: the kiosk
+// protocol, the original's signal port, the fair queue, and the lease that
+// ties one kiosk to one VM until the session ends. The SPICE gateway asks it
+// whether a link may pass.
+//
+// A session ends, always through Manager.end, when:
+//   - the kiosk's connection is lost or its heartbeats stop;
+//   - the kiosk says so (the visitor finished, logged out, went idle);
+//   - the visitor is idle past idle_limit (heartbeats, or SPICE input for
+//     legacy kiosks);
+//   - every SPICE connection is closed for longer than the grace period;
+//   - the guest powers off, reboots or crashes (the pool reports it);
+//   - the session lasted max_session, or an admin ends it;
+//   - the VM was offered but not linked within the connect window.
+//
+// Ending tells the kiosk why, closes the session's SPICE connections, and
+// destroys the VM with its disk — or, if no client ever linked, puts the
+// still pristine VM back in the pool.
+package session
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"undervdi/kioskproto"
+	"undervdi/server/pool"
+)
+
+// Pool is what sessions need from the VM pool; *pool.Pool has it.
+type Pool interface {
+	Claim() (pool.VM, error)
+	Confirm(ctx context.Context, name string) error
+	WaitClean() <-chan struct{}
+	MarkUsed(ctx context.Context, name string) error
+	Release(ctx context.Context, name string) error
+	End(name, reason string) error
+	OnEnded(func(pool.Ended))
+}
+
+// Config is the session part of the broker configuration.
+type Config struct {
+	ConnectWindow    time.Duration
+	Grace            time.Duration
+	Heartbeat        time.Duration
+	HeartbeatTimeout time.Duration
+	IdleLimit        time.Duration
+	MaxSession       time.Duration // 0: no limit
+	QueueLimit       int
+	PublicHost       string // "" : the address the kiosk reached the broker on
+	GatewayPort      int
+	Viewer           kioskproto.Viewer
+}
+
+// Errors the gateway turns into refused links.
+var (
+	ErrNoLease   = errors.New("no live lease for this address")
+	ErrBadTicket = errors.New("ticket does not match the lease")
+	ErrExpired   = errors.New("the connect window is over")
+	ErrTakeover  = errors.New("the session's main channel is already linked")
+	ErrNoMain    = errors.New("the session's main channel is not linked")
+)
+
+// Manager runs the sessions of one broker.
+type Manager struct {
+	cfg      Config
+	pool     Pool
+	registry *Registry
+	audit    *Audit
+	log      *slog.Logger
+	// prepare is called before a VM is offered (the gateway learns the
+	// VM's SPICE capabilities there); an error ends the VM.
+	prepare func(context.Context, pool.VM) error
+
+	ctx  context.Context
+	kick chan struct{} // wakes the dispatcher
+
+	mu       sync.Mutex
+	queue    []*request
+	leases   map[string]*Lease // by lease ID
+	byVM     map[string]*Lease
+	pending  map[string]*AuditRecord // used VMs being wiped, by VM name
+	conns    map[string]*kioskConn   // by kiosk id
+	inflight int                     // claimed VMs being confirmed
+}
+
+// New returns a manager; Run starts its dispatcher.
+func New(cfg Config, p Pool, reg *Registry, audit *Audit, log *slog.Logger) *Manager {
+	m := &Manager{
+		cfg: cfg, pool: p, registry: reg, audit: audit, log: log,
+		kick:    make(chan struct{}, 1),
+		leases:  map[string]*Lease{},
+		byVM:    map[string]*Lease{},
+		pending: map[string]*AuditRecord{},
+		conns:   map[string]*kioskConn{},
+	}
+	p.OnEnded(m.vmEnded)
+	return m
+}
+
+// SetPrepare sets the hook run before each offer.
+func (m *Manager) SetPrepare(f func(context.Context, pool.VM) error) { m.prepare = f }
+
+// Lease ties one kiosk to one VM.
+type Lease struct {
+	ID      string
+	Kiosk   string
+	Addr    netip.Addr // SPICE links must come from here
+	Legacy  bool
+	VM      pool.VM
+	Offered time.Time
+	Expires time.Time // link before this
+	ticket  string
+
+	// Guarded by Manager.mu.
+	linked    time.Time
+	mainOpen  bool
+	conns     map[int]func() // open SPICE connections -> close
+	nextConn  int
+	ended     bool
+	reason    string
+	linkedCh  chan struct{} // closed at the first link
+	endedCh   chan struct{} // closed when the session ends
+	notifyEnd func(reason string)
+	timers    map[string]*time.Timer
+}
+
+// Linked is closed at the lease's first SPICE link.
+func (l *Lease) Linked() <-chan struct{} { return l.linkedCh }
+
+// Ended is closed when the session has ended.
+func (l *Lease) Ended() <-chan struct{} { return l.endedCh }
+
+// Reason is why the session ended, once it has.
+func (m *Manager) Reason(l *Lease) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return l.reason
+}
+
+// newLeaseLocked records a lease for a confirmed VM and starts its connect
+// window.
+func (m *Manager) newLeaseLocked(r *request, vm pool.VM) *Lease {
+	now := time.Now()
+	l := &Lease{
+		ID: "l-" + randomHex(8), Kiosk: r.kiosk, Addr: r.addr, Legacy: r.legacy, VM: vm,
+		Offered: now, Expires: now.Add(m.cfg.ConnectWindow),
+		conns: map[int]func(){}, linkedCh: make(chan struct{}), endedCh: make(chan struct{}),
+		timers: map[string]*time.Timer{}, notifyEnd: r.onEnd,
+	}
+	if !l.Legacy {
+		l.ticket = randomTicket()
+	}
+	m.leases[l.ID] = l
+	m.byVM[vm.Name] = l
+	m.timerLocked(l, "connect", m.cfg.ConnectWindow, fmt.Sprintf("not linked within the connect window (%v)", m.cfg.ConnectWindow))
+	if m.cfg.MaxSession > 0 {
+		m.timerLocked(l, "max", m.cfg.MaxSession, fmt.Sprintf("maximum session time (%v) reached", m.cfg.MaxSession))
+	}
+	return l
+}
+
+// timerLocked (re)starts the lease's timer named name, ending the session
+// with reason when it fires.
+func (m *Manager) timerLocked(l *Lease, name string, d time.Duration, reason string) {
+	if t := l.timers[name]; t != nil {
+		t.Stop()
+	}
+	l.timers[name] = time.AfterFunc(d, func() { m.end(l, reason) })
+}
+
+func (m *Manager) stopTimerLocked(l *Lease, name string) {
+	if t := l.timers[name]; t != nil {
+		t.Stop()
+		delete(l.timers, name)
+	}
+}
+
+// end ends a session. Every way a session ends comes here, once.
+func (m *Manager) end(l *Lease, reason string) {
+	m.mu.Lock()
+	if l.ended {
+		m.mu.Unlock()
+		return
+	}
+	l.ended, l.reason = true, reason
+	for _, t := range l.timers {
+		t.Stop()
+	}
+	delete(m.leases, l.ID)
+	delete(m.byVM, l.VM.Name)
+	closers := make([]func(), 0, len(l.conns))
+	for _, c := range l.conns {
+		closers = append(closers, c)
+	}
+	notify, used := l.notifyEnd, !l.linked.IsZero()
+	rec := l.record(reason)
+	if used {
+		m.pending[l.VM.Name] = rec
+	}
+	close(l.endedCh)
+	m.mu.Unlock()
+
+	m.log.Info("session ended", "lease", l.ID, "kiosk", l.Kiosk, "vm", l.VM.Name, "reason", reason, "used", used)
+	if notify != nil {
+		notify(reason)
+	}
+	for _, c := range closers {
+		c()
+	}
+	if used {
+		m.pool.End(l.VM.Name, reason) // vmEnded writes the audit record once the disk is gone
+		return
+	}
+	// Never linked: the VM is still pristine and goes back (decision 4).
+	if err := m.pool.Release(m.ctx, l.VM.Name); err != nil {
+		m.log.Debug("could not return an unused VM to the pool", "vm", l.VM.Name, "err", err)
+	}
+	m.audit.Write(rec)
+	m.wake()
+}
+
+// vmEnded hears from the pool that a VM is gone: a session whose guest
+// stopped ends, and a used VM's audit record is completed.
+func (m *Manager) vmEnded(e pool.Ended) {
+	m.mu.Lock()
+	l := m.byVM[e.VM]
+	m.mu.Unlock()
+	if l != nil {
+		m.end(l, e.Reason)
+	}
+	m.mu.Lock()
+	rec := m.pending[e.VM]
+	delete(m.pending, e.VM)
+	m.mu.Unlock()
+	if rec != nil {
+		rec.Wiped = e.Wiped
+		rec.WipedAt = timePtr(e.At)
+		m.audit.Write(rec)
+	}
+	m.wake()
+}
+
+// EndVM ends the session on a VM, for an admin. It reports whether there was one.
+func (m *Manager) EndVM(vm, reason string) bool {
+	m.mu.Lock()
+	l := m.byVM[vm]
+	m.mu.Unlock()
+	if l == nil {
+		return false
+	}
+	m.end(l, reason)
+	return true
+}
+
+// Lookup returns the VM a SPICE client at addr would reach, before its ticket
+// is read: the gateway needs the VM's capabilities for its reply. An address
+// with no live lease gets ErrNoLease, and its link never reaches a VM.
+func (m *Manager) Lookup(addr netip.Addr) (pool.VM, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, l := range m.leases {
+		if l.Addr == addr {
+			return l.VM, nil
+		}
+	}
+	return pool.VM{}, ErrNoLease
+}
+
+// Channel is a SPICE channel connection the gateway wants to open.
+type Channel struct {
+	Main  bool   // the session's main channel
+	Name  string // for logs
+	Close func() // closes the connection when the session ends
+}
+
+// Attachment is an admitted SPICE connection.
+type Attachment struct {
+	Lease *Lease
+	VM    pool.VM
+	id    int
+	m     *Manager
+}
+
+// Attach admits a SPICE connection from addr with ticket. On a lease's first
+// link it records the VM as used (in libvirt) before returning: only then
+// may the client's bytes reach the VM.
+func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket string, ch Channel) (*Attachment, error) {
+	m.mu.Lock()
+	var l *Lease
+	for _, cand := range m.leases {
+		if cand.Addr == addr && ticketMatches(cand, ticket) {
+			l = cand
+			break
+		}
+	}
+	switch {
+	case l == nil:
+		m.mu.Unlock()
+		if _, err := m.Lookup(addr); err != nil {
+			return nil, ErrNoLease
+		}
+		return nil, ErrBadTicket
+	case l.linked.IsZero() && time.Now().After(l.Expires):
+		m.mu.Unlock()
+		return nil, ErrExpired
+	case ch.Main && (l.mainOpen || !l.linked.IsZero()):
+		// One main channel per lease, ever: nobody takes over a session.
+		m.mu.Unlock()
+		return nil, ErrTakeover
+	case !ch.Main && !l.mainOpen:
+		m.mu.Unlock()
+		return nil, ErrNoMain
+	}
+	first := l.linked.IsZero()
+	if first {
+		l.linked = time.Now()
+		m.stopTimerLocked(l, "connect")
+	}
+	if ch.Main {
+		l.mainOpen = true
+	}
+	l.nextConn++
+	id := l.nextConn
+	l.conns[id] = ch.Close
+	m.stopTimerLocked(l, "grace")
+	m.mu.Unlock()
+
+	if first {
+		if err := m.pool.MarkUsed(ctx, l.VM.Name); err != nil {
+			m.end(l, "could not record the VM as used: "+err.Error())
+			return nil, err
+		}
+		close(l.linkedCh)
+		m.log.Info("session linked", "lease", l.ID, "kiosk", l.Kiosk, "vm", l.VM.Name)
+		if l.Legacy {
+			m.Activity(l) // starts the idle clock
+		}
+	}
+	return &Attachment{Lease: l, VM: l.VM, id: id, m: m}, nil
+}
+
+// Detach records that an admitted connection closed. When the last one has
+// been closed for the grace period, the session ends.
+func (a *Attachment) Detach() {
+	m, l := a.m, a.Lease
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(l.conns, a.id)
+	if len(l.conns) == 0 && !l.ended {
+		l.mainOpen = false
+		m.timerLocked(l, "grace", m.cfg.Grace, "the viewer disconnected")
+	}
+}
+
+// Activity records input from the visitor (SPICE inputs channel). Legacy
+// kiosks send no heartbeats, so this is their idle clock.
+func (m *Manager) Activity(l *Lease) {
+	if !l.Legacy {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !l.ended {
+		m.timerLocked(l, "idle", m.cfg.IdleLimit, fmt.Sprintf("idle for %v", m.cfg.IdleLimit))
+	}
+}
+
+// heartbeat records a kiosk's heartbeat; the broker enforces the idle limit
+// from the idle time the kiosk reports.
+func (m *Manager) heartbeat(l *Lease, idle time.Duration) {
+	if l != nil && idle >= m.cfg.IdleLimit {
+		m.end(l, fmt.Sprintf("idle for %v", idle.Round(time.Second)))
+	}
+}
+
+func ticketMatches(l *Lease, ticket string) bool {
+	if l.Legacy {
+		// The original remote.sh connects without a password: a legacy
+		// lease is bound to its kiosk's address, and takes no ticket.
+		return ticket == ""
+	}
+	return subtle.ConstantTimeCompare([]byte(l.ticket), []byte(ticket)) == 1
+}
+
+// Leases returns a snapshot of the live leases, for status.
+func (m *Manager) Leases() []LeaseStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []LeaseStatus
+	for _, l := range m.leases {
+		s := LeaseStatus{ID: l.ID, Kiosk: l.Kiosk, Addr: l.Addr.String(), VM: l.VM.Name, Legacy: l.Legacy,
+			Offered: l.Offered, Connections: len(l.conns)}
+		if !l.linked.IsZero() {
+			s.Linked = timePtr(l.linked)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// LeaseStatus is one lease in the broker's status; it carries no ticket.
+type LeaseStatus struct {
+	ID          string     `json:"id"`
+	Kiosk       string     `json:"kiosk"`
+	Addr        string     `json:"addr"`
+	VM          string     `json:"vm"`
+	Legacy      bool       `json:"legacy,omitempty"`
+	Offered     time.Time  `json:"offered"`
+	Linked      *time.Time `json:"linked,omitempty"`
+	Connections int        `json:"connections"`
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// randomTicket is a one-time SPICE ticket: 192 random bits in 32 characters
+// (SPICE passwords are at most 60).
+func randomTicket() string {
+	b := make([]byte, 24)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func timePtr(t time.Time) *time.Time { return &t }

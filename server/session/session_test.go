@@ -1,0 +1,559 @@
+package session
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"undervdi/kioskproto"
+	"undervdi/server/config"
+	"undervdi/server/pool/pooltest"
+)
+
+const token = "0123456789abcdef"
+
+// harness runs a Manager on loopback with a fake pool.
+type harness struct {
+	t      *testing.T
+	m      *Manager
+	pool   *pooltest.Pool
+	addr   string // kiosk protocol
+	legacy string // signal port
+	audit  *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) records() []AuditRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []AuditRecord
+	sc := bufio.NewScanner(bytes.NewReader(s.b.Bytes()))
+	for sc.Scan() {
+		var r AuditRecord
+		json.Unmarshal(sc.Bytes(), &r)
+		out = append(out, r)
+	}
+	return out
+}
+
+func testConfig() Config {
+	return Config{
+		ConnectWindow: 2 * time.Second, Grace: 100 * time.Millisecond,
+		Heartbeat: time.Second, HeartbeatTimeout: 3 * time.Second, IdleLimit: time.Minute,
+		QueueLimit: 100, GatewayPort: 5906,
+	}
+}
+
+func logger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func newHarness(t *testing.T, vms int, cfg Config) *harness {
+	t.Helper()
+	reg, err := NewRegistry([]config.Kiosk{
+		{ID: "k1", Address: "127.0.0.1", Token: token},
+		{ID: "far", Address: "10.9.9.9", Token: token},
+		{ID: "pool-*", Address: "127.0.0.0/8", Token: token},
+		{Address: "127.0.0.1", Legacy: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, pool: pooltest.New(vms, "/nonexistent/spice.sock", "pw"), audit: &syncBuffer{}}
+	h.m = New(cfg, h.pool, reg, NewAudit(h.audit, logger()), logger())
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go h.m.Run(ctx)
+	for _, s := range []struct {
+		addr   *string
+		handle func(context.Context, net.Conn)
+	}{{&h.addr, h.m.ServeKiosk}, {&h.legacy, h.m.ServeLegacy}} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		*s.addr = ln.Addr().String()
+		go Serve(ctx, ln, s.handle)
+	}
+	return h
+}
+
+// kiosk is a test client of the kiosk protocol.
+type kiosk struct {
+	t    *testing.T
+	c    net.Conn
+	msgs chan *kioskproto.Message
+}
+
+// dial connects from the loopback address from (127.0.0.x).
+func (h *harness) dial(from string) *kiosk {
+	h.t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	c, err := d.Dial("tcp", h.addr)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	k := &kiosk{t: h.t, c: c, msgs: make(chan *kioskproto.Message, 64)}
+	go func() {
+		defer close(k.msgs)
+		for {
+			m, err := kioskproto.ReadMessage(c)
+			if err != nil {
+				return
+			}
+			k.msgs <- m
+		}
+	}()
+	return k
+}
+
+func (k *kiosk) send(m *kioskproto.Message) {
+	k.t.Helper()
+	if err := kioskproto.WriteMessage(k.c, m); err != nil {
+		k.t.Fatal(err)
+	}
+}
+
+// next returns the next message that is not a heartbeat, or nil if the
+// connection closed.
+func (k *kiosk) next() *kioskproto.Message {
+	k.t.Helper()
+	for {
+		select {
+		case m, ok := <-k.msgs:
+			if !ok {
+				return nil
+			}
+			if m.Type != kioskproto.THeartbeat {
+				return m
+			}
+		case <-time.After(10 * time.Second):
+			k.t.Fatal("no message from the broker")
+		}
+	}
+}
+
+// until skips messages until one of type t.
+func (k *kiosk) until(t kioskproto.Type) *kioskproto.Message {
+	k.t.Helper()
+	for {
+		m := k.next()
+		if m == nil {
+			k.t.Fatalf("connection closed while waiting for %s", t)
+		}
+		if m.Type == t {
+			return m
+		}
+	}
+}
+
+// session connects as id from 127.0.0.1, requests a VM and returns its offer.
+func (h *harness) session(id, from string) (*kiosk, *kioskproto.Offer) {
+	h.t.Helper()
+	k := h.dial(from)
+	k.send(kioskproto.NewHello(id, token, "test"))
+	if m := k.next(); m == nil || m.Type != kioskproto.TWelcome {
+		h.t.Fatalf("hello answered with %+v, want welcome", m)
+	}
+	k.send(kioskproto.NewRequest())
+	return k, k.until(kioskproto.TOffer).Offer
+}
+
+func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestHelloRefused(t *testing.T) {
+	h := newHarness(t, 1, testConfig())
+	for _, tc := range []struct {
+		hello *kioskproto.Message
+		code  string
+		says  string
+	}{
+		{kioskproto.NewHello("nobody", token, ""), kioskproto.CodeUnknown, `kiosk "nobody" is not known`},
+		{kioskproto.NewHello("k1", "wrong-token-0000", ""), kioskproto.CodeUnknown, `wrong token for kiosk "k1"`},
+		{kioskproto.NewHello("far", token, ""), kioskproto.CodeUnknown, `may not connect from 127.0.0.1`},
+		{&kioskproto.Message{Type: kioskproto.THello, Hello: &kioskproto.Hello{Version: 9, Kiosk: "k1", Token: token}}, kioskproto.CodeBadVersion, "version 9"},
+		{kioskproto.NewRequest(), kioskproto.CodeBadMessage, "first message must be hello"},
+	} {
+		k := h.dial("127.0.0.1")
+		k.send(tc.hello)
+		m := k.next()
+		if m == nil || m.Type != kioskproto.TError || m.Error.Code != tc.code || !strings.Contains(m.Error.Message, tc.says) {
+			t.Errorf("%+v answered %+v, want error %s saying %q", tc.hello, m, tc.code, tc.says)
+		}
+		if m := k.next(); m != nil {
+			t.Errorf("connection still open after a refusal: got %+v", m)
+		}
+	}
+	refused := 0
+	for _, r := range h.audit.records() {
+		if r.Event == "refused" && r.What == "kiosk" {
+			refused++
+		}
+		if strings.Contains(fmt.Sprint(r), token) {
+			t.Errorf("audit record carries the token: %+v", r)
+		}
+	}
+	if refused != 5 {
+		t.Errorf("%d refusal audit lines, want 5", refused)
+	}
+}
+
+func TestSessionLifecycle(t *testing.T) {
+	h := newHarness(t, 2, testConfig())
+	k, offer := h.session("k1", "127.0.0.1")
+	if offer.Host != "127.0.0.1" || offer.Port != 5906 || len(offer.Ticket) < 30 || !offer.Expires.After(time.Now()) {
+		t.Errorf("offer = %+v", offer)
+	}
+	ctx := context.Background()
+	noop := func() {}
+	if _, err := h.m.Attach(ctx, addr("127.0.0.1"), "wrong", Channel{Main: true, Close: noop}); !errors.Is(err, ErrBadTicket) {
+		t.Errorf("Attach(wrong ticket) = %v, want ErrBadTicket", err)
+	}
+	if _, err := h.m.Attach(ctx, addr("127.0.0.2"), offer.Ticket, Channel{Main: true, Close: noop}); !errors.Is(err, ErrNoLease) {
+		t.Errorf("Attach(other address) = %v, want ErrNoLease", err)
+	}
+	if _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, Channel{Main: false, Close: noop}); !errors.Is(err, ErrNoMain) {
+		t.Errorf("Attach(display before main) = %v, want ErrNoMain", err)
+	}
+	if h.pool.HasEvent("used") {
+		t.Fatalf("VM marked used before any link: %v", h.pool.Log())
+	}
+	main, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: noop})
+	if err != nil {
+		t.Fatalf("Attach(main) = %v", err)
+	}
+	if !h.pool.HasEvent("used " + main.VM.Name) {
+		t.Errorf("first link did not mark %s used: %v", main.VM.Name, h.pool.Log())
+	}
+	if _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: noop}); !errors.Is(err, ErrTakeover) {
+		t.Errorf("second Attach(main) = %v, want ErrTakeover", err)
+	}
+	display, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, Channel{Name: "display", Close: noop})
+	if err != nil {
+		t.Fatalf("Attach(display) = %v", err)
+	}
+	display.Detach()
+	main.Detach()
+	end := k.until(kioskproto.TEnd).End
+	if end.Reason != "the viewer disconnected" {
+		t.Errorf("end reason = %q", end.Reason)
+	}
+	waitFor(t, "the VM destroyed", func() bool { return h.pool.HasEvent("ended " + main.VM.Name) })
+	// A ticket replayed after its session ended is refused.
+	if _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: noop}); !errors.Is(err, ErrNoLease) {
+		t.Errorf("Attach(replayed ticket) = %v, want ErrNoLease", err)
+	}
+	waitFor(t, "the audit record", func() bool {
+		for _, r := range h.audit.records() {
+			if r.Event == "session" && r.VM == main.VM.Name {
+				return r.Wiped && r.Linked != nil && r.Kiosk == "k1" && r.Reason == "the viewer disconnected"
+			}
+		}
+		return false
+	})
+}
+
+func TestConnectWindowReturnsVM(t *testing.T) {
+	cfg := testConfig()
+	cfg.ConnectWindow = 100 * time.Millisecond
+	h := newHarness(t, 1, cfg)
+	k, _ := h.session("k1", "127.0.0.1")
+	if end := k.until(kioskproto.TEnd).End; !strings.Contains(end.Reason, "not linked within the connect window") {
+		t.Errorf("end = %q", end.Reason)
+	}
+	waitFor(t, "the unused VM released", func() bool { return h.pool.HasEvent("released vm-001") })
+	if h.pool.HasEvent("ended") {
+		t.Errorf("an unused VM was destroyed: %v", h.pool.Log())
+	}
+}
+
+func TestLeaseLivesWithConnection(t *testing.T) {
+	h := newHarness(t, 1, testConfig())
+	k, offer := h.session("k1", "127.0.0.1")
+	if _, err := h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: func() {}}); err != nil {
+		t.Fatal(err)
+	}
+	k.c.Close()
+	waitFor(t, "the used VM destroyed", func() bool { return h.pool.HasEvent("ended vm-001: kiosk connection lost") })
+}
+
+func TestHeartbeatsStop(t *testing.T) {
+	cfg := testConfig()
+	cfg.HeartbeatTimeout = 300 * time.Millisecond
+	h := newHarness(t, 1, cfg)
+	_, offer := h.session("k1", "127.0.0.1")
+	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: func() {}})
+	waitFor(t, "the session ended", func() bool { return h.pool.HasEvent("ended vm-001: kiosk heartbeats stopped") })
+}
+
+func TestIdleFromHeartbeats(t *testing.T) {
+	h := newHarness(t, 1, testConfig())
+	k, offer := h.session("k1", "127.0.0.1")
+	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: func() {}})
+	k.send(kioskproto.NewHeartbeat(10 * time.Second))
+	k.send(kioskproto.NewHeartbeat(61 * time.Second))
+	if end := k.until(kioskproto.TEnd).End; end.Reason != "idle for 1m1s" {
+		t.Errorf("end = %q, want idle for 1m1s", end.Reason)
+	}
+}
+
+func TestGuestPowerOffTellsKiosk(t *testing.T) {
+	h := newHarness(t, 1, testConfig())
+	k, offer := h.session("k1", "127.0.0.1")
+	closed := make(chan struct{})
+	a, _ := h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: func() { close(closed) }})
+	h.pool.GuestStops(a.VM.Name)
+	if end := k.until(kioskproto.TEnd).End; end.Reason != "guest powered off or rebooted" {
+		t.Errorf("end = %q", end.Reason)
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Errorf("the session's SPICE connection was not closed")
+	}
+}
+
+func TestKioskEndsSession(t *testing.T) {
+	h := newHarness(t, 1, testConfig())
+	k, offer := h.session("k1", "127.0.0.1")
+	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: func() {}})
+	k.send(kioskproto.NewEnd("visitor pressed finish"))
+	waitFor(t, "the VM destroyed", func() bool {
+		return h.pool.HasEvent("ended vm-001: the kiosk ended the session: visitor pressed finish")
+	})
+	// The connection stays for the next visitor.
+	k.send(kioskproto.NewRequest())
+	h.pool.Add()
+	if o := k.until(kioskproto.TOffer).Offer; o.Ticket == offer.Ticket {
+		t.Errorf("the next session reused the ticket")
+	}
+}
+
+func TestFairQueue(t *testing.T) {
+	h := newHarness(t, 0, testConfig())
+	var ks []*kiosk
+	for i := range 4 {
+		k := h.dial("127.0.0.1")
+		k.send(kioskproto.NewHello(fmt.Sprintf("pool-%d", i), token, ""))
+		k.until(kioskproto.TWelcome)
+		k.send(kioskproto.NewRequest())
+		st := k.until(kioskproto.TStatus).Status
+		if i == 0 && st.State != kioskproto.StatePreparing {
+			t.Errorf("head's status = %+v, want preparing", st)
+		}
+		if i > 0 && (st.State != kioskproto.StateQueued || st.Ahead != i) {
+			t.Errorf("kiosk %d status = %+v, want queued with %d ahead", i, st, i)
+		}
+		ks = append(ks, k)
+	}
+	// VMs become clean one by one: kiosks are served in arrival order.
+	for i, k := range ks {
+		vm := h.pool.Add()
+		if l := k.until(kioskproto.TOffer).Offer; l == nil {
+			t.Fatalf("kiosk %d got no offer", i)
+		}
+		_ = vm
+		for _, later := range ks[i+1:] {
+			select {
+			case m := <-later.msgs:
+				if m != nil && m.Type == kioskproto.TOffer {
+					t.Fatalf("a later kiosk got an offer before kiosk %d", i)
+				}
+			default:
+			}
+		}
+	}
+}
+
+func TestManyKiosksAtOnce(t *testing.T) {
+	cfg := testConfig()
+	cfg.ConnectWindow = time.Minute // no VM comes back unused during the test
+	h := newHarness(t, 10, cfg)
+	type result struct {
+		vm     string
+		queued bool
+	}
+	results := make(chan result, 50)
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Go(func() {
+			k := h.dial("127.0.0.1")
+			k.send(kioskproto.NewHello(fmt.Sprintf("pool-%02d", i), token, ""))
+			k.until(kioskproto.TWelcome)
+			k.send(kioskproto.NewRequest())
+			for {
+				m := k.next()
+				switch {
+				case m == nil:
+					t.Errorf("kiosk %d: connection closed", i)
+					return
+				case m.Type == kioskproto.TOffer:
+					results <- result{vm: m.Offer.Lease}
+					return
+				case m.Type == kioskproto.TStatus:
+					results <- result{queued: true}
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(results)
+	offers, queued := 0, 0
+	for r := range results {
+		if r.queued {
+			queued++
+		} else {
+			offers++
+		}
+	}
+	if offers+queued != 50 || offers != 10 {
+		t.Errorf("%d offers and %d queue positions for 50 kiosks and 10 VMs", offers, queued)
+	}
+	for vm, n := range h.pool.Claimed() {
+		if n != 1 {
+			t.Errorf("%s claimed %d times", vm, n)
+		}
+	}
+}
+
+func TestBusyAndQueueLimit(t *testing.T) {
+	cfg := testConfig()
+	cfg.QueueLimit = 1
+	h := newHarness(t, 0, cfg)
+	k := h.dial("127.0.0.1")
+	k.send(kioskproto.NewHello("k1", token, ""))
+	k.until(kioskproto.TWelcome)
+	k.send(kioskproto.NewRequest())
+	k.until(kioskproto.TStatus)
+	k.send(kioskproto.NewRequest())
+	if m := k.until(kioskproto.TError); m.Error.Code != kioskproto.CodeBusy {
+		t.Errorf("second request = %+v, want busy", m.Error)
+	}
+	k2 := h.dial("127.0.0.1")
+	k2.send(kioskproto.NewHello("pool-2", token, ""))
+	k2.until(kioskproto.TWelcome)
+	k2.send(kioskproto.NewRequest())
+	if m := k2.until(kioskproto.TError); m.Error.Code != kioskproto.CodeUnavailable {
+		t.Errorf("request beyond the queue limit = %+v, want unavailable", m.Error)
+	}
+}
+
+func TestKioskReconnectReplacesOldConnection(t *testing.T) {
+	h := newHarness(t, 2, testConfig())
+	old, _ := h.session("k1", "127.0.0.1")
+	h.session("k1", "127.0.0.1")
+	for {
+		m := old.next()
+		if m == nil {
+			break // closed by the broker
+		}
+	}
+	waitFor(t, "the old offer's VM returned", func() bool { return h.pool.HasEvent("released vm-001") })
+}
+
+func TestLegacySignalPort(t *testing.T) {
+	h := newHarness(t, 1, testConfig())
+	c, err := net.Dial("tcp", h.legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	lines := bufio.NewScanner(c)
+	start := time.Now()
+	if !lines.Scan() || lines.Text() != LegacyGo {
+		t.Fatalf("first line = %q, want %q at once", lines.Text(), LegacyGo)
+	}
+	if d := time.Since(start); d > quietFor {
+		t.Logf("first line after %v", d) // informative: remote.sh reads one line a second
+	}
+	if !lines.Scan() || lines.Text() != LegacyGo {
+		t.Fatalf("second line = %q, want %q repeated", lines.Text(), LegacyGo)
+	}
+	// remote-viewer links without a password, from the kiosk's address.
+	a, err := h.m.Attach(context.Background(), addr("127.0.0.1"), "", Channel{Main: true, Close: func() {}})
+	if err != nil {
+		t.Fatalf("legacy Attach = %v", err)
+	}
+	var rest []string
+	for lines.Scan() {
+		rest = append(rest, lines.Text())
+	}
+	if len(rest) == 0 || rest[len(rest)-1] != a.VM.Name+" NOW in use!!!" {
+		t.Errorf("after the link the port said %q, want it to end with %q", rest, a.VM.Name+" NOW in use!!!")
+	}
+	a.Detach()
+	waitFor(t, "the session ended with the viewer", func() bool { return h.pool.HasEvent("ended " + a.VM.Name) })
+}
+
+func TestLegacyRefusesUnknownAddress(t *testing.T) {
+	h := newHarness(t, 1, testConfig())
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	c, err := d.Dial("tcp", h.legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	b := make([]byte, 256)
+	n, _ := c.Read(b)
+	if !strings.HasPrefix(string(b[:n]), "NOT ALLOWED: 127.0.0.2") {
+		t.Errorf("unknown legacy kiosk got %q", b[:n])
+	}
+}
+
+func TestLegacyIdleFromInput(t *testing.T) {
+	cfg := testConfig()
+	cfg.IdleLimit = 200 * time.Millisecond
+	h := newHarness(t, 1, cfg)
+	c, _ := net.Dial("tcp", h.legacy)
+	defer c.Close()
+	bufio.NewScanner(c).Scan()
+	a, err := h.m.Attach(context.Background(), addr("127.0.0.1"), "", Channel{Main: true, Close: func() {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // input keeps it alive
+		time.Sleep(100 * time.Millisecond)
+		h.m.Activity(a.Lease)
+	}
+	if h.pool.HasEvent("ended") {
+		t.Fatalf("session ended despite input: %v", h.pool.Log())
+	}
+	waitFor(t, "the idle session ended", func() bool { return h.pool.HasEvent("ended " + a.VM.Name + ": idle for 200ms") })
+}
