@@ -1,0 +1,165 @@
+// Package xvfb runs a private X server (Xvfb) for tests and the demo, and
+// takes screenshots of it through the X protocol (jezek/xgb), so tests can
+// check what a real program put on the screen.
+package xvfb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/jezek/xgb"
+	"github.com/jezek/xgb/xproto"
+)
+
+func init() {
+	// xgb logs to stderr when there is no ~/.Xauthority, which an Xvfb
+	// started with -ac never needs.
+	xgb.Logger = log.New(io.Discard, "", 0)
+}
+
+// Server is a running Xvfb.
+type Server struct {
+	Display string // e.g. ":93"
+	Width   int
+	Height  int
+	cmd     *exec.Cmd
+	done    chan struct{}
+}
+
+// Start runs Xvfb on the first free display from :90 with a screen of w x h
+// at 24 bits, and waits until it accepts clients.
+func Start(ctx context.Context, w, h int) (*Server, error) {
+	if _, err := exec.LookPath("Xvfb"); err != nil {
+		return nil, fmt.Errorf("Xvfb not installed (make deps): %w", err)
+	}
+	for n := 90; n < 190; n++ {
+		if _, err := os.Stat(fmt.Sprintf("/tmp/.X11-unix/X%d", n)); err == nil {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/tmp/.X%d-lock", n)); err == nil {
+			continue
+		}
+		s := &Server{Display: ":" + strconv.Itoa(n), Width: w, Height: h, done: make(chan struct{})}
+		// -ac: tests run clients as other users (a kiosk user) too.
+		s.cmd = exec.Command("Xvfb", s.Display, "-screen", "0", fmt.Sprintf("%dx%dx24", w, h), "-nolisten", "tcp", "-ac")
+		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := s.cmd.Start(); err != nil {
+			return nil, err
+		}
+		go func() { s.cmd.Wait(); close(s.done) }()
+		if err := s.wait(ctx); err != nil {
+			s.Stop()
+			continue // lost a race for the display: try the next
+		}
+		return s, nil
+	}
+	return nil, errors.New("no free X display between :90 and :189")
+}
+
+func (s *Server) wait(ctx context.Context) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-s.done:
+			return errors.New("Xvfb exited")
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if c, err := xgb.NewConnDisplay(s.Display); err == nil {
+			c.Close()
+			return nil
+		}
+	}
+	return errors.New("Xvfb did not accept clients")
+}
+
+// Env returns the environment for X clients of this server.
+func (s *Server) Env() []string { return append(os.Environ(), "DISPLAY="+s.Display) }
+
+// Stop ends Xvfb (by its PID).
+func (s *Server) Stop() {
+	if s.cmd.Process != nil {
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.done:
+		case <-time.After(5 * time.Second):
+			s.cmd.Process.Kill()
+			<-s.done
+		}
+	}
+}
+
+// Screenshot returns the root window's pixels.
+func (s *Server) Screenshot() (*image.RGBA, error) {
+	c, err := xgb.NewConnDisplay(s.Display)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return Capture(c, xproto.Drawable(xproto.Setup(c).DefaultScreen(c).Root))
+}
+
+// Capture reads a drawable's pixels over an X connection (24/32-bit
+// TrueColor, as Xvfb and real kiosk screens run).
+func Capture(c *xgb.Conn, d xproto.Drawable) (*image.RGBA, error) {
+	geo, err := xproto.GetGeometry(c, d).Reply()
+	if err != nil {
+		return nil, err
+	}
+	w, h := int(geo.Width), int(geo.Height)
+	img, err := xproto.GetImage(c, xproto.ImageFormatZPixmap, d, 0, 0, geo.Width, geo.Height, 0xffffffff).Reply()
+	if err != nil {
+		return nil, err
+	}
+	if len(img.Data) < w*h*4 {
+		return nil, fmt.Errorf("screenshot: %d bytes for %dx%d at depth %d", len(img.Data), w, h, img.Depth)
+	}
+	out := image.NewRGBA(image.Rect(0, 0, w, h))
+	for i := 0; i < w*h; i++ {
+		b, g, r := img.Data[4*i], img.Data[4*i+1], img.Data[4*i+2]
+		out.Pix[4*i], out.Pix[4*i+1], out.Pix[4*i+2], out.Pix[4*i+3] = r, g, b, 0xff
+	}
+	return out, nil
+}
+
+// Colors counts the distinct colors in img, up to max (a blank screen has 1).
+func Colors(img image.Image, max int) int {
+	seen := map[color.RGBA]bool{}
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y += 2 {
+		for x := b.Min.X; x < b.Max.X; x += 2 {
+			r, g, bl, _ := img.At(x, y).RGBA()
+			seen[color.RGBA{uint8(r >> 8), uint8(g >> 8), uint8(bl >> 8), 0xff}] = true
+			if len(seen) >= max {
+				return max
+			}
+		}
+	}
+	return len(seen)
+}
+
+// SavePNG writes img to path (for a person looking at a failed test).
+func SavePNG(img image.Image, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return png.Encode(f, img)
+}

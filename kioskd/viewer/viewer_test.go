@@ -1,0 +1,92 @@
+package viewer
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"undervdi/kioskproto"
+)
+
+var offer = kioskproto.Offer{Lease: "l", Host: "169.254.24.1", Port: 5906, Ticket: "t1cket", Expires: time.Now().Add(time.Minute),
+	Viewer: kioskproto.Viewer{Title: "undervdi", DisableAudio: true, DisableEffects: "animation", Compression: "auto-glz",
+		USBAutoRedirect: "0x08,-1,-1,-1,1|-1,-1,-1,-1,0", USBRedirectConnect: "0x08,-1,-1,-1,1|-1,-1,-1,-1,0"}}
+
+func TestWriteVV(t *testing.T) {
+	var b bytes.Buffer
+	o := offer
+	o.Viewer.Title = "evil\ntitle\n[virt-viewer]\nhost=attacker"
+	if err := WriteVV(&b, o); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"[virt-viewer]\n", "type=spice\n", "host=169.254.24.1\n", "port=5906\n", "password=t1cket\n",
+		"delete-this-file=1\n", "usb-filter=0x08,-1,-1,-1,1|-1,-1,-1,-1,0\n", "disable-effects=animation\n"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf(".vv lacks %q:\n%s", want, b.String())
+		}
+	}
+	sections, hosts := 0, 0
+	for _, line := range strings.Split(b.String(), "\n") {
+		if line == "[virt-viewer]" {
+			sections++
+		}
+		if strings.HasPrefix(line, "host=") {
+			hosts++
+		}
+	}
+	if sections != 1 || hosts != 1 {
+		t.Errorf("a newline in a value injected keys:\n%s", b.String())
+	}
+	args := strings.Join(Args(offer, true), " ")
+	for _, want := range []string{"--kiosk --kiosk-quit=on-disconnect", "--spice-disable-audio", "--spice-preferred-compression=auto-glz",
+		"--spice-usbredir-redirect-on-connect=0x08"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("Args() = %q, want %q", args, want)
+		}
+	}
+}
+
+// TestStopKillsTheGroup runs a stand-in viewer that starts a child which
+// ignores SIGTERM: Stop must leave neither behind.
+func TestStopKillsTheGroup(t *testing.T) {
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "remote-viewer")
+	os.WriteFile(fake, []byte(`#!/bin/sh
+stat -c %a "$1" > "$(dirname "$1")/mode"
+sh -c 'trap "" TERM; echo $$ > '"$(dirname "$1")"'/child; while :; do sleep 1; done' &
+wait
+`), 0o755)
+	v, err := Launch(Options{Binary: fake, Dir: dir}, offer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var child int
+	deadline := time.Now().Add(10 * time.Second)
+	for child == 0 && time.Now().Before(deadline) {
+		b, _ := os.ReadFile(filepath.Join(dir, "child"))
+		child, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		time.Sleep(10 * time.Millisecond)
+	}
+	if child == 0 {
+		t.Fatal("the stand-in viewer's child never started")
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "mode")); strings.TrimSpace(string(b)) != "600" {
+		t.Errorf(".vv file mode = %q, want 600", b)
+	}
+	v.Stop(200 * time.Millisecond)
+	deadline = time.Now().Add(5 * time.Second)
+	for syscall.Kill(child, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("child %d of the viewer survived Stop", child)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if vv, _ := filepath.Glob(filepath.Join(dir, "*.vv")); len(vv) != 0 {
+		t.Errorf("connection files left: %v", vv)
+	}
+}

@@ -1,0 +1,548 @@
+//go:build integration
+
+package broker_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/digitalocean/go-libvirt"
+
+	"undervdi/internal/netns"
+	"undervdi/internal/testbed"
+	"undervdi/internal/xvfb"
+	"undervdi/kioskd/viewer"
+	"undervdi/kioskproto"
+	"undervdi/server/broker"
+	"undervdi/server/config"
+	"undervdi/server/domxml"
+	"undervdi/server/session"
+	"undervdi/server/spice"
+)
+
+const kioskToken = "e2e-kiosk-token-0123456789"
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// e2e is one broker on real libvirt with its ports.
+type e2e struct {
+	t       *testing.T
+	bed     *testbed.Bed
+	b       *broker.Broker
+	cfg     *config.Config
+	gwPort  int
+	kiosk   string // kiosk protocol address
+	x       *xvfb.Server
+	ns      *netns.NS
+	auditAt string
+}
+
+func startE2E(t *testing.T) *e2e {
+	bed := testbed.New(t)
+	e := &e2e{t: t, bed: bed, gwPort: freePort(t)}
+	kioskPort, legacyPort := freePort(t), freePort(t)
+	e.kiosk = fmt.Sprintf("127.0.0.1:%d", kioskPort)
+	cfg := bed.Config(2)
+	cfg.Gateway.Listen = fmt.Sprintf("0.0.0.0:%d", e.gwPort)
+	cfg.Sessions.Listen = fmt.Sprintf("0.0.0.0:%d", kioskPort)
+	cfg.Sessions.LegacyListen = fmt.Sprintf("0.0.0.0:%d", legacyPort)
+	cfg.Sessions.AuditLog = filepath.Join(bed.Root, "sessions.jsonl")
+	cfg.Kiosks = []config.Kiosk{
+		{ID: "k1", Address: "127.0.0.1", Token: kioskToken},
+		{ID: "many-*", Address: "127.0.0.0/8", Token: kioskToken},
+		{Address: "127.0.0.1", Legacy: true},
+	}
+	e.cfg, e.auditAt = cfg, cfg.Sessions.AuditLog
+	log := slog.New(slog.DiscardHandler)
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b, err := broker.New(ctx, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.b = b
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("broker.Run = %v", err)
+		}
+		b.Pool.Wait()
+	})
+	if e.x, err = xvfb.Start(ctx, 1024, 768); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.x.Stop)
+	if e.ns, err = netns.New(int(time.Now().UnixNano() % 200)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.ns.Close() })
+	e.waitFull()
+	return e
+}
+
+func (e *e2e) waitFull() {
+	e.t.Helper()
+	waitFor(e.t, 5*time.Minute, "a full pool", func() bool {
+		return e.b.Pool.Status().Counts[domxml.Clean] == e.cfg.PoolSize
+	})
+}
+
+// kiosk is a minimal kiosk-protocol client: it says hello, heartbeats, and
+// collects what the broker sends.
+type kiosk struct {
+	t    *testing.T
+	c    net.Conn
+	msgs chan *kioskproto.Message
+	mu   sync.Mutex
+}
+
+// connect says hello as kiosk id; the connection closes when t ends.
+func (e *e2e) connect(t *testing.T, id string) *kiosk {
+	t.Helper()
+	k, err := e.dial(t, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// dial is connect for goroutines: it returns its error.
+func (e *e2e) dial(t *testing.T, id string) (*kiosk, error) {
+	c, err := net.Dial("tcp", e.kiosk)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Close() })
+	k := &kiosk{t: t, c: c, msgs: make(chan *kioskproto.Message, 64)}
+	k.send(kioskproto.NewHello(id, kioskToken, "e2e test"))
+	go func() {
+		defer close(k.msgs)
+		for {
+			m, err := kioskproto.ReadMessage(c)
+			if err != nil {
+				return
+			}
+			if m.Type != kioskproto.THeartbeat {
+				k.msgs <- m
+			}
+		}
+	}()
+	go func() {
+		for range time.Tick(2 * time.Second) {
+			if k.send(kioskproto.NewHeartbeat(0)) != nil {
+				return
+			}
+		}
+	}()
+	if m := k.next(10 * time.Second); m == nil || m.Type != kioskproto.TWelcome {
+		return nil, fmt.Errorf("kiosk %s: hello answered %+v", id, m)
+	}
+	return k, nil
+}
+
+func (k *kiosk) send(m *kioskproto.Message) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return kioskproto.WriteMessage(k.c, m)
+}
+
+func (k *kiosk) next(d time.Duration) *kioskproto.Message {
+	select {
+	case m := <-k.msgs:
+		return m
+	case <-time.After(d):
+		return nil
+	}
+}
+
+func (k *kiosk) request() *kioskproto.Offer {
+	k.t.Helper()
+	k.send(kioskproto.NewRequest())
+	for {
+		m := k.next(2 * time.Minute)
+		if m == nil {
+			k.t.Fatal("no offer")
+		}
+		if m.Type == kioskproto.TOffer {
+			return m.Offer
+		}
+	}
+}
+
+func (k *kiosk) waitEnd(d time.Duration) string {
+	k.t.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case m, ok := <-k.msgs:
+			if !ok {
+				k.t.Fatal("connection closed before an end")
+			}
+			if m.Type == kioskproto.TEnd {
+				return m.End.Reason
+			}
+		case <-deadline:
+			k.t.Fatal("no end message")
+		}
+	}
+}
+
+func (e *e2e) launchViewer(t *testing.T, o *kioskproto.Offer) *viewer.Viewer {
+	t.Helper()
+	v, err := viewer.Launch(viewer.Options{Dir: t.TempDir(), Env: e.x.Env(), Kiosk: true}, *o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Stop(time.Second) })
+	return v
+}
+
+// linkedLease waits for a linked session of kiosk and returns it.
+func (e *e2e) linkedLease(t *testing.T, kiosk string) session.LeaseStatus {
+	t.Helper()
+	var out session.LeaseStatus
+	waitFor(t, time.Minute, "the viewer to link", func() bool {
+		for _, l := range e.b.Sessions.Leases() {
+			if l.Kiosk == kiosk && l.Linked != nil {
+				out = l
+				return true
+			}
+		}
+		return false
+	})
+	return out
+}
+
+// screenShowsGuest waits until the X screen shows the guest's console: a
+// large black area (the VGA text screen) with light text in it, which
+// remote-viewer's own grey window never has.
+func (e *e2e) screenShowsGuest(t *testing.T, name string) {
+	t.Helper()
+	path := filepath.Join(os.TempDir(), "undervdi-e2e-"+name+".png")
+	var black, light float64
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		img, err := e.x.Screenshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		black, light = 0, 0
+		for i := 0; i < len(img.Pix); i += 4 {
+			r, g, b := img.Pix[i], img.Pix[i+1], img.Pix[i+2]
+			switch {
+			case r < 8 && g < 8 && b < 8:
+				black++
+			case r > 0x90 && g > 0x90 && b > 0x90: // VGA text is 0xaaaaaa
+				light++
+			}
+		}
+		n := float64(len(img.Pix) / 4)
+		black, light = black/n, light/n
+		xvfb.SavePNG(img, path)
+		if black > 0.2 && light > 0.005 {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("the screen does not show the guest's console (%.1f%% black, %.2f%% light); see %s", 100*black, 100*light, path)
+}
+
+func (e *e2e) vmState(vm string) domxml.State {
+	doms, err := e.b.Host.Domains(context.Background(), vm)
+	if err != nil || len(doms) != 1 {
+		return ""
+	}
+	return doms[0].Meta.State
+}
+
+// checkWiped waits until the VM's domain and overlay are gone.
+func (e *e2e) checkWiped(t *testing.T, vm string) {
+	t.Helper()
+	waitFor(t, time.Minute, vm+" destroyed with its disk", func() bool {
+		_, err := e.bed.L.DomainLookupByName(vm)
+		overlays, _ := filepath.Glob(filepath.Join(e.bed.OverlayDir, vm+"-*"))
+		return libvirt.IsNotFound(err) && len(overlays) == 0
+	})
+}
+
+// spiceLink tries a SPICE main-channel link through the gateway.
+func spiceLink(c net.Conn, ticket string) error {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err := spice.Link(c, &spice.LinkMess{ChannelType: spice.ChannelMain,
+		CommonCaps: spice.Caps(spice.CapProtocolAuthSelection, spice.CapAuthSASL, spice.CapMiniHeader)}, ticket)
+	return err
+}
+
+func TestRealSessions(t *testing.T) {
+	e := startE2E(t)
+	ctx := context.Background()
+	gw := fmt.Sprintf("127.0.0.1:%d", e.gwPort)
+
+	t.Run("remote-viewer shows the guest; ending it destroys the VM", func(t *testing.T) {
+		k := e.connect(t, "k1")
+		offer := k.request()
+		v := e.launchViewer(t, offer)
+		l := e.linkedLease(t, "k1")
+		if s := e.vmState(l.VM); s != domxml.InUse {
+			t.Errorf("libvirt says %s is %q after the link, want in-use", l.VM, s)
+		}
+		e.screenShowsGuest(t, "viewer")
+
+		// Someone else with the ticket, from another address: refused.
+		c, err := e.ns.Dial(ctx, "tcp", fmt.Sprintf("%s:%d", e.ns.HostIP, e.gwPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := spiceLink(c, offer.Ticket); !errors.Is(err, spice.LinkErrPermissionDenied) {
+			t.Errorf("link from %s with a valid ticket = %v, want permission denied", e.ns.NSIP, err)
+		}
+		// A second client from the kiosk's own address cannot take over.
+		c, _ = net.Dial("tcp", gw)
+		if err := spiceLink(c, offer.Ticket); !errors.Is(err, spice.LinkErrPermissionDenied) {
+			t.Errorf("second main link = %v, want permission denied", err)
+		}
+
+		v.Stop(time.Second) // the viewer is killed
+		if reason := k.waitEnd(30 * time.Second); reason != "the viewer disconnected" {
+			t.Errorf("end reason = %q", reason)
+		}
+		e.checkWiped(t, l.VM)
+		c, _ = net.Dial("tcp", gw)
+		if err := spiceLink(c, offer.Ticket); !errors.Is(err, spice.LinkErrPermissionDenied) {
+			t.Errorf("replayed ticket = %v, want permission denied", err)
+		}
+		e.waitFull()
+	})
+
+	t.Run("guest power-off ends the session at the kiosk", func(t *testing.T) {
+		k := e.connect(t, "k1")
+		v := e.launchViewer(t, k.request())
+		l := e.linkedLease(t, "k1")
+		if _, err := e.b.Host.AgentCommand(ctx, l.VM, `{"execute":"guest-shutdown"}`); err != nil && !strings.Contains(err.Error(), "disappeared") {
+			t.Fatal(err)
+		}
+		if reason := k.waitEnd(time.Minute); reason != "guest powered off or rebooted" {
+			t.Errorf("end reason = %q", reason)
+		}
+		select {
+		case <-v.Done(): // --kiosk-quit=on-disconnect
+		case <-time.After(30 * time.Second):
+			t.Errorf("remote-viewer still running after the VM went away")
+		}
+		e.checkWiped(t, l.VM)
+		e.waitFull()
+	})
+
+	t.Run("50 kiosks at once get distinct VMs or a place in the queue", func(t *testing.T) {
+		e.waitFull()
+		type answer struct {
+			offer *kioskproto.Offer
+			ahead int
+		}
+		answers := make(chan answer, 50)
+		var wg sync.WaitGroup
+		for i := range 50 {
+			wg.Go(func() {
+				k, err := e.dial(t, fmt.Sprintf("many-%02d", i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				k.send(kioskproto.NewRequest())
+				for m := k.next(time.Minute); m != nil; m = k.next(time.Minute) {
+					switch m.Type {
+					case kioskproto.TOffer:
+						answers <- answer{offer: m.Offer}
+						return
+					case kioskproto.TStatus:
+						answers <- answer{ahead: m.Status.Ahead}
+						return
+					}
+				}
+				t.Errorf("kiosk many-%02d: no answer", i)
+			})
+		}
+		wg.Wait()
+		close(answers)
+		offers, queued := 0, 0
+		for a := range answers {
+			if a.offer != nil {
+				offers++
+			} else {
+				queued++
+			}
+		}
+		if offers != e.cfg.PoolSize || queued != 50-offers {
+			t.Errorf("%d offers and %d queue places, want %d and %d", offers, queued, e.cfg.PoolSize, 50-e.cfg.PoolSize)
+		}
+		vms := map[string]bool{}
+		for _, l := range e.b.Sessions.Leases() {
+			if vms[l.VM] {
+				t.Errorf("VM %s offered twice", l.VM)
+			}
+			vms[l.VM] = true
+		}
+	})
+	// The 50 kiosks left with the subtest: their unused VMs go back.
+	waitFor(t, time.Minute, "the unused offers returned", func() bool { return len(e.b.Sessions.Leases()) == 0 })
+
+	t.Run("the original remote.sh gets a session", func(t *testing.T) {
+		e.legacyRemoteSh(t)
+	})
+
+	checkAudit(t, e.auditAt)
+}
+
+// legacyRemoteSh runs the original kiosk script as an unprivileged user,
+// with nc and remote-viewer, against the legacy signal port.
+func (e *e2e) legacyRemoteSh(t *testing.T) {
+	e.waitFull()
+	u := kioskUser(t)
+	// t.TempDir's tree is private to root; the kiosk user must read this.
+	dir, err := os.MkdirTemp("", "undervdi-kiosk-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	conf := filepath.Join(dir, "client.conf")
+	_, legacyPort, _ := net.SplitHostPort(e.cfg.Sessions.LegacyListen)
+	anim := filepath.Join(dir, "animation")
+	os.Mkdir(anim, 0o755)
+	os.WriteFile(conf, []byte(fmt.Sprintf("server_ip=127.0.0.1\nvdi_signal_port=%s\nvdi_spice_port=%d\nanimation_folder=%s\nbackground_folder=%s\n",
+		legacyPort, e.gwPort, anim, anim)), 0o644)
+	script, err := os.ReadFile("testdata/remote.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "remote.sh")
+	os.WriteFile(path, []byte(strings.ReplaceAll(string(script), "/etc/client.conf", conf)), 0o755)
+
+	cmd := exec.Command("setpriv", "--reuid="+u.Uid, "--regid="+u.Gid, "--init-groups", "/bin/sh", path)
+	// USER matters: the script ends with `killall -u $USER`.
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "USER=" + u.Username, "HOME=" + dir, "DISPLAY=" + e.x.Display}
+	cmd.Dir = dir
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-exited
+		if t.Failed() {
+			t.Logf("remote.sh output:\n%s", out)
+		}
+	})
+	start := time.Now()
+	l := e.linkedLease(t, "legacy-127.0.0.1")
+	t.Logf("remote.sh linked %v after start (nc -i 1 reads a line a second)", time.Since(start).Round(time.Millisecond))
+	if !l.Legacy {
+		t.Errorf("lease %+v is not a legacy one", l)
+	}
+	e.screenShowsGuest(t, "legacy")
+	// The visitor finishes: the guest powers off, remote-viewer quits on the
+	// disconnect, and the script logs its user out with killall.
+	if _, err := e.b.Host.AgentCommand(context.Background(), l.VM, `{"execute":"guest-shutdown"}`); err != nil && !strings.Contains(err.Error(), "disappeared") {
+		t.Fatal(err)
+	}
+	e.checkWiped(t, l.VM)
+	select {
+	case <-exited:
+	case <-time.After(time.Minute):
+		t.Errorf("remote.sh did not finish after the session ended; output:\n%s", out)
+	}
+}
+
+// kioskUser is an unprivileged user for the original kiosk script.
+func kioskUser(t *testing.T) *user.User {
+	const name = "undervdi-kiosk"
+	if u, err := user.Lookup(name); err == nil {
+		return u
+	}
+	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
+		t.Fatalf("useradd: %v: %s", err, out)
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// checkAudit reads the audit log: each used session ended wiped, the
+// refused links are there, and no ticket or token is.
+func checkAudit(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), kioskToken) {
+		t.Errorf("the audit log contains a kiosk token")
+	}
+	used, wiped, refused, legacy := 0, 0, 0, 0
+	sc := bufio.NewScanner(strings.NewReader(string(b)))
+	for sc.Scan() {
+		var r session.AuditRecord
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("audit line %q: %v", sc.Text(), err)
+		}
+		switch {
+		case r.Event == "refused":
+			refused++
+		case r.Linked != nil:
+			used++
+			if r.Wiped && r.WipedAt != nil {
+				wiped++
+			}
+			if r.Legacy {
+				legacy++
+			}
+		}
+	}
+	if used != 3 || wiped != 3 || legacy != 1 || refused < 3 {
+		t.Errorf("audit: %d used sessions (%d wiped, %d legacy), %d refusals; want 3 (3, 1), at least 3:\n%s", used, wiped, legacy, refused, b)
+	}
+}
