@@ -113,4 +113,3 @@ func (n *NS) do(f func() error) error {
 func (n *NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
 }
-

@@ -172,4 +172,3 @@ func Dir() string {
 	}
 	return filepath.Join("/run", "undervdi")
 }
-
