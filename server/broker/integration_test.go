@@ -124,13 +124,10 @@ func (e *e2e) waitFull() {
 	})
 }
 
-// kiosk is a minimal kiosk-protocol client: it says hello, heartbeats, and
-// collects what the broker sends.
+// kiosk wraps the kiosk-protocol client for tests.
 type kiosk struct {
-	t    *testing.T
-	c    net.Conn
-	msgs chan *kioskproto.Message
-	mu   sync.Mutex
+	t *testing.T
+	c *kioskproto.Client
 }
 
 // connect says hello as kiosk id; the connection closes when t ends.
@@ -145,47 +142,19 @@ func (e *e2e) connect(t *testing.T, id string) *kiosk {
 
 // dial is connect for goroutines: it returns its error.
 func (e *e2e) dial(t *testing.T, id string) (*kiosk, error) {
-	c, err := net.Dial("tcp", e.kiosk)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	c, err := kioskproto.Dialer{Addr: e.kiosk}.Dial(ctx, id, kioskToken, "e2e test")
 	if err != nil {
 		return nil, err
 	}
 	t.Cleanup(func() { c.Close() })
-	k := &kiosk{t: t, c: c, msgs: make(chan *kioskproto.Message, 64)}
-	k.send(kioskproto.NewHello(id, kioskToken, "e2e test"))
-	go func() {
-		defer close(k.msgs)
-		for {
-			m, err := kioskproto.ReadMessage(c)
-			if err != nil {
-				return
-			}
-			if m.Type != kioskproto.THeartbeat {
-				k.msgs <- m
-			}
-		}
-	}()
-	go func() {
-		for range time.Tick(2 * time.Second) {
-			if k.send(kioskproto.NewHeartbeat(0)) != nil {
-				return
-			}
-		}
-	}()
-	if m := k.next(10 * time.Second); m == nil || m.Type != kioskproto.TWelcome {
-		return nil, fmt.Errorf("kiosk %s: hello answered %+v", id, m)
-	}
-	return k, nil
-}
-
-func (k *kiosk) send(m *kioskproto.Message) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return kioskproto.WriteMessage(k.c, m)
+	return &kiosk{t: t, c: c}, nil
 }
 
 func (k *kiosk) next(d time.Duration) *kioskproto.Message {
 	select {
-	case m := <-k.msgs:
+	case m := <-k.c.Messages():
 		return m
 	case <-time.After(d):
 		return nil
@@ -194,7 +163,7 @@ func (k *kiosk) next(d time.Duration) *kioskproto.Message {
 
 func (k *kiosk) request() *kioskproto.Offer {
 	k.t.Helper()
-	k.send(kioskproto.NewRequest())
+	k.c.Request()
 	for {
 		m := k.next(2 * time.Minute)
 		if m == nil {
@@ -211,7 +180,7 @@ func (k *kiosk) waitEnd(d time.Duration) string {
 	deadline := time.After(d)
 	for {
 		select {
-		case m, ok := <-k.msgs:
+		case m, ok := <-k.c.Messages():
 			if !ok {
 				k.t.Fatal("connection closed before an end")
 			}
@@ -386,7 +355,7 @@ func TestRealSessions(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				k.send(kioskproto.NewRequest())
+				k.c.Request()
 				for m := k.next(time.Minute); m != nil; m = k.next(time.Minute) {
 					switch m.Type {
 					case kioskproto.TOffer:

@@ -3,10 +3,8 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -21,47 +19,12 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"undervdi/internal/testbed"
+	"undervdi/kioskproto"
 	"undervdi/server/broker"
 	"undervdi/server/config"
 	"undervdi/server/domxml"
+	"undervdi/server/spice"
 )
-
-// sessionHolderEnv makes the test binary a process that runs the broker
-// in-process, holds one VM in use as a session does, and waits to be killed.
-const sessionHolderEnv = "UNDERVDI_TEST_SESSION_HOLDER"
-
-func TestMain(m *testing.M) {
-	if path := os.Getenv(sessionHolderEnv); path != "" {
-		holdSession(path)
-		return
-	}
-	os.Exit(m.Run())
-}
-
-func holdSession(configPath string) {
-	cfg, err := config.Load(configPath)
-	if err != nil {
-		panic(err)
-	}
-	ctx := context.Background()
-	b, err := broker.New(ctx, cfg, slog.New(slog.NewTextHandler(os.Stderr, nil)))
-	if err != nil {
-		panic(err)
-	}
-	go b.Run(ctx)
-	for b.Pool.Status().Counts[domxml.Clean] == 0 {
-		time.Sleep(100 * time.Millisecond)
-	}
-	v, err := b.Pool.Take(ctx)
-	if err != nil {
-		panic(err)
-	}
-	if err := b.Pool.MarkUsed(ctx, v.Name); err != nil {
-		panic(err)
-	}
-	fmt.Printf("SESSION %s %s\n", v.Name, v.Overlays[0])
-	select {}
-}
 
 var (
 	buildOnce sync.Once
@@ -237,7 +200,7 @@ func checkNoLeftovers(t *testing.T, bed *testbed.Bed, s *broker.Status) {
 
 func TestKillDuringRefill(t *testing.T) {
 	bed := testbed.New(t)
-	cfg := bed.Config(2)
+	cfg := brokerConfig(t, bed, 2)
 	path := writeConfig(t, cfg)
 	first := startBroker(t, path, cfg.AdminSocket)
 	waitFor(t, 2*time.Minute, "a clone being made", func() bool {
@@ -268,50 +231,88 @@ func TestKillDuringRefill(t *testing.T) {
 
 func TestKillDuringSession(t *testing.T) {
 	bed := testbed.New(t)
-	cfg := bed.Config(1)
+	cfg := brokerConfig(t, bed, 1)
 	path := writeConfig(t, cfg)
+	first := startBroker(t, path, cfg.AdminSocket)
+	first.waitFull(t, 1)
 
-	holder := exec.Command(os.Args[0], "-test.run=^$")
-	holder.Env = append(os.Environ(), sessionHolderEnv+"="+path)
-	out, err := holder.StdoutPipe()
+	// A kiosk takes a session and its viewer links: the VM is in use.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	k, err := kioskproto.Dialer{Addr: "127.0.0.1:" + port(cfg.Sessions.Listen)}.Dial(ctx, "k1", kioskToken, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	holderLog := &syncBuffer{}
-	holder.Stderr = holderLog
-	if err := holder.Start(); err != nil {
+	defer k.Close()
+	k.Request()
+	var offer *kioskproto.Offer
+	for m := range k.Messages() {
+		if m.Type == kioskproto.TOffer {
+			offer = m.Offer
+			break
+		}
+	}
+	if offer == nil {
+		t.Fatalf("no offer: %v", k.Err())
+	}
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", offer.Port))
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "SESSION ") {
-				lines <- sc.Text()
-			}
-		}
-	}()
-	var vm, overlay string
-	select {
-	case line := <-lines:
-		fmt.Sscanf(line, "SESSION %s %s", &vm, &overlay)
-	case <-time.After(5 * time.Minute):
-		t.Fatalf("no session held; holder log:\n%s", holderLog.String())
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := spice.Link(c, &spice.LinkMess{ChannelType: spice.ChannelMain,
+		CommonCaps: spice.Caps(spice.CapProtocolAuthSelection, spice.CapMiniHeader)}, offer.Ticket); err != nil {
+		t.Fatalf("SPICE link through the gateway: %v", err)
 	}
-	holder.Process.Signal(syscall.SIGKILL)
-	holder.Wait()
-	if _, err := os.Stat(overlay); err != nil {
-		t.Fatalf("the session's overlay should outlive the killed broker until the restart: %v", err)
+	s := first.status()
+	if s == nil || len(s.Sessions) != 1 || s.Sessions[0].Linked == nil {
+		t.Fatalf("status after the link = %+v, want one linked session", s)
+	}
+	vm := s.Sessions[0].VM
+	overlays, _ := filepath.Glob(filepath.Join(bed.OverlayDir, vm+"-*"))
+	if len(overlays) != 1 {
+		t.Fatalf("overlays of %s: %v", vm, overlays)
 	}
 
-	b := startBroker(t, path, cfg.AdminSocket)
-	s := b.waitFull(t, 1)
+	first.kill9(t)
+	if _, err := os.Stat(overlays[0]); err != nil {
+		t.Fatalf("the session's overlay should outlive the killed broker until the restart: %v", err)
+	}
+	second := startBroker(t, path, cfg.AdminSocket)
+	s = second.waitFull(t, 1)
 	checkNoLeftovers(t, bed, s)
 	if s.Pool.VMs[0].Name == vm {
 		t.Errorf("the in-use VM %s of the killed broker was kept", vm)
 	}
-	if _, err := os.Stat(overlay); !os.IsNotExist(err) {
-		t.Errorf("the in-use VM's overlay %s: %v, want it deleted", overlay, err)
+	if _, err := os.Stat(overlays[0]); !os.IsNotExist(err) {
+		t.Errorf("the in-use VM's overlay %s: %v, want it deleted", overlays[0], err)
 	}
+}
+
+// brokerConfig is the bed's configuration with free ports and one kiosk.
+func brokerConfig(t *testing.T, bed *testbed.Bed, size int) *config.Config {
+	cfg := bed.Config(size)
+	cfg.Gateway.Listen = "127.0.0.1:" + freePort(t)
+	cfg.Sessions.Listen = "127.0.0.1:" + freePort(t)
+	cfg.Sessions.LegacyListen = ""
+	cfg.Sessions.AuditLog = filepath.Join(bed.Root, "sessions.jsonl")
+	cfg.Kiosks = []config.Kiosk{{ID: "k1", Address: "127.0.0.1", Token: kioskToken}}
+	return cfg
+}
+
+const kioskToken = "kill-test-token-0123456789"
+
+func freePort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return port(ln.Addr().String())
+}
+
+func port(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
 }

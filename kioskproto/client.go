@@ -1,0 +1,180 @@
+package kioskproto
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// ErrRefused is wrapped by Dial's error when the broker refuses the hello.
+var ErrRefused = errors.New("broker refused the kiosk")
+
+// Client is the kiosk's side of a connection to the broker. It sends
+// heartbeats with the visitor's idle time, and notices a silent broker.
+type Client struct {
+	conn    net.Conn
+	welcome Welcome
+	idle    func() time.Duration
+	msgs    chan *Message
+	closed  chan struct{}
+	once    sync.Once
+
+	wmu sync.Mutex // one writer at a time
+
+	emu sync.Mutex
+	err error // why the connection ended
+}
+
+// Dialer says how to reach the broker.
+type Dialer struct {
+	Addr string      // host:port of the broker's kiosk protocol
+	TLS  *tls.Config // nil for plain TCP
+	// Idle returns how long the visitor has not touched anything; it goes
+	// into every heartbeat. Nil reports 0.
+	Idle func() time.Duration
+}
+
+// Dial connects, says hello, and waits for the welcome.
+func (d Dialer) Dial(ctx context.Context, id, token, software string) (*Client, error) {
+	var nd net.Dialer
+	conn, err := nd.DialContext(ctx, "tcp", d.Addr)
+	if err != nil {
+		return nil, err
+	}
+	if d.TLS != nil {
+		tc := tls.Client(conn, d.TLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("TLS with the broker: %w", err)
+		}
+		conn = tc
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	} else {
+		conn.SetDeadline(time.Now().Add(15 * time.Second))
+	}
+	if err := WriteMessage(conn, NewHello(id, token, software)); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	m, err := ReadMessage(conn)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("waiting for the broker's welcome: %w", err)
+	}
+	switch m.Type {
+	case TWelcome:
+	case TError:
+		conn.Close()
+		return nil, fmt.Errorf("%w: %s", ErrRefused, m.Error.Error())
+	default:
+		conn.Close()
+		return nil, fmt.Errorf("broker answered hello with %s", m.Type)
+	}
+	conn.SetDeadline(time.Time{})
+	idle := d.Idle
+	if idle == nil {
+		idle = func() time.Duration { return 0 }
+	}
+	c := &Client{conn: conn, welcome: *m.Welcome, idle: idle, msgs: make(chan *Message, 16), closed: make(chan struct{})}
+	go c.readLoop()
+	go c.heartbeatLoop()
+	return c, nil
+}
+
+// Welcome is what the broker said when it accepted the kiosk.
+func (c *Client) Welcome() Welcome { return c.welcome }
+
+// Messages delivers status, offer, end and error messages. It is closed when
+// the connection ends; Err then says why.
+func (c *Client) Messages() <-chan *Message { return c.msgs }
+
+// Err is why the connection ended, once Messages is closed.
+func (c *Client) Err() error {
+	c.emu.Lock()
+	defer c.emu.Unlock()
+	return c.err
+}
+
+// Request asks for a session.
+func (c *Client) Request() error { return c.send(NewRequest()) }
+
+// End ends the current session (or request) with a reason.
+func (c *Client) End(reason string) error { return c.send(NewEnd(reason)) }
+
+// Close ends the connection; the broker ends the kiosk's session.
+func (c *Client) Close() error {
+	c.fail(errors.New("closed by the kiosk"))
+	return nil
+}
+
+func (c *Client) send(m *Message) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if err := WriteMessage(c.conn, m); err != nil {
+		c.fail(err)
+		return err
+	}
+	return nil
+}
+
+func (c *Client) readLoop() {
+	defer close(c.msgs)
+	// The broker heartbeats too: three missed beats and it is gone.
+	silence := 3 * time.Duration(max(c.welcome.HeartbeatSeconds, 1)) * time.Second
+	for {
+		c.conn.SetReadDeadline(time.Now().Add(silence))
+		m, err := ReadMessage(c.conn)
+		if err != nil {
+			if isTimeout(err) {
+				err = fmt.Errorf("the broker went silent for %v", silence)
+			}
+			c.fail(err)
+			return
+		}
+		if m.Type == THeartbeat {
+			continue
+		}
+		select {
+		case c.msgs <- m:
+		case <-c.closed:
+			return
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func (c *Client) heartbeatLoop() {
+	t := time.NewTicker(time.Duration(max(c.welcome.HeartbeatSeconds, 1)) * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			if c.send(NewHeartbeat(c.idle())) != nil {
+				return
+			}
+		case <-c.closed:
+			return
+		}
+	}
+}
+
+func (c *Client) fail(err error) {
+	c.once.Do(func() {
+		c.emu.Lock()
+		c.err = err
+		c.emu.Unlock()
+		close(c.closed)
+		c.conn.Close()
+	})
+}
