@@ -55,7 +55,8 @@ integration:
 # VMs, so they run few iterations, six times each (benchstat's minimum for a
 # confidence interval). Figures are recorded in docs/benchmarks.md.
 bench: daemons
-	go test -tags integration -run '^$$' -bench . -benchtime 30x -count 6 ./server/virt | tee bench.out
+	go test -run '^$$' -bench . -benchtime 10x -count 6 ./server/session ./server/gateway | tee bench.out
+	go test -tags integration -run '^$$' -bench . -benchtime 30x -count 6 ./server/virt | tee -a bench.out
 	go test -tags integration -run '^$$' -bench . -benchtime 1x -count 6 -timeout 30m ./server/pool | tee -a bench.out
 	go tool benchstat bench.out
 

@@ -1,6 +1,7 @@
 package kioskproto
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -17,6 +18,7 @@ var ErrRefused = errors.New("broker refused the kiosk")
 // heartbeats with the visitor's idle time, and notices a silent broker.
 type Client struct {
 	conn    net.Conn
+	r       *bufio.Reader
 	welcome Welcome
 	idle    func() time.Duration
 	msgs    chan *Message
@@ -62,7 +64,8 @@ func (d Dialer) Dial(ctx context.Context, id, token, software string) (*Client, 
 		conn.Close()
 		return nil, err
 	}
-	m, err := ReadMessage(conn)
+	r := bufio.NewReader(conn) // a frame in one read, not two
+	m, err := ReadMessage(r)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("waiting for the broker's welcome: %w", err)
@@ -81,7 +84,7 @@ func (d Dialer) Dial(ctx context.Context, id, token, software string) (*Client, 
 	if idle == nil {
 		idle = func() time.Duration { return 0 }
 	}
-	c := &Client{conn: conn, welcome: *m.Welcome, idle: idle, msgs: make(chan *Message, 16), closed: make(chan struct{})}
+	c := &Client{conn: conn, r: r, welcome: *m.Welcome, idle: idle, msgs: make(chan *Message, 16), closed: make(chan struct{})}
 	go c.readLoop()
 	go c.heartbeatLoop()
 	return c, nil
@@ -130,7 +133,7 @@ func (c *Client) readLoop() {
 	silence := 3 * time.Duration(max(c.welcome.HeartbeatSeconds, 1)) * time.Second
 	for {
 		c.conn.SetReadDeadline(time.Now().Add(silence))
-		m, err := ReadMessage(c.conn)
+		m, err := ReadMessage(c.r)
 		if err != nil {
 			if isTimeout(err) {
 				err = fmt.Errorf("the broker went silent for %v", silence)

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"crypto/rsa"
 	"errors"
 	"io"
 	"log/slog"
@@ -33,9 +34,11 @@ type fakeVM struct {
 	socket   string
 	channels map[spice.ChannelType]bool
 	authed   atomic.Int32
+	stream   int64 // if set, a display link gets this many bytes, then EOF
+	tcp      string
 }
 
-func startFakeVM(t *testing.T) *fakeVM {
+func startFakeVM(t testing.TB) *fakeVM {
 	t.Helper()
 	key, err := spice.NewKey()
 	if err != nil {
@@ -48,44 +51,64 @@ func startFakeVM(t *testing.T) *fakeVM {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				s := spice.NewServerLink(c, key)
-				m, err := s.ReadLinkMess()
-				if err != nil {
-					return
-				}
-				if !vm.channels[m.ChannelType] {
-					return // as spice-server: no reply for a channel it lacks
-				}
-				if s.Reply(spice.Caps(spice.CapProtocolAuthSelection, spice.CapAuthSpice, spice.CapMiniHeader), spice.Caps(uint(m.ChannelType))) != nil {
-					return
-				}
-				pw, err := s.ReadTicket()
-				if err != nil {
-					return // a probe hangs up here
-				}
-				if pw != vmPassword {
-					s.Finish(spice.LinkErrPermissionDenied)
-					return
-				}
-				vm.authed.Add(1)
-				s.Finish(spice.LinkErrOK)
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	// SPICE on TCP too, as the original ran it: the baseline the gateway is
+	// compared with.
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tcp.Close() })
+	vm.tcp = tcp.Addr().String()
+	go vm.serve(tcp, key)
+	go vm.serve(ln, key)
 	return vm
 }
 
+func (vm *fakeVM) serve(ln net.Listener, key *rsa.PrivateKey) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			s := spice.NewServerLink(c, key)
+			m, err := s.ReadLinkMess()
+			if err != nil {
+				return
+			}
+			if !vm.channels[m.ChannelType] {
+				return // as spice-server: no reply for a channel it lacks
+			}
+			if s.Reply(spice.Caps(spice.CapProtocolAuthSelection, spice.CapAuthSpice, spice.CapMiniHeader), spice.Caps(uint(m.ChannelType))) != nil {
+				return
+			}
+			pw, err := s.ReadTicket()
+			if err != nil {
+				return // a probe hangs up here
+			}
+			if pw != vmPassword {
+				s.Finish(spice.LinkErrPermissionDenied)
+				return
+			}
+			vm.authed.Add(1)
+			s.Finish(spice.LinkErrOK)
+			if vm.stream > 0 && m.ChannelType == spice.ChannelDisplay {
+				chunk := make([]byte, 1<<20)
+				for left := vm.stream; left > 0; left -= int64(len(chunk)) {
+					if _, err := c.Write(chunk[:min(left, int64(len(chunk)))]); err != nil {
+						return
+					}
+				}
+				return
+			}
+			io.Copy(c, c)
+		}()
+	}
+}
+
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	vm    *fakeVM
 	pool  *pooltest.Pool
 	m     *session.Manager
@@ -114,7 +137,7 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	h := &harness{t: t, vm: startFakeVM(t), audit: &bytes.Buffer{}, amu: &sync.Mutex{}}
 	h.pool = pooltest.New(2, h.vm.socket, vmPassword)
@@ -149,25 +172,22 @@ func newHarness(t *testing.T) *harness {
 }
 
 // offer gets a session for kiosk k1 and returns its ticket and the kiosk's
-// connection.
-func (h *harness) offer() (string, net.Conn) {
+// client, which heartbeats for as long as the test runs.
+func (h *harness) offer() (string, *kioskproto.Client) {
 	h.t.Helper()
-	c, err := net.Dial("tcp", h.kiosk)
+	c, err := kioskproto.Dialer{Addr: h.kiosk}.Dial(context.Background(), "k1", token, "test")
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	h.t.Cleanup(func() { c.Close() })
-	kioskproto.WriteMessage(c, kioskproto.NewHello("k1", token, ""))
-	kioskproto.WriteMessage(c, kioskproto.NewRequest())
-	for {
-		m, err := kioskproto.ReadMessage(c)
-		if err != nil {
-			h.t.Fatal(err)
-		}
+	c.Request()
+	for m := range c.Messages() {
 		if m.Type == kioskproto.TOffer {
 			return m.Offer.Ticket, c
 		}
 	}
+	h.t.Fatalf("no offer: %v", c.Err())
+	return "", nil
 }
 
 // link connects to the gateway as a SPICE client from address from.

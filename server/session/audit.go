@@ -36,7 +36,7 @@ func OpenAudit(path string, log *slog.Logger) (*Audit, error) {
 	return a, nil
 }
 
-// NewAudit writes to w (tests).
+// NewAudit writes to w; nil keeps records in the log only.
 func NewAudit(w io.Writer, log *slog.Logger) *Audit { return &Audit{w: w, log: log} }
 
 // AuditRecord is one line of the audit log.

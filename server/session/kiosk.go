@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -25,10 +26,11 @@ const writeTimeout = 10 * time.Second
 type kioskConn struct {
 	m      *Manager
 	c      net.Conn
+	r      *bufio.Reader
 	id     string
 	addr   netip.Addr
 	host   string // the offer's gateway host
-	out    chan *kioskproto.Message
+	out    chan outMsg
 	closed chan struct{}
 	once   sync.Once
 
@@ -41,7 +43,8 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	addr := RemoteAddr(c)
 	c.SetDeadline(time.Now().Add(helloTimeout))
-	msg, err := kioskproto.ReadMessage(c)
+	r := bufio.NewReader(c) // a frame in one read, not two
+	msg, err := kioskproto.ReadMessage(r)
 	if err != nil || msg.Type != kioskproto.THello {
 		reason := "the first message must be hello"
 		if err != nil {
@@ -67,8 +70,8 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	if host == "" {
 		host = localAddr(c).String()
 	}
-	k := &kioskConn{m: m, c: c, id: h.Kiosk, addr: addr, host: host,
-		out: make(chan *kioskproto.Message, 32), closed: make(chan struct{})}
+	k := &kioskConn{m: m, c: c, r: r, id: h.Kiosk, addr: addr, host: host,
+		out: make(chan outMsg, 32), closed: make(chan struct{})}
 	m.replaceConn(k)
 	defer m.dropConn(k)
 	m.log.Debug("kiosk connected", "kiosk", k.id, "addr", addr, "software", h.Software)
@@ -79,10 +82,10 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	reason := k.readLoop(ctx)
 	k.close()
 	k.mu.Lock()
-	r := k.req
+	req := k.req
 	k.mu.Unlock()
-	if r != nil {
-		m.cancel(r, reason)
+	if req != nil {
+		m.cancel(req, reason)
 	}
 }
 
@@ -90,7 +93,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 func (k *kioskConn) readLoop(ctx context.Context) string {
 	for {
 		k.c.SetReadDeadline(time.Now().Add(k.m.cfg.HeartbeatTimeout))
-		msg, err := kioskproto.ReadMessage(k.c)
+		msg, err := kioskproto.ReadMessage(k.r)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			return fmt.Sprintf("kiosk heartbeats stopped (nothing for %v)", k.m.cfg.HeartbeatTimeout)
@@ -102,7 +105,7 @@ func (k *kioskConn) readLoop(ctx context.Context) string {
 		}
 		switch msg.Type {
 		case kioskproto.TRequest:
-			if err := k.request(); err != nil {
+			if err := k.request(time.Now()); err != nil {
 				k.send(err)
 			}
 		case kioskproto.THeartbeat:
@@ -129,7 +132,7 @@ func (k *kioskConn) readLoop(ctx context.Context) string {
 
 // request queues a session request; the answer comes as status and offer
 // messages from the dispatcher.
-func (k *kioskConn) request() *kioskproto.Message {
+func (k *kioskConn) request(received time.Time) *kioskproto.Message {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.req != nil {
@@ -141,10 +144,10 @@ func (k *kioskConn) request() *kioskproto.Message {
 	}
 	r.onEnd = func(reason string) { k.endSession(r, reason) }
 	r.onOffer = func(l *Lease) {
-		k.send(kioskproto.NewOffer(kioskproto.Offer{
+		k.sendThen(kioskproto.NewOffer(kioskproto.Offer{
 			Lease: l.ID, Host: k.host, Port: k.m.cfg.GatewayPort, Ticket: l.ticket, Expires: l.Expires,
 			Viewer: k.m.cfg.Viewer,
-		}))
+		}), func() { k.m.handoffs.add(time.Since(received)) })
 	}
 	if err := k.m.enqueue(r); err != nil {
 		return kioskproto.NewError(kioskproto.CodeUnavailable, fmt.Sprintf("%v: try again in a minute", err))
@@ -169,11 +172,19 @@ func (m *Manager) leaseOf(r *request) *Lease {
 	return r.lease
 }
 
+// outMsg is a message waiting to be written, and what to do once it is.
+type outMsg struct {
+	msg     *kioskproto.Message
+	written func()
+}
+
 // send queues an important message (offer, end, error): if the kiosk does
 // not take it in time, the connection is dropped, which ends the session.
-func (k *kioskConn) send(msg *kioskproto.Message) {
+func (k *kioskConn) send(msg *kioskproto.Message) { k.sendThen(msg, nil) }
+
+func (k *kioskConn) sendThen(msg *kioskproto.Message, written func()) {
 	select {
-	case k.out <- msg:
+	case k.out <- outMsg{msg, written}:
 	case <-k.closed:
 	case <-time.After(writeTimeout):
 		k.close()
@@ -183,7 +194,7 @@ func (k *kioskConn) send(msg *kioskproto.Message) {
 // trySend queues a message that may be dropped (status, heartbeat).
 func (k *kioskConn) trySend(msg *kioskproto.Message) {
 	select {
-	case k.out <- msg:
+	case k.out <- outMsg{msg: msg}:
 	default:
 	}
 }
@@ -191,19 +202,22 @@ func (k *kioskConn) trySend(msg *kioskproto.Message) {
 func (k *kioskConn) writeLoop() {
 	for {
 		select {
-		case msg := <-k.out:
+		case o := <-k.out:
 			k.c.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if err := kioskproto.WriteMessage(k.c, msg); err != nil {
+			if err := kioskproto.WriteMessage(k.c, o.msg); err != nil {
 				k.close()
 				return
+			}
+			if o.written != nil {
+				o.written()
 			}
 		case <-k.closed:
 			// Flush what is queued (an end or an error) before leaving.
 			for {
 				select {
-				case msg := <-k.out:
+				case o := <-k.out:
 					k.c.SetWriteDeadline(time.Now().Add(time.Second))
-					if kioskproto.WriteMessage(k.c, msg) != nil {
+					if kioskproto.WriteMessage(k.c, o.msg) != nil {
 						return
 					}
 				default:

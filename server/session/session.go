@@ -90,6 +90,8 @@ type Manager struct {
 	pending  map[string]*AuditRecord // used VMs being wiped, by VM name
 	conns    map[string]*kioskConn   // by kiosk id
 	inflight int                     // claimed VMs being confirmed
+
+	handoffs handoffStats
 }
 
 // New returns a manager; Run starts its dispatcher.
