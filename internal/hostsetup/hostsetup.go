@@ -1,8 +1,11 @@
 // Package hostsetup starts the daemons the tests and the demo need on a
-// machine without systemd: virtlogd and libvirtd. libvirtd runs under
-// `tini -s`, a child subreaper, so that QEMU processes are reaped the moment
-// they exit, as systemd does on a real server; without it, an init that
-// reaps slowly makes every VM destroy wait for libvirt's 200 ms polls.
+// machine without systemd: virtlogd and libvirtd, in the conditions a
+// systemd server gives them:
+//   - libvirtd runs under `tini -s`, a child subreaper, so that QEMU
+//     processes are reaped the moment they exit; an init that reaps slowly
+//     makes every VM destroy wait for libvirt's 200 ms polls;
+//   - /run/libvirt is a tmpfs, as all of /run is on such a server; on disk,
+//     every state change libvirt records costs an fsync.
 package hostsetup
 
 import (
@@ -16,6 +19,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // LibvirtSocket is where libvirtd listens for qemu:///system.
@@ -24,6 +29,11 @@ const LibvirtSocket = "/var/run/libvirt/libvirt-sock"
 // EnsureLibvirt starts virtlogd and libvirtd unless they run, and waits for
 // libvirtd's socket.
 func EnsureLibvirt(ctx context.Context) error {
+	if !running("/run/virtlogd.pid") && !running("/run/libvirtd.pid") {
+		if err := runTmpfs("/run/libvirt"); err != nil {
+			return err
+		}
+	}
 	if !running("/run/virtlogd.pid") {
 		if out, err := exec.CommandContext(ctx, "virtlogd", "-d").CombinedOutput(); err != nil {
 			return fmt.Errorf("starting virtlogd: %v: %s", err, out)
@@ -107,4 +117,21 @@ func waitSocket(ctx context.Context, path string) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// runTmpfs mounts a tmpfs at dir unless /run already is one (or dir is).
+func runTmpfs(dir string) error {
+	for _, d := range []string{"/run", dir} {
+		var st unix.Statfs_t
+		if unix.Statfs(d, &st) == nil && st.Type == unix.TMPFS_MAGIC {
+			return nil
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=755"); err != nil {
+		return fmt.Errorf("mounting a tmpfs on %s: %w", dir, err)
+	}
+	return nil
 }

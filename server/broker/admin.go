@@ -23,6 +23,7 @@ type Status struct {
 	Libvirt  string                `json:"libvirt"`
 	Pool     pool.Status           `json:"pool"`
 	Sessions []session.LeaseStatus `json:"sessions"`
+	Handoffs session.Handoffs      `json:"handoffs"` // request to offer, latest 1000
 }
 
 // The admin API, on a unix socket only root and the broker's group reach:
@@ -33,7 +34,8 @@ func (b *Broker) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(Status{Libvirt: b.Host.URI(), Pool: b.Pool.Status(), Sessions: b.Sessions.Leases()})
+		json.NewEncoder(w).Encode(Status{Libvirt: b.Host.URI(), Pool: b.Pool.Status(), Sessions: b.Sessions.Leases(),
+			Handoffs: b.Sessions.Handoffs()})
 	})
 	mux.HandleFunc("POST /v1/vms/{name}/end", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
@@ -123,6 +125,10 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 	fmt.Fprintf(w, "clean %d/%d   booting %d   offered %d   in use %d   ending %d   (max %d VMs)\n",
 		p.Counts[domxml.Clean], p.Size, p.Counts[domxml.Booting]+p.Counts["creating"], p.Counts[domxml.Offered],
 		p.Counts[domxml.InUse], p.Counts[domxml.Ending], p.MaxVMs)
+	if h := s.Handoffs; h.Count > 0 {
+		fmt.Fprintf(w, "sessions %d   handoffs (latest %d): p50 %v, p99 %v\n", len(s.Sessions), h.Count,
+			h.P50.Round(10*time.Microsecond), h.P99.Round(10*time.Microsecond))
+	}
 	for _, note := range []struct{ label, text string }{
 		{"PAUSED", p.Paused}, {"DEGRADED", p.Degraded}, {"MEMORY", p.Memory},
 	} {

@@ -8,28 +8,13 @@ import (
 	"undervdi/server/domxml"
 )
 
-// Take hands out one clean VM: the one that has waited longest. The VM is
-// recorded as offered in libvirt before Take returns, so that no crash can
-// make it look clean again, and no other caller can ever get it.
-func (p *Pool) Take(ctx context.Context) (VM, error) {
-	for {
-		v, err := p.Claim()
-		if err != nil {
-			return VM{}, err
-		}
-		if err := p.Confirm(ctx, v.Name); err == nil {
-			return v, nil
-		}
-		// The VM is being destroyed: try the next one.
-	}
-}
-
-// Claim is the first half of Take: it picks the clean VM that has waited
-// longest and marks it offered in memory only, so that no other caller can
-// get it. It is instant, which lets a dispatcher serve a queue strictly in
-// order while the Confirms run concurrently. The caller must Confirm the VM
-// before handing it to anyone.
-func (p *Pool) Claim() (VM, error) {
+// Take hands out one clean VM: the one that has waited longest. No other
+// caller can ever get it. Its new state is written to libvirt in the
+// background: an offered VM that no client linked is still pristine, so a
+// crash before that write loses nothing (the next start keeps the VM as
+// clean), and handoffs do not wait for libvirt. The write that must come
+// first, "in-use", is MarkUsed's.
+func (p *Pool) Take() (VM, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.availableLocked(); err != nil {
@@ -46,27 +31,12 @@ func (p *Pool) Claim() (VM, error) {
 	}
 	pick.state, pick.since = domxml.Offered, time.Now()
 	p.syncLocked() // one clean VM fewer: refill
+	p.goBackground(func() {
+		if err := p.record(p.ctx, pick); err != nil {
+			p.log.Debug("could not record an offer", "vm", pick.name, "err", err)
+		}
+	})
 	return pick.export(), nil
-}
-
-// Confirm records a claimed VM as offered in libvirt. If that fails, the VM
-// is destroyed and the error returned.
-func (p *Pool) Confirm(ctx context.Context, name string) error {
-	err := p.hv.SetMetadata(ctx, name, p.meta(domxml.Offered))
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	v := p.vms[name]
-	switch {
-	case v == nil:
-		return fmt.Errorf("%w: %s", ErrUnknownVM, name)
-	case err != nil:
-		p.log.Warn("could not record a VM as offered; destroying it", "vm", name, "err", err)
-		p.endLocked(v, "could not record the offer: "+err.Error())
-		return err
-	case v.state != domxml.Offered:
-		return fmt.Errorf("%w: %s is %s", ErrNotOffered, name, v.state)
-	}
-	return nil
 }
 
 // WaitClean returns a channel that is closed the next time a VM may have
@@ -107,7 +77,7 @@ func (p *Pool) MarkUsed(ctx context.Context, name string) error {
 	}
 	v.state, v.since, v.used = domxml.InUse, time.Now(), true
 	p.mu.Unlock()
-	if err := p.hv.SetMetadata(ctx, name, p.meta(domxml.InUse)); err != nil {
+	if err := p.record(ctx, v); err != nil {
 		p.mu.Lock()
 		p.endLocked(v, "could not record first use: "+err.Error())
 		p.mu.Unlock()
@@ -120,25 +90,31 @@ func (p *Pool) MarkUsed(ctx context.Context, name string) error {
 // it is still pristine.
 func (p *Pool) Release(ctx context.Context, name string) error {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	v := p.vms[name]
 	if v == nil || v.state != domxml.Offered {
-		p.mu.Unlock()
 		return fmt.Errorf("%w: %s", ErrNotOffered, name)
 	}
-	p.mu.Unlock()
-	if err := p.hv.SetMetadata(ctx, name, p.meta(domxml.Clean)); err != nil {
-		p.mu.Lock()
-		p.endLocked(v, "could not record the release: "+err.Error())
-		p.mu.Unlock()
-		return err
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if v.state == domxml.Offered {
-		v.state, v.since = domxml.Clean, time.Now()
-		p.wakeLocked()
-	}
+	v.state, v.since = domxml.Clean, time.Now()
+	p.wakeLocked()
+	p.goBackground(func() {
+		if err := p.record(p.ctx, v); err != nil {
+			p.log.Debug("could not record a release", "vm", v.name, "err", err)
+		}
+	})
 	return nil
+}
+
+// record writes v's state, as it is when the write runs, to its metadata.
+// A VM's writes are serialized, so a late one never brings back an older
+// state.
+func (p *Pool) record(ctx context.Context, v *vm) error {
+	v.metaMu.Lock()
+	defer v.metaMu.Unlock()
+	p.mu.Lock()
+	state := v.state
+	p.mu.Unlock()
+	return p.hv.SetMetadata(ctx, v.name, p.meta(state))
 }
 
 // End destroys a VM with its disk, for the given reason (session over, admin).

@@ -197,7 +197,7 @@ func TestRealPool(t *testing.T) {
 	})
 
 	t.Run("writes go to the overlay, never the golden", func(t *testing.T) {
-		v, err := rp.Take(ctx)
+		v, err := rp.Take()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -226,7 +226,7 @@ func TestRealPool(t *testing.T) {
 
 	t.Run("guest power-off ends the VM and wipes its disk", func(t *testing.T) {
 		rp.waitFull(t, 2)
-		v, err := rp.Take(ctx)
+		v, err := rp.Take()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -262,7 +262,7 @@ func TestRealPool(t *testing.T) {
 		var wg sync.WaitGroup
 		for range 24 {
 			wg.Go(func() {
-				v, err := rp.Take(ctx)
+				v, err := rp.Take()
 				if err != nil {
 					return
 				}
@@ -425,7 +425,7 @@ func TestRealLibvirtdRestart(t *testing.T) {
 		s := rp.Status()
 		return s.Connected && s.Counts[domxml.Clean] == 1
 	})
-	v, err := rp.Take(context.Background())
+	v, err := rp.Take()
 	if err != nil {
 		t.Fatalf("Take() after the restart = %v", err)
 	}

@@ -146,6 +146,7 @@ type vm struct {
 	agentSeen bool        // the agent connected before the domain was known started
 	stopped   bool        // the domain stopped while it was being created
 	timer     *time.Timer // readiness deadline
+	metaMu    sync.Mutex  // serializes the VM's metadata writes (see record)
 }
 
 // New returns a pool; nothing happens until Start.
@@ -634,7 +635,7 @@ func (p *Pool) startWipeLocked(v *vm, reason string) {
 func (p *Pool) wipe(v *vm) {
 	ctx := p.ctx
 	start := time.Now()
-	p.hv.SetMetadata(ctx, v.name, p.meta(domxml.Ending)) // best effort: for status readers only
+	p.record(ctx, v) // "ending", best effort: for status readers only
 	marked := time.Now()
 	err := p.hv.Destroy(ctx, v.name)
 	destroyed := time.Now()

@@ -93,7 +93,7 @@ func TestTakeNeverGivesAVMTwice(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 64 {
 		wg.Go(func() {
-			v, err := p.Take(context.Background())
+			v, err := p.Take()
 			if errors.Is(err, ErrNoCleanVM) {
 				return
 			}
@@ -120,25 +120,25 @@ func TestTakeNeverGivesAVMTwice(t *testing.T) {
 	}
 }
 
-func TestTakeRecordsOfferInLibvirt(t *testing.T) {
+func TestStatesRecordedInLibvirt(t *testing.T) {
 	f := newFakeHV()
 	p := startPool(t, f, testConfig())
 	waitFor(t, "a clean VM", func() bool { return clean(p) > 0 })
-	v, err := p.Take(context.Background())
+	v, err := p.Take()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if v.Spice.Password == "" || v.Spice.Socket == "" {
 		t.Errorf("Take() = %+v, want a SPICE target with a password", v)
 	}
-	doms, _ := f.Domains(context.Background(), v.Name)
-	if len(doms) != 1 || doms[0].Meta.State != domxml.Offered {
-		t.Fatalf("libvirt state of taken VM = %+v, want offered", doms)
-	}
+	waitFor(t, "the offer recorded in libvirt", func() bool {
+		doms, _ := f.Domains(context.Background(), v.Name)
+		return len(doms) == 1 && doms[0].Meta.State == domxml.Offered
+	})
 	if err := p.MarkUsed(context.Background(), v.Name); err != nil {
 		t.Fatal(err)
 	}
-	doms, _ = f.Domains(context.Background(), v.Name)
+	doms, _ := f.Domains(context.Background(), v.Name)
 	if doms[0].Meta.State != domxml.InUse {
 		t.Errorf("after MarkUsed, libvirt state = %s, want in-use", doms[0].Meta.State)
 	}
@@ -153,17 +153,17 @@ func TestReleaseReturnsPristineVM(t *testing.T) {
 	cfg.Size, cfg.MaxVMs = 1, 1
 	p := startPool(t, f, cfg)
 	waitFor(t, "a clean VM", func() bool { return clean(p) == 1 })
-	v, err := p.Take(context.Background())
+	v, err := p.Take()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Take(context.Background()); !errors.Is(err, ErrNoCleanVM) {
+	if _, err := p.Take(); !errors.Is(err, ErrNoCleanVM) {
 		t.Errorf("second Take() = %v, want ErrNoCleanVM", err)
 	}
 	if err := p.Release(context.Background(), v.Name); err != nil {
 		t.Fatal(err)
 	}
-	again, err := p.Take(context.Background())
+	again, err := p.Take()
 	if err != nil || again.Name != v.Name {
 		t.Errorf("Take() after Release = %v, %v; want %s again", again.Name, err, v.Name)
 	}
@@ -175,7 +175,7 @@ func TestEndWipesAndRefills(t *testing.T) {
 	ended := make(chan Ended, 1)
 	p.OnEnded(func(e Ended) { ended <- e })
 	waitFor(t, "3 clean VMs", func() bool { return clean(p) == 3 })
-	v, _ := p.Take(context.Background())
+	v, _ := p.Take()
 	p.MarkUsed(context.Background(), v.Name)
 	if err := p.End(v.Name, "visitor finished"); err != nil {
 		t.Fatal(err)
@@ -205,7 +205,7 @@ func TestGuestPowerOffEndsSession(t *testing.T) {
 	ended := make(chan Ended, 4)
 	p.OnEnded(func(e Ended) { ended <- e })
 	waitFor(t, "a clean VM", func() bool { return clean(p) > 0 })
-	v, _ := p.Take(context.Background())
+	v, _ := p.Take()
 	p.MarkUsed(context.Background(), v.Name)
 	f.stop(v.Name)
 	e := <-ended
@@ -239,7 +239,7 @@ func TestNeverExceedsMaxVMs(t *testing.T) {
 	var used []string
 	for range 3 {
 		waitFor(t, "a clean VM", func() bool { return clean(p) > 0 })
-		v, err := p.Take(context.Background())
+		v, err := p.Take()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -250,7 +250,7 @@ func TestNeverExceedsMaxVMs(t *testing.T) {
 	p.mu.Lock()
 	p.syncLocked()
 	p.mu.Unlock()
-	if _, err := p.Take(context.Background()); !errors.Is(err, ErrNoCleanVM) {
+	if _, err := p.Take(); !errors.Is(err, ErrNoCleanVM) {
 		t.Errorf("Take() at max_vms = %v, want ErrNoCleanVM", err)
 	}
 	p.End(used[0], "done")
@@ -383,12 +383,12 @@ func TestReconnect(t *testing.T) {
 	f := newFakeHV()
 	p := startPool(t, f, testConfig())
 	waitFor(t, "3 clean VMs", func() bool { return clean(p) == 3 })
-	v, _ := p.Take(context.Background())
+	v, _ := p.Take()
 	p.MarkUsed(context.Background(), v.Name)
 
 	f.events <- virt.Event{Kind: virt.Disconnected}
 	waitFor(t, "disconnected", func() bool { return !p.Status().Connected })
-	if _, err := p.Take(context.Background()); !errors.Is(err, ErrUnavailable) {
+	if _, err := p.Take(); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Take() while disconnected = %v, want ErrUnavailable", err)
 	}
 	// While libvirt was away, the in-use guest powered off: no event for it.
@@ -419,7 +419,7 @@ func TestGoldenRunningPausesRefill(t *testing.T) {
 	waitFor(t, "a clean VM", func() bool { return clean(p) == 1 })
 	f.events <- virt.Event{Kind: virt.Started, Domain: "golden"}
 	waitFor(t, "paused", func() bool { return p.Status().Paused != "" })
-	v, _ := p.Take(context.Background())
+	v, _ := p.Take()
 	p.End(v.Name, "done")
 	waitFor(t, "the VM wiped", func() bool { return len(p.Status().VMs) == 0 })
 	if n := len(f.domainNames()); n != 0 {

@@ -89,8 +89,8 @@ func (m *Manager) Run(ctx context.Context) {
 	}
 }
 
-// dispatch claims a clean VM for each request, head first, as long as there
-// are any. Claims are instant; confirming and offering run concurrently.
+// dispatch takes a clean VM for each request, head first, as long as there
+// are any. Taking is instant; preparing and offering run concurrently.
 func (m *Manager) dispatch(ctx context.Context) {
 	for {
 		m.mu.Lock()
@@ -99,7 +99,7 @@ func (m *Manager) dispatch(ctx context.Context) {
 			return
 		}
 		head := m.queue[0]
-		vm, err := m.pool.Claim()
+		vm, err := m.pool.Take()
 		if err != nil {
 			state, msg := kioskproto.StatePreparing, "Preparing your workstation"
 			if errors.Is(err, pool.ErrUnavailable) {
@@ -120,10 +120,10 @@ func (m *Manager) dispatch(ctx context.Context) {
 	}
 }
 
-// serve confirms a claimed VM, prepares it and offers it to r.
+// serve prepares a VM taken for r and offers it.
 func (m *Manager) serve(ctx context.Context, r *request, vm pool.VM) {
-	err := m.pool.Confirm(ctx, vm.Name)
-	if err == nil && m.prepare != nil {
+	var err error
+	if m.prepare != nil {
 		if err = m.prepare(ctx, vm); err != nil {
 			m.pool.End(vm.Name, "not ready for SPICE: "+err.Error())
 		}

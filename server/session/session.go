@@ -37,8 +37,7 @@ import (
 
 // Pool is what sessions need from the VM pool; *pool.Pool has it.
 type Pool interface {
-	Claim() (pool.VM, error)
-	Confirm(ctx context.Context, name string) error
+	Take() (pool.VM, error)
 	WaitClean() <-chan struct{}
 	MarkUsed(ctx context.Context, name string) error
 	Release(ctx context.Context, name string) error
@@ -89,7 +88,7 @@ type Manager struct {
 	byVM     map[string]*Lease
 	pending  map[string]*AuditRecord // used VMs being wiped, by VM name
 	conns    map[string]*kioskConn   // by kiosk id
-	inflight int                     // claimed VMs being confirmed
+	inflight int                     // VMs taken, being prepared and offered
 
 	handoffs handoffStats
 }

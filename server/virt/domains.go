@@ -138,8 +138,11 @@ func (h *Host) Destroy(ctx context.Context, name string) error {
 	return nil
 }
 
-// SetMetadata records the broker's metadata in a running domain, in both its
-// live and persistent definitions.
+// SetMetadata records the broker's metadata in a running domain's live
+// definition. Only the live one matters: it survives libvirtd restarts (in
+// libvirt's status file), and a domain that stops is destroyed whatever its
+// persistent definition says (which stays "booting", never clean). Writing
+// the persistent one too would cost an fsync'd file per offer.
 func (h *Host) SetMetadata(ctx context.Context, name string, m domxml.Metadata) error {
 	l, err := h.conn(ctx)
 	if err != nil {
@@ -151,7 +154,7 @@ func (h *Host) SetMetadata(ctx context.Context, name string, m domxml.Metadata) 
 	}
 	err = l.DomainSetMetadata(dom, int32(libvirt.DomainMetadataElement),
 		libvirt.OptString{m.Element()}, libvirt.OptString{domxml.Prefix}, libvirt.OptString{domxml.Namespace},
-		libvirt.DomainAffectLive|libvirt.DomainAffectConfig)
+		libvirt.DomainAffectLive)
 	return wrap(l, err, "recording state %s of %s", m.State, name)
 }
 

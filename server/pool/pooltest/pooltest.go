@@ -55,7 +55,8 @@ func (f *Pool) Add() string {
 	return name
 }
 
-func (f *Pool) Claim() (pool.VM, error) {
+// Take implements session.Pool.
+func (f *Pool) Take() (pool.VM, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.order) == 0 {
@@ -67,8 +68,6 @@ func (f *Pool) Claim() (pool.VM, error) {
 	f.claimed[name]++
 	return *f.vms[name], nil
 }
-
-func (f *Pool) Confirm(ctx context.Context, name string) error { return nil }
 
 func (f *Pool) WaitClean() <-chan struct{} {
 	f.mu.Lock()
@@ -146,7 +145,7 @@ func (f *Pool) HasEvent(prefix string) bool {
 	return false
 }
 
-// Claimed returns how many times each VM was claimed.
+// Claimed returns how many times each VM was taken.
 func (f *Pool) Claimed() map[string]int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
