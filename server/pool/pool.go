@@ -238,6 +238,7 @@ func (p *Pool) Run(ctx context.Context) error {
 					drained = true
 				}
 			}
+			p.retryPaused(ctx)
 			p.reconcile(ctx)
 		}
 	}
@@ -321,6 +322,22 @@ func (p *Pool) goldenEvent(ctx context.Context, ev virt.Event) {
 	case virt.Undefined:
 		p.pause("golden VM " + p.cfg.Golden + " was undefined")
 	}
+}
+
+// retryPaused checks the golden again while the pool is paused: an operator
+// may have fixed it (deleted a snapshot, shut it down) without any event.
+func (p *Pool) retryPaused(ctx context.Context) {
+	p.mu.Lock()
+	paused := p.paused
+	p.mu.Unlock()
+	if paused == "" {
+		return
+	}
+	if err := p.prepare(ctx); err != nil {
+		p.pause(err.Error())
+		return
+	}
+	p.log.Info("pool resumed: the golden VM can be cloned again", "golden", p.cfg.Golden)
 }
 
 func (p *Pool) pause(reason string) {
