@@ -15,7 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -38,49 +38,72 @@ type Server struct {
 	done    chan struct{}
 }
 
-// Start runs Xvfb on the first free display from :90 with a screen of w x h
-// at 24 bits, and waits until it accepts clients.
+// Start runs Xvfb on a free display with a screen of w x h at 24 bits, and
+// waits until it accepts clients. Xvfb picks the display itself and says
+// which (-displayfd), so parallel test processes never race for one.
 func Start(ctx context.Context, w, h int) (*Server, error) {
 	if _, err := exec.LookPath("Xvfb"); err != nil {
 		return nil, fmt.Errorf("Xvfb not installed (make deps): %w", err)
 	}
-	for n := 90; n < 190; n++ {
-		if _, err := os.Stat(fmt.Sprintf("/tmp/.X11-unix/X%d", n)); err == nil {
-			continue
-		}
-		if _, err := os.Stat(fmt.Sprintf("/tmp/.X%d-lock", n)); err == nil {
-			continue
-		}
-		s := &Server{Display: ":" + strconv.Itoa(n), Width: w, Height: h, done: make(chan struct{})}
-		// -ac: tests run clients as other users (a kiosk user) too.
-		s.cmd = exec.Command("Xvfb", s.Display, "-screen", "0", fmt.Sprintf("%dx%dx24", w, h), "-nolisten", "tcp", "-ac")
-		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := s.cmd.Start(); err != nil {
-			return nil, err
-		}
-		go func() { s.cmd.Wait(); close(s.done) }()
-		if err := s.wait(ctx); err != nil {
-			s.Stop()
-			continue // lost a race for the display: try the next
-		}
-		return s, nil
+	r, wr, err := os.Pipe()
+	if err != nil {
+		return nil, err
 	}
-	return nil, errors.New("no free X display between :90 and :189")
+	defer r.Close()
+	s := &Server{Width: w, Height: h, done: make(chan struct{})}
+	// -ac: tests run clients as other users (a kiosk user) too.
+	// -noreset: Xvfb would otherwise reset whenever its last client leaves,
+	// and a client connecting at that moment is thrown out.
+	s.cmd = exec.Command("Xvfb", "-displayfd", "3", "-screen", "0", fmt.Sprintf("%dx%dx24", w, h), "-nolisten", "tcp", "-ac", "-noreset")
+	s.cmd.ExtraFiles = []*os.File{wr}
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := s.cmd.Start(); err != nil {
+		wr.Close()
+		return nil, err
+	}
+	wr.Close()
+	go func() { s.cmd.Wait(); close(s.done) }()
+	num := make(chan string, 1)
+	go func() {
+		b := make([]byte, 16)
+		n, _ := r.Read(b)
+		num <- strings.TrimSpace(string(b[:n]))
+	}()
+	select {
+	case n := <-num:
+		if n == "" {
+			s.Stop()
+			return nil, errors.New("Xvfb exited without a display")
+		}
+		s.Display = ":" + n
+	case <-time.After(15 * time.Second):
+		s.Stop()
+		return nil, errors.New("Xvfb did not start")
+	case <-ctx.Done():
+		s.Stop()
+		return nil, ctx.Err()
+	}
+	if err := s.wait(ctx); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
 }
 
+// wait waits until the server accepts clients.
 func (s *Server) wait(ctx context.Context) error {
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
+		if c, err := xgb.NewConnDisplay(s.Display); err == nil {
+			c.Close()
+			return nil
+		}
 		select {
 		case <-s.done:
 			return errors.New("Xvfb exited")
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-		if c, err := xgb.NewConnDisplay(s.Display); err == nil {
-			c.Close()
-			return nil
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	return errors.New("Xvfb did not accept clients")
