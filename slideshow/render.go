@@ -112,4 +112,3 @@ func drawText(dst draw.Image, r image.Rectangle, text string, size float64) {
 		return
 	}
 }
-
