@@ -19,6 +19,7 @@ import (
 	"github.com/jezek/xgb/xtest"
 
 	"undervdi/internal/xvfb"
+	"undervdi/kioskd/screen"
 )
 
 var (
@@ -195,7 +196,7 @@ func TestTouchAndBanner(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if err := xtest.Init(conn); err != nil {
+	if err := screen.UseExtension(conn, "XTEST"); err != nil {
 		t.Fatal(err)
 	}
 	root := xproto.Setup(conn).DefaultScreen(conn).Root

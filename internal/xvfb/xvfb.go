@@ -21,6 +21,8 @@ import (
 
 	"github.com/jezek/xgb"
 	"github.com/jezek/xgb/xproto"
+
+	"undervdi/kioskd/screen"
 )
 
 func init() {
@@ -83,30 +85,11 @@ func Start(ctx context.Context, w, h int) (*Server, error) {
 		s.Stop()
 		return nil, ctx.Err()
 	}
-	if err := s.wait(ctx); err != nil {
+	if err := screen.WaitDisplay(ctx, s.Display, s.done, 15*time.Second); err != nil {
 		s.Stop()
 		return nil, err
 	}
 	return s, nil
-}
-
-// wait waits until the server accepts clients.
-func (s *Server) wait(ctx context.Context) error {
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := xgb.NewConnDisplay(s.Display); err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-s.done:
-			return errors.New("Xvfb exited")
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return errors.New("Xvfb did not accept clients")
 }
 
 // Env returns the environment for X clients of this server.
