@@ -278,7 +278,9 @@ func (c *Config) Legacy() bool { return c.Kiosk == "" }
 // Validate checks the settings as a whole.
 func (c *Config) Validate() error {
 	var errs []error
-	bad := func(k, format string, a ...any) { errs = append(errs, fmt.Errorf("%s: %s", k, fmt.Sprintf(format, a...))) }
+	bad := func(k, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", k, fmt.Sprintf(format, a...)))
+	}
 	if c.Server == "" {
 		bad("server", "required: the broker's address (server_ip in the original client.conf)")
 	} else if strings.ContainsAny(c.Server, "/ ") {
