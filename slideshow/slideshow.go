@@ -244,6 +244,9 @@ func (s *Show) images() []string {
 		}
 		var out []string
 		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), ".") {
+				continue // hidden, or a mirror's file being written
+			}
 			switch strings.ToLower(filepath.Ext(e.Name())) {
 			case ".jpg", ".jpeg", ".png", ".gif":
 				if e.Type().IsRegular() && s.bad[filepath.Join(d, e.Name())] == "" {

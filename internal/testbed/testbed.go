@@ -104,6 +104,8 @@ func (b *Bed) Config(poolSize int) *config.Config {
 	c.AdminSocket = filepath.Join(b.Root, "admin.sock")
 	c.ReconcileInterval = config.Duration(20 * time.Second)
 	c.LogLevel = "debug"
+	c.Ads.Dir = filepath.Join(b.Root, "ads")
+	c.Ads.Listen = "" // tests that want the ads open a port
 	return c
 }
 

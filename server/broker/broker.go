@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"undervdi/kioskproto"
+	"undervdi/server/ads"
 	"undervdi/server/config"
 	"undervdi/server/domxml"
 	"undervdi/server/gateway"
@@ -42,6 +43,7 @@ type Broker struct {
 	Pool     *pool.Pool
 	Sessions *session.Manager
 	Gateway  *gateway.Gateway
+	registry *session.Registry
 }
 
 // New prepares a broker; it starts connecting to libvirt at once, in the
@@ -61,7 +63,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
-	b := &Broker{Config: cfg, Log: log, Host: host}
+	b := &Broker{Config: cfg, Log: log, Host: host, registry: registry}
 	var gw *gateway.Gateway
 	b.Pool = pool.New(pool.Config{
 		Name:              cfg.PoolName,
@@ -132,6 +134,16 @@ func (b *Broker) Run(ctx context.Context) error {
 	if ln := listeners["legacy"]; ln != nil {
 		g.Go(func() error { return session.Serve(ctx, ln, b.Sessions.ServeLegacy) })
 	}
+	if ln := listeners["ads"]; ln != nil {
+		srv := &http.Server{Handler: ads.Handler(cfg.Ads.Dir, b.registry.Known, b.Log), ReadHeaderTimeout: 10 * time.Second}
+		g.Go(func() error {
+			go func() { <-ctx.Done(); srv.Close() }()
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	b.Log.Info("broker ready", "pool", cfg.PoolName, "golden", cfg.Golden, "size", cfg.PoolSize,
 		"gateway", cfg.Gateway.Listen, "kiosks", cfg.Sessions.Listen, "legacy", cfg.Sessions.LegacyListen)
 	daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS=serving")
@@ -159,6 +171,9 @@ func (b *Broker) listen() (map[string]net.Listener, error) {
 	err := errors.Join(open("gateway", cfg.Gateway.Listen), open("kiosk", cfg.Sessions.Listen))
 	if err == nil && cfg.Sessions.LegacyListen != "" {
 		err = open("legacy", cfg.Sessions.LegacyListen)
+	}
+	if err == nil && cfg.Ads.Dir != "" && cfg.Ads.Listen != "" {
+		err = open("ads", cfg.Ads.Listen)
 	}
 	if err == nil && cfg.Sessions.TLSCert != "" {
 		cert, cerr := tls.LoadX509KeyPair(cfg.Sessions.TLSCert, cfg.Sessions.TLSKey)

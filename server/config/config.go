@@ -50,7 +50,14 @@ type Config struct {
 	Gateway  Gateway  `toml:"gateway"`
 	Sessions Sessions `toml:"sessions"`
 	Viewer   Viewer   `toml:"viewer"`
+	Ads      Ads      `toml:"ads"`
 	Kiosks   []Kiosk  `toml:"kiosk"`
+}
+
+// Ads is the advertising folder the kiosks mirror.
+type Ads struct {
+	Dir    string `toml:"dir"`    // "" serves none
+	Listen string `toml:"listen"` // HTTP, for kiosk addresses only
 }
 
 // Gateway is the SPICE gateway: the only way to a VM's screen.
@@ -129,6 +136,7 @@ func Default() *Config {
 			QueueLimit:       200,
 			AuditLog:         "/var/log/undervdi/sessions.jsonl",
 		},
+		Ads: Ads{Dir: "/var/lib/undervdi/ads", Listen: ":5908"},
 		Viewer: Viewer{
 			Title:              "undervdi",
 			DisableAudio:       true,
@@ -224,9 +232,10 @@ func (c *Config) Validate() error {
 		bad("log_level", "%q: must be debug, info, warn or error", c.LogLevel)
 	}
 	g, ss := c.Gateway, c.Sessions
-	for key, addr := range map[string]string{"gateway.listen": g.Listen, "sessions.listen": ss.Listen, "sessions.legacy_listen": ss.LegacyListen} {
-		if addr == "" && key == "sessions.legacy_listen" {
-			continue // legacy kiosks off
+	for key, addr := range map[string]string{"gateway.listen": g.Listen, "sessions.listen": ss.Listen,
+		"sessions.legacy_listen": ss.LegacyListen, "ads.listen": c.Ads.Listen} {
+		if addr == "" && (key == "sessions.legacy_listen" || key == "ads.listen") {
+			continue // turned off
 		}
 		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
 			bad(key, "%q is not a listen address such as :5906 or 169.254.24.1:5906", addr)
@@ -249,6 +258,9 @@ func (c *Config) Validate() error {
 	}
 	if (ss.TLSCert == "") != (ss.TLSKey == "") {
 		bad("sessions.tls_cert", "tls_cert and tls_key go together")
+	}
+	if c.Ads.Dir != "" && !filepath.IsAbs(c.Ads.Dir) {
+		bad("ads.dir", "%q must be an absolute path", c.Ads.Dir)
 	}
 	if ss.AuditLog != "" && !filepath.IsAbs(ss.AuditLog) {
 		bad("sessions.audit_log", "%q must be an absolute path", ss.AuditLog)

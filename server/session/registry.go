@@ -79,3 +79,22 @@ func (r *Registry) Legacy(addr netip.Addr) (string, bool) {
 	}
 	return "", false
 }
+
+// Known reports whether addr is within any kiosk's address range (for the
+// ads, which are not secret but not for anyone else either).
+func (r *Registry) Known(addr netip.Addr) bool {
+	addr = addr.Unmap()
+	for _, e := range r.exact {
+		if e.prefix.Contains(addr) {
+			return true
+		}
+	}
+	for _, list := range [][]kioskEntry{r.patterns, r.legacy} {
+		for _, e := range list {
+			if e.prefix.Contains(addr) {
+				return true
+			}
+		}
+	}
+	return false
+}
