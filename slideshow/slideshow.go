@@ -33,6 +33,9 @@ type Config struct {
 	Dirs     []string
 	Interval time.Duration // per image; the original ran feh -D1
 	Log      *slog.Logger
+	// What counts as a touch: key presses, button presses (a touch screen
+	// sends these), or, by default, both.
+	NoKeys, NoButtons bool
 }
 
 // Show is a full-screen slideshow window.
@@ -226,11 +229,21 @@ func (s *Show) handle(ev xgb.Event) {
 		} else if e.Window == s.banner.win {
 			s.banner.expose()
 		}
-	case xproto.KeyPressEvent, xproto.ButtonPressEvent:
-		select {
-		case s.touches <- struct{}{}:
-		default:
+	case xproto.KeyPressEvent:
+		if !s.cfg.NoKeys {
+			s.touch()
 		}
+	case xproto.ButtonPressEvent:
+		if !s.cfg.NoButtons {
+			s.touch()
+		}
+	}
+}
+
+func (s *Show) touch() {
+	select {
+	case s.touches <- struct{}{}:
+	default:
 	}
 }
 

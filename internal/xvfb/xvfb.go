@@ -169,3 +169,22 @@ func SavePNG(img image.Image, path string) error {
 	defer f.Close()
 	return png.Encode(f, img)
 }
+
+// ShowsConsole reports whether img shows a VM's text console, as the tiny
+// golden VM has: a large black area (the VGA text screen) with light text
+// in it, which no viewer or slideshow window has by itself. It returns the
+// shares of black and light pixels too.
+func ShowsConsole(img *image.RGBA) (ok bool, black, light float64) {
+	for i := 0; i < len(img.Pix); i += 4 {
+		r, g, b := img.Pix[i], img.Pix[i+1], img.Pix[i+2]
+		switch {
+		case r < 8 && g < 8 && b < 8:
+			black++
+		case r > 0x90 && g > 0x90 && b > 0x90: // VGA text is 0xaaaaaa
+			light++
+		}
+	}
+	n := float64(len(img.Pix) / 4)
+	black, light = black/n, light/n
+	return black > 0.2 && light > 0.005, black, light
+}

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"undervdi/kioskd/logout"
 	"undervdi/kioskproto"
 )
 
@@ -27,6 +28,7 @@ type Options struct {
 	Dir    string   // where the .vv file goes: a tmpfs
 	Env    []string // environment (DISPLAY, HOME in the session's tmpfs)
 	Kiosk  bool     // --kiosk --kiosk-quit=on-disconnect: the visitor cannot leave it
+	Extra  []string // more remote-viewer arguments (the operator's)
 	Output io.Writer
 	// Credential runs the viewer as another user (the session's), or nil.
 	Credential *syscall.Credential
@@ -114,7 +116,8 @@ func Launch(opts Options, o kioskproto.Offer) (*Viewer, error) {
 		return nil, fmt.Errorf("viewer: connection file: %w", err)
 	}
 	v := &Viewer{vv: f.Name(), done: make(chan struct{})}
-	v.cmd = exec.Command(bin, append([]string{f.Name()}, Args(o, opts.Kiosk)...)...)
+	args := append(append([]string{f.Name()}, Args(o, opts.Kiosk)...), opts.Extra...)
+	v.cmd = exec.Command(bin, args...)
 	v.cmd.Env = opts.Env
 	v.cmd.Stdout, v.cmd.Stderr = opts.Output, opts.Output
 	v.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: opts.Credential}
@@ -142,15 +145,7 @@ func (v *Viewer) Err() error { return v.err }
 // Stop ends the viewer's whole process group: SIGTERM, then SIGKILL after
 // grace. It returns when the viewer itself has exited.
 func (v *Viewer) Stop(grace time.Duration) {
-	pgid := v.cmd.Process.Pid
-	syscall.Kill(-pgid, syscall.SIGTERM)
-	select {
-	case <-v.done:
-	case <-time.After(grace):
-	}
-	// Whatever is left in the group (children that ignored TERM, or the
-	// viewer itself) gets KILL.
-	syscall.Kill(-pgid, syscall.SIGKILL)
+	logout.KillGroup(v.PID(), grace)
 	<-v.done
 }
 

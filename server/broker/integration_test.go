@@ -8,12 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/digitalocean/go-libvirt"
 
+	"undervdi/internal/brokertest"
 	"undervdi/internal/netns"
 	"undervdi/internal/testbed"
 	"undervdi/internal/xvfb"
@@ -34,28 +34,9 @@ import (
 	"undervdi/server/spice"
 )
 
-const kioskToken = "e2e-kiosk-token-0123456789"
+const kioskToken = brokertest.Token
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
+var waitFor = brokertest.WaitFor
 
 // e2e is one broker on real libvirt with its ports.
 type e2e struct {
@@ -72,40 +53,12 @@ type e2e struct {
 
 func startE2E(t *testing.T) *e2e {
 	bed := testbed.New(t)
-	e := &e2e{t: t, bed: bed, gwPort: freePort(t)}
-	kioskPort, legacyPort := freePort(t), freePort(t)
-	e.kiosk = fmt.Sprintf("127.0.0.1:%d", kioskPort)
-	cfg := bed.Config(2)
-	cfg.Gateway.Listen = fmt.Sprintf("0.0.0.0:%d", e.gwPort)
-	cfg.Sessions.Listen = fmt.Sprintf("0.0.0.0:%d", kioskPort)
-	cfg.Sessions.LegacyListen = fmt.Sprintf("0.0.0.0:%d", legacyPort)
-	cfg.Sessions.AuditLog = filepath.Join(bed.Root, "sessions.jsonl")
-	cfg.Kiosks = []config.Kiosk{
-		{ID: "k1", Address: "127.0.0.1", Token: kioskToken},
-		{ID: "many-*", Address: "127.0.0.0/8", Token: kioskToken},
-		{Address: "127.0.0.1", Legacy: true},
-	}
-	e.cfg, e.auditAt = cfg, cfg.Sessions.AuditLog
-	log := slog.New(slog.DiscardHandler)
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	b, err := broker.New(ctx, cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.b = b
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("broker.Run = %v", err)
-		}
-		b.Pool.Wait()
-	})
-	if e.x, err = xvfb.Start(ctx, 1024, 768); err != nil {
+	rb := brokertest.Start(t, bed, 2, nil)
+	gwPort, _ := strconv.Atoi(rb.GatewayPort())
+	e := &e2e{t: t, bed: bed, b: rb.Broker, cfg: rb.Config, gwPort: gwPort, kiosk: rb.KioskAddr(),
+		auditAt: rb.Config.Sessions.AuditLog}
+	var err error
+	if e.x, err = xvfb.Start(context.Background(), 1024, 768); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.x.Stop)
@@ -113,7 +66,6 @@ func startE2E(t *testing.T) *e2e {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.ns.Close() })
-	e.waitFull()
 	return e
 }
 
@@ -232,20 +184,10 @@ func (e *e2e) screenShowsGuest(t *testing.T, name string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		black, light = 0, 0
-		for i := 0; i < len(img.Pix); i += 4 {
-			r, g, b := img.Pix[i], img.Pix[i+1], img.Pix[i+2]
-			switch {
-			case r < 8 && g < 8 && b < 8:
-				black++
-			case r > 0x90 && g > 0x90 && b > 0x90: // VGA text is 0xaaaaaa
-				light++
-			}
-		}
-		n := float64(len(img.Pix) / 4)
-		black, light = black/n, light/n
+		var ok bool
+		ok, black, light = xvfb.ShowsConsole(img)
 		xvfb.SavePNG(img, path)
-		if black > 0.2 && light > 0.005 {
+		if ok {
 			return
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -404,7 +346,7 @@ func TestRealSessions(t *testing.T) {
 // with nc and remote-viewer, against the legacy signal port.
 func (e *e2e) legacyRemoteSh(t *testing.T) {
 	e.waitFull()
-	u := kioskUser(t)
+	u := brokertest.KioskUser(t)
 	// t.TempDir's tree is private to root; the kiosk user must read this.
 	dir, err := os.MkdirTemp("", "undervdi-kiosk-")
 	if err != nil {
@@ -462,22 +404,6 @@ func (e *e2e) legacyRemoteSh(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Errorf("remote.sh did not finish after the session ended; output:\n%s", out)
 	}
-}
-
-// kioskUser is an unprivileged user for the original kiosk script.
-func kioskUser(t *testing.T) *user.User {
-	const name = "undervdi-kiosk"
-	if u, err := user.Lookup(name); err == nil {
-		return u
-	}
-	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
-		t.Fatalf("useradd: %v: %s", err, out)
-	}
-	u, err := user.Lookup(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
 }
 
 // checkAudit reads the audit log: each used session ended wiped, the

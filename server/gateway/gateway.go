@@ -121,6 +121,7 @@ func (g *Gateway) handle(ctx context.Context, c net.Conn) {
 	}
 	conns := &closer{}
 	conns.add(c)
+	defer context.AfterFunc(ctx, conns.close)() // a stopping broker hangs up
 	att, err := g.sessions.Attach(ctx, addr, ticket, session.Channel{
 		Main: m.ChannelType == spice.ChannelMain, Name: m.ChannelType.String(), Close: conns.close,
 	})

@@ -74,6 +74,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 		out: make(chan outMsg, 32), closed: make(chan struct{})}
 	m.replaceConn(k)
 	defer m.dropConn(k)
+	defer context.AfterFunc(ctx, k.close)() // a stopping broker hangs up
 	m.log.Debug("kiosk connected", "kiosk", k.id, "addr", addr, "software", h.Software)
 
 	go k.writeLoop()

@@ -24,6 +24,7 @@ const quietFor = 500 * time.Millisecond
 // original's did; the session then lives with its SPICE connections.
 func (m *Manager) ServeLegacy(ctx context.Context, c net.Conn) {
 	defer c.Close()
+	defer context.AfterFunc(ctx, func() { c.Close() })()
 	addr := RemoteAddr(c)
 	say := func(format string, args ...any) bool {
 		c.SetWriteDeadline(time.Now().Add(writeTimeout))

@@ -101,7 +101,7 @@ func (m *Manager) dispatch(ctx context.Context) {
 		head := m.queue[0]
 		vm, err := m.pool.Take()
 		if err != nil {
-			state, msg := kioskproto.StatePreparing, "Preparing your workstation"
+			state, msg := kioskproto.StatePreparing, "Preparing your workstation…"
 			if errors.Is(err, pool.ErrUnavailable) {
 				state, msg = kioskproto.StateQueued, "Service temporarily unavailable"
 			}
@@ -174,11 +174,8 @@ func (m *Manager) sendPositions() {
 }
 
 func queueMessage(ahead int) string {
-	switch ahead {
-	case 0:
-		return "Preparing your workstation"
-	case 1:
-		return "Preparing your workstation (1 visitor ahead of you)"
+	if ahead == 0 {
+		return "Preparing your workstation…"
 	}
-	return fmt.Sprintf("Preparing your workstation (%d visitors ahead of you)", ahead)
+	return fmt.Sprintf("Preparing your workstation… (%d ahead of you)", ahead)
 }

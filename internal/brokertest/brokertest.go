@@ -1,0 +1,154 @@
+// Package brokertest runs a real broker in-process for end-to-end tests:
+// on a testbed's libvirt, on free loopback ports, with one test kiosk
+// configured. It can be stopped and started again, as a crash or an
+// upgrade would.
+package brokertest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"undervdi/internal/testbed"
+	"undervdi/server/broker"
+	"undervdi/server/config"
+	"undervdi/server/domxml"
+)
+
+// Token is the test kiosks' secret.
+const Token = "e2e-kiosk-token-0123456789"
+
+// Broker is a broker under test.
+type Broker struct {
+	*broker.Broker
+	Config *config.Config
+	Bed    *testbed.Bed
+	t      testing.TB
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// Start runs a broker with a pool of size on the bed. Kiosk "k1" and the
+// group "many-*" are known at 127.0.0.0/8, and 127.0.0.1 is also a legacy
+// kiosk. mutate, if not nil, changes the configuration first.
+func Start(t testing.TB, bed *testbed.Bed, size int, mutate func(*config.Config)) *Broker {
+	t.Helper()
+	cfg := bed.Config(size)
+	cfg.Gateway.Listen = fmt.Sprintf("0.0.0.0:%d", FreePort(t))
+	cfg.Sessions.Listen = fmt.Sprintf("0.0.0.0:%d", FreePort(t))
+	cfg.Sessions.LegacyListen = fmt.Sprintf("0.0.0.0:%d", FreePort(t))
+	cfg.Sessions.AuditLog = filepath.Join(bed.Root, "sessions.jsonl")
+	cfg.Kiosks = []config.Kiosk{
+		{ID: "k1", Address: "127.0.0.1", Token: Token},
+		{ID: "many-*", Address: "127.0.0.0/8", Token: Token},
+		{Address: "127.0.0.1", Legacy: true},
+	}
+	if mutate != nil {
+		mutate(cfg)
+	}
+	b := &Broker{Config: cfg, Bed: bed, t: t}
+	b.Restart()
+	t.Cleanup(b.Stop)
+	b.WaitFull()
+	return b
+}
+
+// Restart starts the broker (again), with the same configuration.
+func (b *Broker) Restart() {
+	b.t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	bb, err := broker.New(ctx, b.Config, log)
+	if err != nil {
+		cancel()
+		b.t.Fatal(err)
+	}
+	b.Broker, b.cancel, b.done = bb, cancel, make(chan error, 1)
+	go func() { b.done <- bb.Run(ctx) }()
+}
+
+// Stop stops the broker as a crash would: VMs are left to the next start.
+func (b *Broker) Stop() {
+	if b.cancel == nil {
+		return
+	}
+	b.cancel()
+	if err := <-b.done; err != nil {
+		b.t.Errorf("broker.Run = %v", err)
+	}
+	b.Pool.Wait()
+	b.cancel = nil
+}
+
+// WaitFull waits until the pool has all its clean VMs.
+func (b *Broker) WaitFull() {
+	b.t.Helper()
+	WaitFor(b.t, 5*time.Minute, "a full pool", func() bool {
+		return b.Pool.Status().Counts[domxml.Clean] == b.Config.PoolSize
+	})
+}
+
+// KioskAddr is the kiosk protocol's address; GatewayPort the SPICE gateway's.
+func (b *Broker) KioskAddr() string { return "127.0.0.1:" + port(b.Config.Sessions.Listen) }
+
+// LegacyPort is the signal port's number.
+func (b *Broker) LegacyPort() string { return port(b.Config.Sessions.LegacyListen) }
+
+// GatewayPort is the SPICE gateway's port number.
+func (b *Broker) GatewayPort() string { return port(b.Config.Gateway.Listen) }
+
+func port(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
+
+// FreePort returns a TCP port free on loopback now.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// WaitFor polls cond; the deadline only guards against a hang.
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// KioskUser is an unprivileged user for what a kiosk runs as its visitor
+// (the original remote.sh, kioskd's viewer); it is made if missing.
+func KioskUser(t testing.TB) *user.User {
+	t.Helper()
+	const name = "undervdi-kiosk"
+	if u, err := user.Lookup(name); err == nil {
+		return u
+	}
+	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
+		t.Fatalf("useradd: %v: %s", err, out)
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}

@@ -1,0 +1,302 @@
+//go:build integration
+
+package kioskd_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/digitalocean/go-libvirt"
+	"github.com/jezek/xgb"
+	"github.com/jezek/xgb/xproto"
+	"github.com/jezek/xgb/xtest"
+
+	"undervdi/internal/brokertest"
+	"undervdi/internal/testbed"
+	"undervdi/internal/xvfb"
+	"undervdi/kioskd"
+	"undervdi/kioskd/config"
+	"undervdi/kioskd/screen"
+	bconfig "undervdi/server/config"
+)
+
+// slideColor is the background image's colour: the slideshow is on screen
+// when the screen's centre has it.
+var slideColor = color.RGBA{0xf0, 0x80, 0x20, 0xff}
+
+// rig is a kioskd under Xvfb, speaking to a real broker on real libvirt.
+type rig struct {
+	t      *testing.T
+	bed    *testbed.Bed
+	broker *brokertest.Broker
+	x      *xvfb.Server
+	cfg    *config.Config
+	uid    int
+
+	mu     sync.Mutex
+	state  kioskd.State
+	states []kioskd.State
+}
+
+func startKiosk(t *testing.T, bed *testbed.Bed, kioskPort int) *rig {
+	r := &rig{t: t, bed: bed}
+	var err error
+	if r.x, err = xvfb.Start(context.Background(), 800, 600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.x.Stop)
+	u := brokertest.KioskUser(t)
+	r.uid, _ = strconv.Atoi(u.Uid)
+
+	// The session's home is a tmpfs, as on the boot image.
+	sessionDir, err := os.MkdirTemp("/run", "undervdi-e2e-session-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "mode=0755,size=64m", "tmpfs", sessionDir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", sessionDir).Run(); os.Remove(sessionDir) })
+
+	bg := t.TempDir()
+	writePNG(t, filepath.Join(bg, "background.png"), slideColor)
+	cfg := config.Default()
+	cfg.Server, cfg.Port, cfg.Kiosk, cfg.Token = "127.0.0.1", kioskPort, "k1", brokertest.Token
+	cfg.Display, cfg.SessionUser, cfg.SessionDir = r.x.Display, u.Username, sessionDir
+	cfg.AdsURL, cfg.AdsDir, cfg.BackgroundDir = "off", t.TempDir(), bg
+	cfg.IdleLimit, cfg.IdleWarning = 25*time.Second, 10*time.Second
+	cfg.USBSysfs, cfg.Logind = "", "no" // both have tests of their own (kioskd/logout)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	r.cfg = cfg
+	log := slog.New(slog.DiscardHandler)
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- kioskd.Run(ctx, cfg, log, func(s kioskd.State) {
+			r.mu.Lock()
+			r.state = s
+			r.states = append(r.states, s)
+			r.mu.Unlock()
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("kioskd.Run = %v", err)
+		}
+	})
+	return r
+}
+
+func writePNG(t *testing.T, path string, c color.RGBA) {
+	img := image.NewRGBA(image.Rect(0, 0, 64, 48))
+	for i := 0; i < len(img.Pix); i += 4 {
+		img.Pix[i], img.Pix[i+1], img.Pix[i+2], img.Pix[i+3] = c.R, c.G, c.B, c.A
+	}
+	var b bytes.Buffer
+	png.Encode(&b, img)
+	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (r *rig) waitState(s kioskd.State, d time.Duration) {
+	r.t.Helper()
+	brokertest.WaitFor(r.t, d, "the kiosk to be "+s.String(), func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.state == s
+	})
+}
+
+// touch puts a finger on the screen (XTest), as a visitor does.
+func (r *rig) touch() {
+	r.t.Helper()
+	c, err := xgb.NewConnDisplay(r.x.Display)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer c.Close()
+	if err := screen.UseExtension(c, "XTEST"); err != nil {
+		r.t.Fatal(err)
+	}
+	root := xproto.Setup(c).DefaultScreen(c).Root
+	xtest.FakeInput(c, xproto.MotionNotify, 0, 0, root, 400, 300, 0)
+	xtest.FakeInput(c, xproto.ButtonPress, 1, 0, root, 400, 300, 0)
+	xtest.FakeInput(c, xproto.ButtonRelease, 1, 0, root, 400, 300, 0)
+	c.Sync()
+}
+
+func (r *rig) slideshowShown() {
+	r.t.Helper()
+	brokertest.WaitFor(r.t, 10*time.Second, "the slideshow on screen", func() bool {
+		img, err := r.x.Screenshot()
+		if err != nil {
+			return false
+		}
+		c := img.RGBAAt(400, 300)
+		return c.R == slideColor.R && c.G == slideColor.G && c.B == slideColor.B
+	})
+}
+
+func (r *rig) guestShown(name string) {
+	r.t.Helper()
+	var black float64
+	brokertest.WaitFor(r.t, time.Minute, "the guest's console full screen", func() bool {
+		img, err := r.x.Screenshot()
+		if err != nil {
+			return false
+		}
+		var ok bool
+		ok, black, _ = xvfb.ShowsConsole(img)
+		xvfb.SavePNG(img, filepath.Join(os.TempDir(), "undervdi-kioskd-"+name+".png"))
+		// Full screen: the console covers nearly all of it, no toolbar.
+		return ok && black > 0.6
+	})
+}
+
+// session starts a session with a touch and returns its VM.
+func (r *rig) session(name string) string {
+	r.t.Helper()
+	r.waitState(kioskd.Idle, time.Minute)
+	r.touch()
+	r.waitState(kioskd.InSession, 2*time.Minute)
+	var vm string
+	brokertest.WaitFor(r.t, time.Minute, "the session linked at the broker", func() bool {
+		for _, l := range r.broker.Sessions.Leases() {
+			if l.Kiosk == "k1" && l.Linked != nil {
+				vm = l.VM
+				return true
+			}
+		}
+		return false
+	})
+	r.guestShown(name)
+	return vm
+}
+
+// loggedOut checks the session left nothing: the kiosk is back on the
+// slideshow, the VM and its disk are gone, no process of the session user
+// is left, and the session's tmpfs is empty.
+func (r *rig) loggedOut(vm string) {
+	r.t.Helper()
+	r.waitState(kioskd.Idle, time.Minute)
+	r.slideshowShown()
+	brokertest.WaitFor(r.t, time.Minute, vm+" destroyed with its disk", func() bool {
+		_, err := r.bed.L.DomainLookupByName(vm)
+		overlays, _ := filepath.Glob(filepath.Join(r.bed.OverlayDir, vm+"-*"))
+		return libvirt.IsNotFound(err) && len(overlays) == 0
+	})
+	if out, _ := exec.Command("pgrep", "-u", strconv.Itoa(r.uid), "-l").Output(); len(out) > 0 {
+		r.t.Errorf("processes of the session user left after logout:\n%s", out)
+	}
+	if left, _ := os.ReadDir(r.cfg.SessionDir); len(left) > 0 {
+		r.t.Errorf("files left in the session's tmpfs: %v", left)
+	}
+}
+
+func (r *rig) viewerPID() int {
+	r.t.Helper()
+	out, err := exec.Command("pgrep", "-u", strconv.Itoa(r.uid), "-x", "remote-viewer").Output()
+	if err != nil {
+		r.t.Fatalf("no remote-viewer of the session user: %v", err)
+	}
+	pid, _ := strconv.Atoi(strings.Fields(string(out))[0])
+	return pid
+}
+
+func TestKiosk(t *testing.T) {
+	bed := testbed.New(t)
+	kioskPort := brokertest.FreePort(t)
+
+	// The kiosk starts first, with the broker down: it says so, and
+	// recovers by itself when the broker comes.
+	r := startKiosk(t, bed, kioskPort)
+	r.waitState(kioskd.Unreachable, time.Minute)
+	r.slideshowShown()
+	r.broker = brokertest.Start(t, bed, 2, func(c *bconfig.Config) {
+		c.Sessions.Listen = fmt.Sprintf("0.0.0.0:%d", kioskPort)
+	})
+	r.waitState(kioskd.Idle, time.Minute)
+
+	t.Run("a touch gets a session; a killed viewer ends it", func(t *testing.T) {
+		vm := r.session("viewer")
+		if err := syscall.Kill(r.viewerPID(), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		r.loggedOut(vm)
+	})
+
+	t.Run("the guest powering off ends the session", func(t *testing.T) {
+		r.broker.WaitFull()
+		vm := r.session("poweroff")
+		if _, err := r.broker.Host.AgentCommand(context.Background(), vm, `{"execute":"guest-shutdown"}`); err != nil &&
+			!strings.Contains(err.Error(), "disappeared") {
+			t.Fatal(err)
+		}
+		r.loggedOut(vm)
+	})
+
+	t.Run("an idle visitor is warned, then logged out", func(t *testing.T) {
+		r.broker.WaitFull()
+		vm := r.session("idle")
+		start := time.Now()
+		brokertest.WaitFor(t, 30*time.Second, "the idle warning over the session", func() bool {
+			img, err := r.x.Screenshot()
+			if err != nil {
+				return false
+			}
+			// The banner is the bottom seventh: dark with white text,
+			// where the guest's console was black.
+			white := 0
+			for y := 600 - 600/7; y < 600; y++ {
+				for x := 0; x < 800; x++ {
+					if c := img.RGBAAt(x, y); c.R > 0xe0 && c.G > 0xe0 && c.B > 0xe0 {
+						white++
+					}
+				}
+			}
+			return white > 100
+		})
+		if warned := time.Since(start); warned < 5*time.Second {
+			t.Errorf("warned %v after the session started; the warning is for the last %v of %v", warned, r.cfg.IdleWarning, r.cfg.IdleLimit)
+		}
+		r.loggedOut(vm)
+	})
+
+	t.Run("the broker lost mid-session, then back", func(t *testing.T) {
+		r.broker.WaitFull()
+		r.session("broker-lost")
+		r.broker.Stop()
+		r.waitState(kioskd.Unreachable, time.Minute)
+		r.slideshowShown()
+		if left, _ := os.ReadDir(r.cfg.SessionDir); len(left) > 0 {
+			t.Errorf("files left in the session's tmpfs after the broker was lost: %v", left)
+		}
+		r.broker.Restart()
+		r.waitState(kioskd.Idle, 2*time.Minute)
+		r.broker.WaitFull()
+		vm := r.session("after-broker-back")
+		syscall.Kill(r.viewerPID(), syscall.SIGKILL)
+		r.loggedOut(vm)
+	})
+}

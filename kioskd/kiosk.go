@@ -1,0 +1,392 @@
+// Package kioskd is the kiosk's session manager: while idle it shows the
+// slideshow; a touch asks the broker for a VM and runs remote-viewer on it;
+// when the session ends, for whatever reason, it logs the visitor out by
+// force and goes back to the slideshow. It replaces the original kiosk's
+// lightdm, openbox, feh and remote.sh.
+//
+// Every state and every transition is in this file: State, the events
+// that move it (handle), and what entering a state does (enter).
+package kioskd
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/jezek/xgb/xproto"
+
+	"undervdi/kioskd/viewer"
+	"undervdi/kioskproto"
+)
+
+// State is where the kiosk is.
+type State int
+
+// The kiosk's states.
+const (
+	Idle        State = iota // the slideshow: "Touch to start"
+	Unreachable              // the slideshow with a notice; the broker is being retried
+	Requesting               // a visitor touched; asking the broker
+	Waiting                  // the broker queued us or prepares a VM
+	Connecting               // the viewer is starting on the offered VM
+	InSession                // the viewer is on screen
+	Ending                   // logging the visitor out
+)
+
+var stateNames = [...]string{"idle", "unreachable", "requesting", "waiting", "connecting", "in-session", "ending"}
+
+func (s State) String() string { return stateNames[s] }
+
+// Texts shown on the slideshow and the banner.
+const (
+	TextTouch       = "Touch to start"
+	TextPreparing   = "Preparing your workstation…"
+	TextUnavailable = "Service temporarily unavailable"
+	TextEnding      = "Thank you. Cleaning up…"
+	textWarning     = "Session ends in %d s — touch to continue"
+)
+
+// Display is what the kiosk shows while idle: the slideshow.
+type Display interface {
+	SetText(string)
+	SetVisible(bool)
+	Warn(string) // the banner over a session; "" hides it
+	Touches() <-chan struct{}
+}
+
+// Screen is the X display's window manager side.
+type Screen interface {
+	Mapped() <-chan xproto.Window // an application window (the viewer's) appeared
+	Idle() (time.Duration, error)
+}
+
+// Broker is the link to the broker: the kiosk protocol, or the original
+// signal port for a kiosk configured the old way.
+type Broker interface {
+	// Run keeps the link up, delivering events until ctx ends.
+	Run(ctx context.Context, events chan<- Event)
+	// Request asks for a session; the answer comes as events.
+	Request() error
+	// End ends the session (or a request) with a reason.
+	End(reason string)
+}
+
+// Session is one visitor's session on this kiosk: the viewer, and what the
+// logout must undo.
+type Session interface {
+	// Start launches the viewer for an offer.
+	Start(o kioskproto.Offer) (*viewer.Viewer, error)
+	// Logout forces the visitor out: it kills the viewer and every process
+	// of the session, wipes the session's files, resets the USB devices.
+	Logout(ctx context.Context, v *viewer.Viewer) error
+}
+
+// Event is something that happened: from the broker link, the viewer,
+// the screen or a timer.
+type Event interface{ event() }
+
+// Broker link events.
+type (
+	BrokerUp   struct{ IdleLimit time.Duration } // connected; the broker's idle limit (0: unchanged)
+	BrokerDown struct{ Err error }
+	Status     struct {
+		Ahead   int
+		Message string
+	}
+	Offer  struct{ Offer kioskproto.Offer }
+	End    struct{ Reason string }
+	Refuse struct{ Message string } // the broker refused a request
+)
+
+type (
+	touch        struct{}
+	viewerMapped struct{}
+	viewerExited struct {
+		v   *viewer.Viewer
+		err error
+	}
+	idleTick   struct{}
+	logoutDone struct{ err error }
+	timeout    struct{ state State }
+)
+
+func (BrokerUp) event()     {}
+func (BrokerDown) event()   {}
+func (Status) event()       {}
+func (Offer) event()        {}
+func (End) event()          {}
+func (Refuse) event()       {}
+func (touch) event()        {}
+func (viewerMapped) event() {}
+func (viewerExited) event() {}
+func (idleTick) event()     {}
+func (logoutDone) event()   {}
+func (timeout) event()      {}
+
+// Kiosk runs the kiosk.
+type Kiosk struct {
+	Display Display
+	Screen  Screen
+	Broker  Broker
+	Session Session
+	Log     *slog.Logger
+	// IdleLimit ends a session after this long without input. Unless
+	// IdleLimitFixed, the broker's welcome sets it. IdleWarning is how long
+	// before the end the banner shows.
+	IdleLimit      time.Duration
+	IdleLimitFixed bool
+	IdleWarning    time.Duration
+	// ConnectTimeout bounds the wait for the viewer's window.
+	ConnectTimeout time.Duration
+
+	state    State
+	up       bool // the broker link is up
+	notice   string
+	viewer   *viewer.Viewer
+	idle     atomic.Int64 // latest idle time, for heartbeats
+	events   chan Event
+	idleTick *time.Ticker
+	timer    *time.Timer
+	ctx      context.Context
+	onState  func(State) // tests observe transitions
+}
+
+// IdleTime is the visitor's latest idle time, as heartbeats report it.
+func (k *Kiosk) IdleTime() time.Duration { return time.Duration(k.idle.Load()) }
+
+// State is the kiosk's current state (for status and tests).
+func (k *Kiosk) State() State { return k.state }
+
+// OnState registers f to hear every transition (tests).
+func (k *Kiosk) OnState(f func(State)) { k.onState = f }
+
+// Run runs the kiosk until ctx ends.
+func (k *Kiosk) Run(ctx context.Context) error {
+	k.ctx = ctx
+	k.events = make(chan Event, 32)
+	if k.ConnectTimeout == 0 {
+		k.ConnectTimeout = 30 * time.Second
+	}
+	go k.Broker.Run(ctx, k.events)
+	k.enter(Idle)
+	for {
+		select {
+		case <-ctx.Done():
+			if k.viewer != nil {
+				k.Session.Logout(context.Background(), k.viewer)
+			}
+			return ctx.Err()
+		case <-k.Display.Touches():
+			k.handle(touch{})
+		case <-k.Screen.Mapped():
+			k.handle(viewerMapped{})
+		case ev := <-k.events:
+			k.handle(ev)
+		case <-k.tick():
+			k.handle(idleTick{})
+		}
+	}
+}
+
+func (k *Kiosk) tick() <-chan time.Time {
+	if k.idleTick == nil {
+		return nil
+	}
+	return k.idleTick.C
+}
+
+// handle moves the kiosk on an event. What each event means depends on
+// the state; everything not listed is ignored.
+func (k *Kiosk) handle(ev Event) {
+	switch e := ev.(type) {
+	case BrokerUp:
+		k.up = true
+		if e.IdleLimit > 0 && !k.IdleLimitFixed {
+			k.IdleLimit = e.IdleLimit
+		}
+		if k.state == Unreachable {
+			k.to(Idle, "the broker is back")
+		}
+	case BrokerDown:
+		k.up = false
+		k.Log.Warn("lost the broker", "err", e.Err)
+		switch k.state {
+		case Idle, Requesting, Waiting:
+			k.to(Unreachable, "broker unreachable")
+		case Connecting, InSession:
+			k.notice = TextUnavailable
+			k.to(Ending, "the broker went away")
+		}
+	case touch:
+		switch k.state {
+		case Idle:
+			k.to(Requesting, "touch")
+		case Unreachable:
+			// Nothing to ask yet; the notice stays until the broker is back.
+		}
+	case Status:
+		if k.state == Requesting || k.state == Waiting {
+			k.notice = e.Message
+			if k.notice == "" {
+				k.notice = queueText(e.Ahead)
+			}
+			k.to(Waiting, fmt.Sprintf("queued, %d ahead", e.Ahead))
+		}
+	case Refuse:
+		if k.state == Requesting || k.state == Waiting {
+			k.notice = e.Message
+			k.to(Unreachable, "the broker refused: "+e.Message)
+		}
+	case Offer:
+		if k.state != Requesting && k.state != Waiting {
+			k.Broker.End("the kiosk no longer waits for a VM")
+			return
+		}
+		v, err := k.Session.Start(e.Offer)
+		if err != nil {
+			k.Log.Error("cannot start the viewer", "err", err)
+			k.Broker.End("the kiosk could not start its viewer")
+			k.notice = TextUnavailable
+			k.to(Ending, "viewer failed to start")
+			return
+		}
+		k.viewer = v
+		go func() { <-v.Done(); k.events <- viewerExited{v: v, err: v.Err()} }()
+		k.to(Connecting, "offer for lease "+e.Offer.Lease)
+	case viewerMapped:
+		if k.state == Connecting {
+			k.to(InSession, "the viewer is on screen")
+		}
+	case viewerExited:
+		if e.v == k.viewer && (k.state == Connecting || k.state == InSession) {
+			k.Broker.End("the viewer exited")
+			k.to(Ending, fmt.Sprintf("the viewer exited (%v)", e.err))
+		}
+	case End:
+		switch k.state {
+		case Requesting, Waiting:
+			k.to(Idle, "the broker ended the request: "+e.Reason)
+		case Connecting, InSession:
+			k.to(Ending, "the broker ended the session: "+e.Reason)
+		}
+	case idleTick:
+		if k.state == InSession {
+			k.checkIdle()
+		}
+	case timeout:
+		if e.state == k.state && k.state == Connecting {
+			k.Broker.End("the viewer did not show up")
+			k.to(Ending, fmt.Sprintf("no viewer window within %v", k.ConnectTimeout))
+		}
+	case logoutDone:
+		if e.err != nil {
+			k.Log.Error("logout incomplete", "err", e.err)
+		}
+		if k.state == Ending {
+			if k.up {
+				k.to(Idle, "logged out")
+			} else {
+				k.to(Unreachable, "logged out; the broker is unreachable")
+			}
+		}
+	}
+}
+
+// checkIdle warns the visitor before the idle limit and ends the session
+// at it. The broker enforces the same limit from the heartbeats.
+func (k *Kiosk) checkIdle() {
+	idle, err := k.Screen.Idle()
+	if err != nil {
+		k.Log.Warn("cannot read the idle time", "err", err)
+		return
+	}
+	k.idle.Store(int64(idle))
+	switch left := k.IdleLimit - idle; {
+	case k.IdleLimit <= 0:
+	case left <= 0:
+		k.Display.Warn("")
+		k.Broker.End(fmt.Sprintf("idle for %v", idle.Round(time.Second)))
+		k.to(Ending, fmt.Sprintf("idle for %v", idle.Round(time.Second)))
+	case left <= k.IdleWarning:
+		k.Display.Warn(fmt.Sprintf(textWarning, int((left+time.Second-1)/time.Second)))
+	default:
+		k.Display.Warn("")
+	}
+}
+
+// to moves to state s and runs what entering it does.
+func (k *Kiosk) to(s State, why string) {
+	k.Log.Info("kiosk", "from", k.state, "to", s, "why", why)
+	k.enter(s)
+}
+
+// enter is what the kiosk does on entering a state.
+func (k *Kiosk) enter(s State) {
+	k.state = s
+	if k.timer != nil {
+		k.timer.Stop()
+		k.timer = nil
+	}
+	if s != InSession && k.idleTick != nil {
+		k.idleTick.Stop()
+		k.idleTick = nil
+		k.Display.Warn("")
+	}
+	switch s {
+	case Idle:
+		k.notice = ""
+		k.Display.SetText(TextTouch)
+		k.Display.SetVisible(true)
+	case Unreachable:
+		if k.notice == "" {
+			k.notice = TextUnavailable
+		}
+		k.Display.SetText(k.notice)
+		k.Display.SetVisible(true)
+	case Requesting:
+		k.Display.SetText(TextPreparing)
+		if err := k.Broker.Request(); err != nil {
+			k.notice = TextUnavailable
+			k.to(Unreachable, "cannot ask the broker: "+err.Error())
+		}
+	case Waiting:
+		k.Display.SetText(k.notice)
+	case Connecting:
+		// The slideshow stays until the viewer's window is there: no
+		// flash of an empty screen.
+		k.timer = time.AfterFunc(k.ConnectTimeout, func() { k.events <- timeout{state: Connecting} })
+	case InSession:
+		k.Display.SetVisible(false)
+		k.idle.Store(0)
+		k.idleTick = time.NewTicker(time.Second)
+	case Ending:
+		msg := TextEnding
+		if k.notice != "" {
+			msg = k.notice
+		}
+		k.Display.SetText(msg)
+		k.Display.SetVisible(true)
+		v := k.viewer
+		k.viewer = nil
+		go func() {
+			// The logout runs to its end even if kioskd is stopping.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			k.events <- logoutDone{err: k.Session.Logout(ctx, v)}
+		}()
+	}
+	if k.onState != nil {
+		k.onState(s)
+	}
+}
+
+// queueText is the slideshow's line for a queue position, when the broker
+// sends none.
+func queueText(ahead int) string {
+	if ahead <= 0 {
+		return TextPreparing
+	}
+	return fmt.Sprintf("%s (%d ahead of you)", TextPreparing, ahead)
+}

@@ -1,0 +1,217 @@
+package kioskd
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+	"golang.org/x/sys/unix"
+
+	"undervdi/kioskd/adsync"
+	"undervdi/kioskd/config"
+	"undervdi/kioskd/logout"
+	"undervdi/kioskd/screen"
+	"undervdi/kioskproto"
+	"undervdi/slideshow"
+)
+
+// Main runs kioskd until ctx ends: it starts (and restarts) the X server
+// when it owns it, mirrors the ads, and runs the kiosk on the display.
+func Main(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	return Run(ctx, cfg, log, nil)
+}
+
+// Run is Main with a hook that hears every state the kiosk enters (tests,
+// and a status display).
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, onState func(State)) error {
+	uid, gid, err := sessionUser(cfg.SessionUser)
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{cfg.AdsDir, cfg.SessionDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if !isTmpfs(cfg.SessionDir) {
+		log.Warn("the session directory is not a tmpfs: what a visitor writes touches the disk before it is wiped", "dir", cfg.SessionDir)
+	}
+	if url := cfg.Ads(); url != "" {
+		m := &adsync.Mirror{URL: url, Dir: cfg.AdsDir, Log: log}
+		go m.Run(ctx, cfg.AdsEvery)
+	}
+	var current atomic.Pointer[Kiosk] // for the heartbeats' idle time
+	link, err := newLink(cfg, log, func() time.Duration {
+		if k := current.Load(); k != nil {
+			return k.IdleTime()
+		}
+		return 0
+	})
+	if err != nil {
+		return err
+	}
+	var logind *logout.Logind
+	if cfg.Logind != "no" {
+		if conn, err := dbus.ConnectSystemBus(); err == nil && logout.Available(conn) {
+			logind = &logout.Logind{Conn: conn}
+		} else if cfg.Logind == "yes" {
+			return fmt.Errorf("logind = yes, but logind is not reachable on the system bus: %v", err)
+		}
+	}
+	var usb *logout.USB
+	if cfg.USBSysfs != "" {
+		usb = &logout.USB{Root: cfg.USBSysfs}
+	}
+	for {
+		var x *screen.XServer
+		if cfg.XServer != "" {
+			if x, err = screen.StartX(ctx, cfg.XServer, cfg.Display); err != nil {
+				log.Error("cannot start the X server; retrying", "err", err)
+				if sleep(ctx, 5*time.Second) != nil {
+					return nil
+				}
+				continue
+			}
+		}
+		err := runDisplay(ctx, cfg, log, link, &current, onState, &LocalSession{
+			Viewer: cfg.Viewer, Extra: strings.Fields(cfg.ViewerArgs), Dir: cfg.SessionDir, Display: cfg.Display,
+			UID: uid, GID: gid, USB: usb, Logind: logind, Log: log, Output: viewerOutput(log),
+		})
+		if x != nil {
+			x.Stop()
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if cfg.XServer == "" {
+			return err // not our X server: whoever runs kioskd restarts it
+		}
+		log.Error("the X server died; restarting it", "err", err)
+		if sleep(ctx, time.Second) != nil {
+			return nil
+		}
+	}
+}
+
+// runDisplay runs the kiosk on one X server's life.
+func runDisplay(ctx context.Context, cfg *config.Config, log *slog.Logger, link Broker, current *atomic.Pointer[Kiosk],
+	onState func(State), sess *LocalSession) error {
+	scr, err := screen.Open(cfg.Display, log)
+	if err != nil {
+		return err
+	}
+	defer scr.Close()
+	show, err := slideshow.Open(cfg.Display, slideshow.Config{
+		Dirs: []string{cfg.AdsDir, cfg.BackgroundDir}, Interval: cfg.SlideInterval, Log: log,
+		NoKeys: !strings.Contains(cfg.Touch, "key"), NoButtons: !strings.Contains(cfg.Touch, "button"),
+	})
+	if err != nil {
+		return err
+	}
+	defer show.Close()
+	sess.Screen = scr
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-scr.Done():
+			cancel()
+		case <-dctx.Done():
+		}
+	}()
+	go show.Run(dctx)
+	limit := cfg.IdleLimit
+	if limit == 0 {
+		limit = 5 * time.Minute // the broker's welcome may say otherwise
+	}
+	k := &Kiosk{Display: show, Screen: scr, Broker: link, Session: sess, Log: log,
+		IdleLimit: limit, IdleLimitFixed: cfg.IdleLimit != 0, IdleWarning: cfg.IdleWarning}
+	k.OnState(onState)
+	current.Store(k)
+	k.Run(dctx)
+	select {
+	case <-scr.Done():
+		return fmt.Errorf("lost the X display %s", cfg.Display)
+	default:
+		return ctx.Err()
+	}
+}
+
+func newLink(cfg *config.Config, log *slog.Logger, idle func() time.Duration) (Broker, error) {
+	if cfg.Legacy() {
+		log.Info("no kiosk id and token: speaking the original signal port", "server", cfg.Server, "port", cfg.LegacyPort)
+		return &LegacyLink{Server: cfg.Server, SignalPort: cfg.LegacyPort, SpicePort: cfg.SpicePort, Log: log, Retry: 10 * time.Second}, nil
+	}
+	d := kioskproto.Dialer{Addr: cfg.BrokerAddr(), Idle: idle}
+	if cfg.TLS {
+		tc := &tls.Config{ServerName: cfg.Server, MinVersion: tls.VersionTLS12}
+		if cfg.CA != "" {
+			pem, err := os.ReadFile(cfg.CA)
+			if err != nil {
+				return nil, fmt.Errorf("ca: %w", err)
+			}
+			tc.RootCAs = x509.NewCertPool()
+			if !tc.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("ca: no certificate in %s", cfg.CA)
+			}
+		}
+		d.TLS = tc
+	}
+	return &ProtocolLink{Dialer: d, ID: cfg.Kiosk, Token: cfg.Token, Software: "kioskd", Log: log}, nil
+}
+
+// sessionUser resolves the session user: a name or a numeric uid (the boot
+// image has no user database); "" is kioskd's own user.
+func sessionUser(spec string) (uid, gid int, err error) {
+	if spec == "" {
+		return 0, 0, nil
+	}
+	if n, err := strconv.Atoi(spec); err == nil {
+		if n == 0 {
+			return 0, 0, fmt.Errorf("session_user: the visitor must not be root")
+		}
+		return n, n, nil
+	}
+	u, err := user.Lookup(spec)
+	if err != nil {
+		return 0, 0, fmt.Errorf("session_user: %w", err)
+	}
+	uid, _ = strconv.Atoi(u.Uid)
+	gid, _ = strconv.Atoi(u.Gid)
+	if uid == 0 {
+		return 0, 0, fmt.Errorf("session_user: the visitor must not be root")
+	}
+	return uid, gid, nil
+}
+
+func isTmpfs(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Type == unix.TMPFS_MAGIC
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// viewerOutput passes the viewer's messages to the log at debug level.
+func viewerOutput(log *slog.Logger) io.Writer {
+	if !log.Enabled(context.Background(), slog.LevelDebug) {
+		return nil
+	}
+	return os.Stderr
+}
