@@ -72,15 +72,16 @@ func drawBand(dst *image.RGBA, r image.Rectangle, text string) {
 	drawText(dst, r, text, float64(r.Dy())/3)
 }
 
+// Faces cache glyphs and are not safe for concurrent use: textMu is held
+// while text is measured and drawn.
 var (
-	faceMu sync.Mutex
+	textMu sync.Mutex
 	faces  = map[float64]font.Face{}
 )
 
-// face returns Go's own sans-serif font at size: the kiosk needs no X fonts.
+// face returns Go's own sans-serif font at size: the kiosk needs no X
+// fonts. The caller holds textMu.
 func face(size float64) font.Face {
-	faceMu.Lock()
-	defer faceMu.Unlock()
 	if f, ok := faces[size]; ok {
 		return f
 	}
@@ -98,6 +99,8 @@ func face(size float64) font.Face {
 
 // drawText centres white text in r, shrinking it until it fits.
 func drawText(dst draw.Image, r image.Rectangle, text string, size float64) {
+	textMu.Lock()
+	defer textMu.Unlock()
 	for ; size > 8; size *= 0.9 {
 		f := face(size)
 		d := &font.Drawer{Dst: dst, Src: image.White, Face: f}

@@ -50,6 +50,7 @@ type Show struct {
 	touches chan struct{}
 	kick    chan struct{}
 	banner  *Banner
+	drawMu  sync.Mutex // one frame at a time
 
 	mu      sync.Mutex
 	text    string
@@ -357,7 +358,11 @@ func (s *Show) showFile(path string) {
 	s.redraw()
 }
 
+// redraw draws the current picture and text, one frame at a time (state
+// changes and page turns come from different goroutines).
 func (s *Show) redraw() {
+	s.drawMu.Lock()
+	defer s.drawMu.Unlock()
 	s.mu.Lock()
 	pic, text := s.picture, s.text
 	s.mu.Unlock()

@@ -10,8 +10,6 @@ import (
 	"image"
 	"image/color"
 	"image/png"
-	"io"
-	"log"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,12 +22,6 @@ import (
 
 	"undervdi/kioskd/screen"
 )
-
-func init() {
-	// xgb logs to stderr when there is no ~/.Xauthority, which an Xvfb
-	// started with -ac never needs.
-	xgb.Logger = log.New(io.Discard, "", 0)
-}
 
 // Server is a running Xvfb.
 type Server struct {

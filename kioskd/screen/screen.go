@@ -9,6 +9,8 @@ package screen
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"log/slog"
 	"sync"
 	"time"
@@ -17,6 +19,13 @@ import (
 	"github.com/jezek/xgb/screensaver"
 	"github.com/jezek/xgb/xproto"
 )
+
+func init() {
+	// xgb logs to stderr on its own: that there is no ~/.Xauthority (a
+	// kiosk's X server needs none) and that a connection died (which the
+	// caller learns and reports). kioskd says what matters itself.
+	xgb.Logger = log.New(io.Discard, "", 0)
+}
 
 // Screen is a connection to the X display acting as its window manager.
 type Screen struct {

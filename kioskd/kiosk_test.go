@@ -1,0 +1,268 @@
+package kioskd
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jezek/xgb/xproto"
+
+	"undervdi/kioskd/viewer"
+	"undervdi/kioskproto"
+)
+
+// Fakes for the kiosk's logic; the real parts run in integration_test.go.
+
+type fakeDisplay struct {
+	mu      sync.Mutex
+	text    string
+	visible bool
+	warn    string
+	touches chan struct{}
+}
+
+func (d *fakeDisplay) SetText(s string)         { d.mu.Lock(); d.text = s; d.mu.Unlock() }
+func (d *fakeDisplay) SetVisible(v bool)        { d.mu.Lock(); d.visible = v; d.mu.Unlock() }
+func (d *fakeDisplay) Warn(s string)            { d.mu.Lock(); d.warn = s; d.mu.Unlock() }
+func (d *fakeDisplay) Touches() <-chan struct{} { return d.touches }
+func (d *fakeDisplay) get() (string, bool, string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.text, d.visible, d.warn
+}
+
+type fakeScreen struct {
+	mapped chan xproto.Window
+	mu     sync.Mutex
+	idle   time.Duration
+}
+
+func (s *fakeScreen) Mapped() <-chan xproto.Window { return s.mapped }
+func (s *fakeScreen) Idle() (time.Duration, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.idle, nil
+}
+func (s *fakeScreen) setIdle(d time.Duration) { s.mu.Lock(); s.idle = d; s.mu.Unlock() }
+
+type fakeBroker struct {
+	events   chan<- Event
+	ready    chan struct{}
+	mu       sync.Mutex
+	requests int
+	ends     []string
+}
+
+func (b *fakeBroker) Run(ctx context.Context, events chan<- Event) {
+	b.events = events
+	close(b.ready)
+	events <- BrokerUp{}
+}
+func (b *fakeBroker) Request() error { b.mu.Lock(); b.requests++; b.mu.Unlock(); return nil }
+func (b *fakeBroker) End(reason string) {
+	b.mu.Lock()
+	b.ends = append(b.ends, reason)
+	b.mu.Unlock()
+}
+func (b *fakeBroker) endReasons() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Join(b.ends, "; ")
+}
+
+// fakeSession runs a stand-in viewer (a shell sleeping) so that kills and
+// exits are real.
+type fakeSession struct {
+	t       *testing.T
+	bin     string
+	mu      sync.Mutex
+	logouts int
+	viewers []*viewer.Viewer
+}
+
+func (s *fakeSession) Start(o kioskproto.Offer) (*viewer.Viewer, error) {
+	v, err := viewer.Launch(viewer.Options{Binary: s.bin, Dir: s.t.TempDir()}, o)
+	s.mu.Lock()
+	s.viewers = append(s.viewers, v)
+	s.mu.Unlock()
+	return v, err
+}
+
+func (s *fakeSession) started() []*viewer.Viewer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.viewers
+}
+func (s *fakeSession) Logout(ctx context.Context, v *viewer.Viewer) error {
+	if v != nil {
+		v.Stop(100 * time.Millisecond)
+	}
+	s.mu.Lock()
+	s.logouts++
+	s.mu.Unlock()
+	return nil
+}
+
+type harness struct {
+	t      *testing.T
+	k      *Kiosk
+	d      *fakeDisplay
+	s      *fakeScreen
+	b      *fakeBroker
+	sess   *fakeSession
+	states chan State
+}
+
+func newHarness(t *testing.T) *harness {
+	bin := filepath.Join(t.TempDir(), "viewer")
+	os.WriteFile(bin, []byte("#!/bin/sh\nexec sleep 300\n"), 0o755)
+	h := &harness{t: t, d: &fakeDisplay{touches: make(chan struct{}, 1)}, s: &fakeScreen{mapped: make(chan xproto.Window, 1)},
+		b: &fakeBroker{ready: make(chan struct{})}, sess: &fakeSession{t: t, bin: bin}, states: make(chan State, 64)}
+	log := slog.New(slog.DiscardHandler)
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	h.k = &Kiosk{Display: h.d, Screen: h.s, Broker: h.b, Session: h.sess, Log: log,
+		IdleLimit: time.Minute, IdleWarning: 30 * time.Second, ConnectTimeout: time.Minute}
+	h.k.OnState(func(s State) { h.states <- s })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { h.k.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	h.expect(Idle)
+	<-h.b.ready
+	return h
+}
+
+// expect waits for the kiosk to enter the states given, in order.
+func (h *harness) expect(want ...State) {
+	h.t.Helper()
+	for _, w := range want {
+		select {
+		case got := <-h.states:
+			if got != w {
+				h.t.Fatalf("state = %v, want %v", got, w)
+			}
+		case <-time.After(10 * time.Second):
+			h.t.Fatalf("the kiosk never became %v", w)
+		}
+	}
+}
+
+func (h *harness) event(e Event) { h.b.events <- e }
+func (h *harness) touch()        { h.d.touches <- struct{}{} }
+
+var offer = kioskproto.Offer{Lease: "l", Host: "h", Port: 1, Ticket: "t", Expires: time.Now().Add(time.Minute)}
+
+func (h *harness) startSession() {
+	h.t.Helper()
+	h.touch()
+	h.expect(Requesting)
+	h.event(Status{Ahead: 2})
+	h.expect(Waiting)
+	if text, _, _ := h.d.get(); text != "Preparing your workstation… (2 ahead of you)" {
+		h.t.Errorf("waiting text = %q", text)
+	}
+	h.event(Offer{Offer: offer})
+	h.expect(Connecting)
+	if _, visible, _ := h.d.get(); !visible {
+		h.t.Errorf("the slideshow went away before the viewer's window came")
+	}
+	h.s.mapped <- 1
+	h.expect(InSession)
+	if _, visible, _ := h.d.get(); visible {
+		h.t.Errorf("the slideshow is still shown during the session")
+	}
+}
+
+func TestViewerExitEndsSession(t *testing.T) {
+	h := newHarness(t)
+	h.startSession()
+	h.sess.started()[0].Stop(time.Second) // the viewer dies
+	h.expect(Ending, Idle)
+	if r := h.b.endReasons(); r != "the viewer exited" {
+		t.Errorf("told the broker %q", r)
+	}
+	if text, visible, _ := h.d.get(); text != TextTouch || !visible {
+		t.Errorf("after logout: %q visible=%v, want the slideshow saying %q", text, visible, TextTouch)
+	}
+}
+
+func TestIdleWarningThenEnd(t *testing.T) {
+	h := newHarness(t)
+	h.startSession()
+	h.s.setIdle(35 * time.Second)
+	time.Sleep(1500 * time.Millisecond)
+	if _, _, warn := h.d.get(); warn != "Session ends in 25 s — touch to continue" {
+		t.Errorf("warning = %q", warn)
+	}
+	h.s.setIdle(time.Second) // the visitor touched
+	time.Sleep(1500 * time.Millisecond)
+	if _, _, warn := h.d.get(); warn != "" {
+		t.Errorf("warning after a touch = %q, want none", warn)
+	}
+	h.s.setIdle(61 * time.Second)
+	h.expect(Ending, Idle)
+	if r := h.b.endReasons(); r != "idle for 1m1s" {
+		t.Errorf("told the broker %q", r)
+	}
+}
+
+func TestBrokerLostInSession(t *testing.T) {
+	h := newHarness(t)
+	h.startSession()
+	h.event(BrokerDown{})
+	h.expect(Ending, Unreachable)
+	if text, visible, _ := h.d.get(); text != TextUnavailable || !visible {
+		t.Errorf("after losing the broker: %q visible=%v", text, visible)
+	}
+	h.touch() // nothing to ask
+	h.event(BrokerUp{})
+	h.expect(Idle)
+	h.b.mu.Lock()
+	defer h.b.mu.Unlock()
+	if h.b.requests != 1 {
+		t.Errorf("%d requests, want 1: a touch while unreachable must not ask", h.b.requests)
+	}
+}
+
+func TestStaleOfferIsReturned(t *testing.T) {
+	h := newHarness(t)
+	h.event(Offer{Offer: offer})
+	time.Sleep(100 * time.Millisecond)
+	if r := h.b.endReasons(); r != "the kiosk no longer waits for a VM" {
+		t.Errorf("a stale offer: told the broker %q", r)
+	}
+	if len(h.sess.started()) != 0 {
+		t.Errorf("a viewer started for an offer nobody asked for")
+	}
+}
+
+func TestViewerThatNeverShows(t *testing.T) {
+	h := newHarness(t)
+	h.k.ConnectTimeout = 200 * time.Millisecond
+	h.touch()
+	h.expect(Requesting)
+	h.event(Offer{Offer: offer})
+	h.expect(Connecting, Ending, Idle)
+	if r := h.b.endReasons(); r != "the viewer did not show up" {
+		t.Errorf("told the broker %q", r)
+	}
+}
+
+func TestBrokerEndsRequest(t *testing.T) {
+	h := newHarness(t)
+	h.touch()
+	h.expect(Requesting)
+	h.event(End{Reason: "no VM"})
+	h.expect(Idle)
+	h.touch()
+	h.expect(Requesting)
+	h.event(Refuse{Message: TextUnavailable})
+	h.expect(Unreachable)
+}
