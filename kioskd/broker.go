@@ -61,7 +61,8 @@ func (b *ProtocolLink) Run(ctx context.Context, events chan<- Event) {
 		b.client = c
 		b.mu.Unlock()
 		stop := context.AfterFunc(ctx, func() { c.Close() })
-		events <- BrokerUp{IdleLimit: time.Duration(c.Welcome().IdleLimitSeconds) * time.Second}
+		w := c.Welcome()
+		events <- BrokerUp{IdleLimit: time.Duration(w.IdleLimitSeconds) * time.Second, Viewer: w.Viewer}
 		for m := range c.Messages() {
 			switch m.Type {
 			case kioskproto.TStatus:
@@ -114,6 +115,11 @@ func (b *ProtocolLink) End(reason string) {
 	}
 }
 
+// LegacyViewer are the viewer settings of the original remote.sh:
+// --spice-disable-audio --spice-disable-effects=animation
+// --spice-preferred-compression=auto-glz.
+var LegacyViewer = kioskproto.Viewer{DisableAudio: true, DisableEffects: "animation", Compression: "auto-glz"}
+
 // LegacyLink speaks the original signal port, for a kiosk configured the
 // old way (no kiosk id and token): on a request it connects, waits for
 // "RULE ADDED, CONNECT NOW!", and offers the SPICE gateway without a
@@ -137,7 +143,7 @@ func (b *LegacyLink) Run(ctx context.Context, events chan<- Event) {
 	b.mu.Lock()
 	b.events = events
 	b.mu.Unlock()
-	events <- BrokerUp{}
+	events <- BrokerUp{Viewer: &LegacyViewer}
 	<-ctx.Done()
 	b.End("kioskd stopping")
 }
@@ -165,7 +171,7 @@ func (b *LegacyLink) Request() error {
 				if !offered {
 					offered = true
 					events <- Offer{Offer: kioskproto.Offer{Lease: "legacy", Host: b.Server, Port: b.SpicePort,
-						Expires: time.Now().Add(10 * time.Second)}}
+						Expires: time.Now().Add(10 * time.Second), Viewer: LegacyViewer}}
 				}
 			case strings.HasPrefix(line, "WAITING: "):
 				events <- Status{Message: strings.TrimPrefix(line, "WAITING: ")}
@@ -190,7 +196,7 @@ func (b *LegacyLink) unavailable(err error) {
 	go func() {
 		events <- Refuse{Message: TextUnavailable}
 		time.Sleep(b.Retry)
-		events <- BrokerUp{}
+		events <- BrokerUp{Viewer: &LegacyViewer}
 	}()
 }
 

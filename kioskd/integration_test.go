@@ -40,19 +40,21 @@ var slideColor = color.RGBA{0xf0, 0x80, 0x20, 0xff}
 
 // rig is a kioskd under Xvfb, speaking to a real broker on real libvirt.
 type rig struct {
-	t      *testing.T
+	t      testing.TB
 	bed    *testbed.Bed
 	broker *brokertest.Broker
 	x      *xvfb.Server
 	cfg    *config.Config
 	uid    int
 
+	sessionViewer int // pid of the current session's viewer
+
 	mu     sync.Mutex
 	state  kioskd.State
 	states []kioskd.State
 }
 
-func startKiosk(t *testing.T, bed *testbed.Bed, kioskPort int) *rig {
+func startKiosk(t testing.TB, bed *testbed.Bed, kioskPort int) *rig {
 	r := &rig{t: t, bed: bed}
 	var err error
 	if r.x, err = xvfb.Start(context.Background(), 800, 600); err != nil {
@@ -107,7 +109,23 @@ func startKiosk(t *testing.T, bed *testbed.Bed, kioskPort int) *rig {
 	return r
 }
 
-func writePNG(t *testing.T, path string, c color.RGBA) {
+// writeTestImage writes a 1024x768 photo-like image (gradients, so the
+// PNG decoder and scaler work as they would on a real ad).
+func writeTestImage(t testing.TB, path string, seed int) {
+	img := image.NewRGBA(image.Rect(0, 0, 1024, 768))
+	for y := 0; y < 768; y++ {
+		for x := 0; x < 1024; x++ {
+			img.Set(x, y, color.RGBA{uint8(x + seed*80), uint8(y), uint8(x ^ y), 0xff})
+		}
+	}
+	var b bytes.Buffer
+	png.Encode(&b, img)
+	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writePNG(t testing.TB, path string, c color.RGBA) {
 	img := image.NewRGBA(image.Rect(0, 0, 64, 48))
 	for i := 0; i < len(img.Pix); i += 4 {
 		img.Pix[i], img.Pix[i+1], img.Pix[i+2], img.Pix[i+3] = c.R, c.G, c.B, c.A
@@ -119,12 +137,20 @@ func writePNG(t *testing.T, path string, c color.RGBA) {
 	}
 }
 
+// waitState waits until the kiosk is in state s, or has been since the
+// last wait (transitions can be quicker than polling).
 func (r *rig) waitState(s kioskd.State, d time.Duration) {
 	r.t.Helper()
 	brokertest.WaitFor(r.t, d, "the kiosk to be "+s.String(), func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		return r.state == s
+		for i, st := range r.states {
+			if st == s {
+				r.states = r.states[i:] // the match is where the kiosk is now
+				return true
+			}
+		}
+		return false
 	})
 }
 
@@ -174,10 +200,12 @@ func (r *rig) guestShown(name string) {
 	})
 }
 
-// session starts a session with a touch and returns its VM.
+// session starts a session with a touch and returns its VM. The visitor
+// leaves a file in their home.
 func (r *rig) session(name string) string {
 	r.t.Helper()
 	r.waitState(kioskd.Idle, time.Minute)
+	r.slideshowShown()
 	r.touch()
 	r.waitState(kioskd.InSession, 2*time.Minute)
 	var vm string
@@ -191,14 +219,23 @@ func (r *rig) session(name string) string {
 		return false
 	})
 	r.guestShown(name)
+	r.sessionViewer = r.viewerPID()
+	marker := filepath.Join(r.cfg.SessionDir, "home", "visitor-data.txt")
+	if err := os.WriteFile(marker, []byte("the visitor's"), 0o600); err != nil {
+		r.t.Fatal(err)
+	}
 	return vm
 }
 
 // loggedOut checks the session left nothing: the kiosk is back on the
-// slideshow, the VM and its disk are gone, no process of the session user
-// is left, and the session's tmpfs is empty.
+// slideshow, the VM and its disk are gone, the session's viewer and every
+// other process of the session user are gone (but for the next visitor's
+// viewer, fresh and waiting), and nothing in the session's tmpfs is older
+// than the logout.
 func (r *rig) loggedOut(vm string) {
 	r.t.Helper()
+	r.waitState(kioskd.Ending, time.Minute)
+	ending := time.Now()
 	r.waitState(kioskd.Idle, time.Minute)
 	r.slideshowShown()
 	brokertest.WaitFor(r.t, time.Minute, vm+" destroyed with its disk", func() bool {
@@ -206,12 +243,28 @@ func (r *rig) loggedOut(vm string) {
 		overlays, _ := filepath.Glob(filepath.Join(r.bed.OverlayDir, vm+"-*"))
 		return libvirt.IsNotFound(err) && len(overlays) == 0
 	})
-	if out, _ := exec.Command("pgrep", "-u", strconv.Itoa(r.uid), "-l").Output(); len(out) > 0 {
-		r.t.Errorf("processes of the session user left after logout:\n%s", out)
+	out, _ := exec.Command("pgrep", "-u", strconv.Itoa(r.uid), "-l").Output()
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		if pid, _ := strconv.Atoi(f[0]); pid == r.sessionViewer || f[1] != "remote-viewer" {
+			r.t.Errorf("a process of the session survived the logout: %s", line)
+		}
 	}
-	if left, _ := os.ReadDir(r.cfg.SessionDir); len(left) > 0 {
-		r.t.Errorf("files left in the session's tmpfs: %v", left)
-	}
+	filepath.WalkDir(r.cfg.SessionDir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || p == r.cfg.SessionDir {
+			return nil
+		}
+		if d.Name() == "visitor-data.txt" {
+			r.t.Errorf("the visitor's file survived the logout: %s", p)
+		}
+		if st, err := os.Lstat(p); err == nil && st.ModTime().Before(ending.Add(-time.Second)) {
+			r.t.Errorf("%s (modified %v) is older than the logout (%v)", p, st.ModTime(), ending)
+		}
+		return nil
+	})
 }
 
 func (r *rig) viewerPID() int {

@@ -76,7 +76,10 @@ type Broker interface {
 // Session is one visitor's session on this kiosk: the viewer, and what the
 // logout must undo.
 type Session interface {
-	// Start launches the viewer for an offer.
+	// Prepare starts the next visitor's viewer ahead of time, with the
+	// settings offers will carry, so a touch does not wait for it to start.
+	Prepare(settings kioskproto.Viewer)
+	// Start runs the viewer for an offer (the prepared one if it fits).
 	Start(o kioskproto.Offer) (*viewer.Viewer, error)
 	// Logout forces the visitor out: it kills the viewer and every process
 	// of the session, wipes the session's files, resets the USB devices.
@@ -89,7 +92,10 @@ type Event interface{ event() }
 
 // Broker link events.
 type (
-	BrokerUp   struct{ IdleLimit time.Duration } // connected; the broker's idle limit (0: unchanged)
+	BrokerUp struct {
+		IdleLimit time.Duration      // the broker's idle limit (0: unchanged)
+		Viewer    *kioskproto.Viewer // the viewer settings offers will carry, if known
+	}
 	BrokerDown struct{ Err error }
 	Status     struct {
 		Ahead   int
@@ -142,7 +148,8 @@ type Kiosk struct {
 	ConnectTimeout time.Duration
 
 	state    State
-	up       bool // the broker link is up
+	up       bool              // the broker link is up
+	settings kioskproto.Viewer // the viewer settings the broker's offers carry
 	notice   string
 	viewer   *viewer.Viewer
 	idle     atomic.Int64 // latest idle time, for heartbeats
@@ -206,8 +213,14 @@ func (k *Kiosk) handle(ev Event) {
 		if e.IdleLimit > 0 && !k.IdleLimitFixed {
 			k.IdleLimit = e.IdleLimit
 		}
-		if k.state == Unreachable {
+		if e.Viewer != nil {
+			k.settings = *e.Viewer
+		}
+		switch k.state {
+		case Unreachable:
 			k.to(Idle, "the broker is back")
+		case Idle:
+			k.Session.Prepare(k.settings)
 		}
 	case BrokerDown:
 		k.up = false
@@ -339,6 +352,7 @@ func (k *Kiosk) enter(s State) {
 		k.notice = ""
 		k.Display.SetText(TextTouch)
 		k.Display.SetVisible(true)
+		k.Session.Prepare(k.settings)
 	case Unreachable:
 		if k.notice == "" {
 			k.notice = TextUnavailable

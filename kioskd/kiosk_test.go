@@ -85,8 +85,10 @@ type fakeSession struct {
 	viewers []*viewer.Viewer
 }
 
+func (s *fakeSession) Prepare(kioskproto.Viewer) {}
+
 func (s *fakeSession) Start(o kioskproto.Offer) (*viewer.Viewer, error) {
-	v, err := viewer.Launch(viewer.Options{Binary: s.bin, Dir: s.t.TempDir()}, o)
+	v, err := viewer.Launch(viewer.Options{Binary: s.bin}, o)
 	s.mu.Lock()
 	s.viewers = append(s.viewers, v)
 	s.mu.Unlock()
@@ -120,7 +122,7 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	bin := filepath.Join(t.TempDir(), "viewer")
-	os.WriteFile(bin, []byte("#!/bin/sh\nexec sleep 300\n"), 0o755)
+	os.WriteFile(bin, []byte("#!/bin/sh\ncat > /dev/null\nexec sleep 300\n"), 0o755)
 	h := &harness{t: t, d: &fakeDisplay{touches: make(chan struct{}, 1)}, s: &fakeScreen{mapped: make(chan xproto.Window, 1)},
 		b: &fakeBroker{ready: make(chan struct{})}, sess: &fakeSession{t: t, bin: bin}, states: make(chan State, 64)}
 	log := slog.New(slog.DiscardHandler)

@@ -8,7 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -72,6 +74,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, onState func
 	if cfg.USBSysfs != "" {
 		usb = &logout.USB{Root: cfg.USBSysfs}
 	}
+	gst := gstRegistry(ctx, filepath.Join(filepath.Dir(cfg.SessionDir), "gstreamer-registry.bin"), log)
 	for {
 		var x *screen.XServer
 		if cfg.XServer != "" {
@@ -85,7 +88,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, onState func
 		}
 		err := runDisplay(ctx, cfg, log, link, &current, onState, &LocalSession{
 			Viewer: cfg.Viewer, Extra: strings.Fields(cfg.ViewerArgs), Dir: cfg.SessionDir, Display: cfg.Display,
-			UID: uid, GID: gid, USB: usb, Logind: logind, Log: log, Output: viewerOutput(log),
+			UID: uid, GID: gid, USB: usb, Logind: logind, Log: log, Output: viewerOutput(log), GStreamer: gst,
 		})
 		if x != nil {
 			x.Stop()
@@ -214,4 +217,28 @@ func viewerOutput(log *slog.Logger) io.Writer {
 		return nil
 	}
 	return os.Stderr
+}
+
+// gstRegistry builds GStreamer's plugin registry once, as root, outside the
+// session's tmpfs, and returns its path ("" if it cannot). Without it every
+// session starts with a wiped cache, and remote-viewer spends a second and
+// more scanning plugins before it shows anything. Sessions read it and
+// cannot change it, so no visitor leaves anything there for the next.
+func gstRegistry(ctx context.Context, path string, log *slog.Logger) string {
+	tool, err := exec.LookPath("gst-inspect-1.0")
+	if err != nil {
+		log.Info("no gst-inspect-1.0: remote-viewer will scan GStreamer's plugins at every session (slower start)")
+		return ""
+	}
+	cmd := exec.CommandContext(ctx, tool)
+	cmd.Env = append(os.Environ(), "GST_REGISTRY="+path)
+	if err := cmd.Run(); err != nil {
+		log.Warn("cannot build GStreamer's plugin registry", "err", err)
+		return ""
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		log.Warn("cannot share GStreamer's plugin registry with the session user", "err", err)
+		return ""
+	}
+	return path
 }

@@ -32,22 +32,39 @@ type LocalSession struct {
 	Screen   interface{ ClearSession() error }
 	Output   io.Writer // the viewer's messages
 	Log      *slog.Logger
+	// GStreamer is a prebuilt plugin registry the viewer reads, or "".
+	GStreamer string
 
 	usbAtStart []logout.Device
+	prepared   *viewer.Viewer // the next visitor's viewer, waiting for an offer
 }
 
-// Start implements Session.
+// Prepare implements Session: a viewer starts now, as the session user,
+// and waits on stdin for the next visitor's offer.
+func (s *LocalSession) Prepare(settings kioskproto.Viewer) {
+	if v := s.prepared; v != nil {
+		if !v.Exited() && v.Settings() == settings {
+			return
+		}
+		v.Stop(time.Second)
+		s.prepared = nil
+	}
+	v, err := viewer.Prepare(s.options(), settings)
+	if err != nil {
+		s.Log.Warn("cannot start the viewer ahead of time", "err", err)
+		return
+	}
+	s.prepared = v
+}
+
+// Start implements Session: the prepared viewer gets the offer, or, if its
+// settings differ (the broker's configuration changed), a new one starts.
 func (s *LocalSession) Start(o kioskproto.Offer) (*viewer.Viewer, error) {
-	home, run := filepath.Join(s.Dir, "home"), filepath.Join(s.Dir, "run")
-	for _, d := range []string{home, run} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, err
-		}
-		if s.UID != 0 {
-			if err := os.Chown(d, s.UID, s.GID); err != nil {
-				return nil, err
-			}
-		}
+	v := s.prepared
+	s.prepared = nil
+	if v != nil && (v.Exited() || v.Settings() != o.Viewer) {
+		v.Stop(time.Second)
+		v = nil
 	}
 	if s.USB != nil {
 		devs, err := s.USB.Devices()
@@ -55,6 +72,28 @@ func (s *LocalSession) Start(o kioskproto.Offer) (*viewer.Viewer, error) {
 			s.Log.Warn("cannot list USB devices at session start", "err", err)
 		}
 		s.usbAtStart = devs
+	}
+	if v == nil {
+		return viewer.Launch(s.options(), o)
+	}
+	if err := v.Connect(o); err != nil {
+		v.Stop(time.Second)
+		return nil, err
+	}
+	return v, nil
+}
+
+// options are how the session's viewer runs: as the session user, with its
+// home and runtime directories in the session tmpfs.
+func (s *LocalSession) options() viewer.Options {
+	home, run := filepath.Join(s.Dir, "home"), filepath.Join(s.Dir, "run")
+	for _, d := range []string{home, run} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			s.Log.Warn("cannot make the session's directories", "err", err)
+		}
+		if s.UID != 0 {
+			os.Chown(d, s.UID, s.GID)
+		}
 	}
 	var cred *syscall.Credential
 	if s.UID != 0 {
@@ -65,8 +104,10 @@ func (s *LocalSession) Start(o kioskproto.Offer) (*viewer.Viewer, error) {
 		"XDG_CACHE_HOME=" + filepath.Join(home, ".cache"), "XDG_CONFIG_HOME=" + filepath.Join(home, ".config"),
 		"PATH=/usr/bin:/bin", "LANG=C.UTF-8",
 	}
-	return viewer.Launch(viewer.Options{Binary: s.Viewer, Dir: run, Env: env, Kiosk: true, Extra: s.Extra,
-		Output: s.Output, Credential: cred}, o)
+	if s.GStreamer != "" {
+		env = append(env, "GST_REGISTRY="+s.GStreamer, "GST_REGISTRY_UPDATE=no")
+	}
+	return viewer.Options{Binary: s.Viewer, Env: env, Kiosk: true, Extra: s.Extra, Output: s.Output, Credential: cred}
 }
 
 // Logout implements Session: the viewer's process group and every process

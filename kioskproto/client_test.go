@@ -35,7 +35,7 @@ func TestClientHeartbeatsAndOffers(t *testing.T) {
 			t.Errorf("hello = %+v, %v", m, err)
 			return
 		}
-		WriteMessage(c, NewWelcome(time.Second, time.Minute, "test"))
+		WriteMessage(c, NewWelcome(time.Second, time.Minute, "test", Viewer{}))
 		for {
 			m, err := ReadMessage(c)
 			if err != nil {
@@ -86,7 +86,7 @@ func TestClientRefused(t *testing.T) {
 func TestClientNoticesSilentBroker(t *testing.T) {
 	addr := fakeBroker(t, func(c net.Conn) {
 		ReadMessage(c)
-		WriteMessage(c, NewWelcome(time.Second, time.Minute, "test"))
+		WriteMessage(c, NewWelcome(time.Second, time.Minute, "test", Viewer{}))
 		time.Sleep(10 * time.Second) // then says nothing more
 	})
 	c, err := Dialer{Addr: addr}.Dial(context.Background(), "k1", "tok", "")

@@ -66,10 +66,11 @@ type Hello struct {
 
 // Welcome accepts a kiosk and tells it the broker's timings.
 type Welcome struct {
-	Version          int    `json:"version"`
-	HeartbeatSeconds int    `json:"heartbeat_seconds"` // send a heartbeat at least this often
-	IdleLimitSeconds int    `json:"idle_limit_seconds"`
-	Broker           string `json:"broker,omitempty"`
+	Version          int     `json:"version"`
+	HeartbeatSeconds int     `json:"heartbeat_seconds"` // send a heartbeat at least this often
+	IdleLimitSeconds int     `json:"idle_limit_seconds"`
+	Broker           string  `json:"broker,omitempty"`
+	Viewer           *Viewer `json:"viewer,omitempty"` // what offers will say, so the viewer can start early
 }
 
 // Request asks for a session: a VM for the visitor at the kiosk.
@@ -251,6 +252,9 @@ func (m *Message) Validate() error {
 		num("heartbeat_seconds", m.Welcome.HeartbeatSeconds, 3600)
 		num("idle_limit_seconds", m.Welcome.IdleLimitSeconds, 7*24*3600)
 		text("broker", m.Welcome.Broker, maxID, false)
+		if v := m.Welcome.Viewer; v != nil {
+			checkViewer(text, *v)
+		}
 	case TStatus:
 		if s := m.Status.State; s != StateQueued && s != StatePreparing {
 			errs = append(errs, fmt.Errorf("state %q unknown", clip(s)))
@@ -263,11 +267,7 @@ func (m *Message) Validate() error {
 		text("host", o.Host, 255, true)
 		num("port", o.Port, 65535)
 		text("ticket", o.Ticket, 60, true) // SPICE passwords are at most 60 bytes
-		text("viewer.title", o.Viewer.Title, maxText, false)
-		text("viewer.disable_effects", o.Viewer.DisableEffects, maxID, false)
-		text("viewer.compression", o.Viewer.Compression, maxID, false)
-		text("viewer.usb_auto_redirect", o.Viewer.USBAutoRedirect, maxText, false)
-		text("viewer.usb_redirect_connect", o.Viewer.USBRedirectConnect, maxText, false)
+		checkViewer(text, o.Viewer)
 		if o.Port == 0 || o.Expires.IsZero() {
 			errs = append(errs, errors.New("port and expires are required"))
 		}
@@ -285,6 +285,14 @@ func (m *Message) Validate() error {
 	return nil
 }
 
+func checkViewer(text func(field, s string, max int, required bool), v Viewer) {
+	text("viewer.title", v.Title, maxText, false)
+	text("viewer.disable_effects", v.DisableEffects, maxID, false)
+	text("viewer.compression", v.Compression, maxID, false)
+	text("viewer.usb_auto_redirect", v.USBAutoRedirect, maxText, false)
+	text("viewer.usb_redirect_connect", v.USBRedirectConnect, maxText, false)
+}
+
 func clip(s string) string {
 	if len(s) > 32 {
 		return s[:32] + "..."
@@ -300,10 +308,12 @@ func NewHello(id, token, software string) *Message {
 	return &Message{Type: THello, Hello: &Hello{Version: Version, Kiosk: id, Token: token, Software: software}}
 }
 
-// NewWelcome returns a welcome with the broker's timings.
-func NewWelcome(heartbeat, idleLimit time.Duration, broker string) *Message {
+// NewWelcome returns a welcome with the broker's timings and viewer
+// settings.
+func NewWelcome(heartbeat, idleLimit time.Duration, broker string, viewer Viewer) *Message {
 	return &Message{Type: TWelcome, Welcome: &Welcome{Version: Version,
-		HeartbeatSeconds: int(heartbeat / time.Second), IdleLimitSeconds: int(idleLimit / time.Second), Broker: broker}}
+		HeartbeatSeconds: int(heartbeat / time.Second), IdleLimitSeconds: int(idleLimit / time.Second), Broker: broker,
+		Viewer: &viewer}}
 }
 
 // NewRequest returns a session request.

@@ -22,7 +22,7 @@ func TestRoundTrip(t *testing.T) {
 	expires := time.Date(2026, 11, 23, 10, 0, 10, 0, time.UTC)
 	for _, m := range []*Message{
 		NewHello("lobby-1", "s3cret", "kioskd 0.1"),
-		NewWelcome(5*time.Second, 5*time.Minute, "vdi-broker"),
+		NewWelcome(5*time.Second, 5*time.Minute, "vdi-broker", Viewer{Title: "undervdi", DisableAudio: true}),
 		NewRequest(),
 		NewStatus(StateQueued, 2, "2 visitors ahead of you"),
 		NewStatus(StatePreparing, 0, ""),

@@ -1,18 +1,18 @@
 // Package viewer starts remote-viewer for a session and stops everything it
-// started. The connection file (.vv), which holds the one-time ticket, is
-// written to tmpfs readable by its owner only, and remote-viewer deletes it
-// once read. The viewer runs in a process group of its own, so ending a
-// session kills every process the viewer spawned.
+// started. The viewer can start ahead of the visitor (Prepare): it
+// initializes and waits for its connection file on stdin, where the offer
+// arrives (Connect), so the one-time ticket never touches a file system and
+// the visitor does not wait for GTK to start. The viewer runs in a process
+// group of its own, so ending a session kills every process it spawned.
 package viewer
 
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,7 +25,6 @@ import (
 // Options say how to run the viewer.
 type Options struct {
 	Binary string   // remote-viewer; default "remote-viewer"
-	Dir    string   // where the .vv file goes: a tmpfs
 	Env    []string // environment (DISPLAY, HOME in the session's tmpfs)
 	Kiosk  bool     // --kiosk --kiosk-quit=on-disconnect: the visitor cannot leave it
 	Extra  []string // more remote-viewer arguments (the operator's)
@@ -36,10 +35,11 @@ type Options struct {
 
 // Viewer is a running remote-viewer.
 type Viewer struct {
-	cmd  *exec.Cmd
-	vv   string
-	done chan struct{}
-	err  error
+	cmd      *exec.Cmd
+	stdin    io.WriteCloser
+	settings kioskproto.Viewer
+	done     chan struct{}
+	err      error
 }
 
 // WriteVV writes the virt-viewer connection file for an offer.
@@ -56,7 +56,6 @@ func WriteVV(w io.Writer, o kioskproto.Offer) error {
 	kv("port", strconv.Itoa(o.Port))
 	kv("password", o.Ticket)
 	kv("title", o.Viewer.Title)
-	kv("delete-this-file", "1")
 	kv("fullscreen", "1")
 	kv("disable-effects", o.Viewer.DisableEffects)
 	kv("enable-usbredir", "1")
@@ -71,66 +70,92 @@ func WriteVV(w io.Writer, o kioskproto.Offer) error {
 	return bw.Flush()
 }
 
-// Args returns remote-viewer's command line for an offer, after the .vv file.
-func Args(o kioskproto.Offer, kiosk bool) []string {
+// Args returns remote-viewer's options for the viewer settings of offers.
+func Args(v kioskproto.Viewer, kiosk bool) []string {
 	var args []string
 	if kiosk {
 		args = append(args, "--kiosk", "--kiosk-quit=on-disconnect")
 	}
-	if o.Viewer.DisableAudio {
+	if v.DisableAudio {
 		args = append(args, "--spice-disable-audio")
 	}
-	if o.Viewer.Compression != "" {
-		args = append(args, "--spice-preferred-compression="+o.Viewer.Compression)
+	if v.Compression != "" {
+		args = append(args, "--spice-preferred-compression="+v.Compression)
 	}
-	if o.Viewer.USBAutoRedirect != "" {
-		args = append(args, "--spice-usbredir-auto-redirect-filter="+o.Viewer.USBAutoRedirect)
+	if v.USBAutoRedirect != "" {
+		args = append(args, "--spice-usbredir-auto-redirect-filter="+v.USBAutoRedirect)
 	}
-	if o.Viewer.USBRedirectConnect != "" {
-		args = append(args, "--spice-usbredir-redirect-on-connect="+o.Viewer.USBRedirectConnect)
+	if v.USBRedirectConnect != "" {
+		args = append(args, "--spice-usbredir-redirect-on-connect="+v.USBRedirectConnect)
 	}
 	return args
 }
 
-// Launch writes the .vv file and starts remote-viewer on it.
-func Launch(opts Options, o kioskproto.Offer) (*Viewer, error) {
+// Prepare starts remote-viewer ahead of an offer with the given settings:
+// it starts up and waits, with no window, for Connect.
+func Prepare(opts Options, settings kioskproto.Viewer) (*Viewer, error) {
 	bin := opts.Binary
 	if bin == "" {
 		bin = "remote-viewer"
 	}
-	f, err := os.CreateTemp(opts.Dir, "session-*.vv")
-	if err != nil {
-		return nil, fmt.Errorf("viewer: connection file: %w", err)
-	}
-	if err := f.Chmod(0o600); err == nil && opts.Credential != nil {
-		err = f.Chown(int(opts.Credential.Uid), int(opts.Credential.Gid))
-	}
-	if err == nil {
-		err = WriteVV(f, o)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return nil, fmt.Errorf("viewer: connection file: %w", err)
-	}
-	v := &Viewer{vv: f.Name(), done: make(chan struct{})}
-	args := append(append([]string{f.Name()}, Args(o, opts.Kiosk)...), opts.Extra...)
+	v := &Viewer{settings: settings, done: make(chan struct{})}
+	args := append(append([]string{"-"}, Args(settings, opts.Kiosk)...), opts.Extra...)
 	v.cmd = exec.Command(bin, args...)
 	v.cmd.Env = opts.Env
 	v.cmd.Stdout, v.cmd.Stderr = opts.Output, opts.Output
 	v.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: opts.Credential}
+	var err error
+	if v.stdin, err = v.cmd.StdinPipe(); err != nil {
+		return nil, err
+	}
 	if err := v.cmd.Start(); err != nil {
-		os.Remove(f.Name())
 		return nil, fmt.Errorf("viewer: %w", err)
 	}
 	go func() {
 		v.err = v.cmd.Wait()
-		os.Remove(v.vv) // in case it died before reading it
 		close(v.done)
 	}()
 	return v, nil
+}
+
+// Connect hands a prepared viewer its offer: the connection file goes to
+// its stdin.
+func (v *Viewer) Connect(o kioskproto.Offer) error {
+	if v.stdin == nil {
+		return errors.New("viewer: already connected")
+	}
+	err := errors.Join(WriteVV(v.stdin, o), v.stdin.Close())
+	v.stdin = nil
+	if err != nil {
+		return fmt.Errorf("viewer: handing over the offer: %w", err)
+	}
+	return nil
+}
+
+// Launch starts remote-viewer on an offer: Prepare, then Connect.
+func Launch(opts Options, o kioskproto.Offer) (*Viewer, error) {
+	v, err := Prepare(opts, o.Viewer)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.Connect(o); err != nil {
+		v.Stop(time.Second)
+		return nil, err
+	}
+	return v, nil
+}
+
+// Settings are the viewer settings it was started with.
+func (v *Viewer) Settings() kioskproto.Viewer { return v.settings }
+
+// Exited reports whether the viewer has exited.
+func (v *Viewer) Exited() bool {
+	select {
+	case <-v.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // PID is the viewer's process id, which is also its process group's.
@@ -157,13 +182,4 @@ func (v *Viewer) Wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-// Dir returns a default directory for connection files: XDG_RUNTIME_DIR or
-// /run (tmpfs on both systemd hosts and the kiosk image).
-func Dir() string {
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return d
-	}
-	return filepath.Join("/run", "undervdi")
 }

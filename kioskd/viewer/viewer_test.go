@@ -25,7 +25,7 @@ func TestWriteVV(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"[virt-viewer]\n", "type=spice\n", "host=169.254.24.1\n", "port=5906\n", "password=t1cket\n",
-		"delete-this-file=1\n", "usb-filter=0x08,-1,-1,-1,1|-1,-1,-1,-1,0\n", "disable-effects=animation\n"} {
+		"usb-filter=0x08,-1,-1,-1,1|-1,-1,-1,-1,0\n", "disable-effects=animation\n"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf(".vv lacks %q:\n%s", want, b.String())
 		}
@@ -42,7 +42,7 @@ func TestWriteVV(t *testing.T) {
 	if sections != 1 || hosts != 1 {
 		t.Errorf("a newline in a value injected keys:\n%s", b.String())
 	}
-	args := strings.Join(Args(offer, true), " ")
+	args := strings.Join(Args(offer.Viewer, true), " ")
 	for _, want := range []string{"--kiosk --kiosk-quit=on-disconnect", "--spice-disable-audio", "--spice-preferred-compression=auto-glz",
 		"--spice-usbredir-redirect-on-connect=0x08"} {
 		if !strings.Contains(args, want) {
@@ -51,19 +51,31 @@ func TestWriteVV(t *testing.T) {
 	}
 }
 
-// TestStopKillsTheGroup runs a stand-in viewer that starts a child which
-// ignores SIGTERM: Stop must leave neither behind.
-func TestStopKillsTheGroup(t *testing.T) {
+// TestPrepareConnectStop runs a stand-in viewer that, like remote-viewer,
+// starts, waits for its connection file on stdin, and then starts a child
+// which ignores SIGTERM: the offer must arrive on stdin (and nowhere on
+// disk), and Stop must leave neither process behind.
+func TestPrepareConnectStop(t *testing.T) {
 	dir := t.TempDir()
 	fake := filepath.Join(dir, "remote-viewer")
 	os.WriteFile(fake, []byte(`#!/bin/sh
-stat -c %a "$1" > "$(dirname "$1")/mode"
-sh -c 'trap "" TERM; echo $$ > '"$(dirname "$1")"'/child; while :; do sleep 1; done' &
+[ "$1" = "-" ] || exit 3
+cat > "$(dirname "$0")/received"
+sh -c 'trap "" TERM; echo $$ > '"$(dirname "$0")"'/child; while :; do sleep 1; done' &
 wait
 `), 0o755)
-	v, err := Launch(Options{Binary: fake, Dir: dir}, offer)
+	v, err := Prepare(Options{Binary: fake}, offer.Viewer)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if v.Exited() {
+		t.Fatal("the prepared viewer did not wait for its offer")
+	}
+	if err := v.Connect(offer); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Connect(offer); err == nil {
+		t.Errorf("a second Connect = nil error")
 	}
 	var child int
 	deadline := time.Now().Add(10 * time.Second)
@@ -75,8 +87,8 @@ wait
 	if child == 0 {
 		t.Fatal("the stand-in viewer's child never started")
 	}
-	if b, _ := os.ReadFile(filepath.Join(dir, "mode")); strings.TrimSpace(string(b)) != "600" {
-		t.Errorf(".vv file mode = %q, want 600", b)
+	if b, _ := os.ReadFile(filepath.Join(dir, "received")); !strings.Contains(string(b), "password=t1cket\n") {
+		t.Errorf("the viewer received %q, want the offer's connection file", b)
 	}
 	v.Stop(200 * time.Millisecond)
 	deadline = time.Now().Add(5 * time.Second)
@@ -85,8 +97,5 @@ wait
 			t.Fatalf("child %d of the viewer survived Stop", child)
 		}
 		time.Sleep(10 * time.Millisecond)
-	}
-	if vv, _ := filepath.Glob(filepath.Join(dir, "*.vv")); len(vv) != 0 {
-		t.Errorf("connection files left: %v", vv)
 	}
 }

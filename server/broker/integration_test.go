@@ -147,7 +147,7 @@ func (k *kiosk) waitEnd(d time.Duration) string {
 
 func (e *e2e) launchViewer(t *testing.T, o *kioskproto.Offer) *viewer.Viewer {
 	t.Helper()
-	v, err := viewer.Launch(viewer.Options{Dir: t.TempDir(), Env: e.x.Env(), Kiosk: true}, *o)
+	v, err := viewer.Launch(viewer.Options{Env: e.x.Env(), Kiosk: true}, *o)
 	if err != nil {
 		t.Fatal(err)
 	}

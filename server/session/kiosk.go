@@ -78,7 +78,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	m.log.Debug("kiosk connected", "kiosk", k.id, "addr", addr, "software", h.Software)
 
 	go k.writeLoop()
-	k.send(kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker"))
+	k.send(kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker", m.cfg.Viewer))
 	go k.heartbeatLoop()
 	reason := k.readLoop(ctx)
 	k.close()
