@@ -1,6 +1,6 @@
 # undervdi. On a fresh Debian 12 machine, as root:
 #   make demo   - install what is needed, start libvirtd, build a tiny golden VM,
-#                 run the broker with a pool of 2 and show the pool's state
+#                 run the broker with a pool of 2, and a kiosk that takes a session
 #   make test   - the same setup, then gofmt, go vet, unit tests with -race and
 #                 integration tests against real libvirtd + QEMU
 SHELL := /bin/bash
@@ -58,6 +58,8 @@ bench: daemons
 	go test -run '^$$' -bench . -benchtime 10x -count 6 ./server/session ./server/gateway | tee bench.out
 	go test -tags integration -run '^$$' -bench . -benchtime 30x -count 6 ./server/virt | tee -a bench.out
 	go test -tags integration -run '^$$' -bench . -benchtime 1x -count 6 -timeout 30m ./server/pool | tee -a bench.out
+	go test -tags integration -run '^$$' -bench TouchToFrame -benchtime 5x -count 6 -timeout 30m ./kioskd | tee -a bench.out
+	go test -tags integration -run '^$$' -bench IdleMinute -benchtime 1x -count 1 -timeout 30m ./kioskd | tee -a bench.out
 	go tool benchstat bench.out
 
 demo: daemons

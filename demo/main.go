@@ -1,29 +1,47 @@
-// Command demo shows undervdi working on this machine: it builds the tiny
-// golden VM, runs the real vdi-broker binary with a pool of 2 disposable
-// clones on libvirt, and prints the pool's state as it changes. Ctrl-C stops
-// the broker and removes everything the demo made.
+// Command demo shows undervdi working on this machine, end to end: it
+// builds the tiny golden VM, runs the real vdi-broker with a pool of 2
+// disposable clones on libvirt, then a real kioskd (on this display, or on
+// a private Xvfb) showing ads; it touches the kiosk, a visitor's session
+// comes up, the visitor "finishes" (the guest powers off), and the VM is
+// destroyed with its disk while the kiosk returns to its slideshow. Then it
+// keeps running until Ctrl-C: on a real display, touch the screen yourself.
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
+	"image"
+	"image/color"
+	"image/png"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/digitalocean/go-libvirt"
+	"github.com/jezek/xgb"
+	"github.com/jezek/xgb/xproto"
+	"github.com/jezek/xgb/xtest"
 
 	"undervdi/internal/testbed"
+	"undervdi/internal/xvfb"
+	"undervdi/kioskd/screen"
 	"undervdi/server/broker"
+	"undervdi/server/config"
 	"undervdi/server/domxml"
 )
+
+const token = "demo-kiosk-token-0123456789"
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
@@ -32,94 +50,344 @@ func main() {
 	}
 }
 
+type demo struct {
+	out     io.Writer
+	stderr  io.Writer
+	bed     *testbed.Bed
+	cfg     *config.Config
+	display string
+	shots   string // where screenshots go
+	start   time.Time
+}
+
+func (d *demo) say(format string, a ...any) {
+	fmt.Fprintf(d.out, "\n==> [+%s] %s\n", time.Since(d.start).Round(time.Second), fmt.Sprintf(format, a...))
+}
+
 func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	size := fs.Int("pool", 2, "clean VMs to keep ready")
-	stopWhenFull := fs.Bool("stop-when-full", false, "stop once the pool is full (for scripts)")
+	once := fs.Bool("once", false, "stop after one kiosk session (for scripts)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	d := &demo{out: stdout, stderr: stderr, shots: filepath.Join(os.TempDir(), "undervdi-demo"), start: time.Now()}
+	os.MkdirAll(d.shots, 0o755)
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-	fmt.Fprintln(stdout, "==> building the tiny golden VM (Debian kernel + u-root + qemu-guest-agent) and defining it in libvirt")
+	d.say("building the tiny golden VM (Debian kernel + u-root + qemu-guest-agent) and defining it in libvirt")
 	bed, err := testbed.Setup(ctx, "demo", log)
 	if err != nil {
 		return err
 	}
+	d.bed = bed
 	defer func() {
-		fmt.Fprintln(stdout, "==> removing the demo's VMs, overlays and golden")
+		d.say("removing the demo's VMs, overlays and golden")
 		if err := bed.Close(); err != nil {
 			fmt.Fprintln(stderr, "cleanup:", err)
 		}
 	}()
-	cfg := bed.Config(*size)
-	cfg.LogLevel = "info"
+	bins, err := d.build("vdi-broker", "./server/cmd/vdi-broker", "kioskd", "./kioskd/cmd/kioskd")
+	if err != nil {
+		return err
+	}
+
+	// The broker.
+	d.cfg = bed.Config(*size)
+	d.cfg.LogLevel = "info"
+	ports := freePorts(4)
+	d.cfg.Gateway.Listen = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	d.cfg.Sessions.Listen = fmt.Sprintf("127.0.0.1:%d", ports[1])
+	d.cfg.Sessions.LegacyListen = fmt.Sprintf("127.0.0.1:%d", ports[2])
+	d.cfg.Ads.Listen = fmt.Sprintf("127.0.0.1:%d", ports[3])
+	d.cfg.Sessions.AuditLog = filepath.Join(bed.Root, "sessions.jsonl")
+	d.cfg.Kiosks = []config.Kiosk{{ID: "demo-kiosk", Address: "127.0.0.1", Token: token}}
+	if err := writeAds(d.cfg.Ads.Dir); err != nil {
+		return err
+	}
 	cfgPath := filepath.Join(bed.Root, "vdi-broker.toml")
-	if err := writeTOML(cfgPath, cfg); err != nil {
+	if err := writeTOML(cfgPath, d.cfg); err != nil {
 		return err
 	}
-	bin := filepath.Join(bed.Root, "vdi-broker")
-	if out, err := exec.Command("go", "build", "-o", bin, "./server/cmd/vdi-broker").CombinedOutput(); err != nil {
-		return fmt.Errorf("go build vdi-broker: %v: %s", err, out)
-	}
-
-	fmt.Fprintf(stdout, "==> starting vdi-broker: golden %s, pool %s of %d, config %s\n", cfg.Golden, cfg.PoolName, *size, cfgPath)
-	fmt.Fprintf(stdout, "    in another shell: %s status -socket %s\n", bin, cfg.AdminSocket)
-	cmd := exec.Command(bin, "run", "-config", cfgPath)
-	cmd.Stderr = prefixWriter{w: stderr, prefix: "broker| "}
-	if err := cmd.Start(); err != nil {
+	d.say("starting vdi-broker: pool of %d clones of %s; kiosk protocol on %s, SPICE gateway on %s, ads on %s\n"+
+		"    in another shell: %s status -socket %s",
+		*size, d.cfg.Golden, d.cfg.Sessions.Listen, d.cfg.Gateway.Listen, d.cfg.Ads.Listen, bins["vdi-broker"], d.cfg.AdminSocket)
+	brokerProc, err := start(ctx, stderr, "broker| ", bins["vdi-broker"], "run", "-config", cfgPath)
+	if err != nil {
 		return err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		<-exited
-	}()
+	defer brokerProc()
+	if err := d.watchPool(ctx, func(s *broker.Status) bool { return s.Pool.Counts[domxml.Clean] == *size }); err != nil {
+		return err
+	}
+	d.say("pool full: %d clean VMs booted and waiting for visitors", *size)
 
-	start := time.Now()
-	last, full := "", false
+	// The kiosk.
+	closeDisplay, err := d.openDisplay(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeDisplay()
+	kioskConf, unmount, err := d.kioskConfig(ports)
+	if err != nil {
+		return err
+	}
+	defer unmount()
+	d.say("starting kioskd on display %s (it mirrors the broker's ads and shows them)", d.display)
+	kioskProc, err := start(ctx, stderr, "kiosk | ", bins["kioskd"], "-config", kioskConf, "-cmdline", "/dev/null")
+	if err != nil {
+		return err
+	}
+	defer kioskProc()
+	time.Sleep(3 * time.Second)
+	d.screenshot("1-slideshow")
+
+	d.say("a visitor touches the screen")
+	if err := d.touch(); err != nil {
+		return err
+	}
+	var vm string
+	if err := d.watchPool(ctx, func(s *broker.Status) bool {
+		for _, l := range s.Sessions {
+			if l.Linked != nil {
+				vm = l.VM
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		return err
+	}
+	time.Sleep(3 * time.Second)
+	d.say("the visitor works in %s, a brand-new VM nobody used before", vm)
+	d.screenshot("2-session")
+
+	d.say("the visitor finishes: the guest powers off")
+	if _, err := bed.L.QEMUDomainAgentCommand(mustDomain(bed, vm), `{"execute":"guest-shutdown"}`, 10, 0); err != nil &&
+		!strings.Contains(err.Error(), "disappeared") {
+		return err
+	}
+	if err := d.watchPool(ctx, func(s *broker.Status) bool {
+		for _, v := range s.Pool.VMs {
+			if v.Name == vm {
+				return false
+			}
+		}
+		return len(s.Sessions) == 0
+	}); err != nil {
+		return err
+	}
+	time.Sleep(2 * time.Second)
+	d.screenshot("3-back-to-slideshow")
+	audit, _ := os.ReadFile(d.cfg.Sessions.AuditLog)
+	d.say("%s was destroyed with its disk; a replacement is booting; the kiosk shows the slideshow again.\n"+
+		"    The session's audit line:\n    %s\n    Screenshots: %s",
+		vm, strings.TrimSpace(string(audit)), d.shots)
+	if *once {
+		return nil
+	}
+	d.say("the demo keeps running; Ctrl-C ends it and removes everything it made")
+	<-ctx.Done()
+	return nil
+}
+
+// build compiles the project's binaries into the bed (name, package, ...).
+func (d *demo) build(pairs ...string) (map[string]string, error) {
+	out := map[string]string{}
+	for i := 0; i < len(pairs); i += 2 {
+		bin := filepath.Join(d.bed.Root, pairs[i])
+		if b, err := exec.Command("go", "build", "-o", bin, pairs[i+1]).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("go build %s: %v: %s", pairs[i+1], err, b)
+		}
+		out[pairs[i]] = bin
+	}
+	return out, nil
+}
+
+// watchPool prints the broker's status when it changes, until done holds.
+func (d *demo) watchPool(ctx context.Context, done func(*broker.Status) bool) error {
+	last := ""
 	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-exited:
-			exited <- err
-			return fmt.Errorf("vdi-broker exited: %v", err)
-		case <-time.After(time.Second):
-		}
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		s, err := broker.FetchStatus(qctx, cfg.AdminSocket)
+		s, err := broker.FetchStatus(qctx, d.cfg.AdminSocket)
 		cancel()
-		if err != nil {
-			continue // still starting
-		}
-		if shape := stateShape(s); shape != last {
-			last = shape
-			fmt.Fprintf(stdout, "\n--- %s (+%s)\n", time.Now().Format("15:04:05"), time.Since(start).Round(time.Second))
-			s.WriteTable(stdout, time.Now())
-		}
-		if !full && s.Pool.Counts[domxml.Clean] == *size {
-			full = true
-			fmt.Fprintf(stdout, "\n==> pool full: %d clean VMs booted and waiting, %s after start. Ctrl-C ends the demo.\n", *size, time.Since(start).Round(time.Second))
-			if *stopWhenFull {
+		if err == nil {
+			if shape := stateShape(s); shape != last {
+				last = shape
+				fmt.Fprintln(d.out)
+				s.WriteTable(d.out, time.Now())
+			}
+			if done(s) {
 				return nil
 			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
 		}
 	}
 }
 
-// stateShape is what changes in the status that is worth printing again:
-// the VMs and their states, not how long they have been in them.
+// stateShape is what changes in the status that is worth printing again.
 func stateShape(s *broker.Status) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%v %q %q %q|", s.Pool.Connected, s.Pool.Paused, s.Pool.Degraded, s.Pool.Memory)
+	fmt.Fprintf(&b, "%v %q %q|", s.Pool.Connected, s.Pool.Paused, s.Pool.Degraded)
 	for _, v := range s.Pool.VMs {
 		fmt.Fprintf(&b, "%s=%s,", v.Name, v.State)
 	}
+	for _, l := range s.Sessions {
+		fmt.Fprintf(&b, "%s:%v,", l.VM, l.Linked != nil)
+	}
 	return b.String()
+}
+
+// openDisplay uses $DISPLAY if an X server answers there, else a private
+// Xvfb; the returned function stops the Xvfb.
+func (d *demo) openDisplay(ctx context.Context) (func(), error) {
+	if disp := os.Getenv("DISPLAY"); disp != "" {
+		if c, err := xgb.NewConnDisplay(disp); err == nil {
+			c.Close()
+			d.display = disp
+			return func() {}, nil
+		}
+	}
+	x, err := xvfb.Start(ctx, 1024, 768)
+	if err != nil {
+		return nil, err
+	}
+	d.display = x.Display
+	return x.Stop, nil
+}
+
+// kioskConfig writes kioskd's configuration: this broker, this display, a
+// tmpfs for sessions, and an unprivileged session user. The returned
+// function unmounts the tmpfs.
+func (d *demo) kioskConfig(ports []int) (string, func(), error) {
+	session := filepath.Join(d.bed.Root, "kiosk-session")
+	os.MkdirAll(session, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "mode=0755,size=64m", "tmpfs", session).CombinedOutput(); err != nil {
+		return "", nil, fmt.Errorf("mount tmpfs: %v: %s", err, out)
+	}
+	unmount := func() { exec.Command("umount", "-l", session).Run() }
+	userName := "undervdi-kiosk"
+	if _, err := user.Lookup(userName); err != nil {
+		if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", userName).CombinedOutput(); err != nil {
+			unmount()
+			return "", nil, fmt.Errorf("useradd: %v: %s", err, out)
+		}
+	}
+	path := filepath.Join(d.bed.Root, "kioskd.conf")
+	conf := fmt.Sprintf(`server = 127.0.0.1
+port = %d
+kiosk = demo-kiosk
+token = %s
+display = %s
+ads_url = http://127.0.0.1:%d/ads/
+ads_every = 1m
+ads_dir = %s
+background_dir = %s
+session_user = %s
+session_dir = %s
+usb_sysfs =
+logind = no
+`, ports[1], token, d.display, ports[3], filepath.Join(d.bed.Root, "kiosk-ads"), d.cfg.Ads.Dir, userName, session)
+	return path, unmount, os.WriteFile(path, []byte(conf), 0o644)
+}
+
+// touch puts a finger on the middle of the screen (XTest).
+func (d *demo) touch() error {
+	c, err := xgb.NewConnDisplay(d.display)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := screen.UseExtension(c, "XTEST"); err != nil {
+		return err
+	}
+	s := xproto.Setup(c).DefaultScreen(c)
+	x, y := int16(s.WidthInPixels/2), int16(s.HeightInPixels/2)
+	xtest.FakeInput(c, xproto.MotionNotify, 0, 0, s.Root, x, y, 0)
+	xtest.FakeInput(c, xproto.ButtonPress, 1, 0, s.Root, x, y, 0)
+	xtest.FakeInput(c, xproto.ButtonRelease, 1, 0, s.Root, x, y, 0)
+	c.Sync()
+	return nil
+}
+
+func (d *demo) screenshot(name string) {
+	c, err := xgb.NewConnDisplay(d.display)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	img, err := xvfb.Capture(c, xproto.Drawable(xproto.Setup(c).DefaultScreen(c).Root))
+	if err == nil {
+		xvfb.SavePNG(img, filepath.Join(d.shots, name+".png"))
+	}
+}
+
+func mustDomain(bed *testbed.Bed, name string) libvirt.Domain {
+	dom, _ := bed.L.DomainLookupByName(name)
+	return dom
+}
+
+// start runs a binary whose log lines go to w with a prefix; the returned
+// function stops it (SIGTERM) and waits.
+func start(ctx context.Context, w io.Writer, prefix, bin string, args ...string) (func(), error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Stderr = prefixWriter{w: w, prefix: prefix}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	return func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}, nil
+}
+
+// writeAds makes a few colourful ad images for the kiosk's slideshow.
+func writeAds(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for i, c := range []color.RGBA{{0x20, 0x60, 0xc0, 0xff}, {0xc0, 0x40, 0x30, 0xff}, {0x30, 0xa0, 0x50, 0xff}} {
+		img := image.NewRGBA(image.Rect(0, 0, 640, 480))
+		for y := 0; y < 480; y++ {
+			for x := 0; x < 640; x++ {
+				f := float64(x+y) / 1120
+				img.Set(x, y, color.RGBA{uint8(float64(c.R) * (0.5 + f/2)), uint8(float64(c.G) * (0.5 + f/2)), uint8(float64(c.B) * (0.5 + f/2)), 0xff})
+			}
+		}
+		var b bytes.Buffer
+		png.Encode(&b, img)
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("ad-%d.png", i+1)), b.Bytes(), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func freePorts(n int) []int {
+	var out []int
+	var lns []net.Listener
+	for range n {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		lns = append(lns, ln)
+		out = append(out, ln.Addr().(*net.TCPAddr).Port)
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return out
 }
 
 func writeTOML(path string, v any) error {
@@ -134,16 +402,15 @@ func writeTOML(path string, v any) error {
 	return f.Close()
 }
 
-// prefixWriter marks the broker's log lines in the demo's output.
+// prefixWriter marks a program's log lines in the demo's output.
 type prefixWriter struct {
 	w      io.Writer
 	prefix string
 }
 
 func (p prefixWriter) Write(b []byte) (int, error) {
-	lines := strings.SplitAfter(string(b), "\n")
 	var out strings.Builder
-	for _, l := range lines {
+	for _, l := range strings.SplitAfter(string(b), "\n") {
 		if l != "" {
 			out.WriteString(p.prefix + l)
 		}
