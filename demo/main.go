@@ -165,8 +165,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	d.screenshot("2-session")
 
 	d.say("the visitor finishes: the guest powers off")
-	if _, err := bed.L.QEMUDomainAgentCommand(mustDomain(bed, vm), `{"execute":"guest-shutdown"}`, 10, 0); err != nil &&
-		!strings.Contains(err.Error(), "disappeared") {
+	if _, err := bed.L.QEMUDomainAgentCommand(mustDomain(bed, vm), `{"execute":"guest-shutdown"}`, 10, 0); !testbed.PoweredOff(err) {
 		return err
 	}
 	if err := d.watchPool(ctx, func(s *broker.Status) bool {

@@ -302,8 +302,7 @@ func TestKiosk(t *testing.T) {
 	t.Run("the guest powering off ends the session", func(t *testing.T) {
 		r.broker.WaitFull()
 		vm := r.session("poweroff")
-		if _, err := r.broker.Host.AgentCommand(context.Background(), vm, `{"execute":"guest-shutdown"}`); err != nil &&
-			!strings.Contains(err.Error(), "disappeared") {
+		if _, err := r.broker.Host.AgentCommand(context.Background(), vm, `{"execute":"guest-shutdown"}`); !testbed.PoweredOff(err) {
 			t.Fatal(err)
 		}
 		r.loggedOut(vm)

@@ -176,3 +176,15 @@ func testLogger(testing.TB) *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+// PoweredOff reports whether err, from a guest-shutdown agent command, only
+// says that the guest went away before its agent could answer: that is what
+// a power-off looks like from outside, and libvirt words it several ways.
+func PoweredOff(err error) bool {
+	if err == nil {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "disappeared") || strings.Contains(msg, "End of file from agent") ||
+		strings.Contains(msg, "domain is not running") || strings.Contains(msg, "not connected")
+}

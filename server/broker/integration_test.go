@@ -267,7 +267,7 @@ func TestRealSessions(t *testing.T) {
 		k := e.connect(t, "k1")
 		v := e.launchViewer(t, k.request())
 		l := e.linkedLease(t, "k1")
-		if _, err := e.b.Host.AgentCommand(ctx, l.VM, `{"execute":"guest-shutdown"}`); err != nil && !strings.Contains(err.Error(), "disappeared") {
+		if _, err := e.b.Host.AgentCommand(ctx, l.VM, `{"execute":"guest-shutdown"}`); !testbed.PoweredOff(err) {
 			t.Fatal(err)
 		}
 		if reason := k.waitEnd(time.Minute); reason != "guest powered off or rebooted" {
@@ -395,7 +395,7 @@ func (e *e2e) legacyRemoteSh(t *testing.T) {
 	e.screenShowsGuest(t, "legacy")
 	// The visitor finishes: the guest powers off, remote-viewer quits on the
 	// disconnect, and the script logs its user out with killall.
-	if _, err := e.b.Host.AgentCommand(context.Background(), l.VM, `{"execute":"guest-shutdown"}`); err != nil && !strings.Contains(err.Error(), "disappeared") {
+	if _, err := e.b.Host.AgentCommand(context.Background(), l.VM, `{"execute":"guest-shutdown"}`); !testbed.PoweredOff(err) {
 		t.Fatal(err)
 	}
 	e.checkWiped(t, l.VM)

@@ -231,8 +231,7 @@ func TestRealPool(t *testing.T) {
 			t.Fatal(err)
 		}
 		rp.MarkUsed(ctx, v.Name)
-		if _, err := rp.host.AgentCommand(ctx, v.Name, `{"execute":"guest-shutdown"}`); err != nil &&
-			!strings.Contains(err.Error(), "disappeared") {
+		if _, err := rp.host.AgentCommand(ctx, v.Name, `{"execute":"guest-shutdown"}`); !testbed.PoweredOff(err) {
 			t.Fatalf("guest-shutdown: %v", err)
 		}
 		e := waitEnded(t, rp, v.Name)
