@@ -87,9 +87,11 @@ func (g *Gateway) handle(ctx context.Context, c net.Conn) {
 		}
 		return
 	}
+	// The audit line is written before the client hears the refusal, so the
+	// record exists by the time anyone can act on the refusal.
 	refuse := func(code spice.LinkError, reason string) {
-		s.Refuse(code)
 		g.audit.Refused("spice-link", addr.String(), "", fmt.Sprintf("%v channel: %s", m.ChannelType, reason))
+		s.Refuse(code)
 	}
 	// Before the ticket: an address without a lease never reaches a VM.
 	vm, err := g.sessions.Lookup(addr)
@@ -126,8 +128,8 @@ func (g *Gateway) handle(ctx context.Context, c net.Conn) {
 		Main: m.ChannelType == spice.ChannelMain, Name: m.ChannelType.String(), Close: conns.close,
 	})
 	if err != nil {
-		s.Finish(spice.LinkErrPermissionDenied)
 		g.audit.Refused("spice-link", addr.String(), "", fmt.Sprintf("%v channel: %v", m.ChannelType, err))
+		s.Finish(spice.LinkErrPermissionDenied)
 		return
 	}
 	defer att.Detach()
