@@ -169,7 +169,7 @@ func (b *Builder) Build(ctx context.Context) (*Artifacts, error) {
 // u-root "host:archive" file specs for all of them.
 func moduleFiles(kroot, kver, dir string) ([]string, error) {
 	mdir := filepath.Join(kroot, "lib", "modules", kver)
-	tree, err := kmod.Scan(os.DirFS(mdir))
+	tree, err := kmod.Load(os.DirFS(mdir), modules...)
 	if err != nil {
 		return nil, err
 	}

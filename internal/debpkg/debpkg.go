@@ -157,28 +157,42 @@ func (c *Cache) Unpack(ctx context.Context, name string) (Package, string, error
 	if err != nil {
 		return p, "", err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	root, err := c.unpack(ctx, p, deb)
+	return p, root, err
+}
+
+// UnpackFetched is Unpack for a package FetchAll returned, without asking
+// apt again.
+func (c *Cache) UnpackFetched(ctx context.Context, p Package) (string, error) {
+	return c.unpack(ctx, p, filepath.Join(c.Dir, "debs", p.fileName()))
+}
+
+// unpack extracts into a temporary directory renamed into place, so
+// concurrent callers (this process or another) never see half a tree.
+func (c *Cache) unpack(ctx context.Context, p Package, deb string) (string, error) {
 	root := filepath.Join(c.Dir, "roots", strings.TrimSuffix(p.fileName(), ".deb"))
 	if _, err := os.Stat(root); err == nil {
-		return p, root, nil
+		return root, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
-		return p, "", err
+		return "", err
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(root), ".unpack-")
 	if err != nil {
-		return p, "", err
+		return "", err
 	}
 	if out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", deb, tmp).CombinedOutput(); err != nil {
 		os.RemoveAll(tmp)
-		return p, "", fmt.Errorf("dpkg-deb -x %s: %v: %s", deb, err, lastLines(out, 3))
+		return "", fmt.Errorf("dpkg-deb -x %s: %v: %s", deb, err, lastLines(out, 3))
 	}
 	if err := os.Rename(tmp, root); err != nil {
 		os.RemoveAll(tmp)
-		return p, "", err
+		if _, serr := os.Stat(root); serr == nil {
+			return root, nil // another caller was first
+		}
+		return "", err
 	}
-	return p, root, nil
+	return root, nil
 }
 
 func run(ctx context.Context, name string, args ...string) ([]byte, error) {

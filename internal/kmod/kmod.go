@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -69,6 +70,55 @@ func Scan(fsys fs.FS) (*Tree, error) {
 		for _, line := range strings.Fields(string(b)) {
 			t.Builtin[Canonical(strings.TrimSuffix(filepath.Base(line), ".ko"))] = true
 		}
+	}
+	return t, nil
+}
+
+// Load is Scan for a kernel's whole module directory when only some
+// modules matter: it indexes the tree by file name and reads the .modinfo
+// of names and of what they depend on, not of every module.
+func Load(fsys fs.FS, names ...string) (*Tree, error) {
+	paths := map[string]string{}
+	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && strings.HasSuffix(p, ".ko") {
+			paths[Canonical(strings.TrimSuffix(path.Base(p), ".ko"))] = p
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	t := &Tree{Modules: map[string]*Module{}, Builtin: map[string]bool{}}
+	if b, err := fs.ReadFile(fsys, "modules.builtin"); err == nil {
+		for _, line := range strings.Fields(string(b)) {
+			t.Builtin[Canonical(strings.TrimSuffix(path.Base(line), ".ko"))] = true
+		}
+	}
+	queue := append([]string(nil), names...)
+	for len(queue) > 0 {
+		name := Canonical(queue[0])
+		queue = queue[1:]
+		p, ok := paths[name]
+		if _, done := t.Modules[name]; done || !ok {
+			continue // unknown names are reported by Closure
+		}
+		data, err := fs.ReadFile(fsys, p)
+		if err != nil {
+			return nil, err
+		}
+		m, err := parseModule(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		m.Path = p
+		if m.Name == "" {
+			m.Name = name
+		}
+		t.Modules[m.Name] = m
+		queue = append(queue, m.Depends...)
 	}
 	return t, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -17,6 +18,59 @@ type XServer struct {
 	Display string
 	cmd     *exec.Cmd
 	done    chan struct{}
+	stderr  lastLines
+}
+
+// lastLines keeps the end of what the X server says, for the error that
+// tells why it did not start.
+type lastLines struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (l *lastLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, p...)
+	if len(l.buf) > 8<<10 {
+		l.buf = l.buf[len(l.buf)-4<<10:]
+	}
+	return len(p), nil
+}
+
+// tail returns Xorg's error lines, without its boilerplate, or else the
+// last few lines.
+func (l *lastLines) tail() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var all, errs []string
+	for _, line := range strings.Split(string(l.buf), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		all = append(all, line)
+		msg := strings.TrimSpace(strings.TrimPrefix(line, "(EE)"))
+		if strings.HasPrefix(line, "(EE)") && msg != "" && !xorgBoilerplate(msg) {
+			errs = append(errs, msg)
+		}
+	}
+	if len(errs) == 0 {
+		errs = all
+	}
+	if len(errs) > 4 {
+		errs = errs[len(errs)-4:]
+	}
+	return strings.Join(errs, " / ")
+}
+
+func xorgBoilerplate(msg string) bool {
+	for _, b := range []string{"Please also check the log", "Server terminated", "for help", "Please consult", "Fatal server error", "Backtrace", "fault address"} {
+		if strings.Contains(msg, b) {
+			return true
+		}
+	}
+	return false
 }
 
 // StartX runs command (e.g. "Xorg :0 vt1 -nolisten tcp -noreset") and waits
@@ -29,12 +83,16 @@ func StartX(ctx context.Context, command, display string) (*XServer, error) {
 	x := &XServer{Display: display, done: make(chan struct{})}
 	x.cmd = exec.Command(args[0], args[1:]...)
 	x.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	x.cmd.Stderr = &x.stderr
 	if err := x.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting the X server: %w", err)
 	}
 	go func() { x.cmd.Wait(); close(x.done) }()
 	if err := WaitDisplay(ctx, display, x.done, 30*time.Second); err != nil {
 		x.Stop()
+		if tail := x.stderr.tail(); tail != "" {
+			err = fmt.Errorf("%w: %s", err, tail)
+		}
 		return nil, err
 	}
 	return x, nil

@@ -18,9 +18,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
 
 	"undervdi/kioskd"
+	"undervdi/kioskd/appliance"
 	"undervdi/kioskd/config"
 )
 
@@ -36,8 +39,13 @@ func run(args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	path := fs.String("config", config.DefaultPath, "configuration file")
 	cmdline := fs.String("cmdline", "/proc/cmdline", "kernel command line to take undervdi.* settings from")
+	appl := fs.Bool("appliance", false, "run as the kiosk image's uinit: load drivers, start udev, mount the boot partition, DHCP")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *appl {
+		runAppliance(stderr)
+		return nil
 	}
 	cfg, err := load(*path, *cmdline)
 	if err != nil {
@@ -49,6 +57,33 @@ func run(args []string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return kioskd.Main(ctx, cfg, log)
+}
+
+// runAppliance is kioskd as the kiosk image's uinit. It never returns: when
+// the kiosk cannot go on, it says why on the console and reboots.
+func runAppliance(stderr io.Writer) {
+	level := slog.LevelInfo
+	if b, err := os.ReadFile("/proc/cmdline"); err == nil && strings.Contains(string(b), "undervdi.log_level=debug") {
+		level = slog.LevelDebug // from the first line on, not only once the settings are read
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	ctx := context.Background()
+	cfg, err := appliance.Boot(ctx, log)
+	if err != nil {
+		log.Error("the kiosk cannot start; rebooting in 30 s", "err", err)
+		appliance.Reboot(30 * time.Second)
+	}
+	level.UnmarshalText([]byte(cfg.LogLevel))
+	log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	shown := false
+	err = kioskd.Run(ctx, cfg, log, func(s kioskd.State) {
+		if s == kioskd.Idle && !shown {
+			shown = true
+			log.Info("slideshow shown", "uptime", appliance.Uptime().Round(10*time.Millisecond))
+		}
+	})
+	log.Error("kioskd stopped; rebooting in 30 s", "err", err)
+	appliance.Reboot(30 * time.Second)
 }
 
 // load reads the configuration file; without one, the original kiosk's

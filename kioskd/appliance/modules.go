@@ -1,0 +1,212 @@
+package appliance
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Modules loads kernel modules by modalias from the image's module
+// directory, using the index files the image builder wrote (modules.alias,
+// modules.dep). It is safe for concurrent use.
+type Modules struct {
+	Dir string // /lib/modules/<release>
+	Log *slog.Logger
+
+	mu      sync.Mutex
+	aliases []alias             // pattern -> module
+	deps    map[string][]string // module -> its file, then its dependencies' files, nearest first
+	loaded  map[string]bool
+}
+
+type alias struct{ pattern, module string }
+
+// LoadIndex reads modules.alias and modules.dep.
+func (m *Modules) LoadIndex() error {
+	m.deps = map[string][]string{}
+	m.loaded = map[string]bool{}
+	a, err := os.ReadFile(filepath.Join(m.Dir, "modules.alias"))
+	if err != nil {
+		return err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(a))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 3 && f[0] == "alias" {
+			m.aliases = append(m.aliases, alias{f[1], f[2]})
+		}
+	}
+	d, err := os.ReadFile(filepath.Join(m.Dir, "modules.dep"))
+	if err != nil {
+		return err
+	}
+	sc = bufio.NewScanner(bytes.NewReader(d))
+	for sc.Scan() {
+		file, rest, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		name := strings.ReplaceAll(strings.TrimSuffix(path.Base(file), ".ko"), "-", "_")
+		m.deps[name] = append([]string{file}, strings.Fields(rest)...)
+	}
+	return nil
+}
+
+// ForAlias loads every module whose alias pattern matches modalias, with
+// its dependencies, and returns the names newly loaded.
+func (m *Modules) ForAlias(modalias string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for _, a := range m.aliases {
+		if m.loaded[a.module] {
+			continue
+		}
+		if ok, _ := path.Match(a.pattern, modalias); !ok {
+			continue
+		}
+		if err := m.load(a.module); err != nil {
+			m.Log.Warn("cannot load a kernel module a device asks for", "module", a.module, "device", modalias, "err", err)
+			continue
+		}
+		out = append(out, a.module)
+	}
+	return out
+}
+
+// load inserts a module after its dependencies (deepest first).
+func (m *Modules) load(name string) error {
+	files, ok := m.deps[name]
+	if !ok {
+		return fmt.Errorf("%s is not in modules.dep", name)
+	}
+	for i := len(files) - 1; i >= 0; i-- {
+		dep := strings.ReplaceAll(strings.TrimSuffix(path.Base(files[i]), ".ko"), "-", "_")
+		if m.loaded[dep] {
+			continue
+		}
+		f, err := os.Open(filepath.Join(m.Dir, files[i]))
+		if err != nil {
+			return err
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		f.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("%s: %w", files[i], err)
+		}
+		m.loaded[dep] = true
+	}
+	return nil
+}
+
+// Coldplug loads modules for the devices already present, repeating while
+// loading drivers makes new devices appear (a USB host controller's driver
+// brings up the keyboard behind it).
+func (m *Modules) Coldplug() []string {
+	var all []string
+	seen := map[string]bool{}
+	for round := 0; round < 5; round++ {
+		var fresh []string
+		filepath.WalkDir("/sys/devices", func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.Name() != "modalias" || d.IsDir() {
+				return nil
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return nil
+			}
+			a := strings.TrimSpace(string(b))
+			if a != "" && !seen[a] {
+				seen[a] = true
+				fresh = append(fresh, a)
+			}
+			return nil
+		})
+		if len(fresh) == 0 {
+			break
+		}
+		for _, a := range fresh {
+			all = append(all, m.ForAlias(a)...)
+		}
+	}
+	return all
+}
+
+// Hotplug loads modules for devices that appear later (a USB keyboard
+// plugged in, a flash drive), from the kernel's uevents, until done closes.
+func (m *Modules) Hotplug(done <-chan struct{}) error {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_KOBJECT_UEVENT)
+	if err != nil {
+		return err
+	}
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20) // room for udevadm trigger's burst
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1}); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	go func() { <-done; unix.Close(fd) }()
+	buf := make([]byte, 16<<10)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if errors.Is(err, unix.ENOBUFS) {
+			// Events were lost while the buffer was full: look at every
+			// device again instead.
+			if got := m.Coldplug(); len(got) > 0 {
+				m.Log.Info("loaded kernel modules for new devices", "modules", got)
+			}
+			continue
+		}
+		if err != nil {
+			select {
+			case <-done:
+				return nil
+			default:
+				return err
+			}
+		}
+		if a := ueventModalias(buf[:n]); a != "" {
+			if got := m.ForAlias(a); len(got) > 0 {
+				m.Log.Info("loaded kernel modules for a new device", "modules", got, "device", a)
+			}
+		}
+	}
+}
+
+// ueventModalias returns MODALIAS of an "add" uevent: "add@/devices/...\0
+// ACTION=add\0...\0MODALIAS=usb:v...\0".
+func ueventModalias(msg []byte) string {
+	fields := bytes.Split(msg, []byte{0})
+	if len(fields) == 0 || !bytes.HasPrefix(fields[0], []byte("add@")) {
+		return ""
+	}
+	for _, f := range fields[1:] {
+		if v, ok := bytes.CutPrefix(f, []byte("MODALIAS=")); ok {
+			return string(v)
+		}
+	}
+	return ""
+}
+
+// Load loads modules by name (file systems and character sets, which no
+// device asks for by alias).
+func (m *Modules) Load(names ...string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var errs []error
+	for _, n := range names {
+		if !m.loaded[n] {
+			errs = append(errs, m.load(n))
+		}
+	}
+	return errors.Join(errs...)
+}
