@@ -77,6 +77,7 @@ func Boot(ctx context.Context, log *slog.Logger) (*config.Config, error) {
 	}
 
 	cfg := config.Default()
+	from := []string{"image"} // where settings came from, for the log
 	if err := readFile(cfg, imageConfig); err != nil {
 		return nil, err
 	}
@@ -95,6 +96,9 @@ func Boot(ctx context.Context, log *slog.Logger) (*config.Config, error) {
 			site := filepath.Join(BootMount, bootlayout.Dir, bootlayout.Config)
 			if err := readFile(cfg, site); err != nil {
 				return nil, err
+			}
+			if _, err := os.Stat(site); err == nil {
+				from = append(from, "boot partition")
 			}
 			if bg := filepath.Join(BootMount, bootlayout.Dir, bootlayout.Background); isDir(bg) {
 				cfg.BackgroundDir = bg
@@ -115,11 +119,31 @@ func Boot(ctx context.Context, log *slog.Logger) (*config.Config, error) {
 		if err := cfg.ApplyCmdline(lease.Settings); err != nil {
 			return nil, fmt.Errorf("DHCP option %d: %w", bootlayout.DHCPOption, err)
 		}
+		if lease.Settings != "" {
+			from = append(from, "DHCP")
+		}
 	}
-	if err := cfg.ApplyCmdline(string(cmdline)); err != nil {
+	if err := cfg.ApplyCmdline(kioskWords(string(cmdline))); err != nil {
 		return nil, err
 	}
+	if strings.Contains(string(cmdline), "undervdi.") {
+		from = append(from, "kernel command line")
+	}
+	log.Info("kiosk settings", "server", cfg.Server, "kiosk", cfg.Kiosk, "from", strings.Join(from, ", "))
 	return cfg, cfg.Validate()
+}
+
+// kioskWords drops the command-line words that are the appliance's own
+// (bootlayout.CmdlineBootPart), leaving kioskd's settings.
+func kioskWords(cmdline string) string {
+	key, _, _ := strings.Cut(bootlayout.CmdlineBootPart, "=")
+	var keep []string
+	for _, w := range strings.Fields(cmdline) {
+		if !strings.HasPrefix(w, key+"=") {
+			keep = append(keep, w)
+		}
+	}
+	return strings.Join(keep, " ")
 }
 
 // readFile applies a settings file over cfg; a missing file is fine.
