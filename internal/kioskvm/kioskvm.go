@@ -135,6 +135,9 @@ func (vm *VM) WaitFor(ctx context.Context, marker string, d time.Duration) (stri
 	}
 }
 
+// Seen tells whether the serial console has shown marker yet.
+func (vm *VM) Seen(marker string) bool { return vm.find(marker) != "" }
+
 func (vm *VM) find(marker string) string {
 	f, err := os.Open(vm.Serial)
 	if err != nil {
