@@ -14,13 +14,21 @@ DEBS := libvirt-daemon-system qemu-system-x86 qemu-utils qemu-guest-agent tini v
 GO_PKGS := ./...
 BINARIES := vdi-broker
 
-.PHONY: all build deps daemons test check unit integration bench demo clean
+.PHONY: all build deps daemons test check unit integration bench demo image clean
 
 all: build
 
 build:
 	mkdir -p bin
 	go build -o bin/vdi-broker ./server/cmd/vdi-broker
+	go build -o bin/kioskd ./kioskd/cmd/kioskd
+	go build -o bin/image-build ./image-build/cmd/image-build
+	go build -o bin/undervdi-pxe ./pxe/cmd/undervdi-pxe
+
+# image builds the kiosk appliance: out/kiosk.img (SD card / USB stick),
+# out/pxe/ (network boot) and out/manifest.json. See docs/appliance.md.
+image: deps
+	go run ./image-build/cmd/image-build -out out
 
 # deps installs missing Debian packages (apt-get update only when needed).
 deps:
@@ -60,10 +68,11 @@ bench: daemons
 	go test -tags integration -run '^$$' -bench . -benchtime 1x -count 6 -timeout 30m ./server/pool | tee -a bench.out
 	go test -tags integration -run '^$$' -bench TouchToFrame -benchtime 5x -count 6 -timeout 30m ./kioskd | tee -a bench.out
 	go test -tags integration -run '^$$' -bench IdleMinute -benchtime 1x -count 1 -timeout 30m ./kioskd | tee -a bench.out
+	go test -tags integration -run '^$$' -bench BootToSlideshow -benchtime 1x -count 6 -timeout 30m ./initramfs | tee -a bench.out
 	go tool benchstat bench.out
 
 demo: daemons
 	go run ./demo
 
 clean:
-	rm -rf bin bench.out
+	rm -rf bin bench.out out

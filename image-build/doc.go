@@ -12,8 +12,12 @@
 //	out/pxe/boot.ipxe          the iPXE script that boots them,
 //	out/pxe/undionly.kpxe      iPXE for BIOS PXE ROMs,
 //	out/pxe/ipxe.efi           iPXE for UEFI,
-//	out/pxe/kioskd.conf        the site's kiosk settings, if given
 //	out/manifest.json        every file above with size and SHA-256
+//
+// The site's kioskd.conf goes on the disk image only: everything in the
+// network-boot directory is served to anyone on the kiosk network, and the
+// file may hold kiosk tokens. Network-booted kiosks take their settings from
+// DHCP and the kernel command line.
 //
 // # The disk image
 //

@@ -3,6 +3,7 @@
 package initramfs
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"os"
@@ -31,14 +32,16 @@ var (
 // runs in the test cache directory).
 func kioskImage(t *testing.T) *Image {
 	t.Helper()
-	imageOnce.Do(func() {
-		b := &Builder{CacheDir: filepath.Join(testbed.CacheDir(), "kiosk")}
-		image, imageErr = b.Build(context.Background())
-	})
+	imageOnce.Do(buildImage)
 	if imageErr != nil {
 		t.Fatal(imageErr)
 	}
 	return image
+}
+
+func buildImage() {
+	b := &Builder{CacheDir: filepath.Join(testbed.CacheDir(), "kiosk")}
+	image, imageErr = b.Build(context.Background())
 }
 
 // archive reads the initramfs back: path -> record.
@@ -187,6 +190,27 @@ func TestBootsToSlideshow(t *testing.T) {
 	for _, bad := range []string{"Kernel panic", "cannot start the X server"} {
 		if strings.Contains(vm.Tail(200), bad) {
 			t.Errorf("console shows %q:\n%s", bad, vm.Tail(40))
+		}
+	}
+}
+
+// TestReproducible builds the image again in a fresh cache (sharing only
+// the downloaded packages) and expects the same bytes.
+func TestReproducible(t *testing.T) {
+	img := kioskImage(t)
+	dir := t.TempDir()
+	if err := os.Symlink(filepath.Join(testbed.CacheDir(), "kiosk", "debs"), filepath.Join(dir, "debs")); err != nil {
+		t.Fatal(err)
+	}
+	again, err := (&Builder{CacheDir: dir}).Build(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range [][2]string{{img.Initramfs, again.Initramfs}, {img.Kernel, again.Kernel}} {
+		a, _ := os.ReadFile(f[0])
+		b, _ := os.ReadFile(f[1])
+		if len(a) == 0 || !bytes.Equal(a, b) {
+			t.Errorf("%s and %s differ: the build is not reproducible", f[0], f[1])
 		}
 	}
 }
