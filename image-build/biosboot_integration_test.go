@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"undervdi/internal/bootlayout"
 )
 
 // TestMatchesGrubBiosSetup checks the BIOS boot code against GRUB's own
@@ -23,7 +25,12 @@ func TestMatchesGrubBiosSetup(t *testing.T) {
 		t.Skipf("no loop devices (%v: %s)", err, out)
 	}
 	b := testBuilder(t)
-	grub, err := b.buildGRUB(t.Context())
+	in := testInputs(t)
+	vol, err := volumeID(in, b.Epoch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grub, err := b.buildGRUB(t.Context(), bootlayout.VolumeID(vol))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +42,7 @@ func TestMatchesGrubBiosSetup(t *testing.T) {
 
 	dir := t.TempDir()
 	img := filepath.Join(dir, "kiosk.img")
-	if err := b.Disk(t.Context(), testInputs(t), img); err != nil {
+	if err := b.Disk(t.Context(), in, img); err != nil {
 		t.Fatalf("Disk() = %v", err)
 	}
 	want := mustRead(t, img)

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"time"
 
+	"undervdi/internal/bootlayout"
 	"undervdi/internal/debpkg"
 )
 
@@ -51,11 +52,15 @@ func (b *Builder) Disk(ctx context.Context, in Inputs, path string) error {
 	if err := b.check(in); err != nil {
 		return err
 	}
-	grub, err := b.buildGRUB(ctx)
+	vol, err := volumeID(in, b.Epoch)
 	if err != nil {
 		return err
 	}
-	plan, err := planDisk(in, grub)
+	grub, err := b.buildGRUB(ctx, bootlayout.VolumeID(vol))
+	if err != nil {
+		return err
+	}
+	plan, err := planDisk(in, grub, vol)
 	if err != nil {
 		return err
 	}
@@ -88,7 +93,11 @@ func (b *Builder) All(ctx context.Context, in Inputs, outDir string) (*Manifest,
 	if err := b.check(in); err != nil {
 		return nil, err
 	}
-	grub, err := b.buildGRUB(ctx)
+	vol, err := volumeID(in, b.Epoch)
+	if err != nil {
+		return nil, err
+	}
+	grub, err := b.buildGRUB(ctx, bootlayout.VolumeID(vol))
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +105,7 @@ func (b *Builder) All(ctx context.Context, in Inputs, outDir string) (*Manifest,
 	if err != nil {
 		return nil, err
 	}
-	plan, err := planDisk(in, grub)
+	plan, err := planDisk(in, grub, vol)
 	if err != nil {
 		return nil, err
 	}

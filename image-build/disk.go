@@ -78,18 +78,19 @@ func (e entry) open() (io.ReadCloser, error) {
 
 // diskPlan is everything the disk image will hold, and its size.
 type diskPlan struct {
-	esp     []entry // in the order they are written
-	espSize int64
-	size    int64
-	grub    *grubImages
+	esp      []entry // in the order they are written
+	espSize  int64
+	size     int64
+	grub     *grubImages
+	volumeID uint32 // the FAT's, which GRUB and kioskd look for
 }
 
 // planDisk lists the EFI system partition's content and sizes the image.
-func planDisk(in Inputs, grub *grubImages) (*diskPlan, error) {
+func planDisk(in Inputs, grub *grubImages, volumeID uint32) (*diskPlan, error) {
 	kiosk := func(name string) string { return path.Join(bootlayout.Dir, name) }
 	esp := []entry{
 		{path: "EFI/BOOT/BOOTX64.EFI", data: grub.efiImg},
-		{path: strings.TrimPrefix(grubConfigPath, "/"), data: []byte(grubConfig(in.Cmdline))},
+		{path: strings.TrimPrefix(grubConfigPath, "/"), data: []byte(grubConfig(in.Cmdline, bootlayout.VolumeID(volumeID)))},
 		{path: kiosk(bootlayout.Kernel), src: in.Kernel},
 		{path: kiosk(bootlayout.Initramfs), src: in.Initramfs},
 	}
@@ -124,10 +125,11 @@ func planDisk(in Inputs, grub *grubImages) (*diskPlan, error) {
 	}
 	espSize := max(minESPSize, roundUp(content+content/4+espSlack, mib))
 	return &diskPlan{
-		esp:     esp,
-		espSize: espSize,
-		size:    espStart + espSize + diskTail,
-		grub:    grub,
+		esp:      esp,
+		espSize:  espSize,
+		size:     espStart + espSize + diskTail,
+		grub:     grub,
+		volumeID: volumeID,
 	}, nil
 }
 
@@ -208,7 +210,7 @@ func (b *Builder) writeDisk(ctx context.Context, plan *diskPlan, dst string) (er
 	if err := b.writeESP(ctx, d, plan); err != nil {
 		return err
 	}
-	if err := setFATVolumeID(f, espStart, key); err != nil {
+	if err := setFATVolumeID(f, espStart, plan.volumeID); err != nil {
 		return err
 	}
 	if err := f.Chmod(0o644); err != nil {
@@ -252,6 +254,47 @@ func (p *diskPlan) contentKey(epoch time.Time) ([]byte, error) {
 		fmt.Fprintf(h, "file %s %x\n", e.path, fh.Sum(nil))
 	}
 	return h.Sum(nil), nil
+}
+
+// volumeID derives the FAT volume ID from everything the image is built
+// from (not from GRUB's images or grub.cfg, which contain it): each build
+// of different inputs gets its own, and the same inputs the same.
+func volumeID(in Inputs, epoch time.Time) (uint32, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "FAT volume ID\x00epoch %d\ncmdline %q\n", epoch.Unix(), in.Cmdline)
+	for _, f := range []string{in.Kernel, in.Initramfs, in.Config} {
+		if f == "" {
+			continue
+		}
+		if err := hashInto(h, f); err != nil {
+			return 0, err
+		}
+	}
+	if in.Background != "" {
+		bg, err := treeEntries(in.Background, bootlayout.Background)
+		if err != nil {
+			return 0, err
+		}
+		for _, e := range bg {
+			fmt.Fprintf(h, "%s\n", e.path)
+			if e.src != "" {
+				if err := hashInto(h, e.src); err != nil {
+					return 0, err
+				}
+			}
+		}
+	}
+	return binary.LittleEndian.Uint32(h.Sum(nil)), nil
+}
+
+func hashInto(h io.Writer, file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(h, f)
+	return err
 }
 
 // guid derives a GUID for one part of the image from its content key.
@@ -408,10 +451,10 @@ const (
 	fatVolumeID         = 0x43 // u32
 )
 
-// setFATVolumeID gives the file system a volume ID (its "UUID" in Linux's
-// /dev/disk/by-uuid) derived from the content key, in the boot sector and
-// its backup. go-diskfs's reproducible mode writes zero there.
-func setFATVolumeID(f *os.File, start int64, key []byte) error {
+// setFATVolumeID gives the file system its volume ID (its "UUID" in Linux's
+// /dev/disk/by-uuid), in the boot sector and its backup. go-diskfs's
+// reproducible mode writes zero there.
+func setFATVolumeID(f *os.File, start int64, volumeID uint32) error {
 	boot := make([]byte, sectorSize)
 	if _, err := f.ReadAt(boot, start); err != nil {
 		return err
@@ -419,8 +462,7 @@ func setFATVolumeID(f *os.File, start int64, key []byte) error {
 	if boot[fatExtendedBootSig] != 0x29 {
 		return fmt.Errorf("FAT boot sector has no extended boot signature")
 	}
-	sum := sha256.Sum256(append([]byte("FAT volume ID\x00"), key...))
-	id := sum[:4]
+	id := binary.LittleEndian.AppendUint32(nil, volumeID)
 	backup := int64(binary.LittleEndian.Uint16(boot[fatBackupBootSector:]))
 	for _, sector := range []int64{0, backup} {
 		if _, err := f.WriteAt(id, start+sector*sectorSize+fatVolumeID); err != nil {

@@ -17,6 +17,8 @@ import (
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"undervdi/internal/bootlayout"
 )
 
 // testInputs writes stand-in boot files into a temporary directory: GRUB
@@ -64,6 +66,10 @@ func testInputs(t *testing.T) Inputs {
 func TestDisk(t *testing.T) {
 	b := testBuilder(t)
 	in := testInputs(t)
+	vol, err := volumeID(in, b.Epoch)
+	if err != nil {
+		t.Fatal(err)
+	}
 	img := filepath.Join(t.TempDir(), "out", "kiosk.img")
 	if err := b.Disk(t.Context(), in, img); err != nil {
 		t.Fatalf("Disk() = %v", err)
@@ -145,7 +151,7 @@ func TestDisk(t *testing.T) {
 		t.Errorf("FAT label = %q, want UNDERVDI", label)
 	}
 	want := map[string][]byte{
-		"/boot/grub/grub.cfg":                              []byte(grubConfig(in.Cmdline)),
+		"/boot/grub/grub.cfg":                              []byte(grubConfig(in.Cmdline, bootlayout.VolumeID(vol))),
 		"/undervdi/vmlinuz":                                mustRead(t, in.Kernel),
 		"/undervdi/initramfs.img":                          mustRead(t, in.Initramfs),
 		"/undervdi/kioskd.conf":                            mustRead(t, in.Config),
@@ -181,11 +187,19 @@ func TestDisk(t *testing.T) {
 		}
 	}
 
-	// The FAT volume ID is set, the same in the boot sector and its backup.
+	// The FAT volume ID is the one grub.cfg names, the same in the boot
+	// sector and its backup.
 	id := raw[espStart+fatVolumeID : espStart+fatVolumeID+4]
 	backup := raw[espStart+6*sectorSize+fatVolumeID : espStart+6*sectorSize+fatVolumeID+4]
-	if bytes.Equal(id, make([]byte, 4)) || !bytes.Equal(id, backup) {
-		t.Errorf("FAT volume ID %x, backup %x: want equal and not zero", id, backup)
+	if binary.LittleEndian.Uint32(id) != vol || !bytes.Equal(id, backup) {
+		t.Errorf("FAT volume ID %x, backup %x: want %08x in both", id, backup, vol)
+	}
+	// Other inputs, another volume ID: a stick made from another build is
+	// not this kiosk's boot partition.
+	other := in
+	other.Cmdline += " quiet"
+	if vol2, err := volumeID(other, b.Epoch); err != nil || vol2 == vol {
+		t.Errorf("volumeID of other inputs = %08x, %v; want one other than %08x", vol2, err, vol)
 	}
 }
 

@@ -48,10 +48,13 @@ var (
 
 // grubEarlyConfig is built into both GRUB images. $root starts out as the
 // device GRUB was loaded from, which for BIOS is the whole disk, so look for
-// the boot partition by its FAT label. If that fails GRUB prints why and
-// tries the default root anyway.
-const grubEarlyConfig = "search --no-floppy --set=root --label " + bootlayout.Label + "\n" +
-	"configfile " + grubConfigPath + "\n"
+// the boot partition by its FAT volume ID, unique to this build (a label
+// could be faked by any USB stick plugged into the kiosk). If that fails
+// GRUB prints why and tries the default root anyway.
+func grubEarlyConfig(volumeID string) string {
+	return "search --no-floppy --set=root --fs-uuid " + volumeID + "\n" +
+		"configfile " + grubConfigPath + "\n"
+}
 
 // grubImages are GRUB's boot programs, ready to be put on the disk.
 type grubImages struct {
@@ -61,8 +64,9 @@ type grubImages struct {
 	packages []debpkg.Package
 }
 
-// buildGRUB fetches the GRUB packages and builds the BIOS and UEFI images.
-func (b *Builder) buildGRUB(ctx context.Context) (*grubImages, error) {
+// buildGRUB fetches the GRUB packages and builds the BIOS and UEFI images,
+// which look for the partition with volumeID.
+func (b *Builder) buildGRUB(ctx context.Context, volumeID string) (*grubImages, error) {
 	b.log().Info("fetching GRUB packages", "cache", b.Cache.Dir)
 	roots, pkgs, err := b.unpack(ctx, grubCommonPackage, grubPCPackage, grubEFIPackage)
 	if err != nil {
@@ -79,7 +83,7 @@ func (b *Builder) buildGRUB(ctx context.Context) (*grubImages, error) {
 	}
 	defer os.RemoveAll(tmp)
 	early := filepath.Join(tmp, "early.cfg")
-	if err := os.WriteFile(early, []byte(grubEarlyConfig), 0o644); err != nil {
+	if err := os.WriteFile(early, []byte(grubEarlyConfig(volumeID)), 0o644); err != nil {
 		return nil, err
 	}
 	img := &grubImages{packages: pkgs}
@@ -151,9 +155,9 @@ func (b *Builder) withCacheLock(f func() error) error {
 }
 
 // grubConfig returns grub.cfg: boot the kiosk at once, with cmdline and the
-// word that tells kioskd it booted from this partition.
-func grubConfig(cmdline string) string {
-	words := kernelArgs(cmdline)
+// word that tells kioskd it booted from the partition with volumeID.
+func grubConfig(cmdline, volumeID string) string {
+	words := kernelArgs(cmdline, volumeID)
 	for i, w := range words {
 		words[i] = grubQuote(w)
 	}
@@ -170,16 +174,16 @@ func grubConfig(cmdline string) string {
 	return b.String()
 }
 
-// kernelArgs splits cmdline into words and appends bootlayout.CmdlineBootPart
-// unless it is there already.
-func kernelArgs(cmdline string) []string {
-	words := strings.Fields(cmdline)
-	for _, w := range words {
-		if w == bootlayout.CmdlineBootPart {
-			return words
+// kernelArgs splits cmdline into words and appends bootlayout.BootPartKey
+// with volumeID, replacing any the caller gave.
+func kernelArgs(cmdline, volumeID string) []string {
+	var words []string
+	for _, w := range strings.Fields(cmdline) {
+		if !strings.HasPrefix(w, bootlayout.BootPartKey+"=") {
+			words = append(words, w)
 		}
 	}
-	return append(words, bootlayout.CmdlineBootPart)
+	return append(words, bootlayout.BootPartKey+"="+volumeID)
 }
 
 // grubQuote quotes one word for GRUB's script parser, which would otherwise

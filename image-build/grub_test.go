@@ -8,11 +8,11 @@ import (
 )
 
 func TestGrubConfig(t *testing.T) {
-	got := grubConfig(`console=ttyS0  quiet foo="a b" x=$y it's`)
+	got := grubConfig(`console=ttyS0  quiet foo="a b" x=$y it's`, "1A2B-3C4D")
 	want := `# undervdi kiosk. GRUB reads this on BIOS and UEFI machines alike and boots
 # straight away: there is no menu, so nothing to wait for.
 set gfxpayload=auto
-linux /undervdi/vmlinuz console=ttyS0 quiet 'foo="a' 'b"' 'x=$y' 'it'\''s' undervdi.bootpart=UNDERVDI
+linux /undervdi/vmlinuz console=ttyS0 quiet 'foo="a' 'b"' 'x=$y' 'it'\''s' undervdi.bootpart=1A2B-3C4D
 initrd /undervdi/initramfs.img
 boot
 `
@@ -23,11 +23,11 @@ boot
 
 func TestKernelArgs(t *testing.T) {
 	for _, tc := range []struct{ cmdline, want string }{
-		{"", "undervdi.bootpart=UNDERVDI"},
-		{" console=ttyS0\n quiet ", "console=ttyS0 quiet undervdi.bootpart=UNDERVDI"},
-		{"undervdi.bootpart=UNDERVDI quiet", "undervdi.bootpart=UNDERVDI quiet"},
+		{"", "undervdi.bootpart=1A2B-3C4D"},
+		{" console=ttyS0\n quiet ", "console=ttyS0 quiet undervdi.bootpart=1A2B-3C4D"},
+		{"undervdi.bootpart=UNDERVDI quiet", "quiet undervdi.bootpart=1A2B-3C4D"}, // the build's own ID wins
 	} {
-		if got := strings.Join(kernelArgs(tc.cmdline), " "); got != tc.want {
+		if got := strings.Join(kernelArgs(tc.cmdline, "1A2B-3C4D"), " "); got != tc.want {
 			t.Errorf("kernelArgs(%q) = %q, want %q", tc.cmdline, got, tc.want)
 		}
 	}
@@ -53,7 +53,7 @@ func TestGrubQuote(t *testing.T) {
 // TestBuildGRUB checks the images grub-mkimage made from Debian's packages.
 func TestBuildGRUB(t *testing.T) {
 	b := testBuilder(t)
-	img, err := b.buildGRUB(t.Context())
+	img, err := b.buildGRUB(t.Context(), "1A2B-3C4D")
 	if err != nil {
 		t.Fatalf("buildGRUB() = %v", err)
 	}
@@ -76,8 +76,8 @@ func TestBuildGRUB(t *testing.T) {
 		t.Errorf("EFI image starts %q, want a PE executable (MZ)", img.efiImg[:2])
 	}
 	// The EFI image keeps its modules and early configuration uncompressed.
-	if !bytes.Contains(img.efiImg, []byte(grubEarlyConfig)) {
-		t.Errorf("EFI image lacks the early configuration %q", grubEarlyConfig)
+	if early := grubEarlyConfig("1A2B-3C4D"); !bytes.Contains(img.efiImg, []byte(early)) {
+		t.Errorf("EFI image lacks the early configuration %q", early)
 	}
 	want := map[string]bool{grubCommonPackage: true, grubPCPackage: true, grubEFIPackage: true}
 	for _, p := range img.packages {

@@ -31,7 +31,7 @@ func testBuilder(t *testing.T) *Builder {
 	t.Helper()
 	b := &Builder{Cache: testCache, Epoch: testEpoch, Log: testLogger()}
 	testGRUBOnce.Do(func() {
-		_, testGRUBError = b.buildGRUB(context.Background())
+		_, testGRUBError = b.buildGRUB(context.Background(), "1A2B-3C4D")
 	})
 	if errors.Is(testGRUBError, debpkg.ErrNoPackage) {
 		t.Skipf("Debian's GRUB packages are not available: %v", testGRUBError)

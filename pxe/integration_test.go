@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,9 +35,12 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 
+	"undervdi/initramfs"
 	"undervdi/internal/bootlayout"
 	"undervdi/internal/debpkg"
+	"undervdi/internal/kioskvm"
 	"undervdi/internal/testbed"
+	"undervdi/internal/xvfb"
 	"undervdi/tinyvm"
 )
 
@@ -740,4 +744,126 @@ func firstMenuItem(opt43 []byte) (uint16, error) {
 		opt43 = opt43[2+n:]
 	}
 	return 0, fmt.Errorf("no PXE boot menu in option 43 % x", opt43)
+}
+
+// TestKioskBootsFromNetwork boots the real kiosk image from the network:
+// image-build writes the network-boot directory (the kernel, the
+// initramfs, boot.ipxe and the iPXE loaders), undervdi-pxe serves it on an
+// isolated kiosk network with site-wide and per-kiosk settings, and a
+// SeaBIOS VM boots it through QEMU's iPXE ROM. kioskd must reach the
+// slideshow with X running, having taken its settings from DHCP.
+//
+// image-build runs as its command: package imagebuild imports this package
+// (for the iPXE script and loaders), so this test cannot import it.
+func TestKioskBootsFromNetwork(t *testing.T) {
+	setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	kimg, err := (&initramfs.Builder{CacheDir: filepath.Join(testbed.CacheDir(), "kiosk")}).Build(ctx)
+	if err != nil {
+		t.Fatalf("building the kiosk image: %v", err)
+	}
+
+	// dnsmasq's TFTP server drops root: the boot directory must be open,
+	// and t.TempDir's directories are not.
+	out, err := os.MkdirTemp("", "pxe-kiosk-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(out) })
+	if err := os.Chmod(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tool := filepath.Join(t.TempDir(), "image-build")
+	if b, err := exec.CommandContext(ctx, "go", "build", "-o", tool, "undervdi/image-build/cmd/image-build").CombinedOutput(); err != nil {
+		t.Fatalf("go build image-build: %v: %s", err, b)
+	}
+	build := exec.CommandContext(ctx, tool, "-kernel", kimg.Kernel, "-initramfs", kimg.Initramfs,
+		"-cmdline", "console=ttyS0 panic=-1", "-epoch", "1700000000",
+		"-cache", filepath.Join(testbed.CacheDir(), "image-build"), "-out", out)
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("image-build: %v: %s", err, b)
+	}
+	bootDir := filepath.Join(out, "pxe")
+	if err := CheckBootDir(bootDir); err != nil {
+		t.Fatalf("image-build's network-boot directory: %v", err)
+	}
+
+	ns, _ := kioskNet(t, "169.254.24.1/24", 1)
+	const (
+		kioskMAC = "52:54:00:12:34:56" // kioskvm's
+		site     = "undervdi.server=169.254.24.1 undervdi.port=1 undervdi.ads_url=off"
+		kiosk    = "undervdi.kiosk=lobby-pxe undervdi.token=t"
+	)
+	pxe := startPXE(t, ns, "-interface", "br0", "-boot-dir", bootDir, "-settings", site, "-kiosk", kioskMAC+"="+kiosk)
+
+	dir := t.TempDir()
+	began := time.Now()
+	vm, err := kioskvm.Start(kioskvm.Options{
+		NetBoot: true,
+		Net:     "tap,id=net0,ifname=tap0,script=no,downscript=no",
+		Prefix:  []string{"ip", "netns", "exec", ns},
+		Dir:     dir,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(vm.Stop)
+	line, err := vm.WaitFor(ctx, "slideshow shown", 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(line)
+	_, uptime, _ := strings.Cut(line, "uptime=")
+	uptime, _, _ = strings.Cut(uptime, " ")
+	t.Logf("network boot to the slideshow: %.1f s from QEMU's start, kernel uptime %s", time.Since(began).Seconds(), uptime)
+
+	if _, err := vm.WaitFor(ctx, "BOOTIF=01-52-54-00-12-34-56", time.Second); err != nil {
+		t.Errorf("the kernel command line lacks BOOTIF from boot.ipxe: %v", err)
+	}
+	if line, err := vm.WaitFor(ctx, "network up", time.Second); err != nil {
+		t.Error(err)
+	} else {
+		t.Log(line)
+		if !strings.Contains(line, " settings=true") {
+			t.Errorf("the kiosk's DHCP lease carried no settings")
+		}
+	}
+	// The kernel command line holds no undervdi.<key>=<value> word here, so
+	// the settings come from the image and DHCP only.
+	if line, err := vm.WaitFor(ctx, "kiosk settings", time.Second); err != nil {
+		t.Error(err)
+	} else {
+		t.Log(line)
+		for _, want := range []string{"server=169.254.24.1", "kiosk=lobby-pxe", `from="image, DHCP"`} {
+			if !strings.Contains(line, want) {
+				t.Errorf("kiosk settings line lacks %q", want)
+			}
+		}
+	}
+	shot, err := vm.Screenshot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := xvfb.Colors(shot, 16); n < 3 {
+		xvfb.SavePNG(shot, filepath.Join(dir, "screen.png"))
+		t.Errorf("the kiosk's screen has %d colours: the slideshow is not showing", n)
+	}
+	for _, bad := range []string{"Kernel panic", "cannot start the X server"} {
+		if strings.Contains(vm.Tail(300), bad) {
+			t.Errorf("console shows %q:\n%s", bad, vm.Tail(40))
+		}
+	}
+	vm.Stop()
+
+	// The kiosk fetched its boot files from undervdi-pxe over HTTP.
+	log := strings.Split(pxe.out.String(), "\n")
+	for _, file := range []string{bootlayout.IPXEScript, bootlayout.Kernel, bootlayout.Initramfs} {
+		if !slices.ContainsFunc(log, func(l string) bool {
+			return strings.Contains(l, "msg=http ") && strings.Contains(l, " method=GET path=/"+file+" ") && strings.Contains(l, " status=200 ")
+		}) {
+			t.Errorf("undervdi-pxe's log shows no successful GET of %s", file)
+		}
+	}
+	pxe.stop(t, ns)
 }

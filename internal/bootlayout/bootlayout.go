@@ -12,9 +12,13 @@
 //	/undervdi/kioskd.conf   optional: the site's kiosk settings
 //	/undervdi/background/   optional: images shown when there are no ads
 //
-// Legacy BIOS boots GRUB's core image from a BIOS boot partition. Network
-// boot serves Kernel, Initramfs and IPXEScript from one directory.
+// Legacy BIOS boots GRUB's core image from a BIOS boot partition. Both GRUBs
+// find the partition by its FAT volume ID and pass it to kioskd as
+// BootPartKey. Network boot serves Kernel, Initramfs and IPXEScript from one
+// directory.
 package bootlayout
+
+import "fmt"
 
 const (
 	// Label is the boot partition's GPT name and FAT volume label.
@@ -30,11 +34,18 @@ const (
 	Background = "background"
 	// IPXEScript is the network-boot script's name.
 	IPXEScript = "boot.ipxe"
-	// CmdlineBootPart is the kernel command-line word that tells kioskd the
-	// kiosk booted from media carrying the boot partition, so it waits for
-	// it to appear (USB and SD controllers enumerate late).
-	CmdlineBootPart = "undervdi.bootpart=" + Label
+	// BootPartKey is the kernel command-line key naming the partition the
+	// kiosk booted from by its FAT volume ID (VolumeID), as in
+	// undervdi.bootpart=1A2B-3C4D. GRUB finds the partition by the same ID.
+	// The ID is unique to each image build, so a visitor's USB stick that
+	// carries the label is never taken for the boot partition; without the
+	// key (network boot) kioskd looks for no boot partition at all.
+	BootPartKey = "undervdi.bootpart"
 )
+
+// VolumeID formats a FAT volume ID the way GRUB (search --fs-uuid), blkid
+// and the kernel command line write it: "1A2B-3C4D".
+func VolumeID(id uint32) string { return fmt.Sprintf("%04X-%04X", id>>16, id&0xffff) }
 
 // DHCPOption is the site-specific DHCP option (RFC 2132 private range) that
 // carries kiosk settings on a kiosk network. Its value is text in the same

@@ -81,18 +81,18 @@ func Boot(ctx context.Context, log *slog.Logger) (*config.Config, error) {
 	if err := readFile(cfg, imageConfig); err != nil {
 		return nil, err
 	}
-	wait := time.Duration(0)
-	if strings.Contains(string(cmdline), bootlayout.CmdlineBootPart) {
-		wait = 15 * time.Second
-	}
 	if err := mods.Load("vfat", "nls_cp437", "nls_iso8859_1"); err != nil {
 		log.Warn("cannot load the FAT file system modules", "err", err)
 	}
-	if dev, err := findBootPart(ctx, wait); err == nil {
-		if err := mountReadOnly(dev, BootMount); err != nil {
+	// Only a kiosk booted from a card or stick has a boot partition, and
+	// only the one with the volume ID GRUB was told is it.
+	if vol := cmdlineValue(string(cmdline), bootlayout.BootPartKey); vol != "" {
+		if dev, err := findBootPart(ctx, vol, 15*time.Second); err != nil {
+			log.Error("the boot partition did not appear; using the image's settings", "err", err)
+		} else if err := mountReadOnly(dev, BootMount); err != nil {
 			log.Error("cannot mount the boot partition", "device", dev, "err", err)
 		} else {
-			log.Info("boot partition mounted read-only", "device", dev)
+			log.Info("boot partition mounted read-only", "device", dev, "volume", vol)
 			site := filepath.Join(BootMount, bootlayout.Dir, bootlayout.Config)
 			if err := readFile(cfg, site); err != nil {
 				return nil, err
@@ -104,8 +104,6 @@ func Boot(ctx context.Context, log *slog.Logger) (*config.Config, error) {
 				cfg.BackgroundDir = bg
 			}
 		}
-	} else if wait > 0 {
-		log.Error("the boot partition did not appear; using the image's settings", "err", err)
 	}
 
 	lease, err := dhcp(ctx, log, bootif(string(cmdline)), 30*time.Second)
@@ -126,7 +124,7 @@ func Boot(ctx context.Context, log *slog.Logger) (*config.Config, error) {
 	if err := cfg.ApplyCmdline(kioskWords(string(cmdline))); err != nil {
 		return nil, err
 	}
-	if strings.Contains(string(cmdline), "undervdi.") {
+	if strings.Contains(kioskWords(string(cmdline)), "undervdi.") {
 		from = append(from, "kernel command line")
 	}
 	log.Info("kiosk settings", "server", cfg.Server, "kiosk", cfg.Kiosk, "from", strings.Join(from, ", "))
@@ -134,16 +132,25 @@ func Boot(ctx context.Context, log *slog.Logger) (*config.Config, error) {
 }
 
 // kioskWords drops the command-line words that are the appliance's own
-// (bootlayout.CmdlineBootPart), leaving kioskd's settings.
+// (bootlayout.BootPartKey), leaving kioskd's settings.
 func kioskWords(cmdline string) string {
-	key, _, _ := strings.Cut(bootlayout.CmdlineBootPart, "=")
 	var keep []string
 	for _, w := range strings.Fields(cmdline) {
-		if !strings.HasPrefix(w, key+"=") {
+		if !strings.HasPrefix(w, bootlayout.BootPartKey+"=") {
 			keep = append(keep, w)
 		}
 	}
 	return strings.Join(keep, " ")
+}
+
+// cmdlineValue returns the value of key=value on the command line.
+func cmdlineValue(cmdline, key string) string {
+	for _, w := range strings.Fields(cmdline) {
+		if v, ok := strings.CutPrefix(w, key+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // readFile applies a settings file over cfg; a missing file is fine.

@@ -3,11 +3,11 @@ package appliance
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -16,23 +16,24 @@ import (
 )
 
 // errNoBootPart is returned when no block device carries the boot partition.
-var errNoBootPart = errors.New("no boot partition labelled " + bootlayout.Label)
+var errNoBootPart = errors.New("no boot partition with the volume ID the kernel command line names")
 
-// findBootPart returns the /dev path of the FAT file system labelled
-// bootlayout.Label, looking until wait is over (USB and SD readers
-// enumerate late).
-func findBootPart(ctx context.Context, wait time.Duration) (string, error) {
+// findBootPart returns the /dev path of the FAT file system with volumeID
+// (bootlayout.VolumeID's form), looking until wait is over (USB and SD
+// readers enumerate late). The ID, unique to the image build, is what
+// tells the boot medium from a visitor's USB stick, whatever its label.
+func findBootPart(ctx context.Context, volumeID string, wait time.Duration) (string, error) {
 	deadline := time.Now().Add(wait)
 	for {
 		names, _ := filepath.Glob("/sys/class/block/*")
 		for _, n := range names {
 			dev := "/dev/" + filepath.Base(n)
-			if label, ok := fatLabel(dev); ok && label == bootlayout.Label {
+			if id, ok := fatVolumeID(dev); ok && id == volumeID {
 				return dev, nil
 			}
 		}
 		if time.Now().After(deadline) {
-			return "", errNoBootPart
+			return "", fmt.Errorf("%w (%s)", errNoBootPart, volumeID)
 		}
 		select {
 		case <-ctx.Done():
@@ -42,26 +43,32 @@ func findBootPart(ctx context.Context, wait time.Duration) (string, error) {
 	}
 }
 
-// fatLabel reads the volume label from a FAT boot sector (FAT32 or FAT12/16).
-func fatLabel(dev string) (string, bool) {
+// fatVolumeID reads the volume ID from a FAT boot sector (FAT32 or
+// FAT12/16), formatted as bootlayout.VolumeID does.
+func fatVolumeID(dev string) (string, bool) {
 	f, err := os.Open(dev)
 	if err != nil {
 		return "", false
 	}
 	defer f.Close()
 	b := make([]byte, 512)
-	if _, err := f.ReadAt(b, 0); err != nil || b[510] != 0x55 || b[511] != 0xAA {
+	if _, err := f.ReadAt(b, 0); err != nil {
 		return "", false
 	}
-	return parseFATLabel(b)
+	return parseFATVolumeID(b)
 }
 
-func parseFATLabel(b []byte) (string, bool) {
+// parseFATVolumeID reads a boot sector: FAT32 keeps the extended boot
+// signature (0x29) at 0x42 and the ID at 0x43, FAT12/16 at 0x26 and 0x27.
+func parseFATVolumeID(b []byte) (string, bool) {
+	if len(b) < 512 || b[510] != 0x55 || b[511] != 0xAA {
+		return "", false
+	}
 	switch {
-	case bytes.Equal(b[82:90], []byte("FAT32   ")):
-		return strings.TrimRight(string(b[71:82]), " "), true
-	case bytes.HasPrefix(b[54:62], []byte("FAT")):
-		return strings.TrimRight(string(b[43:54]), " "), true
+	case bytes.Equal(b[82:90], []byte("FAT32   ")) && b[0x42] == 0x29:
+		return bootlayout.VolumeID(binary.LittleEndian.Uint32(b[0x43:])), true
+	case bytes.HasPrefix(b[54:62], []byte("FAT")) && b[0x26] == 0x29:
+		return bootlayout.VolumeID(binary.LittleEndian.Uint32(b[0x27:])), true
 	}
 	return "", false
 }
@@ -78,6 +85,13 @@ func mountReadOnly(dev, dir string) error {
 	f.Close()
 	if err != nil {
 		return fmt.Errorf("setting %s read-only: %w", dev, err)
+	}
+	// And the whole card, so no other partition of it is written either.
+	if disk, err := filepath.EvalSymlinks("/sys/class/block/" + filepath.Base(dev) + "/.."); err == nil {
+		if d, err := os.OpenFile("/dev/"+filepath.Base(disk), os.O_RDONLY, 0); err == nil {
+			unix.IoctlSetPointerInt(int(d.Fd()), unix.BLKROSET, 1)
+			d.Close()
+		}
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err

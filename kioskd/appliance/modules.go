@@ -68,41 +68,65 @@ func (m *Modules) ForAlias(modalias string) []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []string
-	for _, a := range m.aliases {
-		if m.loaded[a.module] {
+	for _, mod := range m.match(modalias) {
+		if m.loaded[mod] {
 			continue
 		}
-		if ok, _ := path.Match(a.pattern, modalias); !ok {
+		if err := m.load(mod); err != nil {
+			m.Log.Warn("cannot load a kernel module a device asks for", "module", mod, "device", modalias, "err", err)
 			continue
 		}
-		if err := m.load(a.module); err != nil {
-			m.Log.Warn("cannot load a kernel module a device asks for", "module", a.module, "device", modalias, "err", err)
-			continue
-		}
-		out = append(out, a.module)
+		out = append(out, mod)
 	}
 	return out
 }
 
-// load inserts a module after its dependencies (deepest first).
-func (m *Modules) load(name string) error {
+// match returns the modules with an alias pattern matching modalias, in
+// modules.alias order, each once.
+func (m *Modules) match(modalias string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, a := range m.aliases {
+		if ok, _ := path.Match(a.pattern, modalias); ok && !seen[a.module] {
+			seen[a.module] = true
+			out = append(out, a.module)
+		}
+	}
+	return out
+}
+
+// order returns the module files to insert for name, dependencies first.
+func (m *Modules) order(name string) ([]string, error) {
 	files, ok := m.deps[name]
 	if !ok {
-		return fmt.Errorf("%s is not in modules.dep", name)
+		return nil, fmt.Errorf("%s is not in modules.dep", name)
 	}
+	out := make([]string, 0, len(files))
 	for i := len(files) - 1; i >= 0; i-- {
-		dep := strings.ReplaceAll(strings.TrimSuffix(path.Base(files[i]), ".ko"), "-", "_")
+		out = append(out, files[i])
+	}
+	return out, nil
+}
+
+// load inserts a module after its dependencies (deepest first).
+func (m *Modules) load(name string) error {
+	files, err := m.order(name)
+	if err != nil {
+		return err
+	}
+	for _, file := range files {
+		dep := strings.ReplaceAll(strings.TrimSuffix(path.Base(file), ".ko"), "-", "_")
 		if m.loaded[dep] {
 			continue
 		}
-		f, err := os.Open(filepath.Join(m.Dir, files[i]))
+		f, err := os.Open(filepath.Join(m.Dir, file))
 		if err != nil {
 			return err
 		}
 		err = unix.FinitModule(int(f.Fd()), "", 0)
 		f.Close()
 		if err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("%s: %w", files[i], err)
+			return fmt.Errorf("%s: %w", file, err)
 		}
 		m.loaded[dep] = true
 	}
