@@ -87,11 +87,7 @@ func caBundle(sys *sysroot) ([]byte, error) {
 		if !strings.HasSuffix(p, ".crt") {
 			continue
 		}
-		e, err := sys.resolve(p)
-		if err != nil {
-			return nil, err
-		}
-		data, err := os.ReadFile(e.host)
+		data, err := sys.read(p)
 		if err != nil {
 			return nil, err
 		}
@@ -123,11 +119,7 @@ func mimeCache(ctx context.Context, sys *sysroot) ([]byte, error) {
 		return nil, err
 	}
 	for _, p := range sys.under("/usr/share/mime/packages") {
-		e, err := sys.resolve(p)
-		if err != nil {
-			return nil, err
-		}
-		data, err := os.ReadFile(e.host)
+		data, err := sys.read(p)
 		if err != nil {
 			return nil, err
 		}

@@ -39,14 +39,10 @@ import (
 	"github.com/u-root/mkuimage/cpio"
 	"github.com/u-root/mkuimage/uimage"
 	"github.com/u-root/uio/llog"
-	"golang.org/x/sys/unix"
 
 	"undervdi/internal/debpkg"
 	"undervdi/internal/kmod"
 )
-
-// kernelMeta is the Debian package whose first dependency is the kernel.
-const kernelMeta = "linux-image-amd64"
 
 // roots are the Debian packages the kiosk's programs come from; their
 // dependencies are fetched too, except the pruned ones.
@@ -164,27 +160,18 @@ func (b *Builder) Build(ctx context.Context) (*Image, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(b.CacheDir, 0o755); err != nil {
-		return nil, err
-	}
-	unlock, err := lockFile(filepath.Join(b.CacheDir, ".lock"))
+	deb, unlock, err := debpkg.OpenLocked(b.CacheDir, log)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	start := time.Now()
-	deb := &debpkg.Cache{Dir: filepath.Join(b.CacheDir, "debs"), Log: log}
 
 	// The kernel and its modules.
-	kdeps, err := deb.Depends(ctx, kernelMeta)
-	if err != nil || len(kdeps) == 0 {
-		return nil, fmt.Errorf("finding the kernel package behind %s: %v", kernelMeta, err)
-	}
-	kpkg, kroot, err := deb.Unpack(ctx, kdeps[0])
+	kpkg, kroot, kver, err := deb.Kernel(ctx)
 	if err != nil {
 		return nil, err
 	}
-	kver := strings.TrimPrefix(kpkg.Name, "linux-image-")
 
 	// The userland packages.
 	names, err := deb.Closure(ctx, roots, prune)
@@ -608,17 +595,4 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
-}
-
-// lockFile takes an exclusive flock, so parallel builds share one result.
-func lockFile(p string) (func(), error) {
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() { f.Close() }, nil
 }

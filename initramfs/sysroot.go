@@ -92,6 +92,15 @@ func (s *sysroot) resolve(p string) (entry, error) {
 	return entry{}, fmt.Errorf("%s: too many levels of symbolic links", p)
 }
 
+// read returns the content of the file at p, following links.
+func (s *sysroot) read(p string) ([]byte, error) {
+	e, err := s.resolve(p)
+	if err != nil {
+		return nil, err
+	}
+	return os.ReadFile(e.host)
+}
+
 // under returns the merged paths of the files below dir, sorted.
 func (s *sysroot) under(dir string) []string {
 	dir = strings.TrimSuffix(merged(dir), "/") + "/"

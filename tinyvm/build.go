@@ -20,14 +20,10 @@ import (
 	"github.com/u-root/gobusybox/src/pkg/golang"
 	"github.com/u-root/mkuimage/uimage"
 	"github.com/u-root/uio/llog"
-	"golang.org/x/sys/unix"
 
 	"undervdi/internal/debpkg"
 	"undervdi/internal/kmod"
 )
-
-// kernelMeta is the Debian package whose dependency is the current kernel.
-const kernelMeta = "linux-image-amd64"
 
 // qemuGA is taken from the build host (the qemu-guest-agent package), with
 // the shared libraries it links, resolved by u-root's ldd.
@@ -65,25 +61,15 @@ func (b *Builder) Build(ctx context.Context) (*Artifacts, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(b.CacheDir, 0o755); err != nil {
-		return nil, err
-	}
-	unlock, err := lockFile(filepath.Join(b.CacheDir, ".lock"))
+	deb, unlock, err := debpkg.OpenLocked(b.CacheDir, log)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-
-	deb := &debpkg.Cache{Dir: filepath.Join(b.CacheDir, "debs"), Log: log}
-	deps, err := deb.Depends(ctx, kernelMeta)
-	if err != nil || len(deps) == 0 {
-		return nil, fmt.Errorf("finding the kernel package behind %s: %v", kernelMeta, err)
-	}
-	kpkg, kroot, err := deb.Unpack(ctx, deps[0])
+	kpkg, kroot, kver, err := deb.Kernel(ctx)
 	if err != nil {
 		return nil, err
 	}
-	kver := strings.TrimPrefix(kpkg.Name, "linux-image-")
 	ga, err := os.ReadFile(qemuGA)
 	if err != nil {
 		return nil, fmt.Errorf("the tiny VM carries the host's qemu-ga: %w (apt-get install qemu-guest-agent)", err)
@@ -206,17 +192,4 @@ func moduleFiles(kroot, kver, dir string) ([]string, error) {
 		specs = append(specs, filepath.Join(mdir, m.Path)+":"+arch+m.Path)
 	}
 	return specs, nil
-}
-
-// lockFile takes an exclusive flock, so parallel test binaries build once.
-func lockFile(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
 }

@@ -5,11 +5,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Closure returns roots and every package they depend on (Depends and
@@ -218,4 +221,40 @@ func (c *Cache) candidates(ctx context.Context, names []string) ([]Package, erro
 		pkgs = append(pkgs, p)
 	}
 	return pkgs, nil
+}
+
+// OpenLocked makes a builder's cache directory and takes an exclusive lock
+// on it, so builds in several processes (parallel test binaries) wait for
+// one another and share the result. Packages go to dir/debs. Call unlock
+// when the build is done.
+func OpenLocked(dir string, log *slog.Logger) (c *Cache, unlock func(), err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return &Cache{Dir: filepath.Join(dir, "debs"), Log: log}, func() { f.Close() }, nil
+}
+
+// kernelMeta is the Debian package whose first dependency is the current kernel.
+const kernelMeta = "linux-image-amd64"
+
+// Kernel fetches and unpacks Debian's current kernel package and returns
+// it, its unpacked tree and the kernel's release (e.g. 6.1.0-56-amd64).
+func (c *Cache) Kernel(ctx context.Context) (Package, string, string, error) {
+	deps, err := c.Depends(ctx, kernelMeta)
+	if err != nil || len(deps) == 0 {
+		return Package{}, "", "", fmt.Errorf("finding the kernel package behind %s: %v", kernelMeta, err)
+	}
+	p, root, err := c.Unpack(ctx, deps[0])
+	if err != nil {
+		return p, "", "", err
+	}
+	return p, root, strings.TrimPrefix(p.Name, "linux-image-"), nil
 }
