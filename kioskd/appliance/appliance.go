@@ -223,9 +223,13 @@ func Uptime() time.Duration {
 }
 
 // Reboot restarts the machine after a fatal error, once the message had
-// time to be read.
+// time to be read. It does not return: if the kernel refuses, kioskd exits,
+// and init's end panics the kernel, which the image's panic= setting
+// reboots.
 func Reboot(after time.Duration) {
 	time.Sleep(after)
 	unix.Sync()
-	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	fmt.Fprintln(os.Stderr, "kioskd: reboot:", err)
+	os.Exit(1)
 }
