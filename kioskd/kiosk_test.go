@@ -159,6 +159,21 @@ func (h *harness) expect(want ...State) {
 func (h *harness) event(e Event) { h.b.events <- e }
 func (h *harness) touch()        { h.d.touches <- struct{}{} }
 
+// touchTaken touches and waits until the kiosk has taken the touch: it
+// handles it before anything sent afterwards (touches and events come on
+// separate channels, so otherwise their order is the scheduler's).
+func (h *harness) touchTaken() {
+	h.t.Helper()
+	h.touch()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(h.d.touches) > 0 {
+		if time.Now().After(deadline) {
+			h.t.Fatal("the kiosk never took the touch")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 var offer = kioskproto.Offer{Lease: "l", Host: "h", Port: 1, Ticket: "t", Expires: time.Now().Add(time.Minute)}
 
 func (h *harness) startSession() {
@@ -223,7 +238,7 @@ func TestBrokerLostInSession(t *testing.T) {
 	if text, visible, _ := h.d.get(); text != TextUnavailable || !visible {
 		t.Errorf("after losing the broker: %q visible=%v", text, visible)
 	}
-	h.touch() // nothing to ask
+	h.touchTaken() // nothing to ask
 	h.event(BrokerUp{})
 	h.expect(Idle)
 	h.b.mu.Lock()
