@@ -15,7 +15,6 @@ import (
 	"undervdi/initramfs"
 	"undervdi/internal/kioskvm"
 	"undervdi/internal/testbed"
-	"undervdi/internal/xvfb"
 )
 
 // TestKioskBootsFromSDCard puts the real kiosk image on an SD-card image
@@ -75,14 +74,8 @@ func TestKioskBootsFromSDCard(t *testing.T) {
 				}
 			}
 			// The background picture is red and blue stripes.
-			time.Sleep(2 * time.Second)
-			shot, err := vm.Screenshot(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !hasStripes(shot) {
-				xvfb.SavePNG(shot, filepath.Join(dir, "screen.png"))
-				t.Errorf("the kiosk does not show the boot partition's background image")
+			if err := vm.WaitScreen(dir, 30*time.Second, hasStripes); err != nil {
+				t.Errorf("the kiosk does not show the boot partition's background image: %v", err)
 			}
 			vm.Stop()
 			got, err := hashFile(img)

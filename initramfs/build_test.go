@@ -19,7 +19,6 @@ import (
 
 	"undervdi/internal/kioskvm"
 	"undervdi/internal/testbed"
-	"undervdi/internal/xvfb"
 )
 
 var (
@@ -179,13 +178,8 @@ func TestBootsToSlideshow(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Log(line)
-	shot, err := vm.Screenshot(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := xvfb.Colors(shot, 16); n < 3 {
-		xvfb.SavePNG(shot, filepath.Join(dir, "screen.png"))
-		t.Errorf("the kiosk's screen has %d colours: the slideshow is not showing", n)
+	if err := vm.WaitScreen(dir, 30*time.Second, kioskvm.ShowsSlideshow); err != nil {
+		t.Errorf("the slideshow is not showing: %v", err)
 	}
 	for _, bad := range []string{"Kernel panic", "cannot start the X server"} {
 		if strings.Contains(vm.Tail(200), bad) {

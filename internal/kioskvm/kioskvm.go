@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"image"
 	"image/color"
+	"image/png"
 	"net"
 	"os"
 	"os/exec"
@@ -20,6 +21,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"undervdi/internal/xvfb"
 )
 
 // Options say how to boot the kiosk.
@@ -235,6 +238,37 @@ func (vm *VM) Screenshot(dir string) (image.Image, error) {
 	defer os.Remove(p)
 	return readPPM(p)
 }
+
+// WaitScreen takes screenshots until ok says the screen is right, for up to
+// d (the first frame may follow the console's message). If it never is, the
+// last screenshot is saved as dir/screen.png and the error says so.
+func (vm *VM) WaitScreen(dir string, d time.Duration, ok func(image.Image) bool) error {
+	deadline := time.Now().Add(d)
+	for {
+		shot, err := vm.Screenshot(dir)
+		if err != nil {
+			return err
+		}
+		if ok(shot) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			p := filepath.Join(dir, "screen.png")
+			f, err := os.Create(p)
+			if err == nil {
+				png.Encode(f, shot)
+				f.Close()
+			}
+			return fmt.Errorf("the screen was not as expected within %v (last screenshot: %s)", d, p)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// ShowsSlideshow tells a screen with a picture and text on it (the
+// slideshow's background and its status line) from a blank or text-mode
+// one: at least three colours.
+func ShowsSlideshow(img image.Image) bool { return xvfb.Colors(img, 3) >= 3 }
 
 // readPPM decodes QEMU's screendump format (binary P6, 8 bits).
 func readPPM(p string) (image.Image, error) {
