@@ -150,7 +150,7 @@ type Image struct {
 	Initramfs     string            // zstd-compressed newc cpio
 	KernelVersion string            // e.g. 6.1.0-56-amd64
 	Packages      []string          // name=version of every Debian package used
-	Sizes         map[string]int64  // uncompressed bytes by part (see Parts)
+	Sizes         map[string]int64  // uncompressed bytes by part (see Part)
 	Files         map[string]string `json:"-"` // archive path -> host source, for tests
 }
 
