@@ -11,28 +11,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"undervdi/internal/syncbuf"
 )
-
-// syncBuffer is a log sink safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func debugLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -73,7 +56,7 @@ func bootTree(t *testing.T) (dir string, kernel []byte, mtime time.Time) {
 
 func TestHandler(t *testing.T) {
 	dir, kernel, mtime := bootTree(t)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	srv := httptest.NewServer(&Handler{Dir: dir, Log: debugLogger(&logs)})
 	defer srv.Close()
 
@@ -157,7 +140,7 @@ func TestHandlerLargeFile(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "initramfs.img"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	srv := httptest.NewServer(&Handler{Dir: dir, Log: debugLogger(&logs)})
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/initramfs.img")
@@ -180,7 +163,7 @@ func TestServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Serve(ctx, ln, &Handler{Dir: dir}, debugLogger(&logs)) }()

@@ -39,6 +39,7 @@ import (
 	"undervdi/internal/bootlayout"
 	"undervdi/internal/debpkg"
 	"undervdi/internal/kioskvm"
+	"undervdi/internal/syncbuf"
 	"undervdi/internal/testbed"
 	"undervdi/tinyvm"
 )
@@ -179,13 +180,11 @@ func inNS(ctx context.Context, ns, name string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, name}, args...)...)
 }
 
-// syncBuffer is in http_test.go.
-
 // daemon is a long-running process of the test, started in a namespace.
 type daemon struct {
 	name string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *syncbuf.Buffer
 	done chan error
 }
 
@@ -193,7 +192,7 @@ type daemon struct {
 // still running, and whose output is shown if t failed.
 func start(t *testing.T, name string, cmd *exec.Cmd) *daemon {
 	t.Helper()
-	d := &daemon{name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
+	d := &daemon{name: name, cmd: cmd, out: &syncbuf.Buffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = d.out, d.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", name, err)

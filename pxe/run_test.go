@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"undervdi/internal/bootlayout"
+	"undervdi/internal/syncbuf"
 )
 
 func TestRunDnsmasqStops(t *testing.T) {
@@ -18,7 +19,7 @@ func TestRunDnsmasqStops(t *testing.T) {
 	if err := os.WriteFile(conf, []byte("port=0\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- RunDnsmasq(ctx, conf, debugLogger(&logs)) }()

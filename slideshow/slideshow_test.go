@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/jezek/xgb/xproto"
 	"github.com/jezek/xgb/xtest"
 
+	"undervdi/internal/syncbuf"
 	"undervdi/internal/xvfb"
 	"undervdi/kioskd/screen"
 )
@@ -46,28 +46,11 @@ func writePNG(t *testing.T, path string, w, h int, c color.RGBA) {
 	}
 }
 
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
-}
-
 type rig struct {
 	t    *testing.T
 	x    *xvfb.Server
 	show *Show
-	log  *logBuf
+	log  *syncbuf.Buffer
 }
 
 func start(t *testing.T, dirs ...string) *rig {
@@ -79,7 +62,7 @@ func start(t *testing.T, dirs ...string) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(x.Stop)
-	r := &rig{t: t, x: x, log: &logBuf{}}
+	r := &rig{t: t, x: x, log: &syncbuf.Buffer{}}
 	r.show, err = Open(x.Display, Config{Dirs: dirs, Interval: time.Hour, Log: slog.New(slog.NewTextHandler(r.log, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -138,13 +121,13 @@ func TestFollowsTheFolder(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "c-broken.png"), []byte("not a png at all"), 0o644)
 	time.Sleep(500 * time.Millisecond)
 	r.waitPixel(160, 120, blue, time.Second, "after an unreadable file arrived")
-	if n := r.log.count("skipping an unreadable image"); n != 1 {
+	if n := strings.Count(r.log.String(), "skipping an unreadable image"); n != 1 {
 		t.Errorf("%d log lines about the unreadable file, want 1", n)
 	}
 	r.show.next() // turning pages skips it too, silently
 	r.show.next()
 	r.waitPixel(160, 120, blue, time.Second, "after turning pages")
-	if n := r.log.count("skipping an unreadable image"); n != 1 {
+	if n := strings.Count(r.log.String(), "skipping an unreadable image"); n != 1 {
 		t.Errorf("%d log lines about the unreadable file after turning pages, want 1", n)
 	}
 }

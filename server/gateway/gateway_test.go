@@ -10,11 +10,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"undervdi/internal/syncbuf"
 	"undervdi/kioskproto"
 	"undervdi/server/config"
 	"undervdi/server/pool/pooltest"
@@ -115,8 +115,7 @@ type harness struct {
 	gw    *Gateway
 	addr  string // the gateway
 	kiosk string // the kiosk protocol
-	audit *bytes.Buffer
-	amu   *sync.Mutex
+	audit *syncbuf.Buffer
 }
 
 func logger() *slog.Logger {
@@ -126,23 +125,12 @@ func logger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
 func newHarness(t testing.TB) *harness {
 	t.Helper()
-	h := &harness{t: t, vm: startFakeVM(t), audit: &bytes.Buffer{}, amu: &sync.Mutex{}}
+	h := &harness{t: t, vm: startFakeVM(t), audit: &syncbuf.Buffer{}}
 	h.pool = pooltest.New(2, h.vm.socket, vmPassword)
 	reg, _ := session.NewRegistry([]config.Kiosk{{ID: "k1", Address: "127.0.0.1", Token: token}})
-	audit := session.NewAudit(lockedWriter{h.amu, h.audit}, logger())
+	audit := session.NewAudit(h.audit, logger())
 	h.m = session.New(session.Config{ConnectWindow: 5 * time.Second, Grace: 50 * time.Millisecond, Heartbeat: time.Second,
 		HeartbeatTimeout: 5 * time.Second, IdleLimit: time.Minute, QueueLimit: 10, GatewayPort: 1}, h.pool, reg, audit, logger())
 	gw, err := New(h.m, LocalDialer{}, audit, logger())
@@ -282,12 +270,11 @@ func TestRefusedLinksNeverReachTheVM(t *testing.T) {
 	if n := h.vm.authed.Load(); n != 1 {
 		t.Errorf("the VM saw %d authenticated links, want only the kiosk's", n)
 	}
-	h.amu.Lock()
-	defer h.amu.Unlock()
-	if n := bytes.Count(h.audit.Bytes(), []byte(`"what":"spice-link"`)); n != 6 {
+	audit := h.audit.Bytes()
+	if n := bytes.Count(audit, []byte(`"what":"spice-link"`)); n != 6 {
 		t.Errorf("%d refused-link audit lines, want 6:\n%s", n, h.audit)
 	}
-	if bytes.Contains(h.audit.Bytes(), []byte(ticket)) {
+	if bytes.Contains(audit, []byte(ticket)) {
 		t.Errorf("the audit log contains the ticket")
 	}
 }

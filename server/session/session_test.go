@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"undervdi/internal/syncbuf"
 	"undervdi/kioskproto"
 	"undervdi/server/config"
 	"undervdi/server/pool/pooltest"
@@ -30,25 +31,13 @@ type harness struct {
 	pool   *pooltest.Pool
 	addr   string // kiosk protocol
 	legacy string // signal port
-	audit  *syncBuffer
+	audit  *syncbuf.Buffer
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) records() []AuditRecord {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// records decodes the audit log written so far.
+func records(audit *syncbuf.Buffer) []AuditRecord {
 	var out []AuditRecord
-	sc := bufio.NewScanner(bytes.NewReader(s.b.Bytes()))
+	sc := bufio.NewScanner(bytes.NewReader(audit.Bytes()))
 	for sc.Scan() {
 		var r AuditRecord
 		json.Unmarshal(sc.Bytes(), &r)
@@ -83,7 +72,7 @@ func newHarness(t *testing.T, vms int, cfg Config) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, pool: pooltest.New(vms, "/nonexistent/spice.sock", "pw"), audit: &syncBuffer{}}
+	h := &harness{t: t, pool: pooltest.New(vms, "/nonexistent/spice.sock", "pw"), audit: &syncbuf.Buffer{}}
 	h.m = New(cfg, h.pool, reg, NewAudit(h.audit, logger()), logger())
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -221,7 +210,7 @@ func TestHelloRefused(t *testing.T) {
 		}
 	}
 	refused := 0
-	for _, r := range h.audit.records() {
+	for _, r := range records(h.audit) {
 		if r.Event == "refused" && r.What == "kiosk" {
 			refused++
 		}
@@ -280,7 +269,7 @@ func TestSessionLifecycle(t *testing.T) {
 		t.Errorf("Attach(replayed ticket) = %v, want ErrNoLease", err)
 	}
 	waitFor(t, "the audit record", func() bool {
-		for _, r := range h.audit.records() {
+		for _, r := range records(h.audit) {
 			if r.Event == "session" && r.VM == main.VM.Name {
 				return r.Wiped && r.Linked != nil && r.Kiosk == "k1" && r.Reason == "the viewer disconnected"
 			}

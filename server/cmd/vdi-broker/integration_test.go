@@ -18,6 +18,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"undervdi/internal/syncbuf"
 	"undervdi/internal/testbed"
 	"undervdi/kioskproto"
 	"undervdi/server/broker"
@@ -50,26 +51,9 @@ func brokerBinary(t *testing.T) string {
 	return brokerBin
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type brokerProc struct {
 	cmd    *exec.Cmd
-	log    *syncBuffer
+	log    *syncbuf.Buffer
 	socket string
 	done   chan struct{}
 	ready  chan struct{} // closed when the broker sent READY=1 to systemd
@@ -91,7 +75,7 @@ func writeConfig(t *testing.T, cfg *config.Config) string {
 
 func startBroker(t *testing.T, cfgPath, socket string) *brokerProc {
 	t.Helper()
-	p := &brokerProc{log: &syncBuffer{}, socket: socket, done: make(chan struct{}), ready: make(chan struct{})}
+	p := &brokerProc{log: &syncbuf.Buffer{}, socket: socket, done: make(chan struct{}), ready: make(chan struct{})}
 	p.cmd = exec.Command(brokerBinary(t), "run", "-config", cfgPath)
 	p.cmd.Stderr = p.log
 	// Play systemd's part of Type=notify.
