@@ -9,15 +9,13 @@ import (
 	"time"
 
 	"undervdi/server/broker"
-	"undervdi/server/config"
 )
 
 // end ends the session on a VM (or the VM): it is destroyed with its disk.
 func end(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("end", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	path := fs.String("config", config.DefaultPath, "configuration file (for the admin socket)")
-	socket := fs.String("socket", "", "admin socket (overrides the config)")
+	adminSocket := adminSocketFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return exitSetup
 	}
@@ -25,17 +23,14 @@ func end(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: vdi-broker end [-config FILE] VM [reason...]")
 		return exitSetup
 	}
-	if *socket == "" {
-		cfg, err := config.Load(*path)
-		if err != nil {
-			fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
-			return exitSetup
-		}
-		*socket = cfg.AdminSocket
+	socket, err := adminSocket()
+	if err != nil {
+		fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
+		return exitSetup
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := broker.NewClient(*socket).End(ctx, fs.Arg(0), strings.Join(fs.Args()[1:], " ")); err != nil {
+	if err := broker.NewClient(socket).End(ctx, fs.Arg(0), strings.Join(fs.Args()[1:], " ")); err != nil {
 		fmt.Fprintf(stderr, "vdi-broker: %v\n", err)
 		return exitError
 	}

@@ -15,23 +15,19 @@ import (
 func status(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	path := fs.String("config", config.DefaultPath, "configuration file (for the admin socket)")
-	socket := fs.String("socket", "", "admin socket (overrides the config)")
+	adminSocket := adminSocketFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
 		return exitSetup
 	}
-	if *socket == "" {
-		cfg, err := config.Load(*path)
-		if err != nil {
-			fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
-			return exitSetup
-		}
-		*socket = cfg.AdminSocket
+	socket, err := adminSocket()
+	if err != nil {
+		fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
+		return exitSetup
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := broker.FetchStatus(ctx, *socket)
+	s, err := broker.FetchStatus(ctx, socket)
 	if err != nil {
 		fmt.Fprintf(stderr, "vdi-broker: %v\n", err)
 		return exitError
@@ -44,4 +40,22 @@ func status(args []string, stdout, stderr io.Writer) int {
 	}
 	s.WriteTable(stdout, time.Now())
 	return exitOK
+}
+
+// adminSocketFlags adds -config and -socket to fs, for the commands that
+// talk to a running broker. After fs.Parse, the function it returns gives
+// the admin socket: -socket, else the one the configuration names.
+func adminSocketFlags(fs *flag.FlagSet) func() (string, error) {
+	path := fs.String("config", config.DefaultPath, "configuration file (for the admin socket)")
+	socket := fs.String("socket", "", "admin socket (overrides the config)")
+	return func() (string, error) {
+		if *socket != "" {
+			return *socket, nil
+		}
+		cfg, err := config.Load(*path)
+		if err != nil {
+			return "", err
+		}
+		return cfg.AdminSocket, nil
+	}
 }
