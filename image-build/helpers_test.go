@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -12,6 +11,7 @@ import (
 
 	"undervdi/internal/debpkg"
 	"undervdi/internal/testbed"
+	"undervdi/internal/testlog"
 )
 
 // testEpoch is the SOURCE_DATE_EPOCH of the tests' builds.
@@ -42,11 +42,6 @@ func testBuilder(t *testing.T) *Builder {
 	return b
 }
 
-func testLogger() *slog.Logger {
-	if !testing.Verbose() {
-		return slog.New(slog.DiscardHandler)
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
+func testLogger() *slog.Logger { return testlog.Logger() }
 
 func testCacheAt(dir string) *debpkg.Cache { return &debpkg.Cache{Dir: dir} }

@@ -9,7 +9,6 @@ import (
 	"image"
 	"image/color"
 	"image/png"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +26,7 @@ import (
 
 	"undervdi/internal/brokertest"
 	"undervdi/internal/testbed"
+	"undervdi/internal/testlog"
 	"undervdi/internal/xvfb"
 	"undervdi/kioskd"
 	"undervdi/kioskd/config"
@@ -86,10 +86,7 @@ func startKiosk(t testing.TB, bed *testbed.Bed, kioskPort int) *rig {
 		t.Fatal(err)
 	}
 	r.cfg = cfg
-	log := slog.New(slog.DiscardHandler)
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
+	log := testlog.Logger()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

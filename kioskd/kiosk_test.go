@@ -2,7 +2,6 @@ package kioskd
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/jezek/xgb/xproto"
 
+	"undervdi/internal/testlog"
 	"undervdi/kioskd/viewer"
 	"undervdi/kioskproto"
 )
@@ -125,10 +125,7 @@ func newHarness(t *testing.T) *harness {
 	os.WriteFile(bin, []byte("#!/bin/sh\ncat > /dev/null\nexec sleep 300\n"), 0o755)
 	h := &harness{t: t, d: &fakeDisplay{touches: make(chan struct{}, 1)}, s: &fakeScreen{mapped: make(chan xproto.Window, 1)},
 		b: &fakeBroker{ready: make(chan struct{})}, sess: &fakeSession{t: t, bin: bin}, states: make(chan State, 64)}
-	log := slog.New(slog.DiscardHandler)
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
+	log := testlog.Logger()
 	h.k = &Kiosk{Display: h.d, Screen: h.s, Broker: h.b, Session: h.sess, Log: log,
 		IdleLimit: time.Minute, IdleWarning: 30 * time.Second, ConnectTimeout: time.Minute}
 	h.k.OnState(func(s State) { h.states <- s })

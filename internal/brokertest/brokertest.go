@@ -7,9 +7,7 @@ package brokertest
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
-	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
@@ -17,6 +15,7 @@ import (
 	"time"
 
 	"undervdi/internal/testbed"
+	"undervdi/internal/testlog"
 	"undervdi/server/broker"
 	"undervdi/server/config"
 	"undervdi/server/domxml"
@@ -63,10 +62,7 @@ func Start(t testing.TB, bed *testbed.Bed, size int, mutate func(*config.Config)
 // Restart starts the broker (again), with the same configuration.
 func (b *Broker) Restart() {
 	b.t.Helper()
-	log := slog.New(slog.DiscardHandler)
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
+	log := testlog.Logger()
 	ctx, cancel := context.WithCancel(context.Background())
 	bb, err := broker.New(ctx, b.Config, log)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/digitalocean/go-libvirt"
 
+	"undervdi/internal/testlog"
 	"undervdi/server/config"
 	"undervdi/tinyvm"
 )
@@ -170,12 +171,7 @@ func (b *Bed) Leftovers(l *libvirt.Libvirt) (domains []string, overlays []string
 	return domains, overlays, nil
 }
 
-func testLogger(testing.TB) *slog.Logger {
-	if !testing.Verbose() {
-		return slog.New(slog.DiscardHandler)
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
+func testLogger(testing.TB) *slog.Logger { return testlog.Logger() }
 
 // PoweredOff reports whether err, from a guest-shutdown agent command, only
 // says that the guest went away before its agent could answer: that is what

@@ -8,13 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"undervdi/internal/syncbuf"
+	"undervdi/internal/testlog"
 	"undervdi/kioskproto"
 	"undervdi/server/config"
 	"undervdi/server/pool/pooltest"
@@ -118,12 +118,7 @@ type harness struct {
 	audit *syncbuf.Buffer
 }
 
-func logger() *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
+func logger() *slog.Logger { return testlog.Logger() }
 
 func newHarness(t testing.TB) *harness {
 	t.Helper()

@@ -24,6 +24,7 @@ import (
 
 	"undervdi/internal/hostsetup"
 	"undervdi/internal/testbed"
+	"undervdi/internal/testlog"
 	"undervdi/server/domxml"
 	"undervdi/server/pool"
 	"undervdi/server/qcow2"
@@ -44,10 +45,7 @@ func startRealPool(t *testing.T, bed *testbed.Bed, size int) *realPool {
 func startRealPoolB(t testing.TB, bed *testbed.Bed, size int) *realPool {
 	t.Helper()
 	cfg := bed.Config(size)
-	log := slog.New(slog.DiscardHandler)
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
+	log := testlog.Logger()
 	ctx, cancel := context.WithCancel(context.Background())
 	host, err := virt.Open(ctx, cfg.LibvirtURI, log)
 	if err != nil {

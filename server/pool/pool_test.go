@@ -4,22 +4,17 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"undervdi/internal/testlog"
 	"undervdi/server/domxml"
 	"undervdi/server/virt"
 )
 
-func testLogger() *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
+func testLogger() *slog.Logger { return testlog.Logger() }
 
 func testConfig() Config {
 	return Config{

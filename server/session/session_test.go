@@ -10,13 +10,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"undervdi/internal/syncbuf"
+	"undervdi/internal/testlog"
 	"undervdi/kioskproto"
 	"undervdi/server/config"
 	"undervdi/server/pool/pooltest"
@@ -54,12 +54,7 @@ func testConfig() Config {
 	}
 }
 
-func logger() *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
+func logger() *slog.Logger { return testlog.Logger() }
 
 func newHarness(t *testing.T, vms int, cfg Config) *harness {
 	t.Helper()
