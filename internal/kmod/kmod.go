@@ -38,42 +38,6 @@ type Tree struct {
 // Canonical returns the kernel's name for a module: dashes become underscores.
 func Canonical(name string) string { return strings.ReplaceAll(name, "-", "_") }
 
-// Scan reads every *.ko under root (a /lib/modules/<version> directory).
-func Scan(fsys fs.FS) (*Tree, error) {
-	t := &Tree{Modules: map[string]*Module{}, Builtin: map[string]bool{}}
-	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() || !strings.HasSuffix(p, ".ko") {
-			return nil
-		}
-		data, err := fs.ReadFile(fsys, p)
-		if err != nil {
-			return err
-		}
-		m, err := parseModule(data)
-		if err != nil {
-			return fmt.Errorf("%s: %w", p, err)
-		}
-		m.Path = p
-		if m.Name == "" {
-			m.Name = Canonical(strings.TrimSuffix(filepath.Base(p), ".ko"))
-		}
-		t.Modules[m.Name] = m
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if b, err := fs.ReadFile(fsys, "modules.builtin"); err == nil {
-		for _, line := range strings.Fields(string(b)) {
-			t.Builtin[Canonical(strings.TrimSuffix(filepath.Base(line), ".ko"))] = true
-		}
-	}
-	return t, nil
-}
-
 // Load is Scan for a kernel's whole module directory when only some
 // modules matter: it indexes the tree by file name and reads the .modinfo
 // of names and of what they depend on, not of every module.
@@ -84,19 +48,14 @@ func Load(fsys fs.FS, names ...string) (*Tree, error) {
 			return err
 		}
 		if !d.IsDir() && strings.HasSuffix(p, ".ko") {
-			paths[Canonical(strings.TrimSuffix(path.Base(p), ".ko"))] = p
+			paths[nameOf(p)] = p
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	t := &Tree{Modules: map[string]*Module{}, Builtin: map[string]bool{}}
-	if b, err := fs.ReadFile(fsys, "modules.builtin"); err == nil {
-		for _, line := range strings.Fields(string(b)) {
-			t.Builtin[Canonical(strings.TrimSuffix(path.Base(line), ".ko"))] = true
-		}
-	}
+	t := &Tree{Modules: map[string]*Module{}, Builtin: readBuiltin(fsys)}
 	queue := append([]string(nil), names...)
 	for len(queue) > 0 {
 		name := Canonical(queue[0])
@@ -121,6 +80,58 @@ func Load(fsys fs.FS, names ...string) (*Tree, error) {
 		queue = append(queue, m.Depends...)
 	}
 	return t, nil
+}
+
+// ReadIndex reads back the modules.dep and modules.alias that WriteDep and
+// WriteAlias wrote into fsys (a /lib/modules/<release> directory), and
+// modules.builtin: the tree a loader on the running image needs, without
+// opening a module.
+func ReadIndex(fsys fs.FS) (*Tree, error) {
+	t := &Tree{Modules: map[string]*Module{}, Builtin: readBuiltin(fsys)}
+	dep, err := fs.ReadFile(fsys, "modules.dep")
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range strings.Split(string(dep), "\n") {
+		file, deps, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		m := &Module{Name: nameOf(file), Path: file}
+		for _, d := range strings.Fields(deps) {
+			m.Depends = append(m.Depends, nameOf(d))
+		}
+		t.Modules[m.Name] = m
+	}
+	alias, err := fs.ReadFile(fsys, "modules.alias")
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range strings.Split(string(alias), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 || f[0] != "alias" {
+			continue
+		}
+		if m, ok := t.Modules[Canonical(f[2])]; ok {
+			m.Aliases = append(m.Aliases, f[1])
+		}
+	}
+	return t, nil
+}
+
+// nameOf is a module's name from its file: kernel/drivers/hid/hid-generic.ko
+// is hid_generic.
+func nameOf(file string) string { return Canonical(strings.TrimSuffix(path.Base(file), ".ko")) }
+
+// readBuiltin reads modules.builtin, if there is one.
+func readBuiltin(fsys fs.FS) map[string]bool {
+	builtin := map[string]bool{}
+	if b, err := fs.ReadFile(fsys, "modules.builtin"); err == nil {
+		for _, line := range strings.Fields(string(b)) {
+			builtin[nameOf(line)] = true
+		}
+	}
+	return builtin
 }
 
 // parseModule reads the .modinfo section of a module image.

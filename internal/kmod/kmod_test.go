@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"testing/fstest"
 )
 
 func tree() *Tree {
@@ -88,4 +89,45 @@ func FuzzParseModule(f *testing.F) {
 		parseModule(b)
 		parseModinfo(b)
 	})
+}
+
+// TestReadIndex reads back what WriteDep and WriteAlias wrote: the image's
+// loader sees the dependencies and aliases the builder chose.
+func TestReadIndex(t *testing.T) {
+	tr := tree()
+	tr.Modules["virtio_blk"].Aliases = []string{"virtio:d00000002v*"}
+	mods, _ := tr.Closure("virtio_pci", "virtio_blk")
+	var dep, alias bytes.Buffer
+	if err := WriteDep(&dep, tr, mods); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteAlias(&alias, mods); err != nil {
+		t.Fatal(err)
+	}
+	back, err := ReadIndex(fstest.MapFS{
+		"modules.dep":     {Data: dep.Bytes()},
+		"modules.alias":   {Data: alias.Bytes()},
+		"modules.builtin": {Data: []byte("kernel/lib/crc32c.ko\n")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := back.Closure("virtio-pci", "virtio_blk", "crc32c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Dependencies first (modules.dep lists each module's whole closure,
+	// nearest first, which Closure walks as it does .modinfo's).
+	if want := "virtio virtio_ring virtio_pci_modern_dev virtio_pci virtio_blk"; names(got) != want {
+		t.Errorf("Closure after ReadIndex = %q, want %q", names(got), want)
+	}
+	if got[0].Path != "kernel/drivers/virtio/virtio.ko" {
+		t.Errorf("path = %q", got[0].Path)
+	}
+	if got := back.Match("virtio:d00000002v00001AF4"); fmt.Sprint(got) != "[virtio_blk]" {
+		t.Errorf("Match after ReadIndex = %v, want [virtio_blk]", got)
+	}
+	if _, err := ReadIndex(fstest.MapFS{}); err == nil {
+		t.Errorf("ReadIndex without index files gave no error")
+	}
 }

@@ -102,19 +102,22 @@ func TestModulesIndex(t *testing.T) {
 	}
 	write("modules.alias", "alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\nalias usb:v*p*d*dc*dsc*dp*ic03isc*ip*in* usbhid\nalias pci:v00008086d*sv*sd*bc03sc*i* i915\n")
 	write("modules.dep", "kernel/drivers/net/ethernet/intel/e1000/e1000.ko:\n"+
+		"kernel/drivers/gpu/drm/drm.ko:\n"+
+		"kernel/drivers/gpu/drm/display/drm_display_helper.ko: kernel/drivers/gpu/drm/drm.ko\n"+
 		"kernel/drivers/gpu/drm/i915/i915.ko: kernel/drivers/gpu/drm/display/drm_display_helper.ko kernel/drivers/gpu/drm/drm.ko\n"+
+		"kernel/drivers/hid/hid.ko:\n"+
 		"kernel/drivers/hid/usbhid/usbhid.ko: kernel/drivers/hid/hid.ko\n")
 	m := &Modules{Dir: dir, Log: slog.New(slog.DiscardHandler)}
 	if err := m.LoadIndex(); err != nil {
 		t.Fatal(err)
 	}
-	if got := m.match("pci:v00008086d0000100Esv00008086sd0000001Ebc02sc00i00"); !slices.Equal(got, []string{"e1000"}) {
+	if got := m.tree.Match("pci:v00008086d0000100Esv00008086sd0000001Ebc02sc00i00"); !slices.Equal(got, []string{"e1000"}) {
 		t.Errorf("NIC matches %v, want e1000", got)
 	}
-	if got := m.match("pci:v00008086d00003E92sv00001028sd0000085Abc03sc00i00"); !slices.Equal(got, []string{"i915"}) {
+	if got := m.tree.Match("pci:v00008086d00003E92sv00001028sd0000085Abc03sc00i00"); !slices.Equal(got, []string{"i915"}) {
 		t.Errorf("GPU matches %v, want i915", got)
 	}
-	if got := m.match("pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"); len(got) != 0 {
+	if got := m.tree.Match("pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"); len(got) != 0 {
 		t.Errorf("a device without a module in the image matches %v", got)
 	}
 	order, err := m.order("i915")

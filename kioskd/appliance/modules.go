@@ -1,7 +1,6 @@
 package appliance
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -14,51 +13,29 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"undervdi/internal/kmod"
 )
 
 // Modules loads kernel modules by modalias from the image's module
 // directory, using the index files the image builder wrote (modules.alias,
-// modules.dep). It is safe for concurrent use.
+// modules.dep; read back by kmod.ReadIndex). It is safe for concurrent use.
 type Modules struct {
 	Dir string // /lib/modules/<release>
 	Log *slog.Logger
 
-	mu      sync.Mutex
-	aliases []alias             // pattern -> module
-	deps    map[string][]string // module -> its file, then its dependencies' files, nearest first
-	loaded  map[string]bool
+	mu     sync.Mutex
+	tree   *kmod.Tree
+	loaded map[string]bool
 }
-
-type alias struct{ pattern, module string }
 
 // LoadIndex reads modules.alias and modules.dep.
 func (m *Modules) LoadIndex() error {
-	m.deps = map[string][]string{}
-	m.loaded = map[string]bool{}
-	a, err := os.ReadFile(filepath.Join(m.Dir, "modules.alias"))
+	t, err := kmod.ReadIndex(os.DirFS(m.Dir))
 	if err != nil {
 		return err
 	}
-	sc := bufio.NewScanner(bytes.NewReader(a))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) == 3 && f[0] == "alias" {
-			m.aliases = append(m.aliases, alias{f[1], f[2]})
-		}
-	}
-	d, err := os.ReadFile(filepath.Join(m.Dir, "modules.dep"))
-	if err != nil {
-		return err
-	}
-	sc = bufio.NewScanner(bytes.NewReader(d))
-	for sc.Scan() {
-		file, rest, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		name := strings.ReplaceAll(strings.TrimSuffix(path.Base(file), ".ko"), "-", "_")
-		m.deps[name] = append([]string{file}, strings.Fields(rest)...)
-	}
+	m.tree, m.loaded = t, map[string]bool{}
 	return nil
 }
 
@@ -68,7 +45,7 @@ func (m *Modules) ForAlias(modalias string) []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []string
-	for _, mod := range m.match(modalias) {
+	for _, mod := range m.tree.Match(modalias) {
 		if m.loaded[mod] {
 			continue
 		}
@@ -81,31 +58,17 @@ func (m *Modules) ForAlias(modalias string) []string {
 	return out
 }
 
-// match returns the modules with an alias pattern matching modalias, in
-// modules.alias order, each once.
-func (m *Modules) match(modalias string) []string {
-	var out []string
-	seen := map[string]bool{}
-	for _, a := range m.aliases {
-		if ok, _ := path.Match(a.pattern, modalias); ok && !seen[a.module] {
-			seen[a.module] = true
-			out = append(out, a.module)
-		}
-	}
-	return out
-}
-
 // order returns the module files to insert for name, dependencies first.
 func (m *Modules) order(name string) ([]string, error) {
-	files, ok := m.deps[name]
-	if !ok {
-		return nil, fmt.Errorf("%s is not in modules.dep", name)
+	mods, err := m.tree.Closure(name)
+	if err != nil {
+		return nil, err
 	}
-	out := make([]string, 0, len(files))
-	for i := len(files) - 1; i >= 0; i-- {
-		out = append(out, files[i])
+	files := make([]string, 0, len(mods))
+	for _, mod := range mods {
+		files = append(files, mod.Path)
 	}
-	return out, nil
+	return files, nil
 }
 
 // load inserts a module after its dependencies (deepest first).
@@ -115,7 +78,7 @@ func (m *Modules) load(name string) error {
 		return err
 	}
 	for _, file := range files {
-		dep := strings.ReplaceAll(strings.TrimSuffix(path.Base(file), ".ko"), "-", "_")
+		dep := kmod.Canonical(strings.TrimSuffix(path.Base(file), ".ko"))
 		if m.loaded[dep] {
 			continue
 		}
