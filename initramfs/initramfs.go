@@ -146,12 +146,11 @@ type Builder struct {
 
 // Image is a built kiosk image.
 type Image struct {
-	Kernel        string            // Debian's bzImage
-	Initramfs     string            // zstd-compressed newc cpio
-	KernelVersion string            // e.g. 6.1.0-56-amd64
-	Packages      []string          // name=version of every Debian package used
-	Sizes         map[string]int64  // uncompressed bytes by part (see Part)
-	Files         map[string]string `json:"-"` // archive path -> host source, for tests
+	Kernel        string           // Debian's bzImage
+	Initramfs     string           // zstd-compressed newc cpio
+	KernelVersion string           // e.g. 6.1.0-56-amd64
+	Packages      []string         // name=version of every Debian package used
+	Sizes         map[string]int64 // uncompressed bytes by part (see Part)
 }
 
 // Build returns the kiosk image, building it if its inputs changed.
@@ -248,9 +247,6 @@ func (b *Builder) Build(ctx context.Context) (*Image, error) {
 	out := filepath.Join(b.CacheDir, "kiosk-"+hex.EncodeToString(key.Sum(nil))[:16])
 	img.Kernel = filepath.Join(out, "vmlinuz")
 	img.Initramfs = filepath.Join(out, "initramfs.img")
-	img.Files = files
-	img.Files["/bin/kioskd"] = kioskd.path
-	img.Files["/bin/sh"] = xsh.path
 	if b, err := os.ReadFile(filepath.Join(out, "image.json")); err == nil {
 		if err := json.Unmarshal(b, img); err == nil {
 			return img, nil
@@ -269,6 +265,7 @@ func (b *Builder) Build(ctx context.Context) (*Image, error) {
 	}
 	img.Sizes = sizes
 	img.Sizes["kioskd"] = kioskd.size
+	img.Sizes[Part("/bin/sh")] += xsh.size
 	cpioPath := filepath.Join(tmp, "initramfs.cpio")
 	ulog := llog.New(slog.LevelWarn, func(format string, v ...any) { log.Debug(fmt.Sprintf(format, v...)) })
 	err = uimage.Create(ulog,
@@ -308,7 +305,7 @@ func (b *Builder) Build(ctx context.Context) (*Image, error) {
 }
 
 // buildRev changes whenever the image's layout changes, to invalidate caches.
-const buildRev = "kiosk-1"
+const buildRev = "kiosk-2"
 
 type built struct {
 	path string
