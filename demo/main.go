@@ -17,7 +17,6 @@ import (
 	"image/png"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -26,6 +25,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"undervdi/internal/freeport"
 
 	"github.com/BurntSushi/toml"
 	"github.com/digitalocean/go-libvirt"
@@ -38,7 +38,7 @@ import (
 	"undervdi/kioskd/screen"
 	"undervdi/server/broker"
 	"undervdi/server/config"
-	"undervdi/server/domxml"
+	"undervdi/server/pool"
 )
 
 const token = "demo-kiosk-token-0123456789"
@@ -97,7 +97,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	// The broker.
 	d.cfg = bed.Config(*size)
 	d.cfg.LogLevel = "info"
-	ports := freePorts(4)
+	ports, err := freeport.Get(4)
+	if err != nil {
+		return err
+	}
 	d.cfg.Gateway.Listen = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	d.cfg.Sessions.Listen = fmt.Sprintf("127.0.0.1:%d", ports[1])
 	d.cfg.Sessions.LegacyListen = fmt.Sprintf("127.0.0.1:%d", ports[2])
@@ -119,7 +122,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer brokerProc()
-	if err := d.watchPool(ctx, func(s *broker.Status) bool { return s.Pool.Counts[domxml.Clean] == *size }); err != nil {
+	if err := d.watchPool(ctx, func(s *broker.Status) bool { return s.Pool.Counts[pool.Clean] == *size }); err != nil {
 		return err
 	}
 	d.say("pool full: %d clean VMs booted and waiting for visitors", *size)
@@ -373,20 +376,6 @@ func writeAds(dir string) error {
 		}
 	}
 	return nil
-}
-
-func freePorts(n int) []int {
-	var out []int
-	var lns []net.Listener
-	for range n {
-		ln, _ := net.Listen("tcp", "127.0.0.1:0")
-		lns = append(lns, ln)
-		out = append(out, ln.Addr().(*net.TCPAddr).Port)
-	}
-	for _, ln := range lns {
-		ln.Close()
-	}
-	return out
 }
 
 func writeTOML(path string, v any) error {

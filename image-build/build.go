@@ -11,6 +11,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/google/renameio/v2"
+
 	"undervdi/internal/bootlayout"
 	"undervdi/internal/debpkg"
 )
@@ -204,24 +206,13 @@ func writeFile(e entry, dst string) (err error) {
 		return err
 	}
 	defer r.Close()
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
+	f, err := renameio.NewPendingFile(dst, renameio.WithStaticPermissions(0o644))
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
+	defer f.Cleanup()
 	if _, err := io.Copy(f, r); err != nil {
 		return fmt.Errorf("writing %s: %w", dst, err)
 	}
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), dst)
+	return f.CloseAtomicallyReplace()
 }

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/renameio/v2"
+
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/disk"
@@ -184,45 +186,31 @@ func (b *Builder) writeDisk(ctx context.Context, plan *diskPlan, dst string) (er
 	b.log().Info("writing disk image", "path", dst, "size", humanize.IBytes(uint64(plan.size)))
 	start := time.Now()
 
-	f, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".tmp-*")
+	f, err := renameio.NewPendingFile(dst, renameio.WithTempDir(dir), renameio.WithStaticPermissions(0o644))
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
+	defer f.Cleanup()
 	if err := f.Truncate(plan.size); err != nil { // sparse: unwritten space takes no room
 		return err
 	}
-	d, err := diskfs.OpenBackend(file.New(f, false), diskfs.WithSectorSize(sectorSize))
+	d, err := diskfs.OpenBackend(file.New(f.File, false), diskfs.WithSectorSize(sectorSize))
 	if err != nil {
 		return err
 	}
 	if err := writePartitionTable(d, plan, key); err != nil {
 		return err
 	}
-	if err := writeBIOSBoot(f, plan.grub); err != nil {
+	if err := writeBIOSBoot(f.File, plan.grub); err != nil {
 		return err
 	}
 	if err := b.writeESP(ctx, d, plan); err != nil {
 		return err
 	}
-	if err := setFATVolumeID(f, espStart, plan.volumeID); err != nil {
+	if err := setFATVolumeID(f.File, espStart, plan.volumeID); err != nil {
 		return err
 	}
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), dst); err != nil {
+	if err := f.CloseAtomicallyReplace(); err != nil {
 		return err
 	}
 	b.log().Info("disk image written", "path", dst, "took", time.Since(start).Round(time.Millisecond))

@@ -12,12 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"undervdi/internal/poll"
+	"undervdi/server/pool"
+
 	"undervdi/initramfs"
 	"undervdi/internal/brokertest"
 	"undervdi/internal/kioskvm"
 	"undervdi/internal/testbed"
 	"undervdi/server/config"
-	"undervdi/server/domxml"
 )
 
 // TestKioskSession is the whole system once, on real parts: a broker with a
@@ -74,8 +76,8 @@ func TestKioskSession(t *testing.T) {
 		}
 		time.Sleep(3 * time.Second)
 	}
-	brokertest.WaitFor(t, 4*time.Minute, "the kiosk's viewer linked to the pool VM", func() bool {
-		return rb.Pool.Status().Counts[domxml.InUse] == 1
+	poll.Until(t, 4*time.Minute, "the kiosk's viewer linked to the pool VM", func() bool {
+		return rb.Pool.Status().Counts[pool.InUse] == 1
 	})
 	if line, err := vm.WaitFor(ctx, "to=in-session", time.Minute); err != nil {
 		t.Error(err)
@@ -85,7 +87,7 @@ func TestKioskSession(t *testing.T) {
 
 	// The kiosk is switched off: the broker ends the session and wipes the VM.
 	vm.Stop()
-	brokertest.WaitFor(t, 2*time.Minute, "the session's VM wiped", func() bool {
+	poll.Until(t, 2*time.Minute, "the session's VM wiped", func() bool {
 		b, _ := os.ReadFile(rb.Config.Sessions.AuditLog)
 		return bytes.Contains(b, []byte(`"kiosk":"k1"`)) && bytes.Contains(b, []byte(`"wiped":true`))
 	})

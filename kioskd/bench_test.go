@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"undervdi/internal/brokertest"
+	"undervdi/internal/freeport"
 	"undervdi/internal/testbed"
 	"undervdi/internal/xvfb"
 	"undervdi/kioskd"
@@ -27,7 +28,7 @@ import (
 // sampled every few milliseconds, which bounds the precision.
 func BenchmarkTouchToFrame(b *testing.B) {
 	bed := testbed.New(b)
-	kioskPort := brokertest.FreePort(b)
+	kioskPort := freeport.Port(b)
 	rb := brokertest.Start(b, bed, 2, func(c *bconfig.Config) { c.Sessions.Listen = fmt.Sprintf("0.0.0.0:%d", kioskPort) })
 	r := startKiosk(b, bed, kioskPort)
 	r.broker = rb
@@ -80,7 +81,7 @@ func BenchmarkIdleMinute(b *testing.B) {
 	conf := filepath.Join(b.TempDir(), "kioskd.conf")
 	os.WriteFile(conf, []byte(fmt.Sprintf("server = 127.0.0.1\nport = %d\nkiosk = k\ntoken = t\ndisplay = %s\nads_url = off\n"+
 		"ads_dir = %s\nbackground_dir = %s\nsession_dir = %s\nusb_sysfs =\nlogind = no\nslide_interval = 5s\n",
-		brokertest.FreePort(b), x.Display, b.TempDir(), bg, b.TempDir())), 0o644)
+		freeport.Port(b), x.Display, b.TempDir(), bg, b.TempDir())), 0o644)
 	for b.Loop() {
 		cmd := exec.Command(bin, "-config", conf, "-cmdline", "/dev/null")
 		if err := cmd.Start(); err != nil {

@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"undervdi/internal/freeport"
+	"undervdi/internal/poll"
+
 	"github.com/digitalocean/go-libvirt"
 	"github.com/jezek/xgb"
 	"github.com/jezek/xgb/xproto"
@@ -138,7 +141,7 @@ func writePNG(t testing.TB, path string, c color.RGBA) {
 // last wait (transitions can be quicker than polling).
 func (r *rig) waitState(s kioskd.State, d time.Duration) {
 	r.t.Helper()
-	brokertest.WaitFor(r.t, d, "the kiosk to be "+s.String(), func() bool {
+	poll.Until(r.t, d, "the kiosk to be "+s.String(), func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		for i, st := range r.states {
@@ -171,7 +174,7 @@ func (r *rig) touch() {
 
 func (r *rig) slideshowShown() {
 	r.t.Helper()
-	brokertest.WaitFor(r.t, 10*time.Second, "the slideshow on screen", func() bool {
+	poll.Until(r.t, 10*time.Second, "the slideshow on screen", func() bool {
 		img, err := r.x.Screenshot()
 		if err != nil {
 			return false
@@ -184,7 +187,7 @@ func (r *rig) slideshowShown() {
 func (r *rig) guestShown(name string) {
 	r.t.Helper()
 	var black float64
-	brokertest.WaitFor(r.t, time.Minute, "the guest's console full screen", func() bool {
+	poll.Until(r.t, time.Minute, "the guest's console full screen", func() bool {
 		img, err := r.x.Screenshot()
 		if err != nil {
 			return false
@@ -206,7 +209,7 @@ func (r *rig) session(name string) string {
 	r.touch()
 	r.waitState(kioskd.InSession, 2*time.Minute)
 	var vm string
-	brokertest.WaitFor(r.t, time.Minute, "the session linked at the broker", func() bool {
+	poll.Until(r.t, time.Minute, "the session linked at the broker", func() bool {
 		for _, l := range r.broker.Sessions.Leases() {
 			if l.Kiosk == "k1" && l.Linked != nil {
 				vm = l.VM
@@ -235,7 +238,7 @@ func (r *rig) loggedOut(vm string) {
 	ending := time.Now()
 	r.waitState(kioskd.Idle, time.Minute)
 	r.slideshowShown()
-	brokertest.WaitFor(r.t, time.Minute, vm+" destroyed with its disk", func() bool {
+	poll.Until(r.t, time.Minute, vm+" destroyed with its disk", func() bool {
 		_, err := r.bed.L.DomainLookupByName(vm)
 		overlays, _ := filepath.Glob(filepath.Join(r.bed.OverlayDir, vm+"-*"))
 		return libvirt.IsNotFound(err) && len(overlays) == 0
@@ -276,7 +279,7 @@ func (r *rig) viewerPID() int {
 
 func TestKiosk(t *testing.T) {
 	bed := testbed.New(t)
-	kioskPort := brokertest.FreePort(t)
+	kioskPort := freeport.Port(t)
 
 	// The kiosk starts first, with the broker down: it says so, and
 	// recovers by itself when the broker comes.
@@ -309,7 +312,7 @@ func TestKiosk(t *testing.T) {
 		r.broker.WaitFull()
 		vm := r.session("idle")
 		start := time.Now()
-		brokertest.WaitFor(t, 30*time.Second, "the idle warning over the session", func() bool {
+		poll.Until(t, 30*time.Second, "the idle warning over the session", func() bool {
 			img, err := r.x.Screenshot()
 			if err != nil {
 				return false

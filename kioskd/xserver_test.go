@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"undervdi/internal/poll"
 
 	"undervdi/kioskd"
 	"undervdi/kioskd/config"
@@ -63,10 +64,10 @@ func TestRestartsDeadXServer(t *testing.T) {
 		}
 		return n
 	}
-	waitFor(t, "the kiosk on its own X server", func() bool { return unreachable() == 1 && xPID(display) != 0 })
+	poll.Until(t, 30*time.Second, "the kiosk on its own X server", func() bool { return unreachable() == 1 && xPID(display) != 0 })
 	first := xPID(display)
 	syscall.Kill(first, syscall.SIGKILL)
-	waitFor(t, "a new X server and the kiosk back on it", func() bool {
+	poll.Until(t, 30*time.Second, "a new X server and the kiosk back on it", func() bool {
 		pid := xPID(display)
 		return pid != 0 && pid != first && unreachable() == 2
 	})
@@ -77,17 +78,6 @@ func TestRestartsDeadXServer(t *testing.T) {
 	}
 	if pid := xPID(display); pid != 0 {
 		t.Errorf("the X server (pid %d) outlived kioskd", pid)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

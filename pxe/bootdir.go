@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/google/renameio/v2"
+
 	"undervdi/internal/bootlayout"
 	"undervdi/internal/debpkg"
 )
@@ -81,20 +83,14 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	defer in.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+"-")
+	out, err := renameio.NewPendingFile(dst, renameio.WithStaticPermissions(0o644))
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	_, err = io.Copy(tmp, in)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
+	defer out.Cleanup()
+	_, err = io.Copy(out, in)
 	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), dst)
+		err = out.CloseAtomicallyReplace()
 	}
 	if err != nil {
 		return fmt.Errorf("copying %s to %s: %w", src, dst, err)

@@ -14,11 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"undervdi/internal/freeport"
+	"undervdi/internal/poll"
 	"undervdi/internal/testbed"
 	"undervdi/internal/testlog"
 	"undervdi/server/broker"
 	"undervdi/server/config"
-	"undervdi/server/domxml"
+	"undervdi/server/pool"
 )
 
 // Token is the test kiosks' secret.
@@ -40,9 +42,9 @@ type Broker struct {
 func Start(t testing.TB, bed *testbed.Bed, size int, mutate func(*config.Config)) *Broker {
 	t.Helper()
 	cfg := bed.Config(size)
-	cfg.Gateway.Listen = fmt.Sprintf("0.0.0.0:%d", FreePort(t))
-	cfg.Sessions.Listen = fmt.Sprintf("0.0.0.0:%d", FreePort(t))
-	cfg.Sessions.LegacyListen = fmt.Sprintf("0.0.0.0:%d", FreePort(t))
+	cfg.Gateway.Listen = fmt.Sprintf("0.0.0.0:%d", freeport.Port(t))
+	cfg.Sessions.Listen = fmt.Sprintf("0.0.0.0:%d", freeport.Port(t))
+	cfg.Sessions.LegacyListen = fmt.Sprintf("0.0.0.0:%d", freeport.Port(t))
 	cfg.Sessions.AuditLog = filepath.Join(bed.Root, "sessions.jsonl")
 	cfg.Kiosks = []config.Kiosk{
 		{ID: "k1", Address: "127.0.0.1", Token: Token},
@@ -89,8 +91,8 @@ func (b *Broker) Stop() {
 // WaitFull waits until the pool has all its clean VMs.
 func (b *Broker) WaitFull() {
 	b.t.Helper()
-	WaitFor(b.t, 5*time.Minute, "a full pool", func() bool {
-		return b.Pool.Status().Counts[domxml.Clean] == b.Config.PoolSize
+	poll.Until(b.t, 5*time.Minute, "a full pool", func() bool {
+		return b.Pool.Status().Counts[pool.Clean] == b.Config.PoolSize
 	})
 }
 
@@ -106,29 +108,6 @@ func (b *Broker) GatewayPort() string { return port(b.Config.Gateway.Listen) }
 func port(addr string) string {
 	_, p, _ := net.SplitHostPort(addr)
 	return p
-}
-
-// FreePort returns a TCP port free on loopback now.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// WaitFor polls cond; the deadline only guards against a hang.
-func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // KioskUser is an unprivileged user for what a kiosk runs as its visitor

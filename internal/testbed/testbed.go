@@ -40,6 +40,7 @@ type Bed struct {
 	Prefix     string // unique; also the broker's pool name
 	Root       string // directory for the test's files
 	OverlayDir string
+	VersionDir string
 	L          *libvirt.Libvirt
 	Art        *tinyvm.Artifacts
 	Golden     *tinyvm.Golden
@@ -82,7 +83,8 @@ func Setup(ctx context.Context, namePrefix string, log *slog.Logger) (*Bed, erro
 	if err != nil {
 		return nil, fmt.Errorf("connecting to libvirt (is libvirtd running?): %w", err)
 	}
-	b := &Bed{Prefix: prefix, Root: root, OverlayDir: filepath.Join(root, "overlays"), L: l, Art: art, Log: log}
+	b := &Bed{Prefix: prefix, Root: root, OverlayDir: filepath.Join(root, "overlays"), VersionDir: filepath.Join(root, "versions"),
+		L: l, Art: art, Log: log}
 	g, err := tinyvm.Define(l, prefix+"-golden", filepath.Join(root, "golden"), art, 160, tinyvm.DiskSize)
 	if err != nil {
 		b.Close()
@@ -100,6 +102,7 @@ func (b *Bed) Config(poolSize int) *config.Config {
 	c.PoolSize = poolSize
 	c.MaxVMs = poolSize + 4
 	c.OverlayDir = b.OverlayDir
+	c.VersionDir = b.VersionDir
 	c.MemoryReserve = 512 << 20
 	c.ReadyTimeout = config.Duration(3 * time.Minute)
 	c.AdminSocket = filepath.Join(b.Root, "admin.sock")
@@ -155,15 +158,26 @@ func (b *Bed) Close() error {
 	return nil
 }
 
-// Leftovers lists the domains and overlay files of the bed's pool: what a
-// crash could leak.
+// IsClone reports whether a domain name is one of the bed's pool's clones
+// (<prefix>-<8 hex>), not its golden or a published version's template.
+func (b *Bed) IsClone(name string) bool {
+	rest, ok := strings.CutPrefix(name, b.Prefix+"-")
+	if !ok || len(rest) != 8 {
+		return false
+	}
+	_, err := hex.DecodeString(rest)
+	return err == nil
+}
+
+// Leftovers lists the clone domains and overlay files of the bed's pool:
+// what a crash could leak.
 func (b *Bed) Leftovers(l *libvirt.Libvirt) (domains []string, overlays []string, err error) {
 	doms, _, err := l.ConnectListAllDomains(1, 0)
 	if err != nil {
 		return nil, nil, err
 	}
 	for _, d := range doms {
-		if strings.HasPrefix(d.Name, b.Prefix+"-") && d.Name != b.Golden.Name {
+		if b.IsClone(d.Name) {
 			domains = append(domains, d.Name)
 		}
 	}

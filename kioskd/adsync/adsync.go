@@ -22,6 +22,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/google/renameio/v2"
 )
 
 const (
@@ -294,16 +296,11 @@ func (m *Mirror) download(ctx context.Context, base *url.URL, name, sum string, 
 		return 0, fmt.Errorf("GET %s: %d bytes, more than the %d allowed", u, resp.ContentLength, limit)
 	}
 
-	tmp, err := os.CreateTemp(m.Dir, "."+name+".tmp-*")
+	tmp, err := renameio.NewPendingFile(filepath.Join(m.Dir, name), renameio.WithTempDir(m.Dir), renameio.WithStaticPermissions(0o644))
 	if err != nil {
 		return 0, err
 	}
-	defer func() {
-		if tmp != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
+	defer tmp.Cleanup()
 	h := sha256.New()
 	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(resp.Body, limit+1))
 	if err != nil {
@@ -315,23 +312,13 @@ func (m *Mirror) download(ctx context.Context, base *url.URL, name, sum string, 
 	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
 		return n, fmt.Errorf("GET %s: sha256 %s, want %s: rejected", u, got, sum)
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return n, err
-	}
-	if err := tmp.Sync(); err != nil {
-		return n, err
-	}
 	fi, err := tmp.Stat()
 	if err != nil {
 		return n, err
 	}
-	if err := tmp.Close(); err != nil {
+	if err := tmp.CloseAtomicallyReplace(); err != nil {
 		return n, err
 	}
-	if err := os.Rename(tmp.Name(), filepath.Join(m.Dir, name)); err != nil {
-		return n, err
-	}
-	tmp = nil
 	m.local[name] = localFile{size: fi.Size(), mtime: fi.ModTime(), sum: sum}
 	m.log().Info("adsync: fetched", "name", name, "bytes", n)
 	return n, nil

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"undervdi/internal/poll"
 
 	"undervdi/server/ads"
 )
@@ -498,14 +499,12 @@ func TestRun(t *testing.T) {
 		m.Run(ctx, 5*time.Millisecond)
 		close(done)
 	}()
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		for start := time.Now(); !cond(); time.Sleep(5 * time.Millisecond) {
-			if time.Since(start) > 10*time.Second {
-				t.Fatalf("Run: no %s after 10s; log: %v", what, l.all())
-			}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log: %v", l.all())
 		}
-	}
+	})
+	waitFor := func(what string, cond func() bool) { t.Helper(); poll.Until(t, 10*time.Second, "Run: "+what, cond) }
 	waitFor("a.png", func() bool { _, err := os.Stat(filepath.Join(m.Dir, "a.png")); return err == nil })
 
 	b.setCorrupt(true)

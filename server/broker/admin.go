@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/dustin/go-humanize"
 
 	"undervdi/server/domxml"
 	"undervdi/server/pool"
@@ -28,8 +31,10 @@ type Status struct {
 
 // The admin API, on a unix socket only root and the broker's group reach:
 //
-//	GET  /v1/status          the pool, its VMs and the sessions
-//	POST /v1/vms/{name}/end  end the session on a VM (or the VM), destroying it
+//	GET  /v1/status             the pool, its VMs, versions and the sessions
+//	POST /v1/vms/{name}/end     end the session on a VM (or the VM), destroying it
+//	POST /v1/versions           publish a new version of the golden (202: copying)
+//	POST /v1/versions/rollback  make the previous version current again
 func (b *Broker) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
@@ -50,7 +55,39 @@ func (b *Broker) adminHandler() http.Handler {
 			http.Error(w, err.Error(), http.StatusNotFound)
 		}
 	})
+	mux.HandleFunc("POST /v1/versions", func(w http.ResponseWriter, r *http.Request) {
+		seq, err := b.Pool.Publish(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), publishStatus(err))
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		json.NewEncoder(w).Encode(map[string]int{"version": seq})
+	})
+	mux.HandleFunc("POST /v1/versions/rollback", func(w http.ResponseWriter, r *http.Request) {
+		from, to, err := b.Pool.Rollback(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), publishStatus(err))
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]int{"from": from, "to": to})
+	})
 	return mux
+}
+
+// publishStatus is the HTTP status for a refused publish or rollback.
+func publishStatus(err error) int {
+	switch {
+	case errors.Is(err, pool.ErrNoSpace):
+		return http.StatusInsufficientStorage
+	case errors.Is(err, domxml.ErrGolden), errors.Is(err, pool.ErrPublishing), errors.Is(err, pool.ErrNoEarlier):
+		return http.StatusConflict
+	case errors.Is(err, pool.ErrUnavailable):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
 }
 
 // Client talks to a broker's admin socket.
@@ -69,6 +106,32 @@ func NewClient(socket string) *Client {
 	}}}
 }
 
+// Publish starts publishing a new version and returns its number.
+func (c *Client) Publish(ctx context.Context) (int, error) {
+	var out struct{ Version int }
+	err := c.json(ctx, "POST", "/v1/versions", &out)
+	return out.Version, err
+}
+
+// Rollback makes the previous version current again.
+func (c *Client) Rollback(ctx context.Context) (from, to int, err error) {
+	var out struct{ From, To int }
+	err = c.json(ctx, "POST", "/v1/versions/rollback", &out)
+	return out.From, out.To, err
+}
+
+func (c *Client) json(ctx context.Context, method, path string, out any) error {
+	resp, err := c.do(ctx, method, path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("broker %s: %w", path, err)
+	}
+	return nil
+}
+
 func (c *Client) do(ctx context.Context, method, path string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, "http://broker"+path, nil)
 	if err != nil {
@@ -78,7 +141,7 @@ func (c *Client) do(ctx context.Context, method, path string) (*http.Response, e
 	if err != nil {
 		return nil, fmt.Errorf("broker not reachable on %s (is vdi-broker running?): %w", c.Socket, err)
 	}
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		return nil, fmt.Errorf("broker: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
@@ -88,14 +151,9 @@ func (c *Client) do(ctx context.Context, method, path string) (*http.Response, e
 
 // Status reads the broker's status.
 func (c *Client) Status(ctx context.Context) (*Status, error) {
-	resp, err := c.do(ctx, "GET", "/v1/status")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
 	var s Status
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		return nil, fmt.Errorf("broker status: %w", err)
+	if err := c.json(ctx, "GET", "/v1/status", &s); err != nil {
+		return nil, err
 	}
 	return &s, nil
 }
@@ -121,10 +179,17 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 	if !p.Connected {
 		conn = "NOT CONNECTED"
 	}
-	fmt.Fprintf(w, "pool %s   golden %s   libvirt %s (%s)\n", p.Pool, p.Golden, s.Libvirt, conn)
+	fmt.Fprintf(w, "pool %s   golden %s   version %d   libvirt %s (%s)\n", p.Pool, p.Golden, p.Current, s.Libvirt, conn)
 	fmt.Fprintf(w, "clean %d/%d   booting %d   offered %d   in use %d   ending %d   (max %d VMs)\n",
-		p.Counts[domxml.Clean], p.Size, p.Counts[domxml.Booting]+p.Counts["creating"], p.Counts[domxml.Offered],
-		p.Counts[domxml.InUse], p.Counts[domxml.Ending], p.MaxVMs)
+		p.Count("clean"), p.Size, p.Count("booting"), p.Count("offered"), p.Count("in-use"), p.Count("ending"), p.MaxVMs)
+	if j := p.Publish; j != nil && (j.Finished == nil || j.Error != "") {
+		switch {
+		case j.Finished == nil:
+			fmt.Fprintf(w, "PUBLISHING version %d: %s of %s copied (%s)\n", j.Version, humanize.IBytes(j.Written), humanize.IBytes(j.Total), j.Reason)
+		default:
+			fmt.Fprintf(w, "LAST PUBLISH FAILED (version %d, %s ago): %s\n", j.Version, now.Sub(*j.Finished).Round(time.Second), j.Error)
+		}
+	}
 	if h := s.Handoffs; h.Count > 0 {
 		fmt.Fprintf(w, "sessions %d   handoffs (latest %d): p50 %v, p99 %v\n", len(s.Sessions), h.Count,
 			h.P50.Round(10*time.Microsecond), h.P99.Round(10*time.Microsecond))
@@ -136,12 +201,16 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 			fmt.Fprintf(w, "%s: %s\n", note.label, note.text)
 		}
 	}
+	if len(p.Versions) > 0 {
+		fmt.Fprintln(w)
+		WriteVersions(w, p.Versions, now)
+	}
 	if len(p.VMs) == 0 {
 		return
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tSTATE\tFOR\tKIOSK\tOVERLAYS\tNOTE")
+	fmt.Fprintln(tw, "VM\tSTATE\tVERSION\tFOR\tKIOSK\tOVERLAYS\tNOTE")
 	kiosks := map[string]string{}
 	for _, l := range s.Sessions {
 		kiosks[l.VM] = fmt.Sprintf("%s (%s)", l.Kiosk, l.Addr)
@@ -157,8 +226,33 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 		if kiosk == "" {
 			kiosk = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.State, now.Sub(v.Since).Round(time.Second),
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", v.Name, v.State, v.Version, now.Sub(v.Since).Round(time.Second),
 			kiosk, strings.Join(v.Overlays, ","), note)
+	}
+	tw.Flush()
+}
+
+// WriteVersions prints the published versions: each one's age, size and
+// clones, and which is current or kept for a rollback.
+func WriteVersions(w io.Writer, vs []pool.VersionStatus, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tGOLDEN\tAGE\tSIZE\tCLONES\tNOTE")
+	for _, v := range vs {
+		note := ""
+		switch {
+		case v.Current:
+			note = "current"
+		case v.Withdrawn != nil && v.Kept:
+			note = "rolled back; deleted after the next publish"
+		case v.Withdrawn != nil:
+			note = "rolled back"
+		case v.Kept:
+			note = "kept for rollback"
+		default:
+			note = "old; deleted once no clone uses it"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\n", v.Version, v.Golden, now.Sub(v.Published).Round(time.Second),
+			humanize.IBytes(v.Size), v.Clones, note)
 	}
 	tw.Flush()
 }

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"undervdi/kioskproto"
+	"undervdi/server/accept"
 	"undervdi/server/ads"
 	"undervdi/server/config"
 	"undervdi/server/domxml"
@@ -35,7 +36,11 @@ import (
 // status 2 for them, which the systemd unit does not restart.
 var ErrSetup = errors.New("setup error")
 
-// Broker is a running broker.
+// Broker is a running broker. Its parts depend on each other in one
+// direction only, and are made in that order: the gateway's Displays (the
+// pool's last readiness check), the pool, the sessions (which take VMs from
+// the pool), the gateway (which asks the sessions). The pool's
+// announcements of wiped VMs go the other way, as events (announce).
 type Broker struct {
 	Config   *config.Config
 	Log      *slog.Logger
@@ -43,6 +48,7 @@ type Broker struct {
 	Pool     *pool.Pool
 	Sessions *session.Manager
 	Gateway  *gateway.Gateway
+	displays *gateway.Displays
 	registry *session.Registry
 }
 
@@ -63,21 +69,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
-	b := &Broker{Config: cfg, Log: log, Host: host, registry: registry}
-	var gw *gateway.Gateway
-	b.Pool = pool.New(pool.Config{
-		Name:              cfg.PoolName,
-		Golden:            cfg.Golden,
-		Size:              cfg.PoolSize,
-		MaxVMs:            cfg.MaxVMs,
-		OverlayDir:        cfg.OverlayDir,
-		MemoryReserve:     uint64(cfg.MemoryReserve),
-		ReadyTimeout:      cfg.ReadyTimeout.D(),
-		RefillConcurrency: cfg.RefillConcurrency,
-		FailureLimit:      cfg.FailureLimit,
-		ReconcileInterval: cfg.ReconcileInterval.D(),
-		ReadyCheck:        func(ctx context.Context, vm pool.VM) error { return gw.Prepare(ctx, vm) },
-	}, host, log)
+	b := &Broker{Config: cfg, Log: log, Host: host, registry: registry,
+		displays: gateway.NewDisplays(gateway.LocalDialer{})}
+	b.Pool = pool.New(PoolConfig(cfg, b.displays.Prepare), host, log)
 	v := cfg.Viewer
 	b.Sessions = session.New(session.Config{
 		ConnectWindow:    cfg.Gateway.ConnectWindow.D(),
@@ -92,14 +86,45 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		Viewer: kioskproto.Viewer{Title: v.Title, DisableAudio: v.DisableAudio, DisableEffects: v.DisableEffects,
 			Compression: v.Compression, USBAutoRedirect: v.USBAutoRedirect, USBRedirectConnect: v.USBRedirectConnect},
 	}, b.Pool, registry, audit, log)
-	gw, err = gateway.New(b.Sessions, gateway.LocalDialer{}, audit, log)
-	if err != nil {
+	if b.Gateway, err = gateway.New(b.Sessions, b.displays, audit, log); err != nil {
 		return nil, err
 	}
-	b.Gateway = gw
-	b.Sessions.SetPrepare(gw.Prepare) // VMs adopted after a restart were never probed
-	b.Pool.OnEnded(func(e pool.Ended) { gw.Forget(e.VM) })
 	return b, nil
+}
+
+// PoolConfig is the pool's part of cfg; ready is its last readiness check.
+func PoolConfig(cfg *config.Config, ready func(context.Context, pool.VM) error) pool.Config {
+	return pool.Config{
+		Name:              cfg.PoolName,
+		Golden:            cfg.Golden,
+		Size:              cfg.PoolSize,
+		MaxVMs:            cfg.MaxVMs,
+		OverlayDir:        cfg.OverlayDir,
+		VersionDir:        cfg.VersionDir,
+		KeepVersions:      cfg.KeepVersions,
+		AutoPublish:       cfg.AutoPublish,
+		MemoryReserve:     uint64(cfg.MemoryReserve),
+		ReadyTimeout:      cfg.ReadyTimeout.D(),
+		RefillConcurrency: cfg.RefillConcurrency,
+		FailureLimit:      cfg.FailureLimit,
+		ReconcileInterval: cfg.ReconcileInterval.D(),
+		ReadyCheck:        ready,
+	}
+}
+
+// announce passes the pool's announcements of wiped VMs on: the gateway
+// forgets the VM's display, and the sessions end what ran on it and write
+// its audit line.
+func (b *Broker) announce(ctx context.Context) {
+	for {
+		select {
+		case e := <-b.Pool.Ended():
+			b.displays.Forget(e.VM)
+			b.Sessions.VMEnded(e)
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // Run runs the broker until ctx ends. It tells systemd it is ready once the
@@ -128,11 +153,12 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return b.Pool.Run(ctx) })
+	g.Go(func() error { b.announce(ctx); return nil })
 	g.Go(func() error { b.Sessions.Run(ctx); return nil })
 	g.Go(func() error { return b.Gateway.Serve(ctx, listeners["gateway"]) })
-	g.Go(func() error { return session.Serve(ctx, listeners["kiosk"], b.Sessions.ServeKiosk) })
+	g.Go(func() error { return accept.Serve(ctx, listeners["kiosk"], b.Sessions.ServeKiosk) })
 	if ln := listeners["legacy"]; ln != nil {
-		g.Go(func() error { return session.Serve(ctx, ln, b.Sessions.ServeLegacy) })
+		g.Go(func() error { return accept.Serve(ctx, ln, b.Sessions.ServeLegacy) })
 	}
 	if ln := listeners["ads"]; ln != nil {
 		srv := &http.Server{Handler: ads.Handler(cfg.Ads.Dir, b.registry.Known, b.Log), ReadHeaderTimeout: 10 * time.Second}

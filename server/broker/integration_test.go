@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"undervdi/internal/poll"
+	"undervdi/server/pool"
+
 	"github.com/digitalocean/go-libvirt"
 
 	"undervdi/internal/brokertest"
@@ -29,14 +32,11 @@ import (
 	"undervdi/kioskproto"
 	"undervdi/server/broker"
 	"undervdi/server/config"
-	"undervdi/server/domxml"
 	"undervdi/server/session"
 	"undervdi/server/spice"
 )
 
 const kioskToken = brokertest.Token
-
-var waitFor = brokertest.WaitFor
 
 // e2e is one broker on real libvirt with its ports.
 type e2e struct {
@@ -71,8 +71,8 @@ func startE2E(t *testing.T) *e2e {
 
 func (e *e2e) waitFull() {
 	e.t.Helper()
-	waitFor(e.t, 5*time.Minute, "a full pool", func() bool {
-		return e.b.Pool.Status().Counts[domxml.Clean] == e.cfg.PoolSize
+	poll.Until(e.t, 5*time.Minute, "a full pool", func() bool {
+		return e.b.Pool.Status().Counts[pool.Clean] == e.cfg.PoolSize
 	})
 }
 
@@ -159,7 +159,7 @@ func (e *e2e) launchViewer(t *testing.T, o *kioskproto.Offer) *viewer.Viewer {
 func (e *e2e) linkedLease(t *testing.T, kiosk string) session.LeaseStatus {
 	t.Helper()
 	var out session.LeaseStatus
-	waitFor(t, time.Minute, "the viewer to link", func() bool {
+	poll.Until(t, time.Minute, "the viewer to link", func() bool {
 		for _, l := range e.b.Sessions.Leases() {
 			if l.Kiosk == kiosk && l.Linked != nil {
 				out = l
@@ -195,7 +195,7 @@ func (e *e2e) screenShowsGuest(t *testing.T, name string) {
 	t.Fatalf("the screen does not show the guest's console (%.1f%% black, %.2f%% light); see %s", 100*black, 100*light, path)
 }
 
-func (e *e2e) vmState(vm string) domxml.State {
+func (e *e2e) vmState(vm string) string {
 	doms, err := e.b.Host.Domains(context.Background(), vm)
 	if err != nil || len(doms) != 1 {
 		return ""
@@ -206,7 +206,7 @@ func (e *e2e) vmState(vm string) domxml.State {
 // checkWiped waits until the VM's domain and overlay are gone.
 func (e *e2e) checkWiped(t *testing.T, vm string) {
 	t.Helper()
-	waitFor(t, time.Minute, vm+" destroyed with its disk", func() bool {
+	poll.Until(t, time.Minute, vm+" destroyed with its disk", func() bool {
 		_, err := e.bed.L.DomainLookupByName(vm)
 		overlays, _ := filepath.Glob(filepath.Join(e.bed.OverlayDir, vm+"-*"))
 		return libvirt.IsNotFound(err) && len(overlays) == 0
@@ -232,7 +232,7 @@ func TestRealSessions(t *testing.T) {
 		offer := k.request()
 		v := e.launchViewer(t, offer)
 		l := e.linkedLease(t, "k1")
-		if s := e.vmState(l.VM); s != domxml.InUse {
+		if s := e.vmState(l.VM); s != "in-use" {
 			t.Errorf("libvirt says %s is %q after the link, want in-use", l.VM, s)
 		}
 		e.screenShowsGuest(t, "viewer")
@@ -333,7 +333,7 @@ func TestRealSessions(t *testing.T) {
 		}
 	})
 	// The 50 kiosks left with the subtest: their unused VMs go back.
-	waitFor(t, time.Minute, "the unused offers returned", func() bool { return len(e.b.Sessions.Leases()) == 0 })
+	poll.Until(t, time.Minute, "the unused offers returned", func() bool { return len(e.b.Sessions.Leases()) == 0 })
 
 	t.Run("the original remote.sh gets a session", func(t *testing.T) {
 		e.legacyRemoteSh(t)

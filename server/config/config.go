@@ -39,6 +39,9 @@ type Config struct {
 	PoolSize          int      `toml:"pool_size"`
 	MaxVMs            int      `toml:"max_vms"`
 	OverlayDir        string   `toml:"overlay_dir"`
+	VersionDir        string   `toml:"versions_dir"`
+	KeepVersions      int      `toml:"keep_versions"`
+	AutoPublish       bool     `toml:"auto_publish"`
 	MemoryReserve     ByteSize `toml:"memory_reserve"`
 	ReadyTimeout      Duration `toml:"ready_timeout"`
 	RefillConcurrency int      `toml:"refill_concurrency"`
@@ -115,6 +118,8 @@ func Default() *Config {
 		PoolSize:          2,
 		MaxVMs:            8,
 		OverlayDir:        "/var/lib/undervdi/overlays",
+		VersionDir:        "/var/lib/undervdi/versions",
+		KeepVersions:      1,
 		MemoryReserve:     ByteSize(1 << 30),
 		ReadyTimeout:      Duration(5 * time.Minute),
 		RefillConcurrency: 2,
@@ -210,6 +215,15 @@ func (c *Config) Validate() error {
 	}
 	if !filepath.IsAbs(c.OverlayDir) {
 		bad("overlay_dir", "%q must be an absolute path", c.OverlayDir)
+	}
+	switch {
+	case !filepath.IsAbs(c.VersionDir):
+		bad("versions_dir", "%q must be an absolute path", c.VersionDir)
+	case filepath.Clean(c.VersionDir) == filepath.Clean(c.OverlayDir):
+		bad("versions_dir", "%q must not be overlay_dir: versions are kept, overlays are the visitors' and deleted", c.VersionDir)
+	}
+	if c.KeepVersions < 0 || c.KeepVersions > 10 {
+		bad("keep_versions", "%d: must be 0 (no rollback) to 10", c.KeepVersions)
 	}
 	if c.ReadyTimeout < Duration(time.Second) {
 		bad("ready_timeout", "%v: must be at least 1s", c.ReadyTimeout)

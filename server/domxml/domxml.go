@@ -5,7 +5,6 @@
 package domxml
 
 import (
-	"encoding/xml"
 	"errors"
 	"fmt"
 	"strconv"
@@ -15,10 +14,12 @@ import (
 	"github.com/beevik/etree"
 )
 
-// Namespace and Prefix identify the broker's element in a domain's <metadata>.
+// Namespace and Prefix identify the broker's element in a clone's <metadata>;
+// VersionNamespace the element of a published version's template domain.
 const (
-	Namespace = "https://undervdi.org/xmlns/vm/1"
-	Prefix    = "vdi"
+	Namespace        = "https://undervdi.org/xmlns/vm/1"
+	VersionNamespace = "https://undervdi.org/xmlns/version/1"
+	Prefix           = "vdi"
 )
 
 // AgentChannel is the virtio-serial port name of qemu-guest-agent.
@@ -37,6 +38,11 @@ type Disk struct {
 	ReadOnly  bool
 	Shareable bool
 	Capacity  uint64 // virtual size in bytes; filled in by the host's golden check
+	// Allocation and Modified are filled in by the host's golden check:
+	// the bytes the image holds on the host (what a copy of it costs) and
+	// when it was last written.
+	Allocation uint64
+	Modified   time.Time
 }
 
 // Writable reports whether the guest can write the disk, which is what makes
@@ -153,15 +159,10 @@ func (g *Golden) CloneXML(c Clone) (string, error) {
 	for _, ev := range []string{"on_poweroff", "on_reboot", "on_crash"} {
 		setChild(root, ev, "destroy")
 	}
-	if err := setMetadata(root, c.Meta); err != nil {
+	if err := setMetadata(root, Namespace, c.Meta.Element()); err != nil {
 		return "", err
 	}
-	if nv := root.FindElement("./os/nvram"); nv != nil {
-		if path := strings.TrimSpace(nv.Text()); path != "" {
-			nv.CreateAttr("template", path)
-			nv.SetText("")
-		}
-	}
+	nvramFromTemplate(root)
 	devices := root.SelectElement("devices")
 	if devices == nil {
 		return "", fmt.Errorf("%w: %q has no <devices>", ErrGolden, g.Name)
@@ -206,6 +207,18 @@ func (g *Golden) CloneXML(c Clone) (string, error) {
 	}
 	doc.Indent(2)
 	return doc.WriteToString()
+}
+
+// nvramFromTemplate turns the golden's own UEFI variables file into the
+// template a new domain's file is copied from: the domain gets a file of its
+// own, and undefining it can never delete the golden's.
+func nvramFromTemplate(root *etree.Element) {
+	if nv := root.FindElement("./os/nvram"); nv != nil {
+		if path := strings.TrimSpace(nv.Text()); path != "" {
+			nv.CreateAttr("template", path)
+			nv.SetText("")
+		}
+	}
 }
 
 // setSpiceSocket replaces every display with SPICE on a unix socket whose
@@ -260,7 +273,7 @@ type Domain struct {
 	Name          string
 	UUID          string
 	Running       bool      // libvirt gave it an id: running or paused
-	Meta          *Metadata // nil when the domain is not the broker's
+	Meta          *Metadata // nil when the domain is not one of the broker's clones
 	Disks         []Disk
 	MACs          []string
 	SpiceSocket   string // path of the SPICE unix socket, when running
@@ -300,90 +313,14 @@ func ParseDomain(text string) (*Domain, error) {
 			d.AgentState = t.SelectAttrValue("state", "")
 		}
 	}
-	if md := root.SelectElement("metadata"); md != nil {
-		for _, el := range md.ChildElements() {
-			if el.NamespaceURI() != Namespace {
-				continue
-			}
-			m, err := parseMetadata(el)
-			if err != nil {
-				return nil, fmt.Errorf("domain %s: %w", d.Name, err)
-			}
-			d.Meta = m
+	if el := ownElement(root, Namespace); el != nil {
+		m, err := parseMetadata(el)
+		if err != nil {
+			return nil, fmt.Errorf("domain %s: %w", d.Name, err)
 		}
+		d.Meta = m
 	}
 	return d, nil
-}
-
-// State is a pool VM's place in its life, as recorded in its metadata.
-type State string
-
-// The states of a pool VM. A VM only moves forward through them, except that
-// an offered VM that was never linked may go back to clean.
-const (
-	Booting State = "booting" // defined and started, not ready yet
-	Clean   State = "clean"   // ready, never offered or linked
-	Offered State = "offered" // handed to a kiosk, not linked yet
-	InUse   State = "in-use"  // a client linked: never offered again
-	Ending  State = "ending"  // being destroyed with its disk
-)
-
-// Metadata is the broker's element in a domain's <metadata>.
-type Metadata struct {
-	Pool   string    `xml:"pool"`
-	State  State     `xml:"state"`
-	Since  time.Time `xml:"since"`
-	Golden string    `xml:"golden"`
-}
-
-// Element is the metadata as the single element virDomainSetMetadata takes;
-// libvirt puts it in the broker's namespace.
-func (m Metadata) Element() string {
-	b, err := xml.Marshal(struct {
-		XMLName xml.Name `xml:"vm"`
-		Metadata
-	}{Metadata: m})
-	if err != nil {
-		panic(err) // only strings and a time: cannot fail
-	}
-	return string(b)
-}
-
-func parseMetadata(el *etree.Element) (*Metadata, error) {
-	m := &Metadata{
-		Pool:   childText(el, "pool"),
-		State:  State(childText(el, "state")),
-		Golden: childText(el, "golden"),
-	}
-	if s := childText(el, "since"); s != "" {
-		t, err := time.Parse(time.RFC3339Nano, s)
-		if err != nil {
-			return nil, fmt.Errorf("metadata since %q: %w", s, err)
-		}
-		m.Since = t
-	}
-	return m, nil
-}
-
-func setMetadata(root *etree.Element, m Metadata) error {
-	md := root.SelectElement("metadata")
-	if md == nil {
-		md = root.CreateElement("metadata")
-	}
-	for _, el := range md.ChildElements() {
-		if el.NamespaceURI() == Namespace {
-			md.RemoveChild(el)
-		}
-	}
-	frag := etree.NewDocument()
-	if err := frag.ReadFromString(m.Element()); err != nil {
-		return err
-	}
-	vm := frag.Root()
-	vm.Space = Prefix
-	vm.CreateAttr("xmlns:"+Prefix, Namespace)
-	md.AddChild(vm)
-	return nil
 }
 
 func disks(root *etree.Element) []Disk {

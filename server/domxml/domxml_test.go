@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/beevik/etree"
 )
 
 func readGolden(t *testing.T) *Golden {
@@ -49,7 +51,7 @@ func TestCloneXML(t *testing.T) {
 			"vdb": "/var/lib/undervdi/overlays/undervdi-0a1b2c3d-vdb.qcow2",
 		},
 		SpicePassword: "per-vm-secret",
-		Meta:          Metadata{Pool: "undervdi", State: Booting, Since: since, Golden: "win10"},
+		Meta:          Metadata{Pool: "undervdi", State: "booting", Since: since, Golden: "win10"},
 		MAC:           func() string { macs++; return fmt.Sprintf("52:54:00:00:00:%02x", macs) },
 	})
 	if err != nil {
@@ -68,7 +70,7 @@ func TestCloneXML(t *testing.T) {
 	if want := []string{"52:54:00:00:00:01", "52:54:00:00:00:02"}; fmt.Sprint(d.MACs) != fmt.Sprint(want) {
 		t.Errorf("MACs = %v, want %v", d.MACs, want)
 	}
-	wantMeta := Metadata{Pool: "undervdi", State: Booting, Since: since, Golden: "win10"}
+	wantMeta := Metadata{Pool: "undervdi", State: "booting", Since: since, Golden: "win10"}
 	if d.Meta == nil || *d.Meta != wantMeta {
 		t.Errorf("Meta = %+v, want %+v", d.Meta, wantMeta)
 	}
@@ -182,7 +184,7 @@ func TestParseLiveDomain(t *testing.T) {
 	if !d.Running || d.AgentState != "connected" || d.SpiceSocket != "/var/lib/libvirt/qemu/domain-7-x/spice.sock" || d.SpicePassword != "pw" {
 		t.Errorf("ParseDomain = %+v", d)
 	}
-	if d.Meta == nil || d.Meta.State != Clean || d.Meta.Pool != "undervdi" || d.Meta.Golden != "tiny" {
+	if d.Meta == nil || d.Meta.State != "clean" || d.Meta.Pool != "undervdi" || d.Meta.Golden != "tiny" {
 		t.Errorf("Meta = %+v", d.Meta)
 	}
 	if _, err := ParseDomain(strings.Replace(live, "2026-11-23T10:00:00Z", "yesterday", 1)); err == nil {
@@ -196,6 +198,7 @@ func FuzzParseDomain(f *testing.F) {
 	f.Add(`<domain id='1'><metadata><vdi:vm xmlns:vdi="https://undervdi.org/xmlns/vm/1"><state>clean</state></vdi:vm></metadata></domain>`)
 	f.Fuzz(func(t *testing.T, s string) {
 		ParseDomain(s)
+		ParseVersion(s)
 		if g, err := ParseGolden(s); err == nil {
 			overlays := map[string]string{}
 			for _, d := range g.WritableDisks() {
@@ -204,4 +207,87 @@ func FuzzParseDomain(f *testing.F) {
 			g.CloneXML(Clone{Name: "n", UUID: "u", Overlays: overlays, MAC: func() string { return "52:54:00:00:00:01" }})
 		}
 	})
+}
+
+func TestMetadataRoundTrip(t *testing.T) {
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	m := Metadata{Pool: "undervdi", State: "in-use", Since: at, Golden: "win10", Version: 3,
+		Kiosk: "lobby-1", Lease: "l-0123456789abcdef", Addr: "169.254.24.10", Offered: at.Add(-time.Second), Linked: at,
+		Reason: "the visitor finished"}
+	g := readGolden(t)
+	out, err := g.CloneXML(Clone{Name: "undervdi-0a1b2c3d", UUID: "u", Overlays: map[string]string{"sda": "/o/a", "vdb": "/o/b"},
+		Meta: m, MAC: func() string { return "52:54:00:00:00:01" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := ParseDomain(out)
+	if err != nil || d.Meta == nil || *d.Meta != m {
+		t.Errorf("metadata back = %+v, %v; want %+v", d.Meta, err, m)
+	}
+	if el := (Metadata{Pool: "p", State: "clean"}).Element(); strings.Contains(el, "kiosk") || strings.Contains(el, "linked") {
+		t.Errorf("Element() of a VM nobody had = %s: empty fields are left out", el)
+	}
+}
+
+func TestVersionTemplate(t *testing.T) {
+	g := readGolden(t)
+	published := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	meta := VersionMeta{Pool: "undervdi", Seq: 4, Golden: "win10", Published: published,
+		Sources: []Source{{Target: "sda", Path: "/var/lib/libvirt/images/win10.qcow2", Modified: published.Add(-time.Hour), Allocation: 21 << 30}}}
+	out, err := g.TemplateXML(Template{Name: "undervdi-v4", UUID: "22222222-2222-4333-8444-555555555555",
+		Disks: map[string]string{"sda": "/var/lib/undervdi/versions/undervdi-v4-sda.qcow2", "vdb": "/var/lib/undervdi/versions/undervdi-v4-vdb.qcow2"},
+		Meta:  meta})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := ParseVersion(out)
+	if err != nil || v == nil {
+		t.Fatalf("ParseVersion(template) = %v, %v", v, err)
+	}
+	if v.Name != "undervdi-v4" || v.Meta.Seq != 4 || !v.Meta.Published.Equal(published) || len(v.Meta.Sources) != 1 ||
+		v.Meta.Sources[0] != meta.Sources[0] {
+		t.Errorf("version back = %+v %+v", v.Name, v.Meta)
+	}
+	for _, d := range v.WritableDisks() {
+		if d.Format != "qcow2" || !strings.HasPrefix(d.Path, "/var/lib/undervdi/versions/undervdi-v4-"+d.Target) {
+			t.Errorf("template disk %s = %+v, want the version's qcow2 copy", d.Target, d)
+		}
+	}
+	if strings.Contains(out, "win10.qcow2'") || strings.Contains(out, "data.img") {
+		t.Errorf("the template still points at the golden's disks")
+	}
+	if !strings.Contains(out, `<nvram template="/var/lib/libvirt/qemu/nvram/win10_VARS.fd"/>`) {
+		t.Errorf("the template owns the golden's UEFI variables file: undefining it would delete them")
+	}
+	// A clone of the template is a clone, not a version.
+	clone, err := v.CloneXML(Clone{Name: "undervdi-0a1b2c3d", UUID: "u", Overlays: map[string]string{"sda": "/o/a", "vdb": "/o/b"},
+		Meta: Metadata{Pool: "undervdi", State: "booting", Version: 4}, MAC: func() string { return "52:54:00:00:00:01" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cv, err := ParseVersion(clone); cv != nil || err != nil {
+		t.Errorf("ParseVersion(clone) = %v, %v; a clone carries no version metadata", cv, err)
+	}
+	if d, err := ParseDomain(clone); err != nil || d.Meta == nil || d.Meta.Version != 4 {
+		t.Errorf("clone metadata = %+v, %v", d, err)
+	}
+	// Withdrawn round-trips; a domain that is no version is nil.
+	meta.Withdrawn = published.Add(time.Hour)
+	if m, err := parseVersionMeta(elementOf(t, meta.Element())); err != nil || !m.Withdrawn.Equal(meta.Withdrawn) {
+		t.Errorf("withdrawn back = %v, %v", m.Withdrawn, err)
+	}
+	if v, err := ParseVersion(`<domain><name>x</name></domain>`); v != nil || err != nil {
+		t.Errorf("ParseVersion(plain domain) = %v, %v", v, err)
+	}
+	if _, err := ParseVersion(strings.Replace(out, "<seq>4</seq>", "<seq>four</seq>", 1)); err == nil {
+		t.Errorf("ParseVersion with a bad number = nil error")
+	}
+}
+
+func elementOf(t *testing.T, s string) *etree.Element {
+	doc := etree.NewDocument()
+	if err := doc.ReadFromString(s); err != nil {
+		t.Fatal(err)
+	}
+	return doc.Root()
 }

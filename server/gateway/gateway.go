@@ -2,7 +2,8 @@
 // kiosk reaches its VM's screen. It answers each channel's link handshake
 // itself, with its own RSA key, checks the client's ticket against the
 // session's lease, and only then logs in to the VM (on its unix socket,
-// with the VM's own password) and splices bytes both ways.
+// with the VM's own password) and splices bytes both ways. Displays
+// (probe.go) learns each VM's SPICE capabilities before the VM is clean.
 package gateway
 
 import (
@@ -17,8 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"undervdi/server/accept"
 	"undervdi/server/pool"
-	"undervdi/server/session"
 	"undervdi/server/spice"
 )
 
@@ -26,7 +27,7 @@ import (
 const handshakeTimeout = 10 * time.Second
 
 // Dialer reaches a VM's SPICE server: a unix socket on this host today, a
-// TLS connection to another KVM host later (design decision 13).
+// connection to another KVM host later (docs/design.md, several hosts).
 type Dialer interface {
 	DialSpice(ctx context.Context, t pool.SpiceTarget) (net.Conn, error)
 }
@@ -40,43 +41,51 @@ func (LocalDialer) DialSpice(ctx context.Context, t pool.SpiceTarget) (net.Conn,
 	return d.DialContext(ctx, "unix", t.Socket)
 }
 
-// Sessions is what the gateway asks about leases; *session.Manager has it.
+// Sessions is what the gateway asks of the broker's leases; the
+// *session.Manager has it. It speaks of addresses, tickets and VMs only.
 type Sessions interface {
+	// Lookup returns the VM a client at addr would reach, before its ticket
+	// is read: the gateway's reply carries that VM's capabilities.
 	Lookup(addr netip.Addr) (pool.VM, error)
-	Attach(ctx context.Context, addr netip.Addr, ticket string, ch session.Channel) (*session.Attachment, error)
-	Activity(l *session.Lease)
+	// Attach admits a channel from addr with ticket; hangUp closes it when
+	// the session ends. It returns the VM, input to call on the visitor's
+	// input, and detach to call when the connection closes.
+	Attach(ctx context.Context, addr netip.Addr, ticket string, main bool, hangUp func()) (vm pool.VM, input, detach func(), err error)
+}
+
+// Audit records refused connections; *session.Audit has it.
+type Audit interface {
+	Refused(what, addr, kiosk, reason string)
 }
 
 // Gateway is the SPICE gateway.
 type Gateway struct {
 	key      *rsa.PrivateKey
 	sessions Sessions
-	dial     Dialer
-	audit    *session.Audit
+	displays *Displays
+	audit    Audit
 	log      *slog.Logger
-
-	mu   sync.Mutex
-	caps map[string]vmCaps // by VM name
 }
 
-// New returns a gateway with a fresh RSA key.
-func New(sessions Sessions, dial Dialer, audit *session.Audit, log *slog.Logger) (*Gateway, error) {
+// New returns a gateway with a fresh RSA key. displays is the one the pool
+// checks VMs with.
+func New(sessions Sessions, displays *Displays, audit Audit, log *slog.Logger) (*Gateway, error) {
 	key, err := spice.NewKey()
 	if err != nil {
 		return nil, err
 	}
-	return &Gateway{key: key, sessions: sessions, dial: dial, audit: audit, log: log, caps: map[string]vmCaps{}}, nil
+	return &Gateway{key: key, sessions: sessions, displays: displays, audit: audit, log: log}, nil
 }
 
 // Serve accepts SPICE clients on ln until ctx ends.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
-	return session.Serve(ctx, ln, g.handle)
+	return accept.Serve(ctx, ln, g.handle)
 }
 
 // handle runs one SPICE channel connection from a client.
 func (g *Gateway) handle(ctx context.Context, c net.Conn) {
 	defer c.Close()
-	addr := session.RemoteAddr(c)
+	addr := accept.RemoteAddr(c)
 	c.SetDeadline(time.Now().Add(handshakeTimeout))
 	s := spice.NewServerLink(c, g.key)
 	m, err := s.ReadLinkMess()
@@ -99,7 +108,7 @@ func (g *Gateway) handle(ctx context.Context, c net.Conn) {
 		refuse(spice.LinkErrPermissionDenied, err.Error())
 		return
 	}
-	caps, ok := g.capsOf(vm.Name)
+	caps, ok := g.displays.capsOf(vm.Name)
 	if !ok {
 		refuse(spice.LinkErrError, "the VM's SPICE capabilities are unknown")
 		return
@@ -124,47 +133,45 @@ func (g *Gateway) handle(ctx context.Context, c net.Conn) {
 	conns := &closer{}
 	conns.add(c)
 	defer context.AfterFunc(ctx, conns.close)() // a stopping broker hangs up
-	att, err := g.sessions.Attach(ctx, addr, ticket, session.Channel{
-		Main: m.ChannelType == spice.ChannelMain, Name: m.ChannelType.String(), Close: conns.close,
-	})
+	vm, input, detach, err := g.sessions.Attach(ctx, addr, ticket, m.ChannelType == spice.ChannelMain, conns.close)
 	if err != nil {
 		g.audit.Refused("spice-link", addr.String(), "", fmt.Sprintf("%v channel: %v", m.ChannelType, err))
 		s.Finish(spice.LinkErrPermissionDenied)
 		return
 	}
-	defer att.Detach()
+	defer detach()
 
-	vmc, err := g.dial.DialSpice(ctx, att.VM.Spice)
+	vmc, err := g.displays.dial.DialSpice(ctx, vm.Spice)
 	if err != nil {
 		s.Finish(spice.LinkErrError)
-		g.log.Warn("cannot reach the VM's SPICE server", "vm", att.VM.Name, "err", err)
+		g.log.Warn("cannot reach the VM's SPICE server", "vm", vm.Name, "err", err)
 		return
 	}
 	if !conns.add(vmc) {
 		return // the session ended meanwhile
 	}
 	vmc.SetDeadline(time.Now().Add(handshakeTimeout))
-	reply, err := spice.Link(vmc, m, att.VM.Spice.Password)
+	reply, err := spice.Link(vmc, m, vm.Spice.Password)
 	if err != nil {
 		s.Finish(spice.LinkErrError)
-		g.log.Warn("the VM refused the gateway's link", "vm", att.VM.Name, "channel", m.ChannelType, "err", err)
+		g.log.Warn("the VM refused the gateway's link", "vm", vm.Name, "channel", m.ChannelType, "err", err)
 		return
 	}
 	if !capsEqual(reply.ChannelCaps, channelCaps) {
-		g.log.Debug("VM's channel caps changed since the probe", "vm", att.VM.Name, "channel", m.ChannelType)
+		g.log.Debug("VM's channel caps changed since the probe", "vm", vm.Name, "channel", m.ChannelType)
 	}
 	if err := s.Finish(spice.LinkErrOK); err != nil {
 		return
 	}
 	c.SetDeadline(time.Time{})
 	vmc.SetDeadline(time.Time{})
-	g.log.Debug("linked", "vm", att.VM.Name, "channel", m.ChannelType, "id", m.ChannelID, "addr", addr)
+	g.log.Debug("linked", "vm", vm.Name, "channel", m.ChannelType, "id", m.ChannelID, "addr", addr)
 
 	var toVM io.Reader = c
 	if m.ChannelType == spice.ChannelInputs {
 		// The visitor's keys and pointer: the idle clock of legacy kiosks.
 		// Cheap to watch, and never bulk, so no zero-copy is lost.
-		toVM = &activityReader{r: c, touch: func() { g.sessions.Activity(att.Lease) }}
+		toVM = &activityReader{r: c, touch: input}
 	}
 	splice(c, vmc, toVM)
 }

@@ -16,6 +16,7 @@ import (
 	"undervdi/internal/syncbuf"
 	"undervdi/internal/testlog"
 	"undervdi/kioskproto"
+	"undervdi/server/accept"
 	"undervdi/server/config"
 	"undervdi/server/pool/pooltest"
 	"undervdi/server/session"
@@ -108,14 +109,15 @@ func (vm *fakeVM) serve(ln net.Listener, key *rsa.PrivateKey) {
 }
 
 type harness struct {
-	t     testing.TB
-	vm    *fakeVM
-	pool  *pooltest.Pool
-	m     *session.Manager
-	gw    *Gateway
-	addr  string // the gateway
-	kiosk string // the kiosk protocol
-	audit *syncbuf.Buffer
+	t        testing.TB
+	vm       *fakeVM
+	pool     *pooltest.Pool
+	m        *session.Manager
+	gw       *Gateway
+	displays *Displays
+	addr     string // the gateway
+	kiosk    string // the kiosk protocol
+	audit    *syncbuf.Buffer
 }
 
 func logger() *slog.Logger { return testlog.Logger() }
@@ -128,21 +130,28 @@ func newHarness(t testing.TB) *harness {
 	audit := session.NewAudit(h.audit, logger())
 	h.m = session.New(session.Config{ConnectWindow: 5 * time.Second, Grace: 50 * time.Millisecond, Heartbeat: time.Second,
 		HeartbeatTimeout: 5 * time.Second, IdleLimit: time.Minute, QueueLimit: 10, GatewayPort: 1}, h.pool, reg, audit, logger())
-	gw, err := New(h.m, LocalDialer{}, audit, logger())
+	h.pool.Sink = h.m.VMEnded
+	h.displays = NewDisplays(LocalDialer{})
+	gw, err := New(h.m, h.displays, audit, logger())
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.gw = gw
-	h.m.SetPrepare(gw.Prepare)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	// The pool's last check before a VM is clean.
+	for _, vm := range h.pool.VMs() {
+		if err := h.displays.Prepare(ctx, vm); err != nil {
+			t.Fatalf("Prepare(%s) = %v", vm.Name, err)
+		}
+	}
 	go h.m.Run(ctx)
 	for _, s := range []struct {
 		addr  *string
 		serve func(net.Listener)
 	}{
 		{&h.addr, func(ln net.Listener) { gw.Serve(ctx, ln) }},
-		{&h.kiosk, func(ln net.Listener) { session.Serve(ctx, ln, h.m.ServeKiosk) }},
+		{&h.kiosk, func(ln net.Listener) { accept.Serve(ctx, ln, h.m.ServeKiosk) }},
 	} {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -316,7 +325,7 @@ func TestViewerGoneEndsSession(t *testing.T) {
 func TestProbeSeesOnlyExistingChannels(t *testing.T) {
 	h := newHarness(t)
 	h.offer()
-	caps, ok := h.gw.capsOf("vm-001")
+	caps, ok := h.displays.capsOf("vm-001")
 	if !ok {
 		t.Fatal("no caps learned before the offer")
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"time"
 
 	"undervdi/server/pool"
@@ -23,13 +24,28 @@ var probed = []spice.ChannelType{
 	spice.ChannelPort, spice.ChannelWebDAV,
 }
 
+// Displays knows the SPICE capabilities of the pool's VMs, learned before
+// each VM is clean (Prepare is the pool's last readiness check) and dropped
+// when it is gone (Forget).
+type Displays struct {
+	dial Dialer
+
+	mu   sync.Mutex
+	caps map[string]vmCaps // by VM name
+}
+
+// NewDisplays returns an empty Displays that reaches VMs through dial.
+func NewDisplays(dial Dialer) *Displays {
+	return &Displays{dial: dial, caps: map[string]vmCaps{}}
+}
+
 // Prepare learns a VM's SPICE capabilities, once: the gateway must answer a
 // client's link before it may contact the VM (only a client with the right
 // ticket ever does), and the answer has to carry the VM's caps. The probe
 // sends each channel type's link message and reads the reply, then hangs up
 // before authenticating, so no channel is ever created in the VM. It is also
 // a readiness check: a VM whose SPICE server does not answer is not clean.
-func (g *Gateway) Prepare(ctx context.Context, vm pool.VM) error {
+func (g *Displays) Prepare(ctx context.Context, vm pool.VM) error {
 	if _, ok := g.capsOf(vm.Name); ok {
 		return nil
 	}
@@ -54,7 +70,7 @@ func (g *Gateway) Prepare(ctx context.Context, vm pool.VM) error {
 
 // probe returns the caps the VM replies for channel type t, or ok=false if
 // the VM has no such channel (spice-server then hangs up without a reply).
-func (g *Gateway) probe(ctx context.Context, target pool.SpiceTarget, t spice.ChannelType) (caps []uint32, ok bool, err error) {
+func (g *Displays) probe(ctx context.Context, target pool.SpiceTarget, t spice.ChannelType) (caps []uint32, ok bool, err error) {
 	c, err := g.dial.DialSpice(ctx, target)
 	if err != nil {
 		return nil, false, err
@@ -81,13 +97,13 @@ func (g *Gateway) probe(ctx context.Context, target pool.SpiceTarget, t spice.Ch
 }
 
 // Forget drops what the gateway knows of a VM that is gone.
-func (g *Gateway) Forget(vm string) {
+func (g *Displays) Forget(vm string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	delete(g.caps, vm)
 }
 
-func (g *Gateway) capsOf(vm string) (vmCaps, bool) {
+func (g *Displays) capsOf(vm string) (vmCaps, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	c, ok := g.caps[vm]

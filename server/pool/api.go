@@ -3,179 +3,309 @@ package pool
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
-
-	"undervdi/server/domxml"
 )
 
-// Take hands out one clean VM: the one that has waited longest. No other
-// caller can ever get it. Its new state is written to libvirt in the
-// background: an offered VM that no client linked is still pristine, so a
-// crash before that write loses nothing (the next start keeps the VM as
-// clean), and handoffs do not wait for libvirt. The write that must come
-// first, "in-use", is MarkUsed's.
-func (p *Pool) Take() (VM, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err := p.availableLocked(); err != nil {
+// SpiceTarget is how the broker reaches a VM's display: a unix socket on the
+// VM's host and the VM's own SPICE password. The password never leaves the
+// broker.
+type SpiceTarget struct {
+	Socket   string
+	Password string
+}
+
+// Claim is who a VM is offered to. It is recorded in the VM's metadata, so
+// that a session a crash interrupted still gets its audit line.
+type Claim struct {
+	Kiosk string
+	Lease string
+	Addr  string
+	At    time.Time // when it was offered; Take sets it
+}
+
+// VM is a copy of what the pool knows about one VM.
+type VM struct {
+	Name     string
+	State    State
+	Since    time.Time
+	Version  int
+	Spice    SpiceTarget
+	Overlays []string
+}
+
+func (v *vm) export() VM {
+	return VM{Name: v.name, State: v.state, Since: v.since, Version: v.version, Spice: v.spice,
+		Overlays: append([]string(nil), v.overlays...)}
+}
+
+// Take hands out one clean VM to c: of the current version if there is one,
+// and of those the one that has waited longest. No other caller can ever
+// get it. Its new state is written to libvirt in the background: an offered
+// VM that no client linked is still pristine, so a crash before that write
+// loses nothing, and handoffs do not wait for libvirt. The write that must
+// come first, in-use, is MarkUsed's.
+func (p *Pool) Take(c Claim) (VM, error) {
+	var out VM
+	var err error
+	if cerr := p.call(func() { out, err = p.take(c) }); cerr != nil {
+		return VM{}, cerr
+	}
+	return out, err
+}
+
+func (p *Pool) take(c Claim) (VM, error) {
+	if err := p.available(); err != nil {
 		return VM{}, err
 	}
 	var pick *vm
 	for _, v := range p.vms {
-		if v.state == domxml.Clean && (pick == nil || v.since.Before(pick.since)) {
+		if v.state == Clean && (pick == nil || p.better(v, pick)) {
 			pick = v
 		}
 	}
 	if pick == nil {
 		return VM{}, ErrNoCleanVM
 	}
-	pick.state, pick.since = domxml.Offered, time.Now()
-	p.syncLocked() // one clean VM fewer: refill
-	p.goBackground(func() {
-		if err := p.record(p.ctx, pick); err != nil {
-			p.log.Debug("could not record an offer", "vm", pick.name, "err", err)
-		}
-	})
+	now := time.Now()
+	c.At = now
+	if err := p.apply(input{kind: apiTake, vm: pick.name, claim: c, at: now}); err != nil {
+		return VM{}, err
+	}
 	return pick.export(), nil
+}
+
+// better reports whether clean VM a is handed out before b.
+func (p *Pool) better(a, b *vm) bool {
+	if p.current != nil && (a.version == p.current.Meta.Seq) != (b.version == p.current.Meta.Seq) {
+		return a.version == p.current.Meta.Seq
+	}
+	return a.since.Before(b.since)
+}
+
+func (p *Pool) available() error {
+	switch {
+	case !p.connected:
+		return fmt.Errorf("%w: libvirt connection lost; reconnecting", ErrUnavailable)
+	case !p.reconciled:
+		return fmt.Errorf("%w: reconciling with libvirt", ErrUnavailable)
+	}
+	return nil
 }
 
 // WaitClean returns a channel that is closed the next time a VM may have
 // become clean (or the pool's availability changed). Callers that got
 // ErrNoCleanVM wait on it and call Take again.
 func (p *Pool) WaitClean() <-chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.cleanWait
-}
-
-func (p *Pool) availableLocked() error {
-	switch {
-	case !p.connected:
-		return fmt.Errorf("%w: libvirt connection lost; reconnecting", ErrUnavailable)
-	case p.golden == nil:
-		return fmt.Errorf("%w: golden VM not checked yet", ErrUnavailable)
-	}
-	return nil
+	var ch chan struct{}
+	p.call(func() { ch = p.cleanWait })
+	return ch // nil, which never fires, once the pool has stopped
 }
 
 // MarkUsed records that a client linked to an offered VM: from now on it
 // will only ever be destroyed. It returns once libvirt has the new state;
 // only then may the client's bytes reach the VM.
 func (p *Pool) MarkUsed(ctx context.Context, name string) error {
-	p.mu.Lock()
-	v := p.vms[name]
-	switch {
-	case v == nil:
-		p.mu.Unlock()
-		return fmt.Errorf("%w: %s", ErrUnknownVM, name)
-	case v.state == domxml.InUse:
-		p.mu.Unlock()
-		return nil
-	case v.state != domxml.Offered:
-		p.mu.Unlock()
-		return fmt.Errorf("%w: %s is %s", ErrNotOffered, name, v.state)
-	}
-	v.state, v.since, v.used = domxml.InUse, time.Now(), true
-	p.mu.Unlock()
-	if err := p.record(ctx, v); err != nil {
-		p.mu.Lock()
-		p.endLocked(v, "could not record first use: "+err.Error())
-		p.mu.Unlock()
+	answer := make(chan error, 1)
+	err := p.call(func() {
+		if p.vms[name] == nil {
+			answer <- fmt.Errorf("%w: %s", ErrUnknownVM, name)
+			return
+		}
+		p.waiters[name] = append(p.waiters[name], answer)
+		if err := p.apply(input{kind: apiMarkUsed, vm: name}); err != nil {
+			p.waiters[name] = slices.DeleteFunc(p.waiters[name], func(w chan error) bool { return w == answer })
+			answer <- err
+		}
+	})
+	if err != nil {
 		return err
 	}
-	return nil
+	select {
+	case err := <-answer:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Release puts an offered VM that no client ever linked back into the pool:
 // it is still pristine.
 func (p *Pool) Release(ctx context.Context, name string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	v := p.vms[name]
-	if v == nil || v.state != domxml.Offered {
-		return fmt.Errorf("%w: %s", ErrNotOffered, name)
-	}
-	v.state, v.since = domxml.Clean, time.Now()
-	p.wakeLocked()
-	p.goBackground(func() {
-		if err := p.record(p.ctx, v); err != nil {
-			p.log.Debug("could not record a release", "vm", v.name, "err", err)
+	var err error
+	if cerr := p.call(func() {
+		if err = p.apply(input{kind: apiRelease, vm: name}); err == ErrUnknownVM {
+			err = fmt.Errorf("%w: %s", ErrNotOffered, name)
 		}
-	})
-	return nil
-}
-
-// record writes v's state, as it is when the write runs, to its metadata.
-// A VM's writes are serialized, so a late one never brings back an older
-// state.
-func (p *Pool) record(ctx context.Context, v *vm) error {
-	v.metaMu.Lock()
-	defer v.metaMu.Unlock()
-	p.mu.Lock()
-	state := v.state
-	p.mu.Unlock()
-	return p.hv.SetMetadata(ctx, v.name, p.meta(state))
-}
-
-// End destroys a VM with its disk, for the given reason (session over, admin).
-// It returns at once; OnEnded listeners hear when the VM is wiped.
-func (p *Pool) End(name, reason string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	v := p.vms[name]
-	if v == nil {
-		return fmt.Errorf("%w: %s", ErrUnknownVM, name)
+	}); cerr != nil {
+		return cerr
 	}
-	p.endLocked(v, reason)
-	return nil
+	return err
 }
 
-func (v *vm) export() VM {
-	return VM{Name: v.name, State: v.state, Since: v.since, Spice: v.spice, Overlays: append([]string(nil), v.overlays...)}
+// End destroys a VM with its disk, for the given reason (session over, an
+// admin). It returns at once; Ended announces the VM once it is wiped.
+func (p *Pool) End(name, reason string) error {
+	var err error
+	if cerr := p.call(func() {
+		if err = p.apply(input{kind: apiEnd, vm: name, detail: reason}); err == ErrUnknownVM {
+			err = fmt.Errorf("%w: %s", ErrUnknownVM, name)
+		}
+	}); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// Publish publishes a new version of the golden VM. It returns once the
+// golden was checked (shut off, cloneable) and the versions pool has room,
+// with the new version's number; the copy goes on in the background, and
+// Status shows its progress. The pool rolls to the new version once it is
+// published.
+func (p *Pool) Publish(ctx context.Context) (int, error) {
+	var preflight <-chan error
+	if err := p.call(func() {
+		if !p.connected || !p.prepared {
+			ch := make(chan error, 1)
+			ch <- fmt.Errorf("%w: not connected to libvirt", ErrUnavailable)
+			preflight = ch
+			return
+		}
+		preflight = p.startPublish("requested")
+	}); err != nil {
+		return 0, err
+	}
+	select {
+	case err := <-preflight:
+		if err != nil {
+			return 0, err
+		}
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	var seq int
+	p.call(func() { seq = p.publish.Seq })
+	return seq, nil
+}
+
+// Rollback makes the version before the current one current again; the
+// pool rolls to it. It returns the version numbers from and to.
+func (p *Pool) Rollback(ctx context.Context) (from, to int, err error) {
+	done := make(chan rollbackResult, 1)
+	if err := p.call(func() { p.rollback(done) }); err != nil {
+		return 0, 0, err
+	}
+	select {
+	case r := <-done:
+		return r.from, r.to, r.err
+	case <-ctx.Done():
+		return 0, 0, ctx.Err()
+	}
 }
 
 // Status is the pool's state for people: the admin API and `vdi-broker status`.
 type Status struct {
-	Pool      string               `json:"pool"`
-	Golden    string               `json:"golden"`
-	Connected bool                 `json:"connected"`
-	Size      int                  `json:"size"`
-	MaxVMs    int                  `json:"max_vms"`
-	Counts    map[domxml.State]int `json:"counts"`
-	Paused    string               `json:"paused,omitempty"`
-	Degraded  string               `json:"degraded,omitempty"`
-	Memory    string               `json:"memory,omitempty"` // why no clone can start now
-	Failures  int                  `json:"consecutive_failures"`
-	VMs       []VMStatus           `json:"vms"`
+	Pool      string          `json:"pool"`
+	Golden    string          `json:"golden"`
+	Connected bool            `json:"connected"`
+	Size      int             `json:"size"`
+	MaxVMs    int             `json:"max_vms"`
+	Counts    map[State]int   `json:"counts"`
+	Paused    string          `json:"paused,omitempty"`
+	Degraded  string          `json:"degraded,omitempty"`
+	Memory    string          `json:"memory,omitempty"` // why no clone can start now
+	Failures  int             `json:"consecutive_failures"`
+	Current   int             `json:"current_version,omitempty"`
+	Versions  []VersionStatus `json:"versions"`
+	Publish   *PublishStatus  `json:"publish,omitempty"`
+	VMs       []VMStatus      `json:"vms"`
+	Recorded  map[string]int  `json:"recorded"` // VMs by the state libvirt records: booting, clean, offered, in-use, ending
+	Clones    map[int]int     `json:"clones_by_version"`
 }
+
+// Count returns how many VMs are recorded in libvirt as rec (booting,
+// clean, offered, in-use or ending).
+func (s Status) Count(rec string) int { return s.Recorded[rec] }
 
 // VMStatus is one VM in Status. It never carries the SPICE password.
 type VMStatus struct {
-	Name     string       `json:"name"`
-	State    domxml.State `json:"state"`
-	Since    time.Time    `json:"since"`
-	Overlays []string     `json:"overlays,omitempty"`
-	Reason   string       `json:"reason,omitempty"`
-	Error    string       `json:"error,omitempty"`
+	Name     string    `json:"name"`
+	State    State     `json:"state"`
+	Since    time.Time `json:"since"`
+	Version  int       `json:"version,omitempty"`
+	Overlays []string  `json:"overlays,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+	Error    string    `json:"error,omitempty"`
+}
+
+// VersionStatus is one published version in Status.
+type VersionStatus struct {
+	Version   int        `json:"version"`
+	Golden    string     `json:"golden"`
+	Published time.Time  `json:"published"`
+	Withdrawn *time.Time `json:"withdrawn,omitempty"`
+	Size      uint64     `json:"size"` // bytes its volumes hold
+	Clones    int        `json:"clones"`
+	Current   bool       `json:"current,omitempty"`
+	Kept      bool       `json:"kept,omitempty"` // kept for a rollback
+	Volumes   []string   `json:"volumes"`
+}
+
+// PublishStatus is the publish under way, or the last one.
+type PublishStatus struct {
+	Version  int        `json:"version"`
+	Reason   string     `json:"reason"`
+	Started  time.Time  `json:"started"`
+	Finished *time.Time `json:"finished,omitempty"`
+	Total    uint64     `json:"total"`
+	Written  uint64     `json:"written"`
+	Disk     string     `json:"disk,omitempty"`
+	Error    string     `json:"error,omitempty"`
 }
 
 // Status returns a snapshot of the pool.
 func (p *Pool) Status() Status {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	var s Status
+	if err := p.call(func() { s = p.status() }); err != nil {
+		s = Status{Pool: p.cfg.Name, Golden: p.cfg.Golden, Size: p.cfg.Size, MaxVMs: p.cfg.MaxVMs,
+			Paused: "the pool is not running"}
+	}
+	return s
+}
+
+func (p *Pool) status() Status {
 	s := Status{
-		Pool: p.cfg.Name, Golden: p.cfg.Golden, Connected: p.connected,
-		Size: p.cfg.Size, MaxVMs: p.cfg.MaxVMs, Counts: map[domxml.State]int{},
+		Pool: p.cfg.Name, Golden: p.cfg.Golden, Connected: p.connected, Size: p.cfg.Size, MaxVMs: p.cfg.MaxVMs,
+		Counts: map[State]int{}, Recorded: map[string]int{}, Clones: map[int]int{},
 		Paused: p.paused, Degraded: p.degraded, Memory: p.memShort, Failures: p.fails,
 	}
 	for _, v := range p.vms {
 		s.Counts[v.state]++
-		vs := VMStatus{Name: v.name, State: v.state, Since: v.since, Overlays: append([]string(nil), v.overlays...), Reason: v.reason}
-		if v.endErr != nil {
-			vs.Error = v.endErr.Error()
-		}
-		s.VMs = append(s.VMs, vs)
+		s.Recorded[v.state.Recorded()]++
+		s.Clones[v.version]++
+		s.VMs = append(s.VMs, VMStatus{Name: v.name, State: v.state, Since: v.since, Version: v.version,
+			Overlays: append([]string(nil), v.overlays...), Reason: v.reason, Error: v.lastErr})
 	}
-	sortStatus(s.VMs)
+	slices.SortFunc(s.VMs, func(a, b VMStatus) int { return strings.Compare(a.Name, b.Name) })
+	if p.current != nil {
+		s.Current = p.current.Meta.Seq
+	}
+	for _, v := range p.versions {
+		vs := VersionStatus{Version: v.Meta.Seq, Golden: v.Meta.Golden, Published: v.Meta.Published, Size: v.size(),
+			Clones: s.Clones[v.Meta.Seq], Current: v == p.current, Kept: v != p.current && p.retained(v), Volumes: v.volumes()}
+		if !v.Meta.Withdrawn.IsZero() {
+			vs.Withdrawn = &v.Meta.Withdrawn
+		}
+		s.Versions = append(s.Versions, vs)
+	}
+	if j := p.publish; j != nil {
+		ps := &PublishStatus{Version: j.Seq, Reason: j.Reason, Started: j.Started, Total: j.Total, Written: j.Written,
+			Disk: j.Disk, Error: j.Err}
+		if !j.Finished.IsZero() {
+			ps.Finished = &j.Finished
+		}
+		s.Publish = ps
+	}
 	return s
 }

@@ -11,7 +11,10 @@ import (
 
 	"undervdi/internal/testbed"
 	"undervdi/server/domxml"
+	"undervdi/server/pool"
 )
+
+var benchClaim = pool.Claim{Kiosk: "bench", Lease: "l-bench", Addr: "127.0.0.1"}
 
 // BenchmarkRecycle measures a used VM's end: from End (the session is over)
 // to the domain destroyed and undefined and its overlay verified gone. The
@@ -24,7 +27,7 @@ func BenchmarkRecycle(b *testing.B) {
 	for b.Loop() {
 		b.StopTimer()
 		waitCleanB(b, rp, 1)
-		v, err := rp.Take()
+		v, err := rp.Take(benchClaim)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -59,7 +62,7 @@ func BenchmarkRefill(b *testing.B) {
 	for b.Loop() {
 		start := time.Now()
 		for range size {
-			v, err := rp.Take()
+			v, err := rp.Take(benchClaim)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -74,7 +77,7 @@ func BenchmarkRefill(b *testing.B) {
 
 func waitCleanB(b *testing.B, rp *realPool, n int) {
 	deadline := time.Now().Add(5 * time.Minute)
-	for rp.Status().Counts[domxml.Clean] < n {
+	for rp.Status().Counts[pool.Clean] < n {
 		if time.Now().After(deadline) {
 			b.Fatalf("pool not refilled to %d", n)
 		}
@@ -91,7 +94,7 @@ func BenchmarkOfferRecord(b *testing.B) {
 	waitCleanB(b, rp, 1)
 	name := rp.Status().VMs[0].Name
 	ctx := context.Background()
-	m := domxml.Metadata{Pool: bed.Prefix, State: domxml.Clean, Golden: bed.Golden.Name}
+	m := domxml.Metadata{Pool: bed.Prefix, State: "clean", Golden: bed.Golden.Name}
 	for b.Loop() {
 		if err := rp.host.SetMetadata(ctx, name, m); err != nil {
 			b.Fatal(err)

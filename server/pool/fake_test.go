@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/digitalocean/go-libvirt"
 
@@ -25,6 +27,14 @@ type fakeHV struct {
 	domains   map[string]*fakeDom
 	overlays  map[string]bool
 	dir       string
+	versions  map[string]string // template name -> XML
+	volumes   map[string]uint64 // version volume path -> capacity
+	vdir      string
+	space     uint64
+	deleteErr func(path string) error // fails an overlay deletion
+	step      func(step string)       // called at "copy", "copied" and "define" while publishing
+	backing   map[string]string       // overlay path -> its backing file
+	running   bool                    // the golden VM runs
 	mem       uint64
 	pingErr   func(name string) error
 	defineErr error
@@ -49,11 +59,16 @@ func newFakeHV() *fakeHV {
 		panic(err)
 	}
 	g.Disks[0].Capacity = 1 << 30
+	g.Disks[0].Allocation = 64 << 20
 	return &fakeHV{
 		events:    make(chan virt.Event, 1024),
 		golden:    g,
 		domains:   map[string]*fakeDom{},
 		overlays:  map[string]bool{},
+		versions:  map[string]string{},
+		backing:   map[string]string{},
+		volumes:   map[string]uint64{},
+		space:     100 << 30,
 		mem:       64 << 30,
 		agentBoot: true,
 		pingErr:   func(string) error { return nil },
@@ -67,14 +82,171 @@ func (f *fakeHV) Events() <-chan virt.Event { return f.events }
 func (f *fakeHV) Golden(ctx context.Context, name string) (*domxml.Golden, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.running {
+		return nil, fmt.Errorf("%w: %q is running: shut it down", domxml.ErrGolden, name)
+	}
 	return f.golden, f.goldenErr
 }
 
-func (f *fakeHV) PrepareOverlays(ctx context.Context, pool, dir string) error {
+// writeGolden plays an operator updating the golden: its disk changes.
+func (f *fakeHV) writeGolden() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.dir = dir
+	f.golden.Disks[0].Allocation += 1 << 20
+	f.golden.Disks[0].Modified = f.golden.Disks[0].Modified.Add(time.Second)
+}
+
+func (f *fakeHV) PrepareStorage(ctx context.Context, pool, dir, vdir string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.dir, f.vdir = dir, vdir
 	return nil
+}
+
+func (f *fakeHV) Versions(ctx context.Context, prefix string) ([]*domxml.Version, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*domxml.Version
+	for name, x := range f.versions {
+		if !strings.HasPrefix(name, prefix) {
+			continue
+		}
+		v, err := domxml.ParseVersion(x)
+		if err != nil {
+			return nil, err
+		}
+		for i, d := range v.Disks {
+			v.Disks[i].Capacity = f.volumes[d.Path]
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func (f *fakeHV) VersionVolumes(ctx context.Context) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for p := range f.volumes {
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func (f *fakeHV) VersionSpace(ctx context.Context) (uint64, string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.space, "t-versions", nil
+}
+
+func (f *fakeHV) CopyDisk(ctx context.Context, src domxml.Disk, name string, progress func(uint64)) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err // a killed broker does nothing more
+	}
+	f.mu.Lock()
+	p := filepath.Join(f.vdir, name)
+	if _, dup := f.volumes[p]; dup {
+		f.mu.Unlock()
+		return "", fmt.Errorf("volume %s exists", name)
+	}
+	f.volumes[p] = src.Capacity // as libvirt does: the volume exists while it is copied
+	f.mu.Unlock()
+	f.at("copy")
+	progress(src.Allocation)
+	f.at("copied")
+	return p, nil
+}
+
+// at runs the step hook, which may block: a broker killed there.
+func (f *fakeHV) at(step string) {
+	f.mu.Lock()
+	hook := f.step
+	f.mu.Unlock()
+	if hook != nil {
+		hook(step)
+	}
+}
+
+func (f *fakeHV) CheckCopy(ctx context.Context, path string, capacity uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c, ok := f.volumes[path]; !ok || c != capacity {
+		return fmt.Errorf("copy %s: capacity %d, want %d", path, c, capacity)
+	}
+	return nil
+}
+
+func (f *fakeHV) DefineVersion(ctx context.Context, xml string) (*domxml.Version, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // a killed broker does nothing more
+	}
+	f.at("define")
+	v, err := domxml.ParseVersion(xml)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.versions[v.Name] = xml
+	for i, d := range v.Disks {
+		v.Disks[i].Capacity = f.volumes[d.Path]
+	}
+	return v, nil
+}
+
+func (f *fakeHV) WithdrawVersion(ctx context.Context, name string, m domxml.VersionMeta) error {
+	if err := ctx.Err(); err != nil {
+		return err // a killed broker does nothing more
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	x, ok := f.versions[name]
+	if !ok {
+		return errNotFound
+	}
+	v, _ := domxml.ParseVersion(x)
+	disks := map[string]string{}
+	for _, d := range v.WritableDisks() {
+		disks[d.Target] = d.Path
+	}
+	nx, err := v.TemplateXML(domxml.Template{Name: name, UUID: "u", Disks: disks, Meta: m})
+	f.versions[name] = nx
+	return err
+}
+
+func (f *fakeHV) DeleteVersion(ctx context.Context, name string, volumes []string) error {
+	if err := ctx.Err(); err != nil {
+		return err // a killed broker does nothing more
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.versions, name)
+	for _, v := range volumes {
+		delete(f.volumes, v)
+	}
+	return nil
+}
+
+func (f *fakeHV) DeleteVersionVolume(ctx context.Context, path string) error {
+	if err := ctx.Err(); err != nil {
+		return err // a killed broker does nothing more
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.volumes, path)
+	return nil
+}
+
+// versionNames returns the defined versions' template names.
+func (f *fakeHV) versionNames() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for n := range f.versions {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (f *fakeHV) Overlays(ctx context.Context) ([]string, error) {
@@ -88,6 +260,9 @@ func (f *fakeHV) Overlays(ctx context.Context) ([]string, error) {
 }
 
 func (f *fakeHV) CreateOverlay(ctx context.Context, name string, backing domxml.Disk) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err // a killed broker does nothing more
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p := filepath.Join(f.dir, name)
@@ -95,12 +270,21 @@ func (f *fakeHV) CreateOverlay(ctx context.Context, name string, backing domxml.
 		return "", fmt.Errorf("volume %s exists", name)
 	}
 	f.overlays[p] = true
+	f.backing[p] = backing.Path
 	return p, nil
 }
 
 func (f *fakeHV) DeleteOverlay(ctx context.Context, path string) error {
+	if err := ctx.Err(); err != nil {
+		return err // a killed broker does nothing more
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.deleteErr != nil {
+		if err := f.deleteErr(path); err != nil {
+			return err
+		}
+	}
 	delete(f.overlays, path)
 	return nil
 }
@@ -125,6 +309,9 @@ func (f *fakeHV) Domains(ctx context.Context, prefix string) ([]*domxml.Domain, 
 }
 
 func (f *fakeHV) DefineAndStart(ctx context.Context, xml string) (*domxml.Domain, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // a killed broker does nothing more
+	}
 	d, err := domxml.ParseDomain(xml)
 	if err != nil {
 		return nil, err
@@ -149,6 +336,9 @@ func (f *fakeHV) DefineAndStart(ctx context.Context, xml string) (*domxml.Domain
 }
 
 func (f *fakeHV) Destroy(ctx context.Context, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err // a killed broker does nothing more
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.domains, name)
@@ -156,6 +346,9 @@ func (f *fakeHV) Destroy(ctx context.Context, name string) error {
 }
 
 func (f *fakeHV) SetMetadata(ctx context.Context, name string, m domxml.Metadata) error {
+	if err := ctx.Err(); err != nil {
+		return err // a killed broker does nothing more
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	d := f.domains[name]
@@ -200,13 +393,17 @@ func (f *fakeHV) stop(name string) {
 	f.events <- virt.Event{Kind: virt.Stopped, Domain: name, Detail: "shutdown"}
 }
 
-// seed adds a domain as an earlier broker run left it.
-func (f *fakeHV) seed(name string, state domxml.State, running bool, overlay string) {
+// seed adds a domain as an earlier broker run left it, a clone of version 1.
+func (f *fakeHV) seed(name string, state string, running bool, overlay string) {
+	f.seedMeta(name, domxml.Metadata{Pool: "t", State: state, Golden: "golden", Version: 1}, running, overlay)
+}
+
+func (f *fakeHV) seedMeta(name string, m domxml.Metadata, running bool, overlay string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.domains[name] = &fakeDom{running: running, d: &domxml.Domain{
 		Name: name, Running: running,
-		Meta:  &domxml.Metadata{Pool: "t", State: state, Golden: "golden"},
+		Meta:  &m,
 		Disks: []domxml.Disk{{Target: "vda", Device: "disk", Type: "file", Path: overlay, Format: "qcow2"}},
 	}}
 	f.overlays[overlay] = true

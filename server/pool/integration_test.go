@@ -19,6 +19,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"undervdi/internal/poll"
+	"undervdi/server/broker"
 
 	"github.com/digitalocean/go-libvirt"
 
@@ -51,40 +53,35 @@ func startRealPoolB(t testing.TB, bed *testbed.Bed, size int) *realPool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := pool.New(pool.Config{
-		Name: cfg.PoolName, Golden: cfg.Golden, Size: cfg.PoolSize, MaxVMs: cfg.MaxVMs,
-		OverlayDir: cfg.OverlayDir, MemoryReserve: uint64(cfg.MemoryReserve),
-		ReadyTimeout: cfg.ReadyTimeout.D(), RefillConcurrency: cfg.RefillConcurrency,
-		FailureLimit: cfg.FailureLimit, ReconcileInterval: cfg.ReconcileInterval.D(),
-	}, host, log)
-	rp := &realPool{Pool: p, host: host, ended: make(chan pool.Ended, 16)}
-	p.OnEnded(func(e pool.Ended) { rp.ended <- e })
+	p := pool.New(broker.PoolConfig(cfg, nil), host, log)
+	rp := &realPool{Pool: p, host: host, ended: make(chan pool.Ended, 64)}
 	if err := p.Start(ctx); err != nil {
 		cancel()
 		t.Fatalf("Start() = %v", err)
 	}
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
+	go func() {
+		for {
+			select {
+			case e := <-p.Ended():
+				rp.ended <- e
+			case <-done:
+				return
+			}
+		}
+	}()
 	t.Cleanup(func() { cancel(); <-done; p.Wait() })
 	return rp
 }
 
-// waitFor polls cond; the deadline only guards against a hang (TCG boots are slow).
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
+// testClaim is the kiosk the tests hand VMs to.
+var testClaim = pool.Claim{Kiosk: "k1", Lease: "l-test", Addr: "127.0.0.1"}
 
 func (rp *realPool) waitFull(t *testing.T, size int) {
 	t.Helper()
-	waitFor(t, 5*time.Minute, fmt.Sprintf("%d clean VMs", size), func() bool {
-		return rp.Status().Counts[domxml.Clean] == size
+	poll.Until(t, 5*time.Minute, fmt.Sprintf("%d clean VMs", size), func() bool {
+		return rp.Status().Counts[pool.Clean] == size
 	})
 }
 
@@ -113,19 +110,42 @@ func agent(t *testing.T, h *virt.Host, vm string, out any, cmd string, args ...a
 
 // writeDisk writes data at the start of the guest's /dev/vda and syncs, from
 // inside the guest.
-func writeDisk(t *testing.T, h *virt.Host, vm string, data []byte) {
+func writeDisk(t *testing.T, h *virt.Host, vm string, data []byte) { writeDiskAt(t, h, vm, 0, data) }
+
+// writeDiskAt writes data at offset of the guest's /dev/vda and syncs.
+func writeDiskAt(t *testing.T, h *virt.Host, vm string, offset int64, data []byte) {
 	t.Helper()
 	var handle int
 	agent(t, h, vm, &handle, "guest-file-open", map[string]any{"path": "/dev/vda", "mode": "r+"})
+	agent(t, h, vm, nil, "guest-file-seek", map[string]any{"handle": handle, "offset": offset, "whence": "set"})
 	agent(t, h, vm, nil, "guest-file-write", map[string]any{"handle": handle, "buf-b64": base64.StdEncoding.EncodeToString(data)})
 	agent(t, h, vm, nil, "guest-file-close", map[string]any{"handle": handle})
 	var exec struct{ PID int }
 	agent(t, h, vm, &exec, "guest-exec", map[string]any{"path": "/bbin/sync"})
-	waitFor(t, time.Minute, "sync in the guest", func() bool {
+	poll.Until(t, time.Minute, "sync in the guest", func() bool {
 		var st struct{ Exited bool }
 		agent(t, h, vm, &st, "guest-exec-status", map[string]any{"pid": exec.PID})
 		return st.Exited
 	})
+}
+
+// readDiskAt reads n bytes at offset of the guest's /dev/vda, from inside
+// the guest.
+func readDiskAt(t *testing.T, h *virt.Host, vm string, offset int64, n int) []byte {
+	t.Helper()
+	var handle int
+	agent(t, h, vm, &handle, "guest-file-open", map[string]any{"path": "/dev/vda", "mode": "r"})
+	defer agent(t, h, vm, nil, "guest-file-close", map[string]any{"handle": handle})
+	agent(t, h, vm, nil, "guest-file-seek", map[string]any{"handle": handle, "offset": offset, "whence": "set"})
+	var r struct {
+		Buf string `json:"buf-b64"`
+	}
+	agent(t, h, vm, &r, "guest-file-read", map[string]any{"handle": handle, "count": n})
+	b, err := base64.StdEncoding.DecodeString(r.Buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func fileSum(t *testing.T, path string) [32]byte {
@@ -146,7 +166,15 @@ func TestRealPool(t *testing.T) {
 	rp.waitFull(t, 2)
 	ctx := context.Background()
 
-	t.Run("clones are distinct and backed by the golden", func(t *testing.T) {
+	t.Run("clones are distinct and backed by the current version, never the golden", func(t *testing.T) {
+		st := rp.Status()
+		if len(st.Versions) != 1 || !st.Versions[0].Current || len(st.Versions[0].Volumes) != 1 {
+			t.Fatalf("versions = %+v, want version 1 published at the first start", st.Versions)
+		}
+		version := st.Versions[0].Volumes[0]
+		if fi, err := os.Stat(version); err != nil || fi.Mode().Perm() != 0o444 || !strings.HasPrefix(version, bed.VersionDir+"/") {
+			t.Errorf("version volume %s: %v, %v; want a read-only file in %s", version, fi, err, bed.VersionDir)
+		}
 		doms, err := rp.host.Domains(ctx, bed.Prefix+"-")
 		if err != nil {
 			t.Fatal(err)
@@ -182,8 +210,8 @@ func TestRealPool(t *testing.T) {
 				t.Fatal(err)
 			}
 			h, err := qcow2.Parse(head)
-			if err != nil || h.BackingFile != bed.Golden.DiskPath {
-				t.Errorf("overlay %s: header %+v, %v; want backing file %s", overlays[0], h, err, bed.Golden.DiskPath)
+			if err != nil || h.BackingFile != version {
+				t.Errorf("overlay %s: header %+v, %v; want backing file %s, the current version", overlays[0], h, err, version)
 			}
 			if d.SpiceSocket == "" || d.SpicePassword == "" {
 				t.Errorf("%s has no SPICE socket or password: %q", d.Name, d.SpiceSocket)
@@ -195,7 +223,7 @@ func TestRealPool(t *testing.T) {
 	})
 
 	t.Run("writes go to the overlay, never the golden", func(t *testing.T) {
-		v, err := rp.Take()
+		v, err := rp.Take(testClaim)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -224,7 +252,7 @@ func TestRealPool(t *testing.T) {
 
 	t.Run("guest power-off ends the VM and wipes its disk", func(t *testing.T) {
 		rp.waitFull(t, 2)
-		v, err := rp.Take()
+		v, err := rp.Take(testClaim)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -259,7 +287,7 @@ func TestRealPool(t *testing.T) {
 		var wg sync.WaitGroup
 		for range 24 {
 			wg.Go(func() {
-				v, err := rp.Take()
+				v, err := rp.Take(testClaim)
 				if err != nil {
 					return
 				}
@@ -313,7 +341,7 @@ func TestRealBadGolden(t *testing.T) {
 			break
 		}
 	}
-	if err := host.PrepareOverlays(ctx, bed.Prefix, bed.OverlayDir); err != nil {
+	if err := host.PrepareStorage(ctx, bed.Prefix, bed.OverlayDir, bed.VersionDir); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := host.Golden(ctx, bed.Golden.Name); err != nil {
@@ -418,11 +446,11 @@ func TestRealLibvirtdRestart(t *testing.T) {
 	before := rp.Status().VMs[0].Name
 
 	restartLibvirtd(t)
-	waitFor(t, 2*time.Minute, "reconnected and full", func() bool {
+	poll.Until(t, 2*time.Minute, "reconnected and full", func() bool {
 		s := rp.Status()
-		return s.Connected && s.Counts[domxml.Clean] == 1
+		return s.Connected && s.Counts[pool.Clean] == 1
 	})
-	v, err := rp.Take()
+	v, err := rp.Take(testClaim)
 	if err != nil {
 		t.Fatalf("Take() after the restart = %v", err)
 	}

@@ -1,42 +1,33 @@
-// Package pool keeps disposable clones of one golden VM on one libvirt host:
-// a number of clean VMs booted and waiting, each handed out once and then
-// destroyed with its disk. libvirt is the source of truth: each VM's state is
-// in its domain's metadata, and a broker that starts (or reconnects) rebuilds
-// its view from libvirt, destroying whatever it cannot prove clean.
+// Package pool keeps disposable linked clones of a golden VM's published
+// version on one libvirt host: a number of clean VMs booted and waiting,
+// each handed out once and then destroyed with its disk. libvirt is the
+// source of truth: a VM's state is in its domain's metadata, a version is
+// a template domain, and a broker that starts (or reconnects) rebuilds its
+// view from libvirt, destroying whatever it cannot prove clean.
 //
-// What happens to a VM, in one place:
-//
-//	creating -> booting -> clean -> offered -> in-use -> ending -> (gone)
-//	                                 offered -> clean  (never linked: still pristine)
-//	any state -> ending  (guest stopped, agent lost while clean, not ready in time, End)
+// The shape: one goroutine, the loop (this file), owns the table of VMs.
+// Everything that happens — libvirt events, API calls, results of actions,
+// timers — reaches it as a function it runs. What happens to a VM is decided
+// by one pure function, next (machine.go); the actions it returns are run
+// by the executor (exec.go), with bounded concurrency, and their results
+// come back to the loop. What the pool as a whole does — refill, admission
+// by memory, rolling a new version, trimming a surplus — is sync
+// (controller.go); what it learns from a listing of libvirt is reconcile
+// (reconcile.go); publishing and rolling back versions is versions.go.
 package pool
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
-	"path/filepath"
-	"sort"
-	"strings"
 	"sync"
 	"time"
-
-	"github.com/google/uuid"
 
 	"undervdi/server/domxml"
 	"undervdi/server/virt"
 )
 
-// creating is the state of a VM whose overlays or domain are being made. It
-// is never written to libvirt: a crash here leaves no domain, only overlays
-// that the next reconcile deletes.
-const creating domxml.State = "creating"
-
-// Errors of the session-facing API.
+// Errors of the pool's API.
 var (
 	ErrNoCleanVM   = errors.New("no clean VM available")
 	ErrUnavailable = errors.New("pool unavailable")
@@ -49,7 +40,7 @@ var (
 type Hypervisor interface {
 	Events() <-chan virt.Event
 	Golden(ctx context.Context, name string) (*domxml.Golden, error)
-	PrepareOverlays(ctx context.Context, poolName, dir string) error
+	PrepareStorage(ctx context.Context, poolName, overlayDir, versionDir string) error
 	Overlays(ctx context.Context) ([]string, error)
 	CreateOverlay(ctx context.Context, name string, backing domxml.Disk) (string, error)
 	DeleteOverlay(ctx context.Context, path string) error
@@ -59,15 +50,42 @@ type Hypervisor interface {
 	SetMetadata(ctx context.Context, name string, m domxml.Metadata) error
 	Ping(ctx context.Context, name string) error
 	AvailableMemory(ctx context.Context) (uint64, error)
+	VersionStore
+}
+
+// VersionStore is where published versions live: template domains and
+// their read-only volumes in the broker's own storage pool.
+type VersionStore interface {
+	// Versions returns the template domains whose names start with prefix.
+	Versions(ctx context.Context, prefix string) ([]*domxml.Version, error)
+	// VersionVolumes returns the paths of all volumes in the versions pool.
+	VersionVolumes(ctx context.Context) ([]string, error)
+	// VersionSpace returns the bytes free in the versions pool, and its name.
+	VersionSpace(ctx context.Context) (free uint64, pool string, err error)
+	// CopyDisk copies a golden disk into the versions pool as a read-only,
+	// sparse qcow2 volume named name, reporting the bytes written so far.
+	CopyDisk(ctx context.Context, src domxml.Disk, name string, progress func(written uint64)) (string, error)
+	// CheckCopy verifies a copy: a qcow2 image of the given virtual size
+	// with no backing file.
+	CheckCopy(ctx context.Context, path string, capacity uint64) error
+	DefineVersion(ctx context.Context, xml string) (*domxml.Version, error)
+	// WithdrawVersion records in a template's metadata that it was rolled back.
+	WithdrawVersion(ctx context.Context, name string, m domxml.VersionMeta) error
+	// DeleteVersion undefines a template, then deletes its volumes.
+	DeleteVersion(ctx context.Context, name string, volumes []string) error
+	DeleteVersionVolume(ctx context.Context, path string) error
 }
 
 // Config is the pool's part of the broker configuration.
 type Config struct {
-	Name              string // prefix of VM and overlay names
+	Name              string // prefix of VM, version and overlay names
 	Golden            string
 	Size              int // clean VMs to keep ready
 	MaxVMs            int // VMs of this pool in any state
 	OverlayDir        string
+	VersionDir        string
+	KeepVersions      int  // versions kept besides the current one, for rollback
+	AutoPublish       bool // publish when the golden is shut off after it ran or changed
 	MemoryReserve     uint64
 	ReadyTimeout      time.Duration
 	RefillConcurrency int
@@ -78,799 +96,414 @@ type Config struct {
 	ReadyCheck func(context.Context, VM) error
 }
 
-// SpiceTarget is how the broker reaches a VM's display: a unix socket on the
-// VM's host and the VM's own SPICE password. The password never leaves the
-// broker.
-type SpiceTarget struct {
-	Socket   string
-	Password string
+// maxJobs bounds the actions the executor runs at once, across all VMs.
+const maxJobs = 16
+
+// Pool manages the VMs. Create it with New, then Start and Run it.
+type Pool struct {
+	cfg   Config
+	hv    Hypervisor
+	log   *slog.Logger
+	rules rules
+	// minBackoff is the first delay after a failed clone; it doubles up to
+	// maxBackoff. Tests shorten them, and rules' retry delays.
+	minBackoff, maxBackoff time.Duration
+
+	work    chan func()   // what the loop runs: results, timers, API calls
+	ended   chan Ended    // announcements of wiped VMs, for the broker
+	done    chan struct{} // closed when the loop has returned
+	started chan error    // Start's answer
+	cancel  context.CancelFunc
+	jobs    sync.WaitGroup
+	sem     chan struct{}
+
+	// Everything below belongs to the loop goroutine.
+	ctx        context.Context
+	vms        map[string]*vm
+	queues     map[string]*jobQueue // per VM (and per pool-level key): actions in order
+	deadlines  map[string]*time.Timer
+	retries    map[string]*retryTimer
+	retryGen   uint64
+	waiters    map[string][]chan error // MarkUsed callers, per VM
+	cleanWait  chan struct{}
+	pending    []Ended // announcements not yet taken
+	gone       map[string]time.Time
+	connected  bool
+	prepared   bool // storage pools ready, versions read
+	reconciled bool // the table holds every pool domain libvirt has
+	listing    bool
+	paused     string // why the pool does not serve, if it does not
+	startedOK  bool   // Start has been answered
+
+	fails    int // clones failed in a row
+	lastFail string
+	degraded string
+	nextTry  time.Time   // no new clone before this (backoff, memory)
+	kick     *time.Timer // runs sync at nextTry
+	memShort string
+	memory   *memoryReading // the latest reading, spent by one refill
+	reading  bool           // a memory reading is under way
+	filled   bool           // the pool has been full once: later fills are no news
+
+	versions  []*version
+	current   *version
+	publish   *publishJob // the publish under way, or the last one
+	goldenRan bool        // the golden was started since the broker last saw it shut off
+	versionGC time.Time   // no version deletion is retried before this
 }
 
-// VM is a copy of what the pool knows about one VM.
-type VM struct {
-	Name     string
-	State    domxml.State
-	Since    time.Time
-	Spice    SpiceTarget
-	Overlays []string
+// New returns a pool; nothing happens until Start.
+func New(cfg Config, hv Hypervisor, log *slog.Logger) *Pool {
+	p := &Pool{
+		cfg: cfg, hv: hv, log: log,
+		minBackoff: 2 * time.Second, maxBackoff: 2 * time.Minute,
+		work:      make(chan func(), 256),
+		ended:     make(chan Ended),
+		done:      make(chan struct{}),
+		started:   make(chan error, 1),
+		sem:       make(chan struct{}, maxJobs),
+		vms:       map[string]*vm{},
+		queues:    map[string]*jobQueue{},
+		deadlines: map[string]*time.Timer{},
+		retries:   map[string]*retryTimer{},
+		waiters:   map[string][]chan error{},
+		cleanWait: make(chan struct{}),
+		gone:      map[string]time.Time{},
+	}
+	p.setBackoff(p.minBackoff, p.maxBackoff)
+	return p
 }
 
-// Ended reports a VM that left the pool for good.
+func (p *Pool) setBackoff(lo, hi time.Duration) {
+	p.minBackoff, p.maxBackoff = lo, hi
+	p.rules = rules{readyTimeout: p.cfg.ReadyTimeout, minRetry: lo / 8, maxRetry: 10 * time.Second}
+	if hi < p.rules.maxRetry {
+		p.rules.maxRetry = hi
+	}
+}
+
+// Ended is the pool's announcement of a VM that left for good. Each is sent
+// once on the channel Ended returns.
 type Ended struct {
 	VM     string
 	Reason string
 	Used   bool // a client linked to it
 	Wiped  bool // domain and overlays verified gone
 	At     time.Time
+	// Who had it, from its metadata. Restart is set for VMs a broker
+	// restart found in a session's state: nobody else wrote their audit line.
+	Claim   Claim
+	Linked  time.Time
+	Restart bool
 }
 
-// Pool manages the VMs. Create it with New, start it with Start, then Run.
-type Pool struct {
-	cfg Config
-	hv  Hypervisor
-	log *slog.Logger
+// Ended delivers an Ended for every VM wiped, in order. The broker reads it
+// (one reader); announcements wait, in memory, until read.
+func (p *Pool) Ended() <-chan Ended { return p.ended }
 
-	// minBackoff is the first retry delay after a failed clone; it doubles
-	// up to maxBackoff. Tests shorten them.
-	minBackoff, maxBackoff time.Duration
-
-	mu         sync.Mutex
-	vms        map[string]*vm
-	golden     *domxml.Golden
-	connected  bool
-	paused     string // why refills are stopped, e.g. the golden is running
-	fails      int    // clones failed in a row
-	lastFail   string
-	degraded   string
-	nextTry    time.Time   // no new clone before this (backoff, memory)
-	retry      *time.Timer // kicks sync at nextTry
-	memShort   string
-	filled     bool                 // the pool has been full once: later fills are not news
-	gone       map[string]time.Time // VMs wiped lately, so a reconcile does not mistake them for leftovers
-	cleanWait  chan struct{}
-	onEnded    []func(Ended)
-	background sync.WaitGroup
-	ctx        context.Context // for work started from events and API calls
-}
-
-type vm struct {
-	name      string
-	state     domxml.State
-	since     time.Time
-	overlays  []string
-	spice     SpiceTarget
-	used      bool
-	reason    string      // why it is ending
-	endErr    error       // last failed attempt to wipe it
-	admitted  bool        // passed the memory check; counts as memory taken until clean
-	agentSeen bool        // the agent connected before the domain was known started
-	stopped   bool        // the domain stopped while it was being created
-	timer     *time.Timer // readiness deadline
-	metaMu    sync.Mutex  // serializes the VM's metadata writes (see record)
-}
-
-// New returns a pool; nothing happens until Start.
-func New(cfg Config, hv Hypervisor, log *slog.Logger) *Pool {
-	return &Pool{
-		cfg:        cfg,
-		hv:         hv,
-		log:        log,
-		minBackoff: 2 * time.Second,
-		maxBackoff: 2 * time.Minute,
-		vms:        map[string]*vm{},
-		gone:       map[string]time.Time{},
-		cleanWait:  make(chan struct{}),
-	}
-}
-
-// OnEnded registers f to be called (from a goroutine of the pool's) for
-// every VM that ends.
-func (p *Pool) OnEnded(f func(Ended)) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.onEnded = append(p.onEnded, f)
-}
-
-// Start waits for the libvirt connection, checks the golden VM, prepares the
-// overlay pool and reconciles with libvirt: leftovers of an earlier run are
-// destroyed and the refill begins. A golden VM that cannot be cloned is an
-// error here; later it only pauses the pool.
+// Start begins the pool: it waits for libvirt, prepares its storage pools,
+// reads the published versions (publishing the first one if there is none)
+// and reconciles with libvirt: leftovers of an earlier run are destroyed,
+// clean VMs of the current version are checked again, and the refill
+// begins. Start returns once that first reconcile is done. A golden VM that
+// cannot be published when there is no version yet is an error here.
 func (p *Pool) Start(ctx context.Context) error {
+	ctx, p.cancel = context.WithCancel(ctx)
 	p.ctx = ctx
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case ev := <-p.hv.Events():
-			if ev.Kind != virt.Connected {
-				continue
-			}
-			if err := p.prepare(ctx); err != nil {
-				if virt.IsDisconnected(err) {
-					continue
-				}
-				return err
-			}
-			p.mu.Lock()
-			p.connected = true
-			p.mu.Unlock()
-			p.reconcile(ctx)
-			return nil
+	go p.loop(ctx)
+	select {
+	case err := <-p.started:
+		if err != nil {
+			p.cancel()
+			<-p.done
 		}
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
-// prepare checks the golden and the overlay storage pool.
-func (p *Pool) prepare(ctx context.Context) error {
-	g, err := p.hv.Golden(ctx, p.cfg.Golden)
-	if err != nil {
-		return err
-	}
-	if err := p.hv.PrepareOverlays(ctx, p.cfg.Name, p.cfg.OverlayDir); err != nil {
-		return err
-	}
-	p.mu.Lock()
-	p.golden = g
-	p.paused = ""
-	p.mu.Unlock()
-	return nil
-}
-
-// Run handles events until ctx ends. VMs are left as they are on return: the
-// next start reconciles them.
+// Run runs the pool until ctx ends. VMs are left as they are: the next
+// start reconciles them.
 func (p *Pool) Run(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		p.cancel()
+		<-p.done
+		return ctx.Err()
+	case <-p.done:
+		return p.ctx.Err()
+	}
+}
+
+// Wait waits for the pool's loop and every action it started to finish,
+// after its context ended. Tests use it.
+func (p *Pool) Wait() {
+	<-p.done
+	p.jobs.Wait()
+}
+
+// loop is the one goroutine that owns the pool's state.
+func (p *Pool) loop(ctx context.Context) {
+	defer close(p.done)
 	tick := time.NewTicker(p.cfg.ReconcileInterval)
 	defer tick.Stop()
+	events := p.hv.Events()
 	for {
+		var out chan Ended
+		var head Ended
+		if len(p.pending) > 0 {
+			out, head = p.ended, p.pending[0]
+		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
-		case ev := <-p.hv.Events():
-			p.handle(ctx, ev)
+			p.stopTimers()
+			return
+		case ev := <-events:
+			p.event(ev)
+		case f := <-p.work:
+			f()
+		case out <- head:
+			p.pending = p.pending[1:]
+			continue
 		case <-tick.C:
-			// Events already queued are newer news than a listing: apply
-			// them first, so a guest's power-off is reported as such.
-			for drained := false; !drained; {
-				select {
-				case ev := <-p.hv.Events():
-					p.handle(ctx, ev)
-				default:
-					drained = true
-				}
-			}
-			p.retryPaused(ctx)
-			p.reconcile(ctx)
+			p.drainEvents(events) // queued events are newer news than a listing
+			p.retryPaused()
+			p.list()
+		}
+		p.sync()
+	}
+}
+
+func (p *Pool) drainEvents(events <-chan virt.Event) {
+	for {
+		select {
+		case ev := <-events:
+			p.event(ev)
+		default:
+			return
 		}
 	}
 }
 
-// Wait waits for the pool's background work (clone creation, wiping) to
-// finish, after ctx was cancelled. Tests use it.
-func (p *Pool) Wait() { p.background.Wait() }
-
-func (p *Pool) goBackground(f func()) {
-	p.background.Add(1)
-	go func() {
-		defer p.background.Done()
-		f()
-	}()
+// post asks the loop to run f. It never blocks past the loop's end.
+func (p *Pool) post(f func()) {
+	select {
+	case p.work <- f:
+	case <-p.done:
+	}
 }
 
-// handle applies one libvirt event.
-func (p *Pool) handle(ctx context.Context, ev virt.Event) {
+// call runs f in the loop and waits for it. It returns ErrUnavailable if
+// the pool is not running.
+func (p *Pool) call(f func()) error {
+	ran := make(chan struct{})
+	select {
+	case p.work <- func() { f(); close(ran) }:
+	case <-p.done:
+		return ErrUnavailable
+	}
+	select {
+	case <-ran:
+		return nil
+	case <-p.done:
+		return ErrUnavailable
+	}
+}
+
+// event applies one libvirt event.
+func (p *Pool) event(ev virt.Event) {
 	p.log.Debug("libvirt event", "kind", ev.Kind, "domain", ev.Domain, "detail", ev.Detail)
 	switch ev.Kind {
 	case virt.Connected:
-		if err := p.prepare(ctx); err != nil {
-			p.pause(fmt.Sprintf("after reconnecting: %v", err))
-		}
-		p.mu.Lock()
 		p.connected = true
-		p.mu.Unlock()
-		p.reconcile(ctx)
+		p.prepare()
 		return
 	case virt.Disconnected:
-		p.mu.Lock()
-		p.connected = false
-		p.mu.Unlock()
+		p.connected, p.prepared, p.reconciled = false, false, false
+		p.wake()
 		return
 	}
 	if ev.Domain == p.cfg.Golden {
-		p.goldenEvent(ctx, ev)
+		p.goldenEvent(ev)
 		return
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	v := p.vms[ev.Domain]
-	if v == nil {
-		return
-	}
+	in := input{vm: ev.Domain}
 	switch ev.Kind {
 	case virt.Stopped, virt.Undefined:
-		p.stoppedLocked(v, ev.Detail)
+		in.kind, in.detail = evStopped, ev.Detail
 	case virt.AgentConnected:
-		switch v.state {
-		case creating:
-			v.agentSeen = true
-		case domxml.Booting:
-			p.goBackground(func() { p.checkReady(v) })
-		}
+		in.kind = evAgentUp
 	case virt.AgentDisconnected:
-		if v.state == domxml.Clean {
-			p.endLocked(v, "guest agent went away while the VM was clean")
-		}
-	}
-}
-
-// goldenEvent pauses refills while the golden VM runs: its disk is the
-// backing file of every clone.
-func (p *Pool) goldenEvent(ctx context.Context, ev virt.Event) {
-	switch ev.Kind {
-	case virt.Started:
-		p.pause("golden VM " + p.cfg.Golden + " is running: no new clones until it is shut off")
-	case virt.Stopped:
-		p.goBackground(func() {
-			if err := p.prepare(ctx); err != nil {
-				p.pause(err.Error())
-				return
-			}
-			p.log.Info("golden VM is shut off again; refilling", "golden", p.cfg.Golden)
-			p.mu.Lock()
-			p.syncLocked()
-			p.mu.Unlock()
-		})
-	case virt.Undefined:
-		p.pause("golden VM " + p.cfg.Golden + " was undefined")
-	}
-}
-
-// retryPaused checks the golden again while the pool is paused: an operator
-// may have fixed it (deleted a snapshot, shut it down) without any event.
-func (p *Pool) retryPaused(ctx context.Context) {
-	p.mu.Lock()
-	paused := p.paused
-	p.mu.Unlock()
-	if paused == "" {
+		in.kind = evAgentDown
+	default:
 		return
 	}
-	if err := p.prepare(ctx); err != nil {
-		p.pause(err.Error())
+	if p.vms[ev.Domain] != nil {
+		p.apply(in)
+	}
+}
+
+// apply runs one input through next and carries out what it returns. It
+// returns next's refusal, or ErrUnknownVM for a VM not on the table.
+func (p *Pool) apply(in input) error {
+	v := p.vms[in.vm]
+	if v == nil {
+		return ErrUnknownVM
+	}
+	if in.at.IsZero() {
+		in.at = time.Now()
+	}
+	nv, acts, err := p.rules.next(*v, in)
+	if err != nil {
+		if errors.Is(err, errImpossible) {
+			p.log.Error("pool: input refused by the state machine (a bug)", "vm", v.name, "err", err)
+		}
+		return err
+	}
+	if nv.state != v.state {
+		p.log.Debug("VM state", "vm", v.name, "from", v.state, "to", nv.state, "input", in.kind, "reason", nv.reason)
+		p.stopRetry(v.name)
+		p.noteTransition(v, &nv, in)
+	}
+	*v = nv
+	for _, a := range acts {
+		p.perform(v, a)
+	}
+	if v.state == Gone {
+		p.remove(v, hasAction(acts, announceEnded))
+	}
+	return nil
+}
+
+// noteTransition logs what an operator acts on.
+func (p *Pool) noteTransition(old *vm, nv *vm, in input) {
+	if nv.state != Destroying {
 		return
 	}
-	p.log.Info("pool resumed: the golden VM can be cloned again", "golden", p.cfg.Golden)
-}
-
-func (p *Pool) pause(reason string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.paused != reason {
-		p.log.Error("pool paused", "reason", reason)
-	}
-	p.paused = reason
-}
-
-// stoppedLocked handles a domain that stopped or vanished.
-func (p *Pool) stoppedLocked(v *vm, detail string) {
-	switch v.state {
-	case creating:
-		v.stopped = true
-	case domxml.Booting:
-		p.failLocked(v, fmt.Errorf("stopped while booting (%s)", detail))
-	case domxml.Clean:
-		p.log.Warn("clean VM stopped; replacing it", "vm", v.name, "detail", detail)
-		p.endLocked(v, "stopped while clean ("+detail+")")
-	case domxml.Offered, domxml.InUse:
-		p.endLocked(v, stopReason(detail))
+	switch {
+	case old.state == Clean && in.kind == evStopped:
+		p.log.Warn("clean VM stopped; replacing it", "vm", old.name, "detail", in.detail)
+	case old.state == Clean && in.kind == evAgentDown:
+		p.log.Warn("guest agent of a clean VM went away; replacing it", "vm", old.name)
 	}
 }
 
-func stopReason(detail string) string {
-	switch detail {
-	case "shutdown":
-		return "guest powered off or rebooted"
-	case "crashed":
-		return "guest crashed"
-	case "destroyed":
-		return "domain destroyed outside the broker"
-	case "":
-		return "domain disappeared"
-	case "unknown":
-		return "domain found stopped"
-	}
-	return "domain stopped (" + detail + ")"
-}
-
-// syncLocked starts as many clones as the pool lacks, within the bounds:
-// refill concurrency, max_vms, backoff after failures. Memory is checked by
-// each clone before it starts.
-func (p *Pool) syncLocked() {
-	if !p.connected || p.golden == nil || p.paused != "" || p.ctx == nil || p.ctx.Err() != nil {
-		return
-	}
-	ready, inflight := 0, 0
-	for _, v := range p.vms {
-		switch v.state {
-		case creating, domxml.Booting: // both count against refill_concurrency: boots are the expensive part
-			inflight++
-			ready++
-		case domxml.Clean:
-			ready++
+func hasAction(acts []action, k actionKind) bool {
+	for _, a := range acts {
+		if a.kind == k {
+			return true
 		}
 	}
-	if wait := time.Until(p.nextTry); wait > 0 {
-		if p.retry == nil {
-			p.retry = time.AfterFunc(wait, func() {
-				p.mu.Lock()
-				p.retry = nil
-				p.syncLocked()
-				p.mu.Unlock()
-			})
-		}
-		return
-	}
-	for ready < p.cfg.Size && inflight < p.cfg.RefillConcurrency && len(p.vms) < p.cfg.MaxVMs {
-		v := &vm{name: p.newNameLocked(), state: creating, since: time.Now()}
-		p.vms[v.name] = v
-		ready++
-		inflight++
-		p.goBackground(func() { p.create(v) })
-	}
+	return false
 }
 
-func (p *Pool) newNameLocked() string {
-	for {
-		b := make([]byte, 4)
-		rand.Read(b)
-		name := p.cfg.Name + "-" + hex.EncodeToString(b)
-		if _, taken := p.vms[name]; !taken {
-			return name
-		}
-	}
-}
-
-// create makes one clone: overlays, domain, start. Readiness comes later,
-// from the guest agent's event (or at once without an agent).
-func (p *Pool) create(v *vm) {
-	ctx := p.ctx
-	p.mu.Lock()
-	g := p.golden
-	p.mu.Unlock()
-	if ok, err := p.admit(ctx, v, g); !ok {
-		p.mu.Lock()
-		delete(p.vms, v.name)
-		if err != nil && !virt.IsDisconnected(err) {
-			p.log.Warn("cannot check host memory", "err", err)
-		}
-		p.nextTry = time.Now().Add(5 * p.minBackoff)
-		p.syncLocked()
-		p.mu.Unlock()
-		return
-	}
-	overlays := map[string]string{}
-	for _, d := range g.WritableDisks() {
-		path, err := p.hv.CreateOverlay(ctx, v.name+"-"+d.Target+".qcow2", d)
-		if err != nil {
-			p.mu.Lock()
-			p.failLocked(v, err)
-			p.mu.Unlock()
-			return
-		}
-		overlays[d.Target] = path
-		p.mu.Lock()
-		v.overlays = append(v.overlays, path)
-		p.mu.Unlock()
-	}
-	password := randomPassword()
-	xml, err := g.CloneXML(domxml.Clone{
-		Name:          v.name,
-		UUID:          uuid.NewString(),
-		Overlays:      overlays,
-		SpicePassword: password,
-		Meta:          domxml.Metadata{Pool: p.cfg.Name, State: domxml.Booting, Since: time.Now().UTC(), Golden: g.Name},
-		MAC:           randomMAC,
-	})
-	if err == nil {
-		var dom *domxml.Domain
-		dom, err = p.hv.DefineAndStart(ctx, xml)
-		if err == nil {
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			v.spice = SpiceTarget{Socket: dom.SpiceSocket, Password: password}
-			v.state, v.since = domxml.Booting, time.Now()
-			if v.stopped {
-				p.failLocked(v, errors.New("stopped while booting"))
-				return
-			}
-			v.timer = time.AfterFunc(p.cfg.ReadyTimeout, func() {
-				p.mu.Lock()
-				defer p.mu.Unlock()
-				if v.state == domxml.Booting {
-					p.failLocked(v, fmt.Errorf("not ready within %v (guest agent never answered guest-ping)", p.cfg.ReadyTimeout))
+// perform carries out one action of next.
+func (p *Pool) perform(v *vm, a action) {
+	switch a.kind {
+	case doCreate, doReady, doRecord, doDestroy, doDelete:
+		p.submit(v.name, p.job(v, a))
+	case cancelPending:
+		p.cancelPending(v.name)
+	case armDeadline:
+		name := v.name
+		p.deadlines[name] = time.AfterFunc(p.cfg.ReadyTimeout, func() {
+			p.post(func() {
+				if p.deadlines[name] != nil {
+					delete(p.deadlines, name)
+					p.apply(input{kind: tmDeadline, vm: name})
 				}
 			})
-			if !g.HasAgent || v.agentSeen || dom.AgentState == "connected" {
-				p.goBackground(func() { p.checkReady(v) })
+		})
+	case stopDeadline:
+		if t := p.deadlines[v.name]; t != nil {
+			t.Stop()
+			delete(p.deadlines, v.name)
+		}
+	case armRetry:
+		p.armRetry(v.name, a.after)
+	case countFailure:
+		p.countFailure(v.name, a.err)
+	case countSuccess:
+		p.countSuccess(v.name)
+	case answerLinked:
+		for _, w := range p.waiters[v.name] {
+			w <- a.err
+		}
+		delete(p.waiters, v.name)
+	case announceClean:
+		p.wake()
+		p.noteFilled()
+	case announceEnded:
+		p.pending = append(p.pending, Ended{VM: v.name, Reason: v.reason, Used: !v.linked.IsZero(), Wiped: true,
+			At: time.Now(), Claim: v.claim, Linked: v.linked, Restart: v.restart})
+	}
+}
+
+// retryTimer is a VM's pending retry; gen tells a stale firing from the
+// current one.
+type retryTimer struct {
+	t   *time.Timer
+	gen uint64
+}
+
+func (p *Pool) armRetry(name string, after time.Duration) {
+	p.stopRetry(name)
+	p.retryGen++
+	gen := p.retryGen
+	p.retries[name] = &retryTimer{gen: gen, t: time.AfterFunc(after, func() {
+		p.post(func() {
+			if r := p.retries[name]; r != nil && r.gen == gen {
+				delete(p.retries, name)
+				p.apply(input{kind: tmRetry, vm: name, gen: gen})
 			}
-			return
-		}
-	}
-	p.mu.Lock()
-	p.failLocked(v, err)
-	p.mu.Unlock()
+		})
+	})}
 }
 
-// admit checks that the host keeps memory_reserve free with one more clone,
-// counting clones admitted but still booting as if their memory were
-// already taken: a fresh guest has touched little of its memory yet.
-func (p *Pool) admit(ctx context.Context, v *vm, g *domxml.Golden) (bool, error) {
-	avail, err := p.hv.AvailableMemory(ctx)
-	if err != nil {
-		return false, err
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	booting := uint64(0)
-	for _, v := range p.vms {
-		if v.state == domxml.Booting || v.admitted {
-			booting++
-		}
-	}
-	need := p.cfg.MemoryReserve + g.Memory*(booting+1)
-	if avail < need {
-		msg := fmt.Sprintf("host has %s available; a clone needs %s and %s stay reserved",
-			iBytes(avail), iBytes(g.Memory), iBytes(p.cfg.MemoryReserve))
-		if p.memShort == "" {
-			p.log.Warn("not enough memory for another clone; waiting", "detail", msg)
-		}
-		p.memShort = msg
-		return false, nil
-	}
-	p.memShort = ""
-	v.admitted = true
-	return true, nil
-}
-
-// checkReady pings the guest agent a few times (it may take a moment to
-// answer after its port opens), and marks the VM clean when it answers.
-func (p *Pool) checkReady(v *vm) {
-	ctx := p.ctx
-	p.mu.Lock()
-	hasAgent := p.golden.HasAgent
-	p.mu.Unlock()
-	var err error
-	for attempt := 0; hasAgent && attempt < 3; attempt++ {
-		if err = p.hv.Ping(ctx, v.name); err == nil {
-			break
-		}
-		select {
-		case <-time.After(time.Second):
-		case <-ctx.Done():
-			return
-		}
-	}
-	if err != nil {
-		p.log.Debug("guest agent not answering yet", "vm", v.name, "err", err)
-		return // the deadline or the agent's next event decides
-	}
-	p.mu.Lock()
-	if v.state != domxml.Booting {
-		p.mu.Unlock()
-		return
-	}
-	snapshot := v.export()
-	p.mu.Unlock()
-	if p.cfg.ReadyCheck != nil {
-		if err := p.cfg.ReadyCheck(ctx, snapshot); err != nil {
-			p.mu.Lock()
-			if v.state == domxml.Booting {
-				p.failLocked(v, fmt.Errorf("readiness check: %w", err))
-			}
-			p.mu.Unlock()
-			return
-		}
-	}
-	if err := p.hv.SetMetadata(ctx, v.name, p.meta(domxml.Clean)); err != nil {
-		p.mu.Lock()
-		if v.state == domxml.Booting {
-			p.failLocked(v, err)
-		}
-		p.mu.Unlock()
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if v.state != domxml.Booting {
-		return
-	}
-	v.state, v.since, v.admitted = domxml.Clean, time.Now(), false
-	v.timer.Stop()
-	if p.fails >= p.cfg.FailureLimit {
-		p.log.Info("pool recovered: a clone became ready", "vm", v.name, "after_failures", p.fails)
-	}
-	p.fails, p.degraded, p.lastFail = 0, "", ""
-	p.log.Debug("VM clean", "vm", v.name)
-	p.wakeLocked()
-	p.syncLocked()
-	if !p.filled && p.countLocked(domxml.Clean) >= p.cfg.Size {
-		p.filled = true
-		p.log.Info("pool ready", "clean", p.cfg.Size, "golden", p.cfg.Golden)
+// stopRetry drops a VM's pending retry: a retry belongs to the state that
+// armed it.
+func (p *Pool) stopRetry(name string) {
+	if r := p.retries[name]; r != nil {
+		r.t.Stop()
+		delete(p.retries, name)
 	}
 }
 
-// failLocked counts a failed clone, backs off, reports a degraded pool
-// loudly, and wipes the VM. Failures caused by a lost libvirt connection do
-// not count: the VM is left for the reconcile after reconnecting.
-func (p *Pool) failLocked(v *vm, err error) {
-	if v.state == domxml.Ending {
-		return
+func (p *Pool) stopTimers() {
+	for _, t := range p.deadlines {
+		t.Stop()
 	}
-	if virt.IsDisconnected(err) {
-		p.log.Debug("clone interrupted by the lost libvirt connection", "vm", v.name, "err", err)
-		if v.state == creating {
-			delete(p.vms, v.name) // its overlays are orphans for the reconcile
-		}
-		return
+	for _, r := range p.retries {
+		r.t.Stop()
 	}
-	p.fails++
-	p.lastFail = err.Error()
-	backoff := p.minBackoff << min(p.fails-1, 16)
-	if backoff > p.maxBackoff || backoff <= 0 {
-		backoff = p.maxBackoff
+	if p.kick != nil {
+		p.kick.Stop()
 	}
-	p.nextTry = time.Now().Add(backoff)
-	if p.fails >= p.cfg.FailureLimit {
-		p.degraded = fmt.Sprintf("%d clones in a row failed; last: %v", p.fails, err)
-		p.log.Error("pool degraded: clones keep failing; check that the golden VM boots and its guest agent runs",
-			"golden", p.cfg.Golden, "failures", p.fails, "vm", v.name, "err", err, "retry_in", backoff)
-	} else {
-		p.log.Warn("clone failed; retrying", "vm", v.name, "err", err, "retry_in", backoff)
-	}
-	p.endLocked(v, "clone failed: "+err.Error())
 }
 
-// endLocked starts wiping a VM: destroy, undefine, delete its overlays and
-// verify they are gone, then refill.
-func (p *Pool) endLocked(v *vm, reason string) {
-	if v.state == domxml.Ending {
-		return
-	}
-	p.startWipeLocked(v, reason)
-	p.syncLocked()
-}
-
-func (p *Pool) startWipeLocked(v *vm, reason string) {
-	v.state, v.since, v.reason = domxml.Ending, time.Now(), reason
-	if v.timer != nil {
-		v.timer.Stop()
-	}
-	p.log.Debug("ending VM", "vm", v.name, "reason", reason)
-	p.goBackground(func() { p.wipe(v) })
-}
-
-// wipe destroys the domain and its overlays. On failure the VM stays in
-// state ending and the next reconcile tries again.
-func (p *Pool) wipe(v *vm) {
-	ctx := p.ctx
-	start := time.Now()
-	p.record(ctx, v) // "ending", best effort: for status readers only
-	marked := time.Now()
-	err := p.hv.Destroy(ctx, v.name)
-	destroyed := time.Now()
-	if err == nil {
-		p.mu.Lock()
-		overlays := append([]string(nil), v.overlays...)
-		p.mu.Unlock()
-		var errs []error
-		for _, o := range overlays {
-			errs = append(errs, p.hv.DeleteOverlay(ctx, o))
-		}
-		err = errors.Join(errs...)
-	}
-	p.log.Debug("wiped VM", "vm", v.name, "err", err, "mark", marked.Sub(start), "destroy", destroyed.Sub(marked), "overlays", time.Since(destroyed))
-	p.mu.Lock()
-	if err != nil {
-		v.endErr = err
-		if !virt.IsDisconnected(err) && ctx.Err() == nil {
-			p.log.Error("could not wipe VM; the reconcile will retry", "vm", v.name, "err", err)
-		}
-		p.mu.Unlock()
-		return
-	}
+// remove takes a VM off the table. A wiped VM is remembered for a while, so
+// that a listing made before its wipe does not mistake it for a leftover.
+func (p *Pool) remove(v *vm, wiped bool) {
 	delete(p.vms, v.name)
-	p.gone[v.name] = time.Now()
-	ended := Ended{VM: v.name, Reason: v.reason, Used: v.used, Wiped: true, At: time.Now()}
-	p.syncLocked()
-	listeners := p.onEnded
-	p.mu.Unlock()
-	for _, f := range listeners {
-		f(ended)
+	p.stopRetry(v.name)
+	if t := p.deadlines[v.name]; t != nil {
+		t.Stop()
+		delete(p.deadlines, v.name)
 	}
+	for _, w := range p.waiters[v.name] {
+		w <- ErrUnknownVM
+	}
+	delete(p.waiters, v.name)
+	if wiped {
+		p.gone[v.name] = time.Now()
+	}
+	p.log.Debug("VM off the table", "vm", v.name, "wiped", wiped, "reason", v.reason)
 }
 
-func (p *Pool) meta(s domxml.State) domxml.Metadata {
-	return domxml.Metadata{Pool: p.cfg.Name, State: s, Since: time.Now().UTC(), Golden: p.cfg.Golden}
-}
-
-// reconcile compares the pool with libvirt and repairs the difference. At
-// start it is how the pool learns of VMs from an earlier run: only VMs that
-// are provably clean (metadata clean, running, agent answering) are kept.
-func (p *Pool) reconcile(ctx context.Context) {
-	listed := time.Now()
-	doms, err := p.hv.Domains(ctx, p.cfg.Name+"-")
-	if err == nil {
-		var files []string
-		files, err = p.hv.Overlays(ctx)
-		if err == nil {
-			p.reconcileWith(ctx, listed, doms, files)
-			return
-		}
-	}
-	if !virt.IsDisconnected(err) {
-		p.log.Warn("reconcile failed; will retry", "err", err)
-	}
-}
-
-// reconcileWith judges only what the listing can tell: a VM whose state
-// changed after the listing started, or that was wiped since, is left alone.
-func (p *Pool) reconcileWith(ctx context.Context, listed time.Time, doms []*domxml.Domain, files []string) {
-	// Ping the agents of clean VMs we do not know (a previous run's) before
-	// taking the lock: each ping may take seconds.
-	p.mu.Lock()
-	hasAgent := p.golden != nil && p.golden.HasAgent
-	var candidates []string
-	for _, d := range doms {
-		if _, known := p.vms[d.Name]; !known && d.Meta.Pool == p.cfg.Name && d.Meta.State == domxml.Clean && d.Running {
-			candidates = append(candidates, d.Name)
-		}
-	}
-	p.mu.Unlock()
-	answered := map[string]bool{}
-	var amu sync.Mutex
-	var wg sync.WaitGroup
-	for _, name := range candidates {
-		wg.Go(func() {
-			ok := !hasAgent || p.hv.Ping(ctx, name) == nil
-			amu.Lock()
-			answered[name] = ok
-			amu.Unlock()
-		})
-	}
-	wg.Wait()
-
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for name, at := range p.gone {
-		if time.Since(at) > 10*time.Minute {
-			delete(p.gone, name)
-		}
-	}
-	inLibvirt := map[string]bool{}
-	for _, d := range doms {
-		if d.Meta.Pool != p.cfg.Name {
-			continue
-		}
-		inLibvirt[d.Name] = true
-		v, known := p.vms[d.Name]
-		if !known {
-			if _, wiped := p.gone[d.Name]; wiped {
-				continue
-			}
-			v = &vm{name: d.Name, state: d.Meta.State, since: d.Meta.Since, overlays: p.overlaysOf(d),
-				spice: SpiceTarget{Socket: d.SpiceSocket, Password: d.SpicePassword}}
-			p.vms[d.Name] = v
-			if v.state == domxml.Clean && answered[d.Name] {
-				p.log.Info("kept clean VM from an earlier run", "vm", d.Name)
-				p.wakeLocked()
-				continue
-			}
-			p.log.Info("destroying VM left from an earlier run", "vm", d.Name, "state", d.Meta.State, "running", d.Running)
-			p.startWipeLocked(v, fmt.Sprintf("left from an earlier run in state %s, running=%v: not provably clean", d.Meta.State, d.Running))
-			continue
-		}
-		if v.since.After(listed) {
-			continue
-		}
-		switch {
-		case v.state == domxml.Ending && v.endErr != nil:
-			v.endErr = nil
-			p.goBackground(func() { p.wipe(v) })
-		case v.state != creating && !d.Running:
-			p.stoppedLocked(v, d.StopReason)
-		}
-	}
-	for _, v := range p.vms {
-		if inLibvirt[v.name] || v.state == creating || v.since.After(listed) {
-			continue
-		}
-		switch v.state {
-		case domxml.Ending:
-			if v.endErr != nil { // the domain is gone; the overlays may not be
-				v.endErr = nil
-				p.goBackground(func() { p.wipe(v) })
-			}
-		default:
-			p.stoppedLocked(v, "")
-		}
-	}
-	for _, f := range files {
-		owner := p.overlayOwner(f)
-		if owner == "" || inLibvirt[owner] || p.vms[owner] != nil || !p.gone[owner].Before(listed) {
-			continue
-		}
-		p.log.Info("deleting overlay without a domain", "overlay", f)
-		p.goBackground(func() {
-			if err := p.hv.DeleteOverlay(ctx, f); err != nil {
-				p.log.Warn("could not delete orphaned overlay; will retry", "overlay", f, "err", err)
-			}
-		})
-	}
-	p.syncLocked()
-}
-
-// overlaysOf returns the disks of d that are this pool's overlays.
-func (p *Pool) overlaysOf(d *domxml.Domain) []string {
-	var out []string
-	for _, disk := range d.Disks {
-		if disk.Path != "" && p.overlayOwner(disk.Path) == d.Name {
-			out = append(out, disk.Path)
-		}
-	}
-	return out
-}
-
-// overlayOwner returns the VM an overlay belongs to, from its name
-// <pool>-<8 hex>-<disk>.qcow2 in the overlay directory, or "" when the file is
-// not one of this pool's overlays.
-func (p *Pool) overlayOwner(path string) string {
-	if filepath.Dir(path) != filepath.Clean(p.cfg.OverlayDir) {
-		return ""
-	}
-	base := strings.TrimSuffix(filepath.Base(path), ".qcow2")
-	rest, ok := strings.CutPrefix(base, p.cfg.Name+"-")
-	if !ok || len(rest) < 10 || rest[8] != '-' {
-		return ""
-	}
-	if _, err := hex.DecodeString(rest[:8]); err != nil {
-		return ""
-	}
-	return p.cfg.Name + "-" + rest[:8]
-}
-
-func (p *Pool) countLocked(s domxml.State) int {
-	n := 0
-	for _, v := range p.vms {
-		if v.state == s {
-			n++
-		}
-	}
-	return n
-}
-
-// wakeLocked tells waiters that a clean VM may be available.
-func (p *Pool) wakeLocked() {
+// wake tells waiters that a clean VM may be available, or that the pool's
+// availability changed.
+func (p *Pool) wake() {
 	close(p.cleanWait)
 	p.cleanWait = make(chan struct{})
-}
-
-func randomPassword() string {
-	b := make([]byte, 24)
-	rand.Read(b)
-	return base64.RawURLEncoding.EncodeToString(b) // 32 characters; SPICE allows 60
-}
-
-// randomMAC returns a MAC in QEMU's locally administered range 52:54:00.
-func randomMAC() string {
-	b := make([]byte, 3)
-	rand.Read(b)
-	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[0], b[1], b[2])
-}
-
-func iBytes(n uint64) string {
-	const unit = 1 << 20
-	return fmt.Sprintf("%d MiB", n/unit)
-}
-
-// sortStatus orders VMs by name for stable output.
-func sortStatus(vs []VMStatus) {
-	sort.Slice(vs, func(i, j int) bool { return vs[i].Name < vs[j].Name })
 }

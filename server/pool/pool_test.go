@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"undervdi/internal/poll"
 
 	"undervdi/internal/testlog"
 	"undervdi/server/domxml"
@@ -18,7 +19,7 @@ func testLogger() *slog.Logger { return testlog.Logger() }
 
 func testConfig() Config {
 	return Config{
-		Name: "t", Golden: "golden", Size: 3, MaxVMs: 6, OverlayDir: "/ovl",
+		Name: "t", Golden: "golden", Size: 3, MaxVMs: 6, OverlayDir: "/ovl", VersionDir: "/ver", KeepVersions: 1,
 		MemoryReserve: 1 << 30, ReadyTimeout: 5 * time.Second, RefillConcurrency: 2,
 		FailureLimit: 3, ReconcileInterval: time.Hour,
 	}
@@ -28,7 +29,7 @@ func testConfig() Config {
 func startPool(t *testing.T, f *fakeHV, cfg Config) *Pool {
 	t.Helper()
 	p := New(cfg, f, testLogger())
-	p.minBackoff, p.maxBackoff = 10*time.Millisecond, 80*time.Millisecond
+	p.setBackoff(10*time.Millisecond, 80*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	f.events <- virt.Event{Kind: virt.Connected}
 	if err := p.Start(ctx); err != nil {
@@ -40,24 +41,26 @@ func startPool(t *testing.T, f *fakeHV, cfg Config) *Pool {
 	return p
 }
 
-// waitFor polls cond until it holds; the deadline only guards against hangs.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+// forward copies the pool's announcements to ch until the pool stops.
+func forward(p *Pool, ch chan<- Ended) {
+	for {
+		select {
+		case e := <-p.Ended():
+			ch <- e
+		case <-p.done:
+			return
 		}
-		time.Sleep(2 * time.Millisecond)
 	}
 }
 
-func clean(p *Pool) int { return p.Status().Counts[domxml.Clean] }
+func clean(p *Pool) int { return p.Status().Counts[Clean] }
+
+var anyone = Claim{Kiosk: "k1", Lease: "l-test", Addr: "127.0.0.1"}
 
 func TestFillsToSize(t *testing.T) {
 	f := newFakeHV()
 	p := startPool(t, f, testConfig())
-	waitFor(t, "3 clean VMs", func() bool { return clean(p) == 3 })
+	poll.Until(t, 10*time.Second, "3 clean VMs", func() bool { return clean(p) == 3 })
 	names := map[string]bool{}
 	for _, v := range p.Status().VMs {
 		names[v.Name] = true
@@ -70,7 +73,7 @@ func TestFillsToSize(t *testing.T) {
 	}
 	doms, _ := f.Domains(context.Background(), "t-")
 	for _, d := range doms {
-		if d.Meta.State != domxml.Clean {
+		if d.Meta.State != "clean" {
 			t.Errorf("libvirt metadata of %s = %s, want clean", d.Name, d.Meta.State)
 		}
 	}
@@ -81,14 +84,14 @@ func TestTakeNeverGivesAVMTwice(t *testing.T) {
 	cfg := testConfig()
 	cfg.Size, cfg.MaxVMs = 5, 5
 	p := startPool(t, f, cfg)
-	waitFor(t, "5 clean VMs", func() bool { return clean(p) == 5 })
+	poll.Until(t, 10*time.Second, "5 clean VMs", func() bool { return clean(p) == 5 })
 
 	var mu sync.Mutex
 	got := map[string]int{}
 	var wg sync.WaitGroup
 	for range 64 {
 		wg.Go(func() {
-			v, err := p.Take()
+			v, err := p.Take(anyone)
 			if errors.Is(err, ErrNoCleanVM) {
 				return
 			}
@@ -118,23 +121,23 @@ func TestTakeNeverGivesAVMTwice(t *testing.T) {
 func TestStatesRecordedInLibvirt(t *testing.T) {
 	f := newFakeHV()
 	p := startPool(t, f, testConfig())
-	waitFor(t, "a clean VM", func() bool { return clean(p) > 0 })
-	v, err := p.Take()
+	poll.Until(t, 10*time.Second, "a clean VM", func() bool { return clean(p) > 0 })
+	v, err := p.Take(anyone)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if v.Spice.Password == "" || v.Spice.Socket == "" {
 		t.Errorf("Take() = %+v, want a SPICE target with a password", v)
 	}
-	waitFor(t, "the offer recorded in libvirt", func() bool {
+	poll.Until(t, 10*time.Second, "the offer recorded in libvirt", func() bool {
 		doms, _ := f.Domains(context.Background(), v.Name)
-		return len(doms) == 1 && doms[0].Meta.State == domxml.Offered
+		return len(doms) == 1 && doms[0].Meta.State == "offered"
 	})
 	if err := p.MarkUsed(context.Background(), v.Name); err != nil {
 		t.Fatal(err)
 	}
 	doms, _ := f.Domains(context.Background(), v.Name)
-	if doms[0].Meta.State != domxml.InUse {
+	if doms[0].Meta.State != "in-use" {
 		t.Errorf("after MarkUsed, libvirt state = %s, want in-use", doms[0].Meta.State)
 	}
 	if err := p.Release(context.Background(), v.Name); !errors.Is(err, ErrNotOffered) {
@@ -147,18 +150,18 @@ func TestReleaseReturnsPristineVM(t *testing.T) {
 	cfg := testConfig()
 	cfg.Size, cfg.MaxVMs = 1, 1
 	p := startPool(t, f, cfg)
-	waitFor(t, "a clean VM", func() bool { return clean(p) == 1 })
-	v, err := p.Take()
+	poll.Until(t, 10*time.Second, "a clean VM", func() bool { return clean(p) == 1 })
+	v, err := p.Take(anyone)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Take(); !errors.Is(err, ErrNoCleanVM) {
+	if _, err := p.Take(anyone); !errors.Is(err, ErrNoCleanVM) {
 		t.Errorf("second Take() = %v, want ErrNoCleanVM", err)
 	}
 	if err := p.Release(context.Background(), v.Name); err != nil {
 		t.Fatal(err)
 	}
-	again, err := p.Take()
+	again, err := p.Take(anyone)
 	if err != nil || again.Name != v.Name {
 		t.Errorf("Take() after Release = %v, %v; want %s again", again.Name, err, v.Name)
 	}
@@ -168,9 +171,9 @@ func TestEndWipesAndRefills(t *testing.T) {
 	f := newFakeHV()
 	p := startPool(t, f, testConfig())
 	ended := make(chan Ended, 1)
-	p.OnEnded(func(e Ended) { ended <- e })
-	waitFor(t, "3 clean VMs", func() bool { return clean(p) == 3 })
-	v, _ := p.Take()
+	go forward(p, ended)
+	poll.Until(t, 10*time.Second, "3 clean VMs", func() bool { return clean(p) == 3 })
+	v, _ := p.Take(anyone)
 	p.MarkUsed(context.Background(), v.Name)
 	if err := p.End(v.Name, "visitor finished"); err != nil {
 		t.Fatal(err)
@@ -191,16 +194,16 @@ func TestEndWipesAndRefills(t *testing.T) {
 		}
 	}
 	f.mu.Unlock()
-	waitFor(t, "the pool refilled", func() bool { return clean(p) == 3 })
+	poll.Until(t, 10*time.Second, "the pool refilled", func() bool { return clean(p) == 3 })
 }
 
 func TestGuestPowerOffEndsSession(t *testing.T) {
 	f := newFakeHV()
 	p := startPool(t, f, testConfig())
 	ended := make(chan Ended, 4)
-	p.OnEnded(func(e Ended) { ended <- e })
-	waitFor(t, "a clean VM", func() bool { return clean(p) > 0 })
-	v, _ := p.Take()
+	go forward(p, ended)
+	poll.Until(t, 10*time.Second, "a clean VM", func() bool { return clean(p) > 0 })
+	v, _ := p.Take(anyone)
 	p.MarkUsed(context.Background(), v.Name)
 	f.stop(v.Name)
 	e := <-ended
@@ -212,17 +215,17 @@ func TestGuestPowerOffEndsSession(t *testing.T) {
 func TestCleanVMDeathIsReplaced(t *testing.T) {
 	f := newFakeHV()
 	p := startPool(t, f, testConfig())
-	waitFor(t, "3 clean VMs", func() bool { return clean(p) == 3 })
+	poll.Until(t, 10*time.Second, "3 clean VMs", func() bool { return clean(p) == 3 })
 	victim := p.Status().VMs[0].Name
 	f.stop(victim)
-	waitFor(t, "a replacement", func() bool {
+	poll.Until(t, 10*time.Second, "a replacement", func() bool {
 		s := p.Status()
 		for _, v := range s.VMs {
 			if v.Name == victim {
 				return false
 			}
 		}
-		return s.Counts[domxml.Clean] == 3
+		return s.Counts[Clean] == 3
 	})
 }
 
@@ -233,8 +236,8 @@ func TestNeverExceedsMaxVMs(t *testing.T) {
 	p := startPool(t, f, cfg)
 	var used []string
 	for range 3 {
-		waitFor(t, "a clean VM", func() bool { return clean(p) > 0 })
-		v, err := p.Take()
+		poll.Until(t, 10*time.Second, "a clean VM", func() bool { return clean(p) > 0 })
+		v, err := p.Take(anyone)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -242,14 +245,12 @@ func TestNeverExceedsMaxVMs(t *testing.T) {
 		used = append(used, v.Name)
 	}
 	// Three sessions fill max_vms: no clone may be made for the pool now.
-	p.mu.Lock()
-	p.syncLocked()
-	p.mu.Unlock()
-	if _, err := p.Take(); !errors.Is(err, ErrNoCleanVM) {
+	p.call(p.sync)
+	if _, err := p.Take(anyone); !errors.Is(err, ErrNoCleanVM) {
 		t.Errorf("Take() at max_vms = %v, want ErrNoCleanVM", err)
 	}
 	p.End(used[0], "done")
-	waitFor(t, "a clean VM after a session ended", func() bool { return clean(p) == 1 })
+	poll.Until(t, 10*time.Second, "a clean VM after a session ended", func() bool { return clean(p) == 1 })
 	if _, peak := f.counts(); peak > 3 {
 		t.Errorf("%d domains existed at once, max_vms is 3", peak)
 	}
@@ -260,20 +261,20 @@ func TestKeepsMemoryReserve(t *testing.T) {
 	f.mem = 1<<30 + 256<<20 // the reserve plus one clone
 	cfg := testConfig()
 	p := startPool(t, f, cfg)
-	waitFor(t, "one VM and a memory note", func() bool {
+	poll.Until(t, 10*time.Second, "one VM and a memory note", func() bool {
 		s := p.Status()
 		return len(s.VMs) == 1 && s.Memory != ""
 	})
 	if created, _ := f.counts(); created != 1 {
 		t.Errorf("created %d clones with memory for one", created)
 	}
-	if s := p.Status(); !strings.Contains(s.Memory, "a clone needs 256 MiB and 1024 MiB stay reserved") {
+	if s := p.Status(); !strings.Contains(s.Memory, "a clone needs 256 MiB and 1.0 GiB stay reserved") {
 		t.Errorf("Status().Memory = %q, want the available memory named", s.Memory)
 	}
 	f.mu.Lock()
 	f.mem = 64 << 30
 	f.mu.Unlock()
-	waitFor(t, "the pool filled once memory is free", func() bool { return clean(p) == 3 })
+	poll.Until(t, 10*time.Second, "the pool filled once memory is free", func() bool { return clean(p) == 3 })
 }
 
 func TestFailuresBackOffAndDegrade(t *testing.T) {
@@ -282,12 +283,12 @@ func TestFailuresBackOffAndDegrade(t *testing.T) {
 	cfg := testConfig()
 	cfg.Size, cfg.RefillConcurrency = 1, 1
 	p := startPool(t, f, cfg)
-	waitFor(t, "a degraded pool", func() bool { return p.Status().Degraded != "" })
+	poll.Until(t, 10*time.Second, "a degraded pool", func() bool { return p.Status().Degraded != "" })
 	s := p.Status()
 	if !strings.Contains(s.Degraded, "3 clones in a row failed") || !strings.Contains(s.Degraded, "qemu exploded") {
 		t.Errorf("Degraded = %q", s.Degraded)
 	}
-	waitFor(t, "failed clones' overlays deleted", func() bool { return f.overlayCount() == 0 })
+	poll.Until(t, 10*time.Second, "failed clones' overlays deleted", func() bool { return f.overlayCount() == 0 })
 	// Backoff: with 10ms doubling to 80ms, a quarter second holds few tries.
 	before := s.Failures
 	time.Sleep(250 * time.Millisecond)
@@ -297,7 +298,7 @@ func TestFailuresBackOffAndDegrade(t *testing.T) {
 	f.mu.Lock()
 	f.defineErr = nil
 	f.mu.Unlock()
-	waitFor(t, "recovery", func() bool { s := p.Status(); return s.Degraded == "" && s.Counts[domxml.Clean] == 1 })
+	poll.Until(t, 10*time.Second, "recovery", func() bool { s := p.Status(); return s.Degraded == "" && s.Counts[Clean] == 1 })
 }
 
 func TestNotReadyInTimeIsReplaced(t *testing.T) {
@@ -318,7 +319,7 @@ func TestNotReadyInTimeIsReplaced(t *testing.T) {
 	cfg := testConfig()
 	cfg.Size, cfg.RefillConcurrency, cfg.ReadyTimeout = 1, 1, 50*time.Millisecond
 	p := startPool(t, f, cfg)
-	waitFor(t, "a clean replacement", func() bool { return clean(p) == 1 })
+	poll.Until(t, 10*time.Second, "a clean replacement", func() bool { return clean(p) == 1 })
 	mu.Lock()
 	defer mu.Unlock()
 	for _, n := range f.domainNames() {
@@ -330,14 +331,14 @@ func TestNotReadyInTimeIsReplaced(t *testing.T) {
 
 func TestStartupReconcile(t *testing.T) {
 	f := newFakeHV()
-	f.seed("t-00000001", domxml.Clean, true, "/ovl/t-00000001-vda.qcow2")   // provably clean: kept
-	f.seed("t-00000002", domxml.InUse, true, "/ovl/t-00000002-vda.qcow2")   // a session of the old run
-	f.seed("t-00000003", domxml.Offered, true, "/ovl/t-00000003-vda.qcow2") // offered, maybe linked
-	f.seed("t-00000004", domxml.Clean, false, "/ovl/t-00000004-vda.qcow2")  // clean but shut off
-	f.seed("t-00000005", domxml.Booting, true, "/ovl/t-00000005-vda.qcow2") // killed mid-boot
-	f.seed("t-00000006", domxml.Clean, true, "/ovl/t-00000006-vda.qcow2")   // clean, agent dead
-	f.overlays["/ovl/t-0000000a-vda.qcow2"] = true                          // crash between overlay and define
-	f.overlays["/ovl/somebody-elses.qcow2"] = true                          // not ours: untouched
+	f.seed("t-00000001", "clean", true, "/ovl/t-00000001-vda.qcow2")   // provably clean: kept
+	f.seed("t-00000002", "in-use", true, "/ovl/t-00000002-vda.qcow2")  // a session of the old run
+	f.seed("t-00000003", "offered", true, "/ovl/t-00000003-vda.qcow2") // offered, maybe linked
+	f.seed("t-00000004", "clean", false, "/ovl/t-00000004-vda.qcow2")  // clean but shut off
+	f.seed("t-00000005", "booting", true, "/ovl/t-00000005-vda.qcow2") // killed mid-boot
+	f.seed("t-00000006", "clean", true, "/ovl/t-00000006-vda.qcow2")   // clean, agent dead
+	f.overlays["/ovl/t-0000000a-vda.qcow2"] = true                     // crash between overlay and define
+	f.overlays["/ovl/somebody-elses.qcow2"] = true                     // not ours: untouched
 	f.pingErr = func(name string) error {
 		if name == "t-00000006" {
 			return virt.ErrAgent
@@ -347,9 +348,9 @@ func TestStartupReconcile(t *testing.T) {
 	cfg := testConfig()
 	cfg.Size = 2
 	p := startPool(t, f, cfg)
-	waitFor(t, "leftovers gone and the pool full", func() bool {
+	poll.Until(t, 10*time.Second, "leftovers gone and the pool full", func() bool {
 		s := p.Status()
-		return len(s.VMs) == 2 && s.Counts[domxml.Clean] == 2 && f.overlayCount() == 3
+		return len(s.VMs) == 2 && s.Counts[Clean] == 2 && f.overlayCount() == 3
 	})
 	names := f.domainNames()
 	kept := false
@@ -377,13 +378,13 @@ func TestStartupReconcile(t *testing.T) {
 func TestReconnect(t *testing.T) {
 	f := newFakeHV()
 	p := startPool(t, f, testConfig())
-	waitFor(t, "3 clean VMs", func() bool { return clean(p) == 3 })
-	v, _ := p.Take()
+	poll.Until(t, 10*time.Second, "3 clean VMs", func() bool { return clean(p) == 3 })
+	v, _ := p.Take(anyone)
 	p.MarkUsed(context.Background(), v.Name)
 
 	f.events <- virt.Event{Kind: virt.Disconnected}
-	waitFor(t, "disconnected", func() bool { return !p.Status().Connected })
-	if _, err := p.Take(); !errors.Is(err, ErrUnavailable) {
+	poll.Until(t, 10*time.Second, "disconnected", func() bool { return !p.Status().Connected })
+	if _, err := p.Take(anyone); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Take() while disconnected = %v, want ErrUnavailable", err)
 	}
 	// While libvirt was away, the in-use guest powered off: no event for it.
@@ -391,12 +392,12 @@ func TestReconnect(t *testing.T) {
 	f.domains[v.Name].running = false
 	f.mu.Unlock()
 	ended := make(chan Ended, 4)
-	p.OnEnded(func(e Ended) { ended <- e })
+	go forward(p, ended)
 	f.events <- virt.Event{Kind: virt.Connected}
 	if e := <-ended; e.VM != v.Name || e.Reason != "guest powered off or rebooted" {
 		t.Errorf("Ended = %+v, want %s ended as powered off", e, v.Name)
 	}
-	waitFor(t, "the missed power-off handled", func() bool {
+	poll.Until(t, 10*time.Second, "the missed power-off handled", func() bool {
 		for _, n := range f.domainNames() {
 			if n == v.Name {
 				return false
@@ -406,22 +407,25 @@ func TestReconnect(t *testing.T) {
 	})
 }
 
-func TestGoldenRunningPausesRefill(t *testing.T) {
+// TestGoldenRunningKeepsServing: clones are made of the published version,
+// not of the golden's disk, so the golden may run while the pool refills.
+func TestGoldenRunningKeepsServing(t *testing.T) {
 	f := newFakeHV()
 	cfg := testConfig()
 	cfg.Size = 1
 	p := startPool(t, f, cfg)
-	waitFor(t, "a clean VM", func() bool { return clean(p) == 1 })
+	poll.Until(t, 10*time.Second, "a clean VM", func() bool { return clean(p) == 1 })
 	f.events <- virt.Event{Kind: virt.Started, Domain: "golden"}
-	waitFor(t, "paused", func() bool { return p.Status().Paused != "" })
-	v, _ := p.Take()
+	v, _ := p.Take(anyone)
 	p.End(v.Name, "done")
-	waitFor(t, "the VM wiped", func() bool { return len(p.Status().VMs) == 0 })
-	if n := len(f.domainNames()); n != 0 {
-		t.Errorf("%d clones made while the golden runs", n)
-	}
+	poll.Until(t, 10*time.Second, "a clean replacement while the golden runs", func() bool {
+		s := p.Status()
+		return s.Counts[Clean] == 1 && s.Paused == "" && len(s.VMs) == 1 && s.VMs[0].Name != v.Name
+	})
 	f.events <- virt.Event{Kind: virt.Stopped, Domain: "golden", Detail: "shutdown"}
-	waitFor(t, "refilled after the golden stopped", func() bool { return clean(p) == 1 && p.Status().Paused == "" })
+	if got := f.versionNames(); len(got) != 1 {
+		t.Errorf("versions after the golden ran = %v, want only the first: auto_publish is off", got)
+	}
 }
 
 func TestStartFailsOnBadGolden(t *testing.T) {

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"undervdi/server/pool"
 )
 
 // Audit writes one JSON line per session and per refused connection. It
@@ -64,6 +66,20 @@ func (l *Lease) record(reason string) *AuditRecord {
 		VM: l.VM.Name, Offered: timePtr(l.Offered), Ended: &now, Reason: reason}
 	if !l.linked.IsZero() {
 		r.Linked = timePtr(l.linked)
+	}
+	return r
+}
+
+// restartRecord is the audit line of a session a broker restart ended,
+// from what the VM's metadata kept of it.
+func restartRecord(e pool.Ended) *AuditRecord {
+	r := &AuditRecord{Event: "session", Lease: e.Claim.Lease, Kiosk: e.Claim.Kiosk, Addr: e.Claim.Addr, VM: e.VM,
+		Ended: timePtr(e.At), Reason: e.Reason, Wiped: e.Wiped, WipedAt: timePtr(e.At)}
+	if !e.Claim.At.IsZero() {
+		r.Offered = timePtr(e.Claim.At)
+	}
+	if !e.Linked.IsZero() {
+		r.Linked = timePtr(e.Linked)
 	}
 	return r
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"undervdi/kioskproto"
+	"undervdi/server/accept"
 	"undervdi/server/config"
 	"undervdi/server/pool/pooltest"
 )
@@ -50,6 +51,7 @@ func BenchmarkHandoff200(b *testing.B) {
 	reg, _ := NewRegistry([]config.Kiosk{{ID: "k-*", Address: "127.0.0.0/8", Token: token}})
 	p := pooltest.New(fleet, "/nonexistent", "pw")
 	m := New(cfg, p, reg, NewAudit(nil, logger()), logger())
+	p.Sink = m.VMEnded
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go m.Run(ctx)
@@ -57,7 +59,7 @@ func BenchmarkHandoff200(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	go Serve(ctx, ln, m.ServeKiosk)
+	go accept.Serve(ctx, ln, m.ServeKiosk)
 
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), fleetEnv+"="+ln.Addr().String())

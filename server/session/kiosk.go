@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"undervdi/kioskproto"
+	"undervdi/server/accept"
 )
 
 // helloTimeout bounds how long a new connection may take to say hello.
@@ -41,7 +42,7 @@ type kioskConn struct {
 // ServeKiosk runs the kiosk protocol on c until the connection ends.
 func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	defer c.Close()
-	addr := RemoteAddr(c)
+	addr := accept.RemoteAddr(c)
 	c.SetDeadline(time.Now().Add(helloTimeout))
 	r := bufio.NewReader(c) // a frame in one read, not two
 	msg, err := kioskproto.ReadMessage(r)
@@ -68,7 +69,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	}
 	host := m.cfg.PublicHost
 	if host == "" {
-		host = localAddr(c).String()
+		host = accept.LocalAddr(c).String()
 	}
 	k := &kioskConn{m: m, c: c, r: r, id: h.Kiosk, addr: addr, host: host,
 		out: make(chan outMsg, 32), closed: make(chan struct{})}
@@ -269,45 +270,7 @@ func (m *Manager) dropConn(k *kioskConn) {
 	}
 }
 
-// RemoteAddr is the address c comes from, IPv4 unmapped.
-func RemoteAddr(c net.Conn) netip.Addr {
-	if a, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		return a.Addr().Unmap()
-	}
-	return netip.Addr{}
-}
-
-func localAddr(c net.Conn) netip.Addr {
-	if a, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
-		return a.Addr().Unmap()
-	}
-	return netip.Addr{}
-}
-
 func isReset(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op)
-}
-
-// Serve accepts connections on ln and handles each with handle, until ctx
-// ends.
-func Serve(ctx context.Context, ln net.Listener, handle func(context.Context, net.Conn)) error {
-	go func() {
-		<-ctx.Done()
-		ln.Close()
-	}()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		go handle(ctx, c)
-	}
 }

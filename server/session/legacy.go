@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"undervdi/server/accept"
 )
 
 // LegacyGo is the line the original remote.sh waits for before it starts
@@ -25,7 +27,7 @@ const quietFor = 500 * time.Millisecond
 func (m *Manager) ServeLegacy(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	defer context.AfterFunc(ctx, func() { c.Close() })()
-	addr := RemoteAddr(c)
+	addr := accept.RemoteAddr(c)
 	say := func(format string, args ...any) bool {
 		c.SetWriteDeadline(time.Now().Add(writeTimeout))
 		_, err := fmt.Fprintf(c, format+"\n", args...)

@@ -90,7 +90,8 @@ func (m *Manager) Run(ctx context.Context) {
 }
 
 // dispatch takes a clean VM for each request, head first, as long as there
-// are any. Taking is instant; preparing and offering run concurrently.
+// are any, and offers it. Taking is instant; the VM was checked ready
+// (guest agent, display) before it was clean.
 func (m *Manager) dispatch(ctx context.Context) {
 	for {
 		m.mu.Lock()
@@ -99,7 +100,8 @@ func (m *Manager) dispatch(ctx context.Context) {
 			return
 		}
 		head := m.queue[0]
-		vm, err := m.pool.Take()
+		lease := "l-" + randomHex(8)
+		vm, err := m.pool.Take(pool.Claim{Kiosk: head.kiosk, Lease: lease, Addr: head.addr.String()})
 		if err != nil {
 			state, msg := kioskproto.StatePreparing, "Preparing your workstation…"
 			if errors.Is(err, pool.ErrUnavailable) {
@@ -114,42 +116,12 @@ func (m *Manager) dispatch(ctx context.Context) {
 			return
 		}
 		m.queue = m.queue[1:]
-		m.inflight++
+		l := m.newLeaseLocked(head, vm, lease)
+		head.lease = l
 		m.mu.Unlock()
-		go m.serve(ctx, head, vm)
+		m.log.Debug("offer", "lease", l.ID, "kiosk", l.Kiosk, "vm", vm.Name)
+		go head.onOffer(l) // the kiosk's writer may take a moment
 	}
-}
-
-// serve prepares a VM taken for r and offers it.
-func (m *Manager) serve(ctx context.Context, r *request, vm pool.VM) {
-	var err error
-	if m.prepare != nil {
-		if err = m.prepare(ctx, vm); err != nil {
-			m.pool.End(vm.Name, "not ready for SPICE: "+err.Error())
-		}
-	}
-	m.mu.Lock()
-	m.inflight--
-	switch {
-	case err != nil:
-		// That VM is gone; r keeps its place at the head.
-		m.log.Warn("a claimed VM could not be offered; trying another", "vm", vm.Name, "err", err)
-		if !r.cancelled {
-			m.queue = append([]*request{r}, m.queue...)
-		}
-		m.mu.Unlock()
-		m.wake()
-		return
-	case r.cancelled:
-		m.mu.Unlock()
-		m.pool.Release(ctx, vm.Name)
-		return
-	}
-	l := m.newLeaseLocked(r, vm)
-	r.lease = l
-	m.mu.Unlock()
-	m.log.Debug("offer", "lease", l.ID, "kiosk", l.Kiosk, "vm", vm.Name)
-	r.onOffer(l)
 }
 
 // sendPositions tells waiting kiosks their place when they start waiting

@@ -22,7 +22,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -33,16 +32,17 @@ import (
 
 	"undervdi/kioskproto"
 	"undervdi/server/pool"
+	"undervdi/server/spice"
 )
 
-// Pool is what sessions need from the VM pool; *pool.Pool has it.
+// Pool is what sessions need from the VM pool; *pool.Pool has it. The
+// pool's announcements of wiped VMs reach the manager through VMEnded.
 type Pool interface {
-	Take() (pool.VM, error)
+	Take(pool.Claim) (pool.VM, error)
 	WaitClean() <-chan struct{}
 	MarkUsed(ctx context.Context, name string) error
 	Release(ctx context.Context, name string) error
 	End(name, reason string) error
-	OnEnded(func(pool.Ended))
 }
 
 // Config is the session part of the broker configuration.
@@ -75,20 +75,16 @@ type Manager struct {
 	registry *Registry
 	audit    *Audit
 	log      *slog.Logger
-	// prepare is called before a VM is offered (the gateway learns the
-	// VM's SPICE capabilities there); an error ends the VM.
-	prepare func(context.Context, pool.VM) error
 
 	ctx  context.Context
 	kick chan struct{} // wakes the dispatcher
 
-	mu       sync.Mutex
-	queue    []*request
-	leases   map[string]*Lease // by lease ID
-	byVM     map[string]*Lease
-	pending  map[string]*AuditRecord // used VMs being wiped, by VM name
-	conns    map[string]*kioskConn   // by kiosk id
-	inflight int                     // VMs taken, being prepared and offered
+	mu      sync.Mutex
+	queue   []*request
+	leases  map[string]*Lease // by lease ID
+	byVM    map[string]*Lease
+	pending map[string]*AuditRecord // used VMs being wiped, by VM name
+	conns   map[string]*kioskConn   // by kiosk id
 
 	handoffs handoffStats
 }
@@ -103,12 +99,8 @@ func New(cfg Config, p Pool, reg *Registry, audit *Audit, log *slog.Logger) *Man
 		pending: map[string]*AuditRecord{},
 		conns:   map[string]*kioskConn{},
 	}
-	p.OnEnded(m.vmEnded)
 	return m
 }
-
-// SetPrepare sets the hook run before each offer.
-func (m *Manager) SetPrepare(f func(context.Context, pool.VM) error) { m.prepare = f }
 
 // Lease ties one kiosk to one VM.
 type Lease struct {
@@ -147,18 +139,18 @@ func (m *Manager) Reason(l *Lease) string {
 	return l.reason
 }
 
-// newLeaseLocked records a lease for a confirmed VM and starts its connect
-// window.
-func (m *Manager) newLeaseLocked(r *request, vm pool.VM) *Lease {
+// newLeaseLocked records lease id for a VM taken for r and starts its
+// connect window.
+func (m *Manager) newLeaseLocked(r *request, vm pool.VM, id string) *Lease {
 	now := time.Now()
 	l := &Lease{
-		ID: "l-" + randomHex(8), Kiosk: r.kiosk, Addr: r.addr, Legacy: r.legacy, VM: vm,
+		ID: id, Kiosk: r.kiosk, Addr: r.addr, Legacy: r.legacy, VM: vm,
 		Offered: now, Expires: now.Add(m.cfg.ConnectWindow),
 		conns: map[int]func(){}, linkedCh: make(chan struct{}), endedCh: make(chan struct{}),
 		timers: map[string]*time.Timer{}, notifyEnd: r.onEnd,
 	}
 	if !l.Legacy {
-		l.ticket = randomTicket()
+		l.ticket = spice.NewPassword()
 	}
 	m.leases[l.ID] = l
 	m.byVM[vm.Name] = l
@@ -229,9 +221,10 @@ func (m *Manager) end(l *Lease, reason string) {
 	m.wake()
 }
 
-// vmEnded hears from the pool that a VM is gone: a session whose guest
-// stopped ends, and a used VM's audit record is completed.
-func (m *Manager) vmEnded(e pool.Ended) {
+// VMEnded hears from the pool that a VM is gone: a session whose guest
+// stopped ends, and a used VM's audit record is completed. A VM a broker
+// restart ended gets the audit line its interrupted session never had.
+func (m *Manager) VMEnded(e pool.Ended) {
 	m.mu.Lock()
 	l := m.byVM[e.VM]
 	m.mu.Unlock()
@@ -242,10 +235,13 @@ func (m *Manager) vmEnded(e pool.Ended) {
 	rec := m.pending[e.VM]
 	delete(m.pending, e.VM)
 	m.mu.Unlock()
-	if rec != nil {
+	switch {
+	case rec != nil:
 		rec.Wiped = e.Wiped
 		rec.WipedAt = timePtr(e.At)
 		m.audit.Write(rec)
+	case e.Restart && e.Claim.Lease != "":
+		m.audit.Write(restartRecord(e))
 	}
 	m.wake()
 }
@@ -276,25 +272,14 @@ func (m *Manager) Lookup(addr netip.Addr) (pool.VM, error) {
 	return pool.VM{}, ErrNoLease
 }
 
-// Channel is a SPICE channel connection the gateway wants to open.
-type Channel struct {
-	Main  bool   // the session's main channel
-	Name  string // for logs
-	Close func() // closes the connection when the session ends
-}
-
-// Attachment is an admitted SPICE connection.
-type Attachment struct {
-	Lease *Lease
-	VM    pool.VM
-	id    int
-	m     *Manager
-}
-
-// Attach admits a SPICE connection from addr with ticket. On a lease's first
-// link it records the VM as used (in libvirt) before returning: only then
-// may the client's bytes reach the VM.
-func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket string, ch Channel) (*Attachment, error) {
+// Attach admits a SPICE channel connection from addr with ticket: main says
+// whether it is the session's main channel, hangUp closes it when the
+// session ends. It returns the VM to reach, input to call on the visitor's
+// input, and detach to call when the connection closes. On a lease's first
+// link it records the VM as used (in libvirt) before returning, and any
+// other channel waits for that: only then may the client's bytes reach the
+// VM.
+func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket string, main bool, hangUp func()) (vm pool.VM, input, detach func(), err error) {
 	m.mu.Lock()
 	var l *Lease
 	for _, cand := range m.leases {
@@ -307,64 +292,75 @@ func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket string, ch
 	case l == nil:
 		m.mu.Unlock()
 		if _, err := m.Lookup(addr); err != nil {
-			return nil, ErrNoLease
+			return pool.VM{}, nil, nil, ErrNoLease
 		}
-		return nil, ErrBadTicket
+		return pool.VM{}, nil, nil, ErrBadTicket
 	case l.linked.IsZero() && time.Now().After(l.Expires):
 		m.mu.Unlock()
-		return nil, ErrExpired
-	case ch.Main && (l.mainOpen || !l.linked.IsZero()):
+		return pool.VM{}, nil, nil, ErrExpired
+	case main && (l.mainOpen || !l.linked.IsZero()):
 		// One main channel per lease, ever: nobody takes over a session.
 		m.mu.Unlock()
-		return nil, ErrTakeover
-	case !ch.Main && !l.mainOpen:
+		return pool.VM{}, nil, nil, ErrTakeover
+	case !main && !l.mainOpen:
 		m.mu.Unlock()
-		return nil, ErrNoMain
+		return pool.VM{}, nil, nil, ErrNoMain
 	}
 	first := l.linked.IsZero()
 	if first {
 		l.linked = time.Now()
 		m.stopTimerLocked(l, "connect")
 	}
-	if ch.Main {
+	if main {
 		l.mainOpen = true
 	}
 	l.nextConn++
 	id := l.nextConn
-	l.conns[id] = ch.Close
+	l.conns[id] = hangUp
 	m.stopTimerLocked(l, "grace")
 	m.mu.Unlock()
+	detach = func() { m.detach(l, id) }
 
 	if first {
 		if err := m.pool.MarkUsed(ctx, l.VM.Name); err != nil {
 			m.end(l, "could not record the VM as used: "+err.Error())
-			return nil, err
+			detach()
+			return pool.VM{}, nil, nil, err
 		}
 		close(l.linkedCh)
 		m.log.Info("session linked", "lease", l.ID, "kiosk", l.Kiosk, "vm", l.VM.Name)
 		if l.Legacy {
-			m.Activity(l) // starts the idle clock
+			m.activity(l) // starts the idle clock
+		}
+	} else {
+		select {
+		case <-l.linkedCh:
+		case <-l.endedCh:
+			detach()
+			return pool.VM{}, nil, nil, ErrNoLease
+		case <-ctx.Done():
+			detach()
+			return pool.VM{}, nil, nil, ctx.Err()
 		}
 	}
-	return &Attachment{Lease: l, VM: l.VM, id: id, m: m}, nil
+	return l.VM, func() { m.activity(l) }, detach, nil
 }
 
-// Detach records that an admitted connection closed. When the last one has
+// detach records that an admitted connection closed. When the last one has
 // been closed for the grace period, the session ends.
-func (a *Attachment) Detach() {
-	m, l := a.m, a.Lease
+func (m *Manager) detach(l *Lease, id int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	delete(l.conns, a.id)
+	delete(l.conns, id)
 	if len(l.conns) == 0 && !l.ended {
 		l.mainOpen = false
 		m.timerLocked(l, "grace", m.cfg.Grace, "the viewer disconnected")
 	}
 }
 
-// Activity records input from the visitor (SPICE inputs channel). Legacy
+// activity records input from the visitor (SPICE inputs channel). Legacy
 // kiosks send no heartbeats, so this is their idle clock.
-func (m *Manager) Activity(l *Lease) {
+func (m *Manager) activity(l *Lease) {
 	if !l.Legacy {
 		return
 	}
@@ -424,14 +420,6 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// randomTicket is a one-time SPICE ticket: 192 random bits in 32 characters
-// (SPICE passwords are at most 60).
-func randomTicket() string {
-	b := make([]byte, 24)
-	rand.Read(b)
-	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 func timePtr(t time.Time) *time.Time { return &t }

@@ -14,11 +14,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"undervdi/internal/poll"
 
 	"undervdi/internal/syncbuf"
 	"undervdi/internal/testlog"
 	"undervdi/kioskproto"
+	"undervdi/server/accept"
 	"undervdi/server/config"
+	"undervdi/server/pool"
 	"undervdi/server/pool/pooltest"
 )
 
@@ -69,6 +72,7 @@ func newHarness(t *testing.T, vms int, cfg Config) *harness {
 	}
 	h := &harness{t: t, pool: pooltest.New(vms, "/nonexistent/spice.sock", "pw"), audit: &syncbuf.Buffer{}}
 	h.m = New(cfg, h.pool, reg, NewAudit(h.audit, logger()), logger())
+	h.pool.Sink = h.m.VMEnded
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go h.m.Run(ctx)
@@ -81,7 +85,7 @@ func newHarness(t *testing.T, vms int, cfg Config) *harness {
 			t.Fatal(err)
 		}
 		*s.addr = ln.Addr().String()
-		go Serve(ctx, ln, s.handle)
+		go accept.Serve(ctx, ln, s.handle)
 	}
 	return h
 }
@@ -170,17 +174,6 @@ func (h *harness) session(id, from string) (*kiosk, *kioskproto.Offer) {
 
 func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestHelloRefused(t *testing.T) {
 	h := newHarness(t, 1, testConfig())
 	for _, tc := range []struct {
@@ -226,46 +219,46 @@ func TestSessionLifecycle(t *testing.T) {
 	}
 	ctx := context.Background()
 	noop := func() {}
-	if _, err := h.m.Attach(ctx, addr("127.0.0.1"), "wrong", Channel{Main: true, Close: noop}); !errors.Is(err, ErrBadTicket) {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), "wrong", true, noop); !errors.Is(err, ErrBadTicket) {
 		t.Errorf("Attach(wrong ticket) = %v, want ErrBadTicket", err)
 	}
-	if _, err := h.m.Attach(ctx, addr("127.0.0.2"), offer.Ticket, Channel{Main: true, Close: noop}); !errors.Is(err, ErrNoLease) {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.2"), offer.Ticket, true, noop); !errors.Is(err, ErrNoLease) {
 		t.Errorf("Attach(other address) = %v, want ErrNoLease", err)
 	}
-	if _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, Channel{Main: false, Close: noop}); !errors.Is(err, ErrNoMain) {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, false, noop); !errors.Is(err, ErrNoMain) {
 		t.Errorf("Attach(display before main) = %v, want ErrNoMain", err)
 	}
 	if h.pool.HasEvent("used") {
 		t.Fatalf("VM marked used before any link: %v", h.pool.Log())
 	}
-	main, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: noop})
+	vm, _, detachMain, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, true, noop)
 	if err != nil {
 		t.Fatalf("Attach(main) = %v", err)
 	}
-	if !h.pool.HasEvent("used " + main.VM.Name) {
-		t.Errorf("first link did not mark %s used: %v", main.VM.Name, h.pool.Log())
+	if !h.pool.HasEvent("used " + vm.Name) {
+		t.Errorf("first link did not mark %s used: %v", vm.Name, h.pool.Log())
 	}
-	if _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: noop}); !errors.Is(err, ErrTakeover) {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, true, noop); !errors.Is(err, ErrTakeover) {
 		t.Errorf("second Attach(main) = %v, want ErrTakeover", err)
 	}
-	display, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, Channel{Name: "display", Close: noop})
+	_, _, detachDisplay, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, false, noop)
 	if err != nil {
 		t.Fatalf("Attach(display) = %v", err)
 	}
-	display.Detach()
-	main.Detach()
+	detachDisplay()
+	detachMain()
 	end := k.until(kioskproto.TEnd).End
 	if end.Reason != "the viewer disconnected" {
 		t.Errorf("end reason = %q", end.Reason)
 	}
-	waitFor(t, "the VM destroyed", func() bool { return h.pool.HasEvent("ended " + main.VM.Name) })
+	poll.Until(t, 10*time.Second, "the VM destroyed", func() bool { return h.pool.HasEvent("ended " + vm.Name) })
 	// A ticket replayed after its session ended is refused.
-	if _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: noop}); !errors.Is(err, ErrNoLease) {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, true, noop); !errors.Is(err, ErrNoLease) {
 		t.Errorf("Attach(replayed ticket) = %v, want ErrNoLease", err)
 	}
-	waitFor(t, "the audit record", func() bool {
+	poll.Until(t, 10*time.Second, "the audit record", func() bool {
 		for _, r := range records(h.audit) {
-			if r.Event == "session" && r.VM == main.VM.Name {
+			if r.Event == "session" && r.VM == vm.Name {
 				return r.Wiped && r.Linked != nil && r.Kiosk == "k1" && r.Reason == "the viewer disconnected"
 			}
 		}
@@ -281,7 +274,7 @@ func TestConnectWindowReturnsVM(t *testing.T) {
 	if end := k.until(kioskproto.TEnd).End; !strings.Contains(end.Reason, "not linked within the connect window") {
 		t.Errorf("end = %q", end.Reason)
 	}
-	waitFor(t, "the unused VM released", func() bool { return h.pool.HasEvent("released vm-001") })
+	poll.Until(t, 10*time.Second, "the unused VM released", func() bool { return h.pool.HasEvent("released vm-001") })
 	if h.pool.HasEvent("ended") {
 		t.Errorf("an unused VM was destroyed: %v", h.pool.Log())
 	}
@@ -290,11 +283,11 @@ func TestConnectWindowReturnsVM(t *testing.T) {
 func TestLeaseLivesWithConnection(t *testing.T) {
 	h := newHarness(t, 1, testConfig())
 	k, offer := h.session("k1", "127.0.0.1")
-	if _, err := h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: func() {}}); err != nil {
+	if _, _, _, err := h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, true, func() {}); err != nil {
 		t.Fatal(err)
 	}
 	k.c.Close()
-	waitFor(t, "the used VM destroyed", func() bool { return h.pool.HasEvent("ended vm-001: kiosk connection lost") })
+	poll.Until(t, 10*time.Second, "the used VM destroyed", func() bool { return h.pool.HasEvent("ended vm-001: kiosk connection lost") })
 }
 
 func TestHeartbeatsStop(t *testing.T) {
@@ -302,14 +295,14 @@ func TestHeartbeatsStop(t *testing.T) {
 	cfg.HeartbeatTimeout = 300 * time.Millisecond
 	h := newHarness(t, 1, cfg)
 	_, offer := h.session("k1", "127.0.0.1")
-	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: func() {}})
-	waitFor(t, "the session ended", func() bool { return h.pool.HasEvent("ended vm-001: kiosk heartbeats stopped") })
+	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, true, func() {})
+	poll.Until(t, 10*time.Second, "the session ended", func() bool { return h.pool.HasEvent("ended vm-001: kiosk heartbeats stopped") })
 }
 
 func TestIdleFromHeartbeats(t *testing.T) {
 	h := newHarness(t, 1, testConfig())
 	k, offer := h.session("k1", "127.0.0.1")
-	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: func() {}})
+	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, true, func() {})
 	k.send(kioskproto.NewHeartbeat(10 * time.Second))
 	k.send(kioskproto.NewHeartbeat(61 * time.Second))
 	if end := k.until(kioskproto.TEnd).End; end.Reason != "idle for 1m1s" {
@@ -321,8 +314,8 @@ func TestGuestPowerOffTellsKiosk(t *testing.T) {
 	h := newHarness(t, 1, testConfig())
 	k, offer := h.session("k1", "127.0.0.1")
 	closed := make(chan struct{})
-	a, _ := h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: func() { close(closed) }})
-	h.pool.GuestStops(a.VM.Name)
+	vm, _, _, _ := h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, true, func() { close(closed) })
+	h.pool.GuestStops(vm.Name)
 	if end := k.until(kioskproto.TEnd).End; end.Reason != "guest powered off or rebooted" {
 		t.Errorf("end = %q", end.Reason)
 	}
@@ -336,9 +329,9 @@ func TestGuestPowerOffTellsKiosk(t *testing.T) {
 func TestKioskEndsSession(t *testing.T) {
 	h := newHarness(t, 1, testConfig())
 	k, offer := h.session("k1", "127.0.0.1")
-	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, Channel{Main: true, Close: func() {}})
+	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, true, func() {})
 	k.send(kioskproto.NewEnd("visitor pressed finish"))
-	waitFor(t, "the VM destroyed", func() bool {
+	poll.Until(t, 10*time.Second, "the VM destroyed", func() bool {
 		return h.pool.HasEvent("ended vm-001: the kiosk ended the session: visitor pressed finish")
 	})
 	// The connection stays for the next visitor.
@@ -469,7 +462,7 @@ func TestKioskReconnectReplacesOldConnection(t *testing.T) {
 			break // closed by the broker
 		}
 	}
-	waitFor(t, "the old offer's VM returned", func() bool { return h.pool.HasEvent("released vm-001") })
+	poll.Until(t, 10*time.Second, "the old offer's VM returned", func() bool { return h.pool.HasEvent("released vm-001") })
 }
 
 func TestLegacySignalPort(t *testing.T) {
@@ -491,7 +484,7 @@ func TestLegacySignalPort(t *testing.T) {
 		t.Fatalf("second line = %q, want %q repeated", lines.Text(), LegacyGo)
 	}
 	// remote-viewer links without a password, from the kiosk's address.
-	a, err := h.m.Attach(context.Background(), addr("127.0.0.1"), "", Channel{Main: true, Close: func() {}})
+	vm, _, detach, err := h.m.Attach(context.Background(), addr("127.0.0.1"), "", true, func() {})
 	if err != nil {
 		t.Fatalf("legacy Attach = %v", err)
 	}
@@ -499,11 +492,11 @@ func TestLegacySignalPort(t *testing.T) {
 	for lines.Scan() {
 		rest = append(rest, lines.Text())
 	}
-	if len(rest) == 0 || rest[len(rest)-1] != a.VM.Name+" NOW in use!!!" {
-		t.Errorf("after the link the port said %q, want it to end with %q", rest, a.VM.Name+" NOW in use!!!")
+	if len(rest) == 0 || rest[len(rest)-1] != vm.Name+" NOW in use!!!" {
+		t.Errorf("after the link the port said %q, want it to end with %q", rest, vm.Name+" NOW in use!!!")
 	}
-	a.Detach()
-	waitFor(t, "the session ended with the viewer", func() bool { return h.pool.HasEvent("ended " + a.VM.Name) })
+	detach()
+	poll.Until(t, 10*time.Second, "the session ended with the viewer", func() bool { return h.pool.HasEvent("ended " + vm.Name) })
 }
 
 func TestLegacyRefusesUnknownAddress(t *testing.T) {
@@ -528,16 +521,39 @@ func TestLegacyIdleFromInput(t *testing.T) {
 	c, _ := net.Dial("tcp", h.legacy)
 	defer c.Close()
 	bufio.NewScanner(c).Scan()
-	a, err := h.m.Attach(context.Background(), addr("127.0.0.1"), "", Channel{Main: true, Close: func() {}})
+	vm, input, _, err := h.m.Attach(context.Background(), addr("127.0.0.1"), "", true, func() {})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for range 3 { // input keeps it alive
 		time.Sleep(100 * time.Millisecond)
-		h.m.Activity(a.Lease)
+		input()
 	}
 	if h.pool.HasEvent("ended") {
 		t.Fatalf("session ended despite input: %v", h.pool.Log())
 	}
-	waitFor(t, "the idle session ended", func() bool { return h.pool.HasEvent("ended " + a.VM.Name + ": idle for 200ms") })
+	poll.Until(t, 10*time.Second, "the idle session ended", func() bool { return h.pool.HasEvent("ended " + vm.Name + ": idle for 200ms") })
+}
+
+// TestRestartWritesInterruptedSessionsAuditLine: a VM a broker restart
+// ended gets the audit line its session never had, once; announcements of
+// VMs with no session write nothing.
+func TestRestartWritesInterruptedSessionsAuditLine(t *testing.T) {
+	h := newHarness(t, 1, testConfig())
+	linked := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	h.m.VMEnded(pool.Ended{VM: "t-0a1b2c3d", Reason: pool.ReasonRestart, Used: true, Wiped: true, At: linked.Add(time.Hour),
+		Claim:  pool.Claim{Kiosk: "k1", Lease: "l-0123456789abcdef", Addr: "169.254.24.10", At: linked.Add(-time.Second)},
+		Linked: linked, Restart: true})
+	h.m.VMEnded(pool.Ended{VM: "t-ffffffff", Reason: "clone failed: boom", Wiped: true, At: linked})
+	var got []AuditRecord
+	poll.Until(t, 10*time.Second, "the audit line", func() bool { got = records(h.audit); return len(got) > 0 })
+	time.Sleep(10 * time.Millisecond)
+	if got = records(h.audit); len(got) != 1 {
+		t.Fatalf("audit = %+v, want one line", got)
+	}
+	r := got[0]
+	if r.Event != "session" || r.Lease != "l-0123456789abcdef" || r.Kiosk != "k1" || r.VM != "t-0a1b2c3d" ||
+		r.Reason != "ended by a broker restart" || !r.Wiped || r.Linked == nil || !r.Linked.Equal(linked) || r.Offered == nil {
+		t.Errorf("audit line = %+v", r)
+	}
 }

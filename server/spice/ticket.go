@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -84,4 +85,12 @@ func ReadTicket(r io.Reader, authSelection bool, key *rsa.PrivateKey) (string, e
 		return "", &ProtocolError{Code: LinkErrPermissionDenied, Err: fmt.Errorf("%w: password of %d bytes, max %d", ErrBadTicket, len(pt), MaxPasswordLength)}
 	}
 	return string(pt), nil
+}
+
+// NewPassword returns a random SPICE password or ticket: 256 bits in 43
+// URL-safe characters, within MaxPasswordLength.
+func NewPassword() string {
+	b := make([]byte, 32)
+	rand.Read(b) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b)
 }

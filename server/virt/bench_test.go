@@ -31,7 +31,7 @@ func BenchmarkCloneDefine(b *testing.B) {
 			break
 		}
 	}
-	if err := host.PrepareOverlays(ctx, bed.Prefix, bed.OverlayDir); err != nil {
+	if err := host.PrepareStorage(ctx, bed.Prefix, bed.OverlayDir, bed.VersionDir); err != nil {
 		b.Fatal(err)
 	}
 	for _, size := range []struct {
@@ -56,7 +56,7 @@ func BenchmarkCloneDefine(b *testing.B) {
 				x, err := g.CloneXML(domxml.Clone{
 					Name: name, UUID: fmt.Sprintf("00000000-0000-4000-8000-%012x", i),
 					Overlays: map[string]string{"vda": path}, SpicePassword: "bench",
-					Meta: domxml.Metadata{Pool: bed.Prefix, State: domxml.Booting},
+					Meta: domxml.Metadata{Pool: bed.Prefix, State: "booting"},
 					MAC:  func() string { return fmt.Sprintf("52:54:00:%02x:%02x:%02x", i>>16&0xff, i>>8&0xff, i&0xff) },
 				})
 				if err != nil {

@@ -39,7 +39,7 @@ func (h *Host) Golden(ctx context.Context, name string) (*domxml.Golden, error) 
 		return nil, wrap(l, err, "golden %s", name)
 	}
 	if libvirt.DomainState(state) != libvirt.DomainShutoff {
-		return nil, bad("is %s: shut it down; a golden VM that runs would change the disk every clone reads", stateName(state))
+		return nil, bad("is %s: shut it down to publish it (a running VM's disk is not consistent; the pool keeps serving the published version)", stateName(state))
 	}
 	if n, err := l.DomainSnapshotNum(dom, 0); err != nil {
 		return nil, wrap(l, err, "golden %s", name)
@@ -55,19 +55,16 @@ func (h *Host) Golden(ctx context.Context, name string) (*domxml.Golden, error) 
 		return nil, err
 	}
 	var errs []error
-	for i, d := range g.Disks {
-		if !d.Writable() {
+	for i := range g.Disks {
+		if !g.Disks[i].Writable() {
 			continue
 		}
-		capacity, err := checkGoldenDisk(h, l, d)
-		if err != nil {
+		if err := checkGoldenDisk(l, &g.Disks[i]); err != nil {
 			if !l.IsConnected() {
 				return nil, wrap(l, err, "golden %s", name)
 			}
 			errs = append(errs, err)
-			continue
 		}
-		g.Disks[i].Capacity = capacity
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("%w: %q: %w", domxml.ErrGolden, name, errors.Join(errs...))
@@ -76,39 +73,42 @@ func (h *Host) Golden(ctx context.Context, name string) (*domxml.Golden, error) 
 }
 
 // checkGoldenDisk checks one writable disk through the storage API and
-// returns its virtual size.
-func checkGoldenDisk(h *Host, l *libvirt.Libvirt, d domxml.Disk) (uint64, error) {
-	vol, err := h.goldenVolume(l, d.Path)
-	if err != nil {
-		return 0, fmt.Errorf("disk %s (%s): %w", d.Target, d.Path, err)
-	}
-	_, capacity, _, err := l.StorageVolGetInfo(vol)
-	if err != nil {
-		return 0, fmt.Errorf("disk %s (%s): %w", d.Target, d.Path, err)
-	}
-	head, err := readHead(l, vol, min(headerBytes, capacity))
-	if err != nil {
-		return 0, fmt.Errorf("disk %s (%s): reading its header: %w", d.Target, d.Path, err)
-	}
-	switch d.Format {
-	case "raw":
-		if qcow2.IsQCOW2(head) {
-			return 0, fmt.Errorf("disk %s (%s) is declared raw but holds a qcow2 image: declare <driver type='qcow2'/>", d.Target, d.Path)
-		}
-	case "qcow2":
-		hd, err := qcow2.Parse(head)
+// fills in its virtual size, what it holds and when it was last written.
+func checkGoldenDisk(l *libvirt.Libvirt, d *domxml.Disk) error {
+	err := withVolume(l, d.Path, func(vol libvirt.StorageVol) error {
+		info, err := volumeInfo(l, vol)
 		if err != nil {
-			return 0, fmt.Errorf("disk %s (%s) is declared qcow2: %w", d.Target, d.Path, err)
+			return err
 		}
-		if hd.Snapshots > 0 {
-			return 0, fmt.Errorf("disk %s (%s) has %d internal snapshot(s): delete them (qemu-img snapshot -l/-d) so clones start from one known state", d.Target, d.Path, hd.Snapshots)
+		d.Capacity, d.Allocation, d.Modified = info.Capacity, info.Allocation, info.Modified
+		head, err := readHead(l, vol, min(headerBytes, info.Capacity))
+		if err != nil {
+			return fmt.Errorf("reading its header: %w", err)
 		}
-		if hd.BackingFile != "" {
-			return 0, fmt.Errorf("disk %s (%s) has backing file %s: flatten it first (qemu-img convert -O qcow2)", d.Target, d.Path, hd.BackingFile)
+		switch d.Format {
+		case "raw":
+			if qcow2.IsQCOW2(head) {
+				return fmt.Errorf("is declared raw but holds a qcow2 image: declare <driver type='qcow2'/>")
+			}
+		case "qcow2":
+			hd, err := qcow2.Parse(head)
+			if err != nil {
+				return fmt.Errorf("is declared qcow2: %w", err)
+			}
+			if hd.Snapshots > 0 {
+				return fmt.Errorf("has %d internal snapshot(s): delete them (qemu-img snapshot -l/-d) so clones start from one known state", hd.Snapshots)
+			}
+			if hd.BackingFile != "" {
+				return fmt.Errorf("has backing file %s: flatten it first (qemu-img convert -O qcow2)", hd.BackingFile)
+			}
+			d.Capacity = hd.Size
 		}
-		capacity = hd.Size
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("disk %s (%s): %w", d.Target, d.Path, err)
 	}
-	return capacity, nil
+	return nil
 }
 
 func stateName(s int32) string {

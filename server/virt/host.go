@@ -61,7 +61,7 @@ type Host struct {
 	mu          sync.RWMutex
 	l           *libvirt.Libvirt // nil while disconnected
 	overlayPool string           // storage pool holding the overlays
-	poolName    string           // prefix for storage pools the host creates
+	versionPool string           // storage pool holding the published versions
 }
 
 // Open starts connecting to uri and keeps the connection up until ctx ends.

@@ -3,8 +3,7 @@ package virt
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"html"
@@ -18,60 +17,74 @@ import (
 // ErrOverlayRemains is returned when an overlay is still there after deletion.
 var ErrOverlayRemains = errors.New("overlay still present after deletion")
 
-// PrepareOverlays makes sure a running libvirt storage pool covers dir, where
-// the clones' overlays live: <poolName>-overlays, created if no pool covers
-// the directory yet. Storage pools the host creates later are named after
-// poolName too.
-func (h *Host) PrepareOverlays(ctx context.Context, poolName, dir string) error {
+// PrepareStorage makes sure running libvirt storage pools cover the
+// overlay directory (<poolName>-overlays) and the versions directory
+// (<poolName>-versions), creating and starting them if needed.
+func (h *Host) PrepareStorage(ctx context.Context, poolName, overlayDir, versionDir string) error {
 	l, err := h.conn(ctx)
 	if err != nil {
 		return err
 	}
+	overlays, err := h.ensurePool(l, poolName+"-overlays", overlayDir)
+	if err != nil {
+		return err
+	}
+	versions, err := h.ensurePool(l, poolName+"-versions", versionDir)
+	if err != nil {
+		return err
+	}
 	h.mu.Lock()
-	h.poolName = poolName
+	h.overlayPool, h.versionPool = overlays, versions
 	h.mu.Unlock()
+	return nil
+}
+
+// ensurePool returns the running storage pool that covers dir: one that
+// already does, or name, defined, built and started here.
+func (h *Host) ensurePool(l *libvirt.Libvirt, name, dir string) (string, error) {
 	pool, err := l.StoragePoolLookupByTargetPath(dir)
 	if err != nil {
-		name := poolName + "-overlays"
 		pool, err = l.StoragePoolLookupByName(name)
 		if err != nil {
 			xml := fmt.Sprintf(`<pool type='dir'><name>%s</name><target><path>%s</path>`+
 				`<permissions><mode>0711</mode></permissions></target></pool>`, html.EscapeString(name), html.EscapeString(dir))
 			if pool, err = l.StoragePoolDefineXML(xml, 0); err != nil {
-				return wrap(l, err, "defining storage pool %s for %s", name, dir)
+				return "", wrap(l, err, "defining storage pool %s for %s", name, dir)
 			}
 			if err := l.StoragePoolBuild(pool, libvirt.StoragePoolBuildNew); err != nil && !hasCode(err, libvirt.ErrStoragePoolBuilt) {
-				return wrap(l, err, "creating %s", dir)
+				return "", wrap(l, err, "creating %s", dir)
 			}
 			if err := l.StoragePoolSetAutostart(pool, 1); err != nil {
-				return wrap(l, err, "marking storage pool %s autostart", name)
+				return "", wrap(l, err, "marking storage pool %s autostart", name)
 			}
-			h.log.Info("created storage pool for overlays", "pool", name, "dir", dir)
+			h.log.Info("created storage pool", "pool", name, "dir", dir)
 		}
 	}
 	if state, _, _, _, err := l.StoragePoolGetInfo(pool); err != nil {
-		return wrap(l, err, "storage pool %s", pool.Name)
+		return "", wrap(l, err, "storage pool %s", pool.Name)
 	} else if state != 2 { // VIR_STORAGE_POOL_RUNNING
 		if err := l.StoragePoolCreate(pool, 0); err != nil {
-			return wrap(l, err, "starting storage pool %s", pool.Name)
+			return "", wrap(l, err, "starting storage pool %s", pool.Name)
 		}
 	}
-	h.mu.Lock()
-	h.overlayPool = pool.Name
-	h.mu.Unlock()
-	return nil
+	return pool.Name, nil
 }
 
 func (h *Host) overlayStore(ctx context.Context) (*libvirt.Libvirt, libvirt.StoragePool, error) {
+	h.mu.RLock()
+	name := h.overlayPool
+	h.mu.RUnlock()
+	return h.store(ctx, name, "overlay")
+}
+
+// store looks up one of the pools PrepareStorage made.
+func (h *Host) store(ctx context.Context, name, what string) (*libvirt.Libvirt, libvirt.StoragePool, error) {
 	l, err := h.conn(ctx)
 	if err != nil {
 		return nil, libvirt.StoragePool{}, err
 	}
-	h.mu.RLock()
-	name := h.overlayPool
-	h.mu.RUnlock()
 	if name == "" {
-		return nil, libvirt.StoragePool{}, errors.New("overlay storage pool not prepared")
+		return nil, libvirt.StoragePool{}, fmt.Errorf("%s storage pool not prepared", what)
 	}
 	pool, err := l.StoragePoolLookupByName(name)
 	if err != nil {
@@ -164,36 +177,41 @@ func (h *Host) DeleteOverlay(ctx context.Context, path string) error {
 	return nil
 }
 
-// goldenVolume finds the storage volume of a golden disk. libvirt's storage
-// API reads the disk for the broker, so the broker needs no access to the
-// file itself. A file no pool knows yet is found by refreshing the pools,
-// and failing that by a transient pool for its directory.
-func (h *Host) goldenVolume(l *libvirt.Libvirt, path string) (libvirt.StorageVol, error) {
+// withVolume runs f with the storage volume at path. libvirt's storage API
+// reads the disk for the broker, so the broker needs no access to the file
+// itself. A file no pool knows yet is found by refreshing the pools, and
+// failing that by a transient pool for its directory, which is destroyed
+// again once f returns: a check leaves nothing behind.
+func withVolume(l *libvirt.Libvirt, path string, f func(libvirt.StorageVol) error) error {
 	vol, err := l.StorageVolLookupByPath(path)
-	if err == nil || !hasCode(err, libvirt.ErrNoStorageVol) {
-		return vol, err
+	if hasCode(err, libvirt.ErrNoStorageVol) {
+		pools, _, lerr := l.ConnectListAllStoragePools(1, libvirt.ConnectListStoragePoolsActive)
+		if lerr != nil {
+			return lerr
+		}
+		for _, p := range pools {
+			l.StoragePoolRefresh(p, 0) // best effort: a pool with a job running refreshes later
+		}
+		vol, err = l.StorageVolLookupByPath(path)
 	}
-	pools, _, err := l.ConnectListAllStoragePools(1, libvirt.ConnectListStoragePoolsActive)
+	if hasCode(err, libvirt.ErrNoStorageVol) {
+		dir := filepath.Dir(path)
+		name := "undervdi-transient-" + rand.Text()[:8]
+		xml := fmt.Sprintf(`<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>`,
+			html.EscapeString(name), html.EscapeString(dir))
+		pool, perr := l.StoragePoolCreateXML(xml, 0)
+		if perr == nil {
+			defer l.StoragePoolDestroy(pool)
+		}
+		vol, err = l.StorageVolLookupByPath(path)
+		if err != nil && perr != nil {
+			return fmt.Errorf("no libvirt storage pool holds %s, and one for %s could not be made: %w", path, dir, perr)
+		}
+	}
 	if err != nil {
-		return vol, err
+		return err
 	}
-	for _, p := range pools {
-		l.StoragePoolRefresh(p, 0)
-	}
-	if vol, err = l.StorageVolLookupByPath(path); err == nil || !hasCode(err, libvirt.ErrNoStorageVol) {
-		return vol, err
-	}
-	dir := filepath.Dir(path)
-	sum := sha256.Sum256([]byte(dir))
-	h.mu.RLock()
-	name := h.poolName + "-golden-" + hex.EncodeToString(sum[:4])
-	h.mu.RUnlock()
-	xml := fmt.Sprintf(`<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>`,
-		html.EscapeString(name), html.EscapeString(dir))
-	if _, err := l.StoragePoolCreateXML(xml, 0); err != nil {
-		return vol, fmt.Errorf("no libvirt storage pool holds %s, and one for %s could not be made: %w", path, dir, err)
-	}
-	return l.StorageVolLookupByPath(path)
+	return f(vol)
 }
 
 // readHead returns the first n bytes of a volume, through libvirt.

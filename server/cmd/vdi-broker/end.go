@@ -7,8 +7,6 @@ import (
 	"io"
 	"strings"
 	"time"
-
-	"undervdi/server/broker"
 )
 
 // end ends the session on a VM (or the VM): it is destroyed with its disk.
@@ -23,14 +21,13 @@ func end(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: vdi-broker end [-config FILE] VM [reason...]")
 		return exitSetup
 	}
-	socket, err := adminSocket()
-	if err != nil {
-		fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
-		return exitSetup
+	c, code := adminClient(adminSocket, stderr)
+	if c == nil {
+		return code
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := broker.NewClient(socket).End(ctx, fs.Arg(0), strings.Join(fs.Args()[1:], " ")); err != nil {
+	if err := c.End(ctx, fs.Arg(0), strings.Join(fs.Args()[1:], " ")); err != nil {
 		fmt.Fprintf(stderr, "vdi-broker: %v\n", err)
 		return exitError
 	}

@@ -4,7 +4,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +18,10 @@ import (
 	"testing"
 	"time"
 
+	"undervdi/internal/freeport"
+	"undervdi/internal/poll"
+	"undervdi/server/pool"
+
 	"github.com/BurntSushi/toml"
 
 	"undervdi/internal/syncbuf"
@@ -23,8 +29,10 @@ import (
 	"undervdi/kioskproto"
 	"undervdi/server/broker"
 	"undervdi/server/config"
-	"undervdi/server/domxml"
+	"undervdi/server/qcow2"
+	"undervdi/server/session"
 	"undervdi/server/spice"
+	"undervdi/tinyvm"
 )
 
 var (
@@ -131,24 +139,13 @@ func (p *brokerProc) kill9(t *testing.T) {
 	<-p.done
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // waitFull waits until the broker's pool is full and holds nothing else.
 func (p *brokerProc) waitFull(t *testing.T, size int) *broker.Status {
 	t.Helper()
 	var s *broker.Status
-	waitFor(t, 5*time.Minute, fmt.Sprintf("a full pool of %d", size), func() bool {
+	poll.Until(t, 5*time.Minute, fmt.Sprintf("a full pool of %d", size), func() bool {
 		s = p.status()
-		return s != nil && s.Pool.Counts[domxml.Clean] == size && len(s.Pool.VMs) == size
+		return s != nil && s.Pool.Counts[pool.Clean] == size && len(s.Pool.VMs) == size
 	})
 	select {
 	case <-p.ready:
@@ -169,7 +166,7 @@ func checkNoLeftovers(t *testing.T, bed *testbed.Bed, s *broker.Status) {
 	}
 	// Orphan overlays are deleted in the background right after the
 	// reconcile; give that a moment.
-	waitFor(t, time.Minute, "libvirt and the overlay directory to match the pool", func() bool {
+	poll.Until(t, time.Minute, "libvirt and the overlay directory to match the pool", func() bool {
 		doms, overlays, err := bed.Leftovers(bed.L)
 		if err != nil {
 			t.Fatal(err)
@@ -187,9 +184,9 @@ func TestKillDuringRefill(t *testing.T) {
 	cfg := brokerConfig(t, bed, 2)
 	path := writeConfig(t, cfg)
 	first := startBroker(t, path, cfg.AdminSocket)
-	waitFor(t, 2*time.Minute, "a clone being made", func() bool {
+	poll.Until(t, 2*time.Minute, "a clone being made", func() bool {
 		s := first.status()
-		return s != nil && s.Pool.Counts[domxml.Booting] > 0
+		return s != nil && s.Pool.Counts[pool.Booting] > 0
 	})
 	first.kill9(t)
 	doms, overlays, _ := bed.Leftovers(bed.L)
@@ -272,13 +269,222 @@ func TestKillDuringSession(t *testing.T) {
 	if _, err := os.Stat(overlays[0]); !os.IsNotExist(err) {
 		t.Errorf("the in-use VM's overlay %s: %v, want it deleted", overlays[0], err)
 	}
+	// The session the kill interrupted has its audit line, once.
+	var lines []session.AuditRecord
+	poll.Until(t, time.Minute, "the interrupted session's audit line", func() bool {
+		lines = auditLines(t, cfg.Sessions.AuditLog, offer.Lease)
+		return len(lines) > 0
+	})
+	time.Sleep(time.Second)
+	if lines = auditLines(t, cfg.Sessions.AuditLog, offer.Lease); len(lines) != 1 {
+		t.Fatalf("audit lines of lease %s = %+v, want exactly one", offer.Lease, lines)
+	}
+	if r := lines[0]; r.Reason != pool.ReasonRestart || r.Kiosk != "k1" || r.VM != vm || r.Linked == nil || !r.Wiped {
+		t.Errorf("audit line = %+v, want the restart's, linked, wiped", r)
+	}
+}
+
+// auditLines returns the audit log's session lines of lease.
+func auditLines(t *testing.T, path, lease string) []session.AuditRecord {
+	b, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []session.AuditRecord
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var r session.AuditRecord
+		if json.Unmarshal([]byte(line), &r) == nil && r.Event == "session" && r.Lease == lease {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// biggerGolden grows the bed's golden disk to 2 GiB with 1 GiB written, so
+// that publishing it takes a few seconds: long enough to kill the broker
+// while it copies. (qemu-img and qemu-io make the fixture; the broker
+// itself only ever goes through libvirt.)
+func biggerGolden(t *testing.T, bed *testbed.Bed) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"qemu-img", "resize", bed.Golden.DiskPath, "2G"},
+		{"qemu-io", "-c", "write -P 0x5a 0 1G", bed.Golden.DiskPath},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+}
+
+// checkVersions checks that the versions directory holds exactly the
+// volumes of the published versions, each complete, and that every clone
+// is backed by a version's volume.
+func checkVersions(t *testing.T, bed *testbed.Bed, p *brokerProc) *broker.Status {
+	t.Helper()
+	var s *broker.Status
+	poll.Until(t, 2*time.Minute, "the versions directory to hold only published versions", func() bool {
+		s = p.status()
+		if s == nil {
+			return false
+		}
+		var want []string
+		for _, v := range s.Pool.Versions {
+			want = append(want, v.Volumes...)
+		}
+		files, _ := filepath.Glob(filepath.Join(bed.VersionDir, "*"))
+		slices.Sort(want)
+		slices.Sort(files)
+		return slices.Equal(files, want)
+	})
+	for _, v := range s.Pool.Versions {
+		for _, vol := range v.Volumes {
+			f, err := os.Open(vol)
+			if err != nil {
+				t.Fatal(err)
+			}
+			head := make([]byte, 64<<10)
+			n, _ := io.ReadFull(f, head)
+			f.Close()
+			h, err := qcow2.Parse(head[:n])
+			if err != nil || h.BackingFile != "" || h.Size != 2<<30 && h.Size != 64<<20 {
+				t.Errorf("version %d volume %s: %+v, %v", v.Version, vol, h, err)
+			}
+		}
+	}
+	return s
+}
+
+func TestKillDuringPublish(t *testing.T) {
+	bed := testbed.New(t)
+	biggerGolden(t, bed)
+	cfg := brokerConfig(t, bed, 1)
+	path := writeConfig(t, cfg)
+	first := startBroker(t, path, cfg.AdminSocket)
+	poll.Until(t, 2*time.Minute, "the first version being copied", func() bool {
+		s := first.status()
+		return s != nil && s.Pool.Publish != nil && s.Pool.Publish.Written > 0 && s.Pool.Publish.Finished == nil
+	})
+	first.kill9(t)
+	files, _ := filepath.Glob(filepath.Join(bed.VersionDir, "*"))
+	t.Logf("killed mid-copy, leaving %v", files)
+	if len(files) == 0 {
+		t.Fatal("the kill left no copy behind: the test did not hit the publish")
+	}
+
+	second := startBroker(t, path, cfg.AdminSocket)
+	s := second.waitFull(t, 1)
+	checkNoLeftovers(t, bed, s)
+	s = checkVersions(t, bed, second)
+	if len(s.Pool.Versions) != 1 || !s.Pool.Versions[0].Current {
+		t.Errorf("versions after the restart = %+v, want the one the second broker published", s.Pool.Versions)
+	}
+}
+
+func TestKillDuringRoll(t *testing.T) {
+	bed := testbed.New(t)
+	cfg := brokerConfig(t, bed, 2)
+	path := writeConfig(t, cfg)
+	first := startBroker(t, path, cfg.AdminSocket)
+	first.waitFull(t, 2)
+	var out, errOut strings.Builder
+	if code := run([]string{"publish", "-no-wait", "-socket", cfg.AdminSocket}, &out, &errOut); code != exitOK ||
+		!strings.Contains(out.String(), "publishing version 2") {
+		t.Fatalf("vdi-broker publish -no-wait = %d: %s%s", code, out.String(), errOut.String())
+	}
+	poll.Until(t, 2*time.Minute, "a roll under way", func() bool {
+		s := first.status()
+		if s == nil || s.Pool.Current != 2 {
+			return false
+		}
+		old, coming := 0, 0
+		for _, v := range s.Pool.VMs {
+			switch {
+			case v.State == pool.Clean && v.Version == 1:
+				old++
+			case v.Version == 2 && v.State != pool.Clean:
+				coming++
+			}
+		}
+		return old > 0 && coming > 0
+	})
+	first.kill9(t)
+
+	second := startBroker(t, path, cfg.AdminSocket)
+	s := second.waitFull(t, 2)
+	checkNoLeftovers(t, bed, s)
+	for _, v := range s.Pool.VMs {
+		if v.Version != 2 {
+			t.Errorf("after the restart %s is a clone of version %d, want 2: clean clones of an old version are replaced", v.Name, v.Version)
+		}
+	}
+	checkVersions(t, bed, second)
+
+	// The operator's commands, on the running broker.
+	out.Reset()
+	errOut.Reset()
+	if code := run([]string{"publish", "-socket", cfg.AdminSocket}, &out, &errOut); code != exitOK ||
+		!strings.Contains(out.String(), "version 3 published") {
+		t.Fatalf("vdi-broker publish = %d: %s%s", code, out.String(), errOut.String())
+	}
+	out.Reset()
+	if code := run([]string{"rollback", "-socket", cfg.AdminSocket}, &out, &errOut); code != exitOK ||
+		!strings.Contains(out.String(), "rolled back from version 3 to 2") {
+		t.Fatalf("vdi-broker rollback = %d: %s%s", code, out.String(), errOut.String())
+	}
+	out.Reset()
+	if code := run([]string{"versions", "-socket", cfg.AdminSocket}, &out, &errOut); code != exitOK {
+		t.Fatalf("vdi-broker versions = %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"VERSION", "2 ", "current", "3 ", "rolled back"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("vdi-broker versions printed\n%s\nwant %q in it", out.String(), want)
+		}
+	}
+}
+
+// TestCheckLeavesNothing: checking a golden whose disk no storage pool holds
+// makes a transient pool to read it, and removes it again.
+func TestCheckLeavesNothing(t *testing.T) {
+	bed := testbed.New(t)
+	dir := filepath.Join(bed.Root, "loose")
+	disk := filepath.Join(dir, "loose.qcow2")
+	os.MkdirAll(dir, 0o755)
+	if out, err := exec.Command("qemu-img", "create", "-f", "qcow2", disk, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	name := bed.Prefix + "-loose"
+	if _, err := bed.L.DomainDefineXML(tinyvm.DomainXML(name, disk, bed.Art, 160)); err != nil {
+		t.Fatal(err)
+	}
+	pools := func() []string {
+		ps, _, err := bed.L.ConnectListAllStoragePools(1, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, p := range ps {
+			names = append(names, p.Name)
+		}
+		slices.Sort(names)
+		return names
+	}
+	before := pools()
+	cfg := brokerConfig(t, bed, 1)
+	cfg.Golden = name
+	var out, errOut strings.Builder
+	if code := run([]string{"check", "-config", writeConfig(t, cfg)}, &out, &errOut); code != exitOK {
+		t.Fatalf("vdi-broker check = %d: %s%s", code, out.String(), errOut.String())
+	}
+	if after := pools(); !slices.Equal(before, after) {
+		t.Errorf("storage pools before check %v, after %v: the check left one behind", before, after)
+	}
 }
 
 // brokerConfig is the bed's configuration with free ports and one kiosk.
 func brokerConfig(t *testing.T, bed *testbed.Bed, size int) *config.Config {
 	cfg := bed.Config(size)
-	cfg.Gateway.Listen = "127.0.0.1:" + freePort(t)
-	cfg.Sessions.Listen = "127.0.0.1:" + freePort(t)
+	cfg.Gateway.Listen = fmt.Sprintf("127.0.0.1:%d", freeport.Port(t))
+	cfg.Sessions.Listen = fmt.Sprintf("127.0.0.1:%d", freeport.Port(t))
 	cfg.Sessions.LegacyListen = ""
 	cfg.Sessions.AuditLog = filepath.Join(bed.Root, "sessions.jsonl")
 	cfg.Kiosks = []config.Kiosk{{ID: "k1", Address: "127.0.0.1", Token: kioskToken}}
@@ -286,15 +492,6 @@ func brokerConfig(t *testing.T, bed *testbed.Bed, size int) *config.Config {
 }
 
 const kioskToken = "kill-test-token-0123456789"
-
-func freePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return port(ln.Addr().String())
-}
 
 func port(addr string) string {
 	_, p, _ := net.SplitHostPort(addr)

@@ -4,6 +4,9 @@
 //	vdi-broker run    [-config FILE]          run the daemon (the systemd unit does)
 //	vdi-broker status [-config FILE] [-json]  show the pool and every VM
 //	vdi-broker end    [-config FILE] VM [why] end the session on a VM, destroying it
+//	vdi-broker publish  [-config FILE]        publish a new version of the golden VM
+//	vdi-broker rollback [-config FILE]        make the previous version current again
+//	vdi-broker versions [-config FILE]        list the published versions
 //	vdi-broker check  [-config FILE]          validate the config and the golden VM
 //	vdi-broker example-config                 print the documented example config
 package main
@@ -37,6 +40,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return check(args, stdout, stderr)
 	case "end":
 		return end(args, stdout, stderr)
+	case "publish":
+		return publish(args, stdout, stderr)
+	case "rollback":
+		return rollback(args, stdout, stderr)
+	case "versions":
+		return versions(args, stdout, stderr)
 	case "example-config":
 		return exampleConfig(stdout)
 	case "help", "-h", "--help":
@@ -51,6 +60,9 @@ const usage = `usage:
   vdi-broker run    [-config FILE]          run the daemon
   vdi-broker status [-config FILE] [-json]  show the pool and every VM
   vdi-broker end    [-config FILE] VM [why] end the session on a VM, destroying it
+  vdi-broker publish  [-config FILE] [-no-wait]  publish a new version of the golden VM
+  vdi-broker rollback [-config FILE]        make the previous version current again
+  vdi-broker versions [-config FILE]        list the published versions
   vdi-broker check  [-config FILE]          validate the config and the golden VM
   vdi-broker example-config                 print the documented example config
 `

@@ -8,7 +8,6 @@ import (
 	"io"
 	"time"
 
-	"undervdi/server/broker"
 	"undervdi/server/config"
 )
 
@@ -20,14 +19,13 @@ func status(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return exitSetup
 	}
-	socket, err := adminSocket()
-	if err != nil {
-		fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
-		return exitSetup
+	c, code := adminClient(adminSocket, stderr)
+	if c == nil {
+		return code
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := broker.FetchStatus(ctx, socket)
+	s, err := c.Status(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "vdi-broker: %v\n", err)
 		return exitError

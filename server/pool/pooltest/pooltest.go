@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"undervdi/server/domxml"
 	"undervdi/server/pool"
 )
 
@@ -21,13 +20,15 @@ type Pool struct {
 	vms     map[string]*pool.VM
 	order   []string // clean VMs, oldest first
 	wait    chan struct{}
-	ended   []func(pool.Ended)
 	used    map[string]bool
 	events  []string // "released x", "ended x: reason", "used x"
 	claimed map[string]int
 	// Socket and Password are given to every VM's SPICE target.
 	Socket   string
 	Password string
+	// Sink hears of every VM ended, as the broker's wiring passes the real
+	// pool's announcements to the sessions.
+	Sink func(pool.Ended)
 }
 
 // New returns a pool with n clean VMs, whose SPICE is at socket.
@@ -48,15 +49,26 @@ func (f *Pool) Add() string {
 	for f.vms[name] != nil {
 		name += "x"
 	}
-	f.vms[name] = &pool.VM{Name: name, State: domxml.Clean, Spice: pool.SpiceTarget{Socket: f.Socket, Password: f.Password}}
+	f.vms[name] = &pool.VM{Name: name, State: pool.Clean, Spice: pool.SpiceTarget{Socket: f.Socket, Password: f.Password}}
 	f.order = append(f.order, name)
 	close(f.wait)
 	f.wait = make(chan struct{})
 	return name
 }
 
+// VMs returns the VMs the pool has, in no order.
+func (f *Pool) VMs() []pool.VM {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []pool.VM
+	for _, v := range f.vms {
+		out = append(out, *v)
+	}
+	return out
+}
+
 // Take implements session.Pool.
-func (f *Pool) Take() (pool.VM, error) {
+func (f *Pool) Take(c pool.Claim) (pool.VM, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.order) == 0 {
@@ -64,7 +76,7 @@ func (f *Pool) Take() (pool.VM, error) {
 	}
 	name := f.order[0]
 	f.order = f.order[1:]
-	f.vms[name].State = domxml.Offered
+	f.vms[name].State = pool.Offered
 	f.claimed[name]++
 	return *f.vms[name], nil
 }
@@ -87,10 +99,10 @@ func (f *Pool) Release(ctx context.Context, name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	v := f.vms[name]
-	if v == nil || v.State != domxml.Offered {
+	if v == nil || v.State != pool.Offered {
 		return pool.ErrNotOffered
 	}
-	v.State = domxml.Clean
+	v.State = pool.Clean
 	f.order = append(f.order, name)
 	f.events = append(f.events, "released "+name)
 	close(f.wait)
@@ -107,22 +119,16 @@ func (f *Pool) End(name, reason string) error {
 	}
 	delete(f.vms, name)
 	f.events = append(f.events, "ended "+name+": "+reason)
-	listeners := f.ended
+	sink := f.Sink
 	used := f.used[name]
 	f.mu.Unlock()
-	go func() {
-		time.Sleep(time.Millisecond)
-		for _, l := range listeners {
-			l(pool.Ended{VM: name, Reason: reason, Used: used, Wiped: true, At: time.Now()})
-		}
-	}()
+	if sink != nil {
+		go func() {
+			time.Sleep(time.Millisecond)
+			sink(pool.Ended{VM: name, Reason: reason, Used: used, Wiped: true, At: time.Now()})
+		}()
+	}
 	return nil
-}
-
-func (f *Pool) OnEnded(fn func(pool.Ended)) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.ended = append(f.ended, fn)
 }
 
 // GuestStops plays a guest that powers off: the pool reports the VM ended.
