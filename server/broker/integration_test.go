@@ -227,6 +227,17 @@ func TestRealSessions(t *testing.T) {
 	ctx := context.Background()
 	gw := fmt.Sprintf("127.0.0.1:%d", e.gwPort)
 
+	// The golden VM runs, as an operator updating it would have it, while
+	// the first visitor is served: clones are made of the published
+	// version, not of the golden's disk.
+	golden, err := e.bed.L.DomainLookupByName(e.bed.Golden.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.bed.L.DomainCreate(golden); err != nil {
+		t.Fatalf("starting the golden while the pool serves: %v", err)
+	}
+
 	t.Run("remote-viewer shows the guest; ending it destroys the VM", func(t *testing.T) {
 		k := e.connect(t, "k1")
 		offer := k.request()
@@ -262,6 +273,11 @@ func TestRealSessions(t *testing.T) {
 		}
 		e.waitFull()
 	})
+
+	if st, _, err := e.bed.L.DomainGetState(golden, 0); err != nil || libvirt.DomainState(st) != libvirt.DomainRunning {
+		t.Errorf("the golden's state after the session = %d, %v; want it still running", st, err)
+	}
+	e.bed.L.DomainDestroy(golden)
 
 	t.Run("guest power-off ends the session at the kiosk", func(t *testing.T) {
 		k := e.connect(t, "k1")

@@ -167,29 +167,8 @@ func (g *Golden) CloneXML(c Clone) (string, error) {
 	if devices == nil {
 		return "", fmt.Errorf("%w: %q has no <devices>", ErrGolden, g.Name)
 	}
-	for _, el := range devices.SelectElements("disk") {
-		d := diskOf(el)
-		if !d.Writable() {
-			continue
-		}
-		overlay, ok := c.Overlays[d.Target]
-		if !ok {
-			return "", fmt.Errorf("no overlay given for writable disk %s", d.Target)
-		}
-		el.CreateAttr("type", "file")
-		for _, s := range el.SelectElements("source") {
-			el.RemoveChild(s)
-		}
-		el.InsertChildAt(0, newElement("source", "file", overlay))
-		for _, b := range el.SelectElements("backingStore") {
-			el.RemoveChild(b)
-		}
-		drv := el.SelectElement("driver")
-		if drv == nil {
-			drv = el.CreateElement("driver")
-			drv.CreateAttr("name", "qemu")
-		}
-		drv.CreateAttr("type", "qcow2")
+	if err := pointWritableDisks(root, c.Overlays, "overlay"); err != nil {
+		return "", err
 	}
 	for _, nic := range devices.SelectElements("interface") {
 		for _, name := range []string{"mac", "target", "alias"} {
@@ -207,6 +186,37 @@ func (g *Golden) CloneXML(c Clone) (string, error) {
 	}
 	doc.Indent(2)
 	return doc.WriteToString()
+}
+
+// pointWritableDisks makes every writable disk a qcow2 file at the path
+// paths gives for its target (an overlay, a version's copy), with no backing
+// chain of its own in the XML: libvirt reads that from the image.
+func pointWritableDisks(root *etree.Element, paths map[string]string, what string) error {
+	for _, el := range root.FindElements("./devices/disk") {
+		d := diskOf(el)
+		if !d.Writable() {
+			continue
+		}
+		path, ok := paths[d.Target]
+		if !ok {
+			return fmt.Errorf("no %s given for writable disk %s", what, d.Target)
+		}
+		el.CreateAttr("type", "file")
+		for _, s := range el.SelectElements("source") {
+			el.RemoveChild(s)
+		}
+		el.InsertChildAt(0, newElement("source", "file", path))
+		for _, b := range el.SelectElements("backingStore") {
+			el.RemoveChild(b)
+		}
+		drv := el.SelectElement("driver")
+		if drv == nil {
+			drv = el.CreateElement("driver")
+			drv.CreateAttr("name", "qemu")
+		}
+		drv.CreateAttr("type", "qcow2")
+	}
+	return nil
 }
 
 // nvramFromTemplate turns the golden's own UEFI variables file into the
@@ -284,13 +294,9 @@ type Domain struct {
 
 // ParseDomain reads a domain's XML (live or inactive).
 func ParseDomain(text string) (*Domain, error) {
-	doc := etree.NewDocument()
-	if err := doc.ReadFromString(text); err != nil {
-		return nil, fmt.Errorf("domain XML: %w", err)
-	}
-	root := doc.Root()
-	if root == nil || root.Tag != "domain" {
-		return nil, errors.New("domain XML: no <domain> element")
+	root, err := readDomain(text)
+	if err != nil {
+		return nil, err
 	}
 	id := root.SelectAttrValue("id", "-1")
 	d := &Domain{
@@ -401,4 +407,17 @@ func newElement(tag, attr, value string) *etree.Element {
 	e := etree.NewElement(tag)
 	e.CreateAttr(attr, value)
 	return e
+}
+
+// readDomain parses domain XML and returns its <domain> element.
+func readDomain(text string) (*etree.Element, error) {
+	doc := etree.NewDocument()
+	if err := doc.ReadFromString(text); err != nil {
+		return nil, fmt.Errorf("domain XML: %w", err)
+	}
+	root := doc.Root()
+	if root == nil || root.Tag != "domain" {
+		return nil, errors.New("domain XML: no <domain> element")
+	}
+	return root, nil
 }

@@ -38,6 +38,11 @@ func (m Metadata) Element() string {
 			el.CreateElement(f.name).SetText(f.value)
 		}
 	}
+	return elementText(el)
+}
+
+// elementText writes el as XML text.
+func elementText(el *etree.Element) string {
 	doc := etree.NewDocument()
 	doc.SetRoot(el)
 	s, err := doc.WriteToString()

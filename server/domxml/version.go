@@ -57,13 +57,7 @@ func (m VersionMeta) Element() string {
 		src.CreateAttr("modified", timeText(s.Modified))
 		src.CreateAttr("allocation", strconv.FormatUint(s.Allocation, 10))
 	}
-	doc := etree.NewDocument()
-	doc.SetRoot(el)
-	s, err := doc.WriteToString()
-	if err != nil {
-		panic(err) // writing an element tree to a string cannot fail
-	}
-	return s
+	return elementText(el)
 }
 
 func parseVersionMeta(el *etree.Element) (VersionMeta, error) {
@@ -121,29 +115,8 @@ func (g *Golden) TemplateXML(t Template) (string, error) {
 		return "", err
 	}
 	nvramFromTemplate(root)
-	for _, el := range root.FindElements("./devices/disk") {
-		d := diskOf(el)
-		if !d.Writable() {
-			continue
-		}
-		path, ok := t.Disks[d.Target]
-		if !ok {
-			return "", fmt.Errorf("no copy given for writable disk %s", d.Target)
-		}
-		for _, s := range el.SelectElements("source") {
-			el.RemoveChild(s)
-		}
-		for _, b := range el.SelectElements("backingStore") {
-			el.RemoveChild(b)
-		}
-		el.CreateAttr("type", "file")
-		el.InsertChildAt(0, newElement("source", "file", path))
-		drv := el.SelectElement("driver")
-		if drv == nil {
-			drv = el.CreateElement("driver")
-			drv.CreateAttr("name", "qemu")
-		}
-		drv.CreateAttr("type", "qcow2")
+	if err := pointWritableDisks(root, t.Disks, "copy"); err != nil {
+		return "", err
 	}
 	doc.Indent(2)
 	return doc.WriteToString()
@@ -152,13 +125,9 @@ func (g *Golden) TemplateXML(t Template) (string, error) {
 // ParseVersion reads a template domain's inactive XML. It returns nil and
 // no error for a domain that is not a published version.
 func ParseVersion(text string) (*Version, error) {
-	doc := etree.NewDocument()
-	if err := doc.ReadFromString(text); err != nil {
-		return nil, fmt.Errorf("domain XML: %w", err)
-	}
-	root := doc.Root()
-	if root == nil || root.Tag != "domain" {
-		return nil, errors.New("domain XML: no <domain> element")
+	root, err := readDomain(text)
+	if err != nil {
+		return nil, err
 	}
 	el := ownElement(root, VersionNamespace)
 	if el == nil {

@@ -5,6 +5,7 @@ package pool_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -100,4 +101,121 @@ func BenchmarkOfferRecord(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkPublish publishes the golden, with 1 GiB and 10 GiB written on
+// a 20 GiB virtual disk: the whole publish, from the request (golden and
+// space checked) to the template defined, copies verified. The roll that
+// follows is not timed. The copy holds what the disk holds, not its
+// virtual size.
+func BenchmarkPublish(b *testing.B) {
+	for _, gib := range []uint64{1, 10} {
+		b.Run(fmt.Sprintf("written=%dGiB", gib), func(b *testing.B) {
+			bed := testbed.New(b)
+			if err := bed.GrowGolden(20<<30, gib<<30); err != nil {
+				b.Fatal(err)
+			}
+			cfg := bed.Config(1)
+			cfg.KeepVersions = 0 // old versions go once unused: 10 GiB copies add up
+			rp := startRealPoolC(b, cfg)
+			waitCleanB(b, rp, 1)
+			ctx := context.Background()
+			var took time.Duration
+			var size uint64
+			for b.Loop() {
+				start := time.Now()
+				seq, err := rp.Publish(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				s := waitPublished(b, rp, seq)
+				took += time.Since(start)
+				b.StopTimer()
+				for _, v := range s.Versions {
+					if v.Version == seq {
+						size = v.Size
+					}
+				}
+				waitRolledB(b, rp, 1, seq)
+				b.StartTimer()
+			}
+			b.ReportMetric(took.Seconds()/float64(b.N), "s/publish")
+			b.ReportMetric(float64(size)/(1<<30), "GiB-copied")
+			b.ReportMetric(float64(gib)/(took.Seconds()/float64(b.N)), "GiB/s")
+		})
+	}
+}
+
+// BenchmarkRoll publishes a new version under a full pool of 4 and follows
+// the roll until every clean VM is of it: the lowest number of clean VMs
+// seen meanwhile, with max_vms leaving room for the new clones and with no
+// room at all (refill_concurrency 2, so the floor is 2).
+func BenchmarkRoll(b *testing.B) {
+	for _, room := range []int{4, 0} {
+		b.Run(fmt.Sprintf("room=%d", room), func(b *testing.B) {
+			bed := testbed.New(b)
+			cfg := bed.Config(4)
+			cfg.MaxVMs = 4 + room
+			cfg.RefillConcurrency = 2
+			rp := startRealPoolC(b, cfg)
+			waitCleanB(b, rp, 4)
+			ctx := context.Background()
+			lowest := 4
+			var took time.Duration
+			for b.Loop() {
+				start := time.Now()
+				seq, err := rp.Publish(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for !rolledTo(rp.Status(), 4, seq) {
+					lowest = min(lowest, rp.Status().Counts[pool.Clean])
+					time.Sleep(10 * time.Millisecond)
+				}
+				took += time.Since(start)
+			}
+			b.ReportMetric(float64(lowest), "min-clean")
+			b.ReportMetric(took.Seconds()/float64(b.N), "s/roll")
+		})
+	}
+}
+
+func waitPublished(b *testing.B, rp *realPool, seq int) pool.Status {
+	deadline := time.Now().Add(30 * time.Minute)
+	for {
+		s := rp.Status()
+		if j := s.Publish; j != nil && j.Version == seq && j.Finished != nil {
+			if j.Error != "" {
+				b.Fatalf("publish %d: %s", seq, j.Error)
+			}
+			return s
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("publish %d not done", seq)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func waitRolledB(b *testing.B, rp *realPool, size, seq int) {
+	deadline := time.Now().Add(10 * time.Minute)
+	for !rolledTo(rp.Status(), size, seq) {
+		if time.Now().After(deadline) {
+			b.Fatalf("pool not rolled to version %d", seq)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// rolledTo reports whether size clean VMs, and nothing else, are all of
+// version seq, with no old version left.
+func rolledTo(s pool.Status, size, seq int) bool {
+	n := 0
+	for _, v := range s.VMs {
+		if v.State != pool.Clean || v.Version != seq {
+			return false
+		}
+		n++
+	}
+	return n == size && len(s.Versions) <= 2
 }

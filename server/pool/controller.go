@@ -24,8 +24,11 @@ func (p *Pool) sync() {
 	if !p.serving() {
 		return
 	}
-	p.trim()
-	p.refill()
+	t := p.count()
+	if p.trim(t) {
+		t = p.count()
+	}
+	p.refill(t)
 	p.collectVersions()
 }
 
@@ -69,8 +72,9 @@ func (p *Pool) count() tally {
 // trim retires clean VMs beyond pool_size: clones of older versions first
 // (a roll), else the one that became clean last (offers never linked, that
 // came back after their replacement was made).
-func (p *Pool) trim() {
-	for t := p.count(); t.clean > p.cfg.Size; t.clean-- {
+func (p *Pool) trim(t tally) (trimmed bool) {
+	for ; t.clean > p.cfg.Size; t.clean-- {
+		trimmed = true
 		var pick *vm
 		for _, v := range p.vms {
 			if v.state != Clean {
@@ -94,11 +98,11 @@ func (p *Pool) trim() {
 		}
 		p.apply(input{kind: apiRetire, vm: pick.name, detail: reason})
 	}
+	return trimmed
 }
 
 // refill starts as many clones as the pool lacks, within its bounds.
-func (p *Pool) refill() {
-	t := p.count()
+func (p *Pool) refill(t tally) {
 	want := p.cfg.Size - t.cleanCurrent - t.preparingCurrent
 	slots := p.cfg.RefillConcurrency - t.preparing
 	room := p.cfg.MaxVMs - t.total
@@ -106,7 +110,9 @@ func (p *Pool) refill() {
 		return
 	}
 	if room <= 0 {
-		p.makeRoom(t)
+		if t.clean > t.cleanCurrent {
+			p.makeRoom(t)
+		}
 		return
 	}
 	if time.Now().Before(p.nextTry) {

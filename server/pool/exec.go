@@ -95,7 +95,11 @@ func (p *Pool) job(v *vm, a action) job {
 	name := v.name
 	result := func(in input) func() {
 		in.vm = name
-		return func() { p.apply(in) }
+		return func() {
+			p.stirred = false
+			p.apply(in)
+			p.quiet = !p.stirred // a result that changed no state gives sync nothing to do
+		}
 	}
 	switch a.kind {
 	case doCreate:

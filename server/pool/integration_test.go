@@ -27,6 +27,7 @@ import (
 	"undervdi/internal/hostsetup"
 	"undervdi/internal/testbed"
 	"undervdi/internal/testlog"
+	"undervdi/server/config"
 	"undervdi/server/domxml"
 	"undervdi/server/pool"
 	"undervdi/server/qcow2"
@@ -46,7 +47,12 @@ func startRealPool(t *testing.T, bed *testbed.Bed, size int) *realPool {
 
 func startRealPoolB(t testing.TB, bed *testbed.Bed, size int) *realPool {
 	t.Helper()
-	cfg := bed.Config(size)
+	return startRealPoolC(t, bed.Config(size))
+}
+
+// startRealPoolC runs a pool with the configuration cfg.
+func startRealPoolC(t testing.TB, cfg *config.Config) *realPool {
+	t.Helper()
 	log := testlog.Logger()
 	ctx, cancel := context.WithCancel(context.Background())
 	host, err := virt.Open(ctx, cfg.LibvirtURI, log)

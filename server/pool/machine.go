@@ -249,7 +249,28 @@ func (r rules) cancelled(v vm, in input) (vm, []action, error) {
 	return refuse(v, in)
 }
 
+// bootEnds handles what ends a clone on its way to clean, booting or
+// readying alike: its domain stops, the deadline passes, it is ended.
+func (r rules) bootEnds(v vm, in input) (vm, []action, bool) {
+	var nv vm
+	var acts []action
+	switch in.kind {
+	case evStopped:
+		nv, acts, _ = r.fail(v, in, fmt.Errorf("stopped while booting (%s)", in.detail))
+	case tmDeadline:
+		nv, acts, _ = r.fail(v, in, fmt.Errorf("not ready within %v (guest agent never answered guest-ping)", r.readyTimeout))
+	case apiEnd:
+		nv, acts, _ = r.end(v, in, in.detail)
+	default:
+		return v, nil, false
+	}
+	return nv, acts, true
+}
+
 func (r rules) booting(v vm, in input) (vm, []action, error) {
+	if nv, acts, ok := r.bootEnds(v, in); ok {
+		return nv, acts, nil
+	}
 	switch in.kind {
 	case evAgentUp:
 		return enter(v, Readying, in), []action{{kind: doReady}}, nil
@@ -257,17 +278,14 @@ func (r rules) booting(v vm, in input) (vm, []action, error) {
 		return r.becomeClean(v, in)
 	case evAgentDown, resReadyFailed:
 		return v, nil, nil
-	case evStopped:
-		return r.fail(v, in, fmt.Errorf("stopped while booting (%s)", in.detail))
-	case tmDeadline:
-		return r.fail(v, in, fmt.Errorf("not ready within %v (guest agent never answered guest-ping)", r.readyTimeout))
-	case apiEnd:
-		return r.end(v, in, in.detail)
 	}
 	return refuse(v, in)
 }
 
 func (r rules) readying(v vm, in input) (vm, []action, error) {
+	if nv, acts, ok := r.bootEnds(v, in); ok {
+		return nv, acts, nil
+	}
 	switch in.kind {
 	case resReady:
 		return r.becomeClean(v, in)
@@ -286,12 +304,6 @@ func (r rules) readying(v vm, in input) (vm, []action, error) {
 		return enter(v, Booting, in), nil, nil
 	case evAgentUp:
 		return v, nil, nil
-	case evStopped:
-		return r.fail(v, in, fmt.Errorf("stopped while booting (%s)", in.detail))
-	case tmDeadline:
-		return r.fail(v, in, fmt.Errorf("not ready within %v (guest agent never answered guest-ping)", r.readyTimeout))
-	case apiEnd:
-		return r.end(v, in, in.detail)
 	}
 	return refuse(v, in)
 }
@@ -401,33 +413,29 @@ func (r rules) inUse(v vm, in input) (vm, []action, error) {
 }
 
 func (r rules) destroying(v vm, in input) (vm, []action, error) {
-	switch in.kind {
-	case resDestroyed:
-		v.tries, v.lastErr = 0, ""
-		return enter(v, Deleting, in), []action{{kind: doDelete}}, nil
-	case resDestroyFailed:
-		return r.retry(v, in)
-	case tmRetry:
-		return v, []action{{kind: doDestroy}}, nil
-	case evStopped, apiEnd, evAgentUp, evAgentDown, resReady, resReadyFailed, resRecorded, resRecordFailed:
-		return v, nil, nil // it is ending already; stopping is what destroying does
-	case apiMarkUsed, apiRelease:
-		return notOffered(v, in)
-	}
-	return refuse(v, in)
+	return r.wiping(v, in, resDestroyed, resDestroyFailed, doDestroy, Deleting, action{kind: doDelete})
 }
 
 func (r rules) deleting(v vm, in input) (vm, []action, error) {
+	return r.wiping(v, in, resDeleted, resDeleteFailed, doDelete, Gone, action{kind: announceEnded})
+}
+
+// wiping is a step of the wipe, destroying or deleting: the step's action
+// is retried with backoff until it is done, then the next state is entered
+// with its action. Nothing else moves a VM that is being wiped.
+func (r rules) wiping(v vm, in input, done, failed inputKind, step actionKind, next State, then action) (vm, []action, error) {
 	switch in.kind {
-	case resDeleted:
+	case done:
 		v.tries, v.lastErr = 0, ""
-		return enter(v, Gone, in), []action{{kind: announceEnded}}, nil
-	case resDeleteFailed:
-		return r.retry(v, in)
+		return enter(v, next, in), []action{then}, nil
+	case failed:
+		v.tries++
+		v.lastErr = in.err.Error()
+		return v, []action{{kind: armRetry, after: r.backoff(v.tries)}}, nil
 	case tmRetry:
-		return v, []action{{kind: doDelete}}, nil
+		return v, []action{{kind: step}}, nil
 	case evStopped, apiEnd, evAgentUp, evAgentDown, resReady, resReadyFailed, resRecorded, resRecordFailed:
-		return v, nil, nil
+		return v, nil, nil // it is ending already; stopping is what destroying does
 	case apiMarkUsed, apiRelease:
 		return notOffered(v, in)
 	}
@@ -462,13 +470,6 @@ func (r rules) end(v vm, in input, reason string, first ...action) (vm, []action
 		acts = append(acts, action{kind: doRecord, rec: recEnding})
 	}
 	return v, append(acts, action{kind: doDestroy}), nil
-}
-
-// retry keeps a failed wipe step and tries it again after a backoff.
-func (r rules) retry(v vm, in input) (vm, []action, error) {
-	v.tries++
-	v.lastErr = in.err.Error()
-	return v, []action{{kind: armRetry, after: r.backoff(v.tries)}}, nil
 }
 
 func (r rules) backoff(tries int) time.Duration {

@@ -132,6 +132,8 @@ type Pool struct {
 	prepared   bool // storage pools ready, versions read
 	reconciled bool // the table holds every pool domain libvirt has
 	listing    bool
+	stirred    bool   // apply changed a VM's state
+	quiet      bool   // the work just run changed nothing sync acts on
 	paused     string // why the pool does not serve, if it does not
 	startedOK  bool   // Start has been answered
 
@@ -262,7 +264,11 @@ func (p *Pool) loop(ctx context.Context) {
 		case ev := <-events:
 			p.event(ev)
 		case f := <-p.work:
+			p.quiet = false
 			f()
+			if p.quiet {
+				continue
+			}
 		case out <- head:
 			p.pending = p.pending[1:]
 			continue
@@ -362,6 +368,7 @@ func (p *Pool) apply(in input) error {
 		return err
 	}
 	if nv.state != v.state {
+		p.stirred = true
 		p.log.Debug("VM state", "vm", v.name, "from", v.state, "to", nv.state, "input", in.kind, "reason", nv.reason)
 		p.stopRetry(v.name)
 		p.noteTransition(v, &nv, in)

@@ -26,7 +26,7 @@ func testConfig() Config {
 }
 
 // startPool starts a pool on f and stops it when the test ends.
-func startPool(t *testing.T, f *fakeHV, cfg Config) *Pool {
+func startPool(t testing.TB, f *fakeHV, cfg Config) *Pool {
 	t.Helper()
 	p := New(cfg, f, testLogger())
 	p.setBackoff(10*time.Millisecond, 80*time.Millisecond)

@@ -67,15 +67,43 @@ func (p *Pool) setVersions(vs []*domxml.Version) {
 	p.pickCurrent()
 }
 
-// pickCurrent makes the newest version of the golden that was not rolled
-// back the current one.
+// Current returns the version clones of golden are made of: the newest of
+// its versions in pool that was not rolled back and is whole (every disk's
+// copy is there). It returns nil if there is none.
+func Current(vs []*domxml.Version, pool, golden string) *domxml.Version {
+	var cur *domxml.Version
+	for _, v := range vs {
+		if v.Meta.Pool == pool && v.Meta.Golden == golden && v.Meta.Withdrawn.IsZero() && whole(v) &&
+			(cur == nil || v.Meta.Seq > cur.Meta.Seq) {
+			cur = v
+		}
+	}
+	return cur
+}
+
+// whole reports whether every writable disk of a version has its copy: a
+// copy libvirt cannot find has no capacity.
+func whole(v *domxml.Version) bool {
+	for _, d := range v.WritableDisks() {
+		if d.Capacity == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// pickCurrent makes Current the current version.
 func (p *Pool) pickCurrent() {
 	prev := p.current
 	p.current = nil
+	var vs []*domxml.Version
 	for _, v := range p.versions {
-		if v.Meta.Golden == p.cfg.Golden && v.Meta.Withdrawn.IsZero() && !v.deleting {
-			p.current = v
+		if !v.deleting {
+			vs = append(vs, v.Version)
 		}
+	}
+	if cur := Current(vs, p.cfg.Name, p.cfg.Golden); cur != nil {
+		p.current = p.versionBySeq(cur.Meta.Seq)
 	}
 	if p.current != prev && p.current != nil && prev != nil {
 		p.log.Info("current version changed; clean clones of the old one are replaced as new ones are ready",
@@ -111,8 +139,8 @@ func (p *Pool) retained(v *version) bool {
 	if p.current == nil || v == p.current {
 		return true
 	}
-	if v.Meta.Golden != p.cfg.Golden {
-		return false
+	if v.Meta.Golden != p.cfg.Golden || !whole(v.Version) {
+		return false // another golden's, or broken: no rollback can use it
 	}
 	if v.Meta.Seq > p.current.Meta.Seq {
 		return !v.Meta.Withdrawn.IsZero()
@@ -453,7 +481,7 @@ func (p *Pool) rollback(done chan<- rollbackResult) {
 	from := p.current
 	var to *version
 	for _, v := range p.versions {
-		if v != from && v.Meta.Golden == p.cfg.Golden && v.Meta.Withdrawn.IsZero() && v.Meta.Seq < from.Meta.Seq && !v.deleting {
+		if v != from && p.retained(v) && v.Meta.Withdrawn.IsZero() && v.Meta.Seq < from.Meta.Seq && !v.deleting {
 			to = v
 		}
 	}

@@ -213,7 +213,7 @@ func (m *Manager) end(l *Lease, reason string) {
 		m.pool.End(l.VM.Name, reason) // vmEnded writes the audit record once the disk is gone
 		return
 	}
-	// Never linked: the VM is still pristine and goes back (decision 4).
+	// Never linked: the VM is still pristine and goes back ("one use", docs/design.md).
 	if err := m.pool.Release(m.ctx, l.VM.Name); err != nil {
 		m.log.Debug("could not return an unused VM to the pool", "vm", l.VM.Name, "err", err)
 	}

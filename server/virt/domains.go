@@ -17,6 +17,16 @@ var ErrAgent = errors.New("guest agent did not answer")
 // Domains returns the domains whose names start with prefix and that carry
 // the broker's metadata, read with the secure flag (SPICE passwords included).
 func (h *Host) Domains(ctx context.Context, prefix string) ([]*domxml.Domain, error) {
+	return listDomains(h, ctx, prefix, func(l *libvirt.Libvirt, dom libvirt.Domain) (*domxml.Domain, bool, error) {
+		d, err := h.domain(l, dom)
+		return d, err == nil && d.Meta != nil, err
+	})
+}
+
+// listDomains reads every domain whose name starts with prefix with read,
+// keeping those it says to; a domain gone between the listing and its
+// reading is passed over.
+func listDomains[T any](h *Host, ctx context.Context, prefix string, read func(*libvirt.Libvirt, libvirt.Domain) (T, bool, error)) ([]T, error) {
 	l, err := h.conn(ctx)
 	if err != nil {
 		return nil, err
@@ -25,20 +35,20 @@ func (h *Host) Domains(ctx context.Context, prefix string) ([]*domxml.Domain, er
 	if err != nil {
 		return nil, wrap(l, err, "listing domains")
 	}
-	var out []*domxml.Domain
+	var out []T
 	for _, dom := range doms {
 		if !strings.HasPrefix(dom.Name, prefix) {
 			continue
 		}
-		d, err := h.domain(l, dom)
+		v, keep, err := read(l, dom)
 		if libvirt.IsNotFound(err) {
-			continue // gone between the listing and now
+			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		if d.Meta != nil {
-			out = append(out, d)
+		if keep {
+			out = append(out, v)
 		}
 	}
 	return out, nil
@@ -144,6 +154,12 @@ func (h *Host) Destroy(ctx context.Context, name string) error {
 // persistent definition says (which stays "booting", never clean). Writing
 // the persistent one too would cost an fsync'd file per offer.
 func (h *Host) SetMetadata(ctx context.Context, name string, m domxml.Metadata) error {
+	return h.setMetadata(ctx, name, m.Element(), domxml.Namespace, libvirt.DomainAffectLive, "recording state "+m.State+" of")
+}
+
+// setMetadata puts element, in the broker's namespace ns, into a domain's
+// live or persistent definition (impact).
+func (h *Host) setMetadata(ctx context.Context, name, element, ns string, impact libvirt.DomainModificationImpact, what string) error {
 	l, err := h.conn(ctx)
 	if err != nil {
 		return err
@@ -153,9 +169,8 @@ func (h *Host) SetMetadata(ctx context.Context, name string, m domxml.Metadata) 
 		return wrap(l, err, "looking up %s", name)
 	}
 	err = l.DomainSetMetadata(dom, int32(libvirt.DomainMetadataElement),
-		libvirt.OptString{m.Element()}, libvirt.OptString{domxml.Prefix}, libvirt.OptString{domxml.Namespace},
-		libvirt.DomainAffectLive)
-	return wrap(l, err, "recording state %s of %s", m.State, name)
+		libvirt.OptString{element}, libvirt.OptString{domxml.Prefix}, libvirt.OptString{ns}, impact)
+	return wrap(l, err, "%s %s", what, name)
 }
 
 // Ping asks the domain's guest agent for guest-ping.

@@ -103,22 +103,7 @@ func (h *Host) Overlays(ctx context.Context) ([]string, error) {
 	if err := l.StoragePoolRefresh(pool, 0); err != nil {
 		return nil, wrap(l, err, "refreshing storage pool %s", pool.Name)
 	}
-	vols, _, err := l.StoragePoolListAllVolumes(pool, 1, 0)
-	if err != nil {
-		return nil, wrap(l, err, "listing storage pool %s", pool.Name)
-	}
-	var out []string
-	for _, v := range vols {
-		p, err := l.StorageVolGetPath(v)
-		if hasCode(err, libvirt.ErrNoStorageVol) {
-			continue
-		}
-		if err != nil {
-			return nil, wrap(l, err, "volume %s", v.Name)
-		}
-		out = append(out, p)
-	}
-	return out, nil
+	return volumePaths(l, pool)
 }
 
 // CreateOverlay creates a qcow2 volume named name in the overlay pool whose

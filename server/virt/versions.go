@@ -37,31 +37,10 @@ func (h *Host) versionStore(ctx context.Context) (*libvirt.Libvirt, libvirt.Stor
 // start with prefix. A version whose volume is missing has that disk's
 // capacity 0: it cannot be cloned.
 func (h *Host) Versions(ctx context.Context, prefix string) ([]*domxml.Version, error) {
-	l, err := h.conn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	doms, _, err := l.ConnectListAllDomains(1, 0)
-	if err != nil {
-		return nil, wrap(l, err, "listing domains")
-	}
-	var out []*domxml.Version
-	for _, dom := range doms {
-		if !strings.HasPrefix(dom.Name, prefix) {
-			continue
-		}
+	return listDomains(h, ctx, prefix, func(l *libvirt.Libvirt, dom libvirt.Domain) (*domxml.Version, bool, error) {
 		v, err := h.version(l, dom)
-		if libvirt.IsNotFound(err) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if v != nil {
-			out = append(out, v)
-		}
-	}
-	return out, nil
+		return v, err == nil && v != nil, err
+	})
 }
 
 func (h *Host) version(l *libvirt.Libvirt, dom libvirt.Domain) (*domxml.Version, error) {
@@ -236,18 +215,7 @@ func (h *Host) DefineVersion(ctx context.Context, x string) (*domxml.Version, er
 // WithdrawVersion replaces a template's version metadata (a rollback
 // records Withdrawn there) in its persistent definition.
 func (h *Host) WithdrawVersion(ctx context.Context, name string, m domxml.VersionMeta) error {
-	l, err := h.conn(ctx)
-	if err != nil {
-		return err
-	}
-	dom, err := l.DomainLookupByName(name)
-	if err != nil {
-		return wrap(l, err, "looking up %s", name)
-	}
-	err = l.DomainSetMetadata(dom, int32(libvirt.DomainMetadataElement),
-		libvirt.OptString{m.Element()}, libvirt.OptString{domxml.Prefix}, libvirt.OptString{domxml.VersionNamespace},
-		libvirt.DomainAffectConfig)
-	return wrap(l, err, "recording the rollback of %s", name)
+	return h.setMetadata(ctx, name, m.Element(), domxml.VersionNamespace, libvirt.DomainAffectConfig, "recording the rollback of")
 }
 
 // DeleteVersion undefines a template, then deletes its volumes: the version

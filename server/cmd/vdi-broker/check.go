@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"undervdi/server/config"
+	"undervdi/server/pool"
 	"undervdi/server/virt"
 )
 
@@ -44,6 +45,16 @@ func check(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "config %s: ok\ngolden %s: ok (%d MiB, %d disk(s) to clone, guest agent: %v)\n",
 		*path, g.Name, g.Memory>>20, len(g.WritableDisks()), g.HasAgent)
+	vs, err := host.Versions(ctx, cfg.PoolName+"-v")
+	if err != nil {
+		fmt.Fprintf(stderr, "vdi-broker: reading the published versions: %v\n", err)
+		return exitError
+	}
+	if cur := pool.Current(vs, cfg.PoolName, cfg.Golden); cur == nil {
+		fmt.Fprintf(stdout, "versions: none of %s published yet; the broker publishes version 1 when it starts\n", cfg.Golden)
+	} else {
+		fmt.Fprintf(stdout, "versions: %d published, clones are made of version %d\n", len(vs), cur.Meta.Seq)
+	}
 	return exitOK
 }
 

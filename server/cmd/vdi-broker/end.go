@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -11,19 +10,13 @@ import (
 
 // end ends the session on a VM (or the VM): it is destroyed with its disk.
 func end(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("end", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	adminSocket := adminSocketFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return exitSetup
+	c, fs, code := adminCommand("end", args, stderr, nil)
+	if c == nil {
+		return code
 	}
 	if fs.NArg() < 1 {
 		fmt.Fprintln(stderr, "usage: vdi-broker end [-config FILE] VM [reason...]")
 		return exitSetup
-	}
-	c, code := adminClient(adminSocket, stderr)
-	if c == nil {
-		return code
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -300,22 +300,6 @@ func auditLines(t *testing.T, path, lease string) []session.AuditRecord {
 	return out
 }
 
-// biggerGolden grows the bed's golden disk to 2 GiB with 1 GiB written, so
-// that publishing it takes a few seconds: long enough to kill the broker
-// while it copies. (qemu-img and qemu-io make the fixture; the broker
-// itself only ever goes through libvirt.)
-func biggerGolden(t *testing.T, bed *testbed.Bed) {
-	t.Helper()
-	for _, args := range [][]string{
-		{"qemu-img", "resize", bed.Golden.DiskPath, "2G"},
-		{"qemu-io", "-c", "write -P 0x5a 0 1G", bed.Golden.DiskPath},
-	} {
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v: %s", args, err, out)
-		}
-	}
-}
-
 // checkVersions checks that the versions directory holds exactly the
 // volumes of the published versions, each complete, and that every clone
 // is backed by a version's volume.
@@ -356,7 +340,10 @@ func checkVersions(t *testing.T, bed *testbed.Bed, p *brokerProc) *broker.Status
 
 func TestKillDuringPublish(t *testing.T) {
 	bed := testbed.New(t)
-	biggerGolden(t, bed)
+	// 1 GiB to copy: a few seconds, long enough to kill the broker meanwhile.
+	if err := bed.GrowGolden(2<<30, 1<<30); err != nil {
+		t.Fatal(err)
+	}
 	cfg := brokerConfig(t, bed, 1)
 	path := writeConfig(t, cfg)
 	first := startBroker(t, path, cfg.AdminSocket)

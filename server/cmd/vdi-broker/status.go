@@ -8,18 +8,13 @@ import (
 	"io"
 	"time"
 
+	"undervdi/server/broker"
 	"undervdi/server/config"
 )
 
 func status(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	adminSocket := adminSocketFlags(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return exitSetup
-	}
-	c, code := adminClient(adminSocket, stderr)
+	var asJSON *bool
+	c, _, code := adminCommand("status", args, stderr, func(fs *flag.FlagSet) { asJSON = fs.Bool("json", false, "print JSON") })
 	if c == nil {
 		return code
 	}
@@ -40,20 +35,28 @@ func status(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// adminSocketFlags adds -config and -socket to fs, for the commands that
-// talk to a running broker. After fs.Parse, the function it returns gives
-// the admin socket: -socket, else the one the configuration names.
-func adminSocketFlags(fs *flag.FlagSet) func() (string, error) {
+// adminCommand parses the flags of a verb that talks to a running broker:
+// -config and -socket, and the verb's own, which flags (if not nil) adds. It
+// returns the broker's admin client and the parsed flags, or a nil client
+// and the exit status.
+func adminCommand(name string, args []string, stderr io.Writer, flags func(*flag.FlagSet)) (*broker.Client, *flag.FlagSet, int) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	path := fs.String("config", config.DefaultPath, "configuration file (for the admin socket)")
 	socket := fs.String("socket", "", "admin socket (overrides the config)")
-	return func() (string, error) {
-		if *socket != "" {
-			return *socket, nil
-		}
+	if flags != nil {
+		flags(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, exitSetup
+	}
+	if *socket == "" {
 		cfg, err := config.Load(*path)
 		if err != nil {
-			return "", err
+			fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
+			return nil, nil, exitSetup
 		}
-		return cfg.AdminSocket, nil
+		*socket = cfg.AdminSocket
 	}
+	return broker.NewClient(*socket), fs, exitOK
 }

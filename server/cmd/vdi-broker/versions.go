@@ -15,15 +15,12 @@ import (
 // publish publishes a new version of the golden VM and follows the copy
 // until it is done (or, with -no-wait, returns once it has begun).
 func publish(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	adminSocket := adminSocketFlags(fs)
-	noWait := fs.Bool("no-wait", false, "return once the copy has begun")
-	timeout := fs.Duration("timeout", 2*time.Hour, "give up following the copy after this long")
-	if err := fs.Parse(args); err != nil {
-		return exitSetup
-	}
-	c, code := adminClient(adminSocket, stderr)
+	var noWait *bool
+	var timeout *time.Duration
+	c, _, code := adminCommand("publish", args, stderr, func(fs *flag.FlagSet) {
+		noWait = fs.Bool("no-wait", false, "return once the copy has begun")
+		timeout = fs.Duration("timeout", 2*time.Hour, "give up following the copy after this long")
+	})
 	if c == nil {
 		return code
 	}
@@ -84,13 +81,7 @@ func progressLine(written, total uint64, disk string) string {
 
 // rollback makes the version before the current one current again.
 func rollback(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("rollback", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	adminSocket := adminSocketFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return exitSetup
-	}
-	c, code := adminClient(adminSocket, stderr)
+	c, _, code := adminCommand("rollback", args, stderr, nil)
 	if c == nil {
 		return code
 	}
@@ -107,13 +98,7 @@ func rollback(args []string, stdout, stderr io.Writer) int {
 
 // versions lists the published versions.
 func versions(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("versions", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	adminSocket := adminSocketFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return exitSetup
-	}
-	c, code := adminClient(adminSocket, stderr)
+	c, _, code := adminCommand("versions", args, stderr, nil)
 	if c == nil {
 		return code
 	}
@@ -126,15 +111,4 @@ func versions(args []string, stdout, stderr io.Writer) int {
 	}
 	broker.WriteVersions(stdout, s.Pool.Versions, time.Now())
 	return exitOK
-}
-
-// adminClient resolves the admin socket from the flags; on failure it
-// returns nil and the exit status.
-func adminClient(adminSocket func() (string, error), stderr io.Writer) (*broker.Client, int) {
-	socket, err := adminSocket()
-	if err != nil {
-		fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
-		return nil, exitSetup
-	}
-	return broker.NewClient(socket), exitOK
 }
