@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/renameio/v2"
+
 	"github.com/jezek/xgb"
 	"github.com/jezek/xgb/xproto"
 	"github.com/jezek/xgb/xtest"
@@ -36,12 +38,9 @@ func writePNG(t *testing.T, path string, w, h int, c color.RGBA) {
 	}
 	var b bytes.Buffer
 	png.Encode(&b, img)
-	// Write then rename, as a mirror does: the watcher never sees half a file.
-	tmp := path + ".part"
-	if err := os.WriteFile(tmp, b.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	// Written atomically, as the ads mirror does: the watcher never sees
+	// half a file.
+	if err := renameio.WriteFile(path, b.Bytes(), 0o644, renameio.WithTempDir(filepath.Dir(path))); err != nil {
 		t.Fatal(err)
 	}
 }

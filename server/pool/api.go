@@ -185,8 +185,8 @@ func (p *Pool) Publish(ctx context.Context) (int, error) {
 		return 0, ctx.Err()
 	}
 	var seq int
-	p.call(func() { seq = p.publish.Seq })
-	return seq, nil
+	err := p.call(func() { seq = p.publish.Seq })
+	return seq, err
 }
 
 // Rollback makes the version before the current one current again; the

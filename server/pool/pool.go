@@ -241,6 +241,9 @@ func (p *Pool) Run(ctx context.Context) error {
 // Wait waits for the pool's loop and every action it started to finish,
 // after its context ended. Tests use it.
 func (p *Pool) Wait() {
+	if p.cancel == nil {
+		return // never started
+	}
 	<-p.done
 	p.jobs.Wait()
 }

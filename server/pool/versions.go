@@ -105,7 +105,7 @@ func (p *Pool) pickCurrent() {
 	if cur := Current(vs, p.cfg.Name, p.cfg.Golden); cur != nil {
 		p.current = p.versionBySeq(cur.Meta.Seq)
 	}
-	if p.current != prev && p.current != nil && prev != nil {
+	if p.current != nil && prev != nil && p.current.Meta.Seq != prev.Meta.Seq {
 		p.log.Info("current version changed; clean clones of the old one are replaced as new ones are ready",
 			"from", prev.Meta.Seq, "to", p.current.Meta.Seq)
 	}
@@ -229,7 +229,7 @@ func (p *Pool) afterPrepare(vs []*domxml.Version, err error) {
 // retryPaused prepares again while the pool is paused: an operator may have
 // fixed what stopped it (shut the golden down, made space) without any event.
 func (p *Pool) retryPaused() {
-	if p.paused != "" && p.connected && !p.prepared {
+	if p.paused != "" && p.connected && (!p.prepared || p.current == nil) && !p.publish.running() {
 		p.prepare()
 	}
 }
@@ -356,7 +356,11 @@ func (p *Pool) publishVersion(ctx context.Context, j *publishJob, preflight chan
 		if err != nil {
 			preflight <- err
 			for _, c := range copies {
-				p.hv.DeleteVersionVolume(context.WithoutCancel(ctx), c)
+				// Best effort: a copy left here has no template, and the
+				// next reconcile deletes it.
+				if derr := p.hv.DeleteVersionVolume(context.WithoutCancel(ctx), c); derr != nil {
+					p.log.Debug("could not delete a failed publish's copy yet", "volume", c, "err", derr)
+				}
 			}
 		}
 	}()

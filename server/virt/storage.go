@@ -186,6 +186,8 @@ func withVolume(l *libvirt.Libvirt, path string, f func(libvirt.StorageVol) erro
 			html.EscapeString(name), html.EscapeString(dir))
 		pool, perr := l.StoragePoolCreateXML(xml, 0)
 		if perr == nil {
+			// A transient pool that cannot be destroyed goes with libvirtd's
+			// next restart; it holds nothing of the broker's.
 			defer l.StoragePoolDestroy(pool)
 		}
 		vol, err = l.StorageVolLookupByPath(path)
