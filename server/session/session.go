@@ -178,7 +178,14 @@ func (m *Manager) stopTimerLocked(l *Lease, name string) {
 }
 
 // end ends a session. Every way a session ends comes here, once.
-func (m *Manager) end(l *Lease, reason string) {
+func (m *Manager) end(l *Lease, reason string) { m.endWith(l, reason, nil) }
+
+// endWith ends a session; wiped, if not nil, is the pool's word that the
+// VM is already gone. The audit line is written before the kiosk or the
+// viewer can see the session end, whenever it is complete by then: an
+// unused session's always, a used one's when its VM is wiped already;
+// otherwise once the pool says the VM is wiped.
+func (m *Manager) endWith(l *Lease, reason string, wiped *pool.Ended) {
 	m.mu.Lock()
 	if l.ended {
 		m.mu.Unlock()
@@ -196,28 +203,36 @@ func (m *Manager) end(l *Lease, reason string) {
 	}
 	notify, used := l.notifyEnd, !l.linked.IsZero()
 	rec := l.record(reason)
-	if used {
+	if used && wiped == nil {
 		m.pending[l.VM.Name] = rec
 	}
 	close(l.endedCh)
 	m.mu.Unlock()
 
 	m.log.Info("session ended", "lease", l.ID, "kiosk", l.Kiosk, "vm", l.VM.Name, "reason", reason, "used", used)
+	switch {
+	case wiped != nil:
+		rec.Wiped, rec.WipedAt = wiped.Wiped, timePtr(wiped.At)
+		m.audit.Write(rec)
+	case !used:
+		m.audit.Write(rec)
+	}
 	if notify != nil {
 		notify(reason)
 	}
 	for _, c := range closers {
 		c()
 	}
-	if used {
-		m.pool.End(l.VM.Name, reason) // vmEnded writes the audit record once the disk is gone
-		return
+	switch {
+	case wiped != nil:
+	case used:
+		m.pool.End(l.VM.Name, reason) // VMEnded writes the audit record once the disk is gone
+	default:
+		// Never linked: the VM is still pristine and goes back ("one use", docs/design.md).
+		if err := m.pool.Release(m.ctx, l.VM.Name); err != nil {
+			m.log.Debug("could not return an unused VM to the pool", "vm", l.VM.Name, "err", err)
+		}
 	}
-	// Never linked: the VM is still pristine and goes back ("one use", docs/design.md).
-	if err := m.pool.Release(m.ctx, l.VM.Name); err != nil {
-		m.log.Debug("could not return an unused VM to the pool", "vm", l.VM.Name, "err", err)
-	}
-	m.audit.Write(rec)
 	m.wake()
 }
 
@@ -229,7 +244,7 @@ func (m *Manager) VMEnded(e pool.Ended) {
 	l := m.byVM[e.VM]
 	m.mu.Unlock()
 	if l != nil {
-		m.end(l, e.Reason)
+		m.endWith(l, e.Reason, &e)
 	}
 	m.mu.Lock()
 	rec := m.pending[e.VM]
