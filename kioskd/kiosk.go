@@ -46,6 +46,7 @@ const (
 	TextUnavailable = "Service temporarily unavailable"
 	TextEnding      = "Thank you. Cleaning up…"
 	textWarning     = "Session ends in %d s — touch to continue"
+	textMaxWarning  = "Session ends in %d s: the longest a session may last"
 )
 
 // Display is what the kiosk shows while idle: the slideshow.
@@ -152,6 +153,7 @@ type Kiosk struct {
 	settings kioskproto.Viewer // the viewer settings the broker's offers carry
 	notice   string
 	viewer   *viewer.Viewer
+	ends     time.Time    // the broker ends the session then, at the latest (zero: no limit)
 	idle     atomic.Int64 // latest idle time, for heartbeats
 	events   chan Event
 	idleTick *time.Ticker
@@ -266,6 +268,10 @@ func (k *Kiosk) handle(ev Event) {
 			return
 		}
 		k.viewer = v
+		k.ends = time.Time{}
+		if e.Offer.MaxSeconds > 0 {
+			k.ends = time.Now().Add(time.Duration(e.Offer.MaxSeconds) * time.Second)
+		}
 		go func() { <-v.Done(); k.events <- viewerExited{v: v, err: v.Err()} }()
 		k.to(Connecting, "offer for lease "+e.Offer.Lease)
 	case viewerMapped:
@@ -308,7 +314,8 @@ func (k *Kiosk) handle(ev Event) {
 }
 
 // checkIdle warns the visitor before the idle limit and ends the session
-// at it. The broker enforces the same limit from the heartbeats.
+// at it; the broker enforces the same limit from the heartbeats. It also
+// warns before the longest session ends, which the broker does by itself.
 func (k *Kiosk) checkIdle() {
 	idle, err := k.Screen.Idle()
 	if err != nil {
@@ -322,12 +329,17 @@ func (k *Kiosk) checkIdle() {
 		k.Display.Warn("")
 		k.Broker.End(fmt.Sprintf("idle for %v", idle.Round(time.Second)))
 		k.to(Ending, fmt.Sprintf("idle for %v", idle.Round(time.Second)))
-	case left <= k.IdleWarning:
-		k.Display.Warn(fmt.Sprintf(textWarning, int((left+time.Second-1)/time.Second)))
+	case left <= k.IdleWarning && (k.ends.IsZero() || left <= time.Until(k.ends)):
+		k.Display.Warn(fmt.Sprintf(textWarning, seconds(left)))
+	case !k.ends.IsZero() && time.Until(k.ends) <= max(k.IdleWarning, time.Minute):
+		k.Display.Warn(fmt.Sprintf(textMaxWarning, seconds(max(time.Until(k.ends), 0))))
 	default:
 		k.Display.Warn("")
 	}
 }
+
+// seconds rounds d up to whole seconds, for the visitor.
+func seconds(d time.Duration) int { return int((d + time.Second - 1) / time.Second) }
 
 // to moves to state s and runs what entering it does.
 func (k *Kiosk) to(s State, why string) {

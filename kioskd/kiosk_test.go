@@ -227,6 +227,24 @@ func TestIdleWarningThenEnd(t *testing.T) {
 	}
 }
 
+// TestMaxSessionWarning: the kiosk warns before the longest session ends;
+// touching does not help, and the broker ends it.
+func TestMaxSessionWarning(t *testing.T) {
+	h := newHarness(t)
+	h.touch()
+	h.expect(Requesting)
+	o := offer
+	o.MaxSeconds = 20
+	h.event(Offer{Offer: o})
+	h.expect(Connecting)
+	h.s.mapped <- 1
+	h.expect(InSession)
+	time.Sleep(1500 * time.Millisecond)
+	if _, _, warn := h.d.get(); !strings.HasPrefix(warn, "Session ends in 1") || !strings.Contains(warn, "the longest a session may last") {
+		t.Errorf("warning = %q, want the longest session's", warn)
+	}
+}
+
 func TestBrokerLostInSession(t *testing.T) {
 	h := newHarness(t)
 	h.startSession()

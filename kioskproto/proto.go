@@ -99,6 +99,10 @@ type Offer struct {
 	Ticket  string    `json:"ticket"`
 	Expires time.Time `json:"expires"`
 	Viewer  Viewer    `json:"viewer"`
+	// MaxSeconds, if not 0, is the longest the session may last, counted
+	// from the offer: the broker ends it then, and the kiosk warns before.
+	// A duration, not a time: the kiosk's clock may be off.
+	MaxSeconds int `json:"max_seconds,omitempty"`
 }
 
 // Viewer carries remote-viewer settings chosen by the broker's operator.

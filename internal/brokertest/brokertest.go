@@ -46,9 +46,10 @@ func Start(t testing.TB, bed *testbed.Bed, size int, mutate func(*config.Config)
 	cfg.Sessions.Listen = fmt.Sprintf("0.0.0.0:%d", freeport.Port(t))
 	cfg.Sessions.LegacyListen = fmt.Sprintf("0.0.0.0:%d", freeport.Port(t))
 	cfg.Sessions.AuditLog = filepath.Join(bed.Root, "sessions.jsonl")
+	cfg.Sessions.MaxConnsPerAddr = 64 // the tests' kiosks all come from loopback
 	cfg.Kiosks = []config.Kiosk{
 		{ID: "k1", Address: "127.0.0.1", Token: Token},
-		{ID: "many-*", Address: "127.0.0.0/8", Token: Token},
+		{ID: "many-*", Address: "127.0.0.0/8", Token: Token, MaxKiosks: 64},
 		{Address: "127.0.0.1", Legacy: true},
 	}
 	if mutate != nil {

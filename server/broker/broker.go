@@ -81,6 +81,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		IdleLimit:        cfg.Sessions.IdleLimit.D(),
 		MaxSession:       cfg.Sessions.MaxSession.D(),
 		QueueLimit:       cfg.Sessions.QueueLimit,
+		MaxConnsPerAddr:  cfg.Sessions.MaxConnsPerAddr,
 		PublicHost:       cfg.Gateway.PublicHost,
 		GatewayPort:      port,
 		Viewer: kioskproto.Viewer{Title: v.Title, DisableAudio: v.DisableAudio, DisableEffects: v.DisableEffects,
@@ -89,6 +90,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	if b.Gateway, err = gateway.New(b.Sessions, b.displays, audit, log); err != nil {
 		return nil, err
 	}
+	b.Gateway.MaxConnsPerAddr = cfg.Gateway.MaxConnsPerAddr
 	return b, nil
 }
 
@@ -156,12 +158,19 @@ func (b *Broker) Run(ctx context.Context) error {
 	g.Go(func() error { b.announce(ctx); return nil })
 	g.Go(func() error { b.Sessions.Run(ctx); return nil })
 	g.Go(func() error { return b.Gateway.Serve(ctx, listeners["gateway"]) })
-	g.Go(func() error { return accept.Serve(ctx, listeners["kiosk"], b.Sessions.ServeKiosk) })
+	g.Go(func() error { return b.Sessions.KioskPort().Serve(ctx, listeners["kiosk"]) })
 	if ln := listeners["legacy"]; ln != nil {
-		g.Go(func() error { return accept.Serve(ctx, ln, b.Sessions.ServeLegacy) })
+		g.Go(func() error { return b.Sessions.LegacyPort().Serve(ctx, ln) })
 	}
 	if ln := listeners["ads"]; ln != nil {
-		srv := &http.Server{Handler: ads.Handler(cfg.Ads.Dir, b.registry.Known, b.Log), ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{Handler: ads.Handler(cfg.Ads.Dir, b.registry.Known, b.Log),
+			// A kiosk fetches a few images at a time; a slow or silent
+			// client is cut off at every phase.
+			ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+			WriteTimeout: 5 * time.Minute, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
+		ln = accept.Limit(ln, cfg.Sessions.MaxConnsPerAddr, func(c net.Conn, open int) {
+			b.Sessions.Audit().Refused("ads", accept.RemoteAddr(c).String(), "", fmt.Sprintf("%d connections from this address are open already", open))
+		})
 		g.Go(func() error {
 			go func() { <-ctx.Done(); srv.Close() }()
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -233,7 +242,8 @@ func (b *Broker) serveAdmin(ctx context.Context) (*http.Server, error) {
 		ln.Close()
 		return nil, err
 	}
-	srv := &http.Server{Handler: b.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: b.adminHandler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 2 * time.Minute, IdleTimeout: time.Minute}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			b.Log.Error("admin API stopped", "err", err)

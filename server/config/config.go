@@ -65,10 +65,11 @@ type Ads struct {
 
 // Gateway is the SPICE gateway: the only way to a VM's screen.
 type Gateway struct {
-	Listen        string   `toml:"listen"`         // the original's vdi_spice_port
-	PublicHost    string   `toml:"public_host"`    // what kiosks are told to connect to
-	ConnectWindow Duration `toml:"connect_window"` // the original's count_conn_tryes
-	Grace         Duration `toml:"grace"`
+	Listen          string   `toml:"listen"`         // the original's vdi_spice_port
+	PublicHost      string   `toml:"public_host"`    // what kiosks are told to connect to
+	ConnectWindow   Duration `toml:"connect_window"` // the original's count_conn_tryes
+	Grace           Duration `toml:"grace"`
+	MaxConnsPerAddr int      `toml:"max_conns_per_addr"`
 }
 
 // Sessions is the kiosk side: the kiosk protocol, the legacy signal port,
@@ -81,6 +82,7 @@ type Sessions struct {
 	IdleLimit        Duration `toml:"idle_limit"`
 	MaxSession       Duration `toml:"max_session"`
 	QueueLimit       int      `toml:"queue_limit"`
+	MaxConnsPerAddr  int      `toml:"max_conns_per_addr"`
 	TLSCert          string   `toml:"tls_cert"`
 	TLSKey           string   `toml:"tls_key"`
 	AuditLog         string   `toml:"audit_log"`
@@ -102,7 +104,16 @@ type Kiosk struct {
 	Address string `toml:"address"` // an address or a CIDR range the kiosk connects from
 	Token   string `toml:"token"`
 	Legacy  bool   `toml:"legacy"` // runs the original remote.sh: no id, no token, known by address
+	// MaxKiosks caps the kiosks of a group (an id with '*') connected at
+	// once: one token cannot mint unlimited kiosks.
+	MaxKiosks int `toml:"max_kiosks"`
 }
+
+// DefaultMaxKiosks is a group's cap when the file names none.
+const DefaultMaxKiosks = 32
+
+// IsGroup reports whether the entry is a group: an id pattern such as branch-*.
+func (k Kiosk) IsGroup() bool { return strings.ContainsAny(k.ID, "*?[") }
 
 // DefaultUSBFilter redirects flash drives (mass storage), scanners (still
 // image and vendor-specific), printers and webcams (video), and never
@@ -128,9 +139,10 @@ func Default() *Config {
 		AdminSocket:       "/run/undervdi/admin.sock",
 		LogLevel:          "info",
 		Gateway: Gateway{
-			Listen:        ":5906",
-			ConnectWindow: Duration(10 * time.Second),
-			Grace:         Duration(5 * time.Second),
+			Listen:          ":5906",
+			ConnectWindow:   Duration(10 * time.Second),
+			Grace:           Duration(5 * time.Second),
+			MaxConnsPerAddr: 32,
 		},
 		Sessions: Sessions{
 			Listen:           ":5907",
@@ -138,7 +150,9 @@ func Default() *Config {
 			Heartbeat:        Duration(5 * time.Second),
 			HeartbeatTimeout: Duration(15 * time.Second),
 			IdleLimit:        Duration(5 * time.Minute),
+			MaxSession:       Duration(4 * time.Hour),
 			QueueLimit:       200,
+			MaxConnsPerAddr:  4,
 			AuditLog:         "/var/log/undervdi/sessions.jsonl",
 		},
 		Ads: Ads{Dir: "/var/lib/undervdi/ads", Listen: ":5908"},
@@ -270,6 +284,12 @@ func (c *Config) Validate() error {
 	if ss.QueueLimit < 1 {
 		bad("sessions.queue_limit", "%d: must be at least 1", ss.QueueLimit)
 	}
+	if ss.MaxConnsPerAddr < 1 {
+		bad("sessions.max_conns_per_addr", "%d: must be at least 1 (a kiosk needs one connection)", ss.MaxConnsPerAddr)
+	}
+	if g.MaxConnsPerAddr < 8 {
+		bad("gateway.max_conns_per_addr", "%d: must be at least 8 (a viewer opens a connection per SPICE channel)", g.MaxConnsPerAddr)
+	}
 	if (ss.TLSCert == "") != (ss.TLSKey == "") {
 		bad("sessions.tls_cert", "tls_cert and tls_key go together")
 	}
@@ -300,6 +320,12 @@ func (c *Config) Validate() error {
 			bad(key+".id", "required (or legacy = true for a kiosk running the original remote.sh)")
 		case !k.Legacy && len(k.Token) < 16:
 			bad(key+".token", "must be at least 16 characters")
+		}
+		switch {
+		case k.MaxKiosks != 0 && !k.IsGroup():
+			bad(key+".max_kiosks", "only a group (an id with '*') has a cap of kiosks")
+		case k.MaxKiosks < 0:
+			bad(key+".max_kiosks", "%d: must be at least 1", k.MaxKiosks)
 		}
 		if k.ID != "" {
 			if _, err := path.Match(k.ID, ""); err != nil || len(k.ID) > 64 {

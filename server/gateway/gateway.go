@@ -60,6 +60,10 @@ type Audit interface {
 
 // Gateway is the SPICE gateway.
 type Gateway struct {
+	// MaxConnsPerAddr caps the connections one address may hold open (a
+	// viewer opens one per channel); 0 leaves them uncapped.
+	MaxConnsPerAddr int
+
 	key      *rsa.PrivateKey
 	sessions Sessions
 	displays *Displays
@@ -79,7 +83,9 @@ func New(sessions Sessions, displays *Displays, audit Audit, log *slog.Logger) (
 
 // Serve accepts SPICE clients on ln until ctx ends.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
-	return accept.Serve(ctx, ln, g.handle)
+	return accept.Port{Handle: g.handle, MaxPerAddr: g.MaxConnsPerAddr, Refuse: func(c net.Conn, open int) {
+		g.audit.Refused("spice-link", accept.RemoteAddr(c).String(), "", fmt.Sprintf("%d connections from this address are open already", open))
+	}}.Serve(ctx, ln)
 }
 
 // handle runs one SPICE channel connection from a client.

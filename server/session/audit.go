@@ -44,7 +44,7 @@ func NewAudit(w io.Writer, log *slog.Logger) *Audit { return &Audit{w: w, log: l
 // AuditRecord is one line of the audit log.
 type AuditRecord struct {
 	Time    time.Time  `json:"time"`
-	Event   string     `json:"event"` // "session" or "refused"
+	Event   string     `json:"event"` // "session", "refused" or "replaced"
 	What    string     `json:"what,omitempty"`
 	Lease   string     `json:"lease,omitempty"`
 	Kiosk   string     `json:"kiosk,omitempty"`
@@ -101,6 +101,12 @@ func (a *Audit) Write(r *AuditRecord) {
 	if _, err := a.w.Write(append(b, '\n')); err != nil {
 		a.log.Error("cannot write the audit log", "err", err, "record", string(b))
 	}
+}
+
+// Replaced records a kiosk connection that replaced a silent one.
+func (a *Audit) Replaced(what, addr, kiosk, reason string) {
+	a.log.Warn("replaced", "what", what, "addr", addr, "kiosk", kiosk, "reason", reason)
+	a.Write(&AuditRecord{Event: "replaced", What: what, Addr: addr, Kiosk: kiosk, Reason: reason})
 }
 
 // Refused records a refused connection: what was refused (kiosk, legacy,

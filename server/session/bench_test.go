@@ -48,7 +48,7 @@ func BenchmarkHandoff200(b *testing.B) {
 	cfg := testConfig()
 	cfg.QueueLimit = fleet
 	cfg.ConnectWindow = time.Minute
-	reg, _ := NewRegistry([]config.Kiosk{{ID: "k-*", Address: "127.0.0.0/8", Token: token}})
+	reg, _ := NewRegistry([]config.Kiosk{{ID: "k-*", Address: "127.0.0.0/8", Token: token, MaxKiosks: fleet}})
 	p := pooltest.New(fleet, "/nonexistent", "pw")
 	m := New(cfg, p, reg, NewAudit(nil, logger()), logger())
 	p.Sink = m.VMEnded

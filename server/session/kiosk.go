@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"undervdi/kioskproto"
@@ -30,13 +31,25 @@ type kioskConn struct {
 	r      *bufio.Reader
 	id     string
 	addr   netip.Addr
-	host   string // the offer's gateway host
+	group  Group        // the registry entry that admitted it
+	host   string       // the offer's gateway host
+	last   atomic.Int64 // when a message last came, unix nanoseconds
 	out    chan outMsg
 	closed chan struct{}
 	once   sync.Once
 
 	mu  sync.Mutex
 	req *request // the current request or session, if any
+}
+
+// KioskPort is the kiosk protocol's port: at most max_conns_per_addr
+// connections from one address; more are refused, and audited.
+func (m *Manager) KioskPort() accept.Port {
+	return accept.Port{Handle: m.ServeKiosk, MaxPerAddr: m.cfg.MaxConnsPerAddr, Refuse: func(c net.Conn, open int) {
+		addr := accept.RemoteAddr(c)
+		m.audit.Refused("kiosk", addr.String(), "", fmt.Sprintf("%d connections from this address are open already", open))
+		kioskproto.WriteMessage(c, kioskproto.NewError(kioskproto.CodeBusy, "too many connections from this address"))
+	}}
 }
 
 // ServeKiosk runs the kiosk protocol on c until the connection ends.
@@ -62,18 +75,26 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 		m.audit.Refused("kiosk", addr.String(), h.Kiosk, reason)
 		return
 	}
-	if err := m.registry.Authenticate(h.Kiosk, h.Token, addr); err != nil {
-		kioskproto.WriteMessage(c, kioskproto.NewError(kioskproto.CodeUnknown, err.Error()))
+	group, err := m.registry.Authenticate(h.Kiosk, h.Token, addr)
+	if err != nil {
+		// The audit says what was wrong; the kiosk is not told whether the
+		// id exists or which addresses it may use.
 		m.audit.Refused("kiosk", addr.String(), h.Kiosk, err.Error())
+		kioskproto.WriteMessage(c, kioskproto.NewError(kioskproto.CodeUnknown, RefusedHello))
 		return
 	}
 	host := m.cfg.PublicHost
 	if host == "" {
 		host = accept.LocalAddr(c).String()
 	}
-	k := &kioskConn{m: m, c: c, r: r, id: h.Kiosk, addr: addr, host: host,
+	k := &kioskConn{m: m, c: c, r: r, id: h.Kiosk, addr: addr, host: host, group: group,
 		out: make(chan outMsg, 32), closed: make(chan struct{})}
-	m.replaceConn(k)
+	k.heard()
+	if err := m.admitConn(k); err != nil {
+		m.audit.Refused("kiosk", addr.String(), h.Kiosk, err.Error())
+		kioskproto.WriteMessage(c, kioskproto.NewError(kioskproto.CodeBusy, err.Error()))
+		return
+	}
 	defer m.dropConn(k)
 	defer context.AfterFunc(ctx, k.close)() // a stopping broker hangs up
 	m.log.Debug("kiosk connected", "kiosk", k.id, "addr", addr, "software", h.Software)
@@ -96,6 +117,9 @@ func (k *kioskConn) readLoop(ctx context.Context) string {
 	for {
 		k.c.SetReadDeadline(time.Now().Add(k.m.cfg.HeartbeatTimeout))
 		msg, err := kioskproto.ReadMessage(k.r)
+		if err == nil {
+			k.heard()
+		}
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			return fmt.Sprintf("kiosk heartbeats stopped (nothing for %v)", k.m.cfg.HeartbeatTimeout)
@@ -148,7 +172,7 @@ func (k *kioskConn) request(received time.Time) *kioskproto.Message {
 	r.onOffer = func(l *Lease) {
 		k.sendThen(kioskproto.NewOffer(kioskproto.Offer{
 			Lease: l.ID, Host: k.host, Port: k.m.cfg.GatewayPort, Ticket: l.ticket, Expires: l.Expires,
-			Viewer: k.m.cfg.Viewer,
+			Viewer: k.m.cfg.Viewer, MaxSeconds: int(k.m.cfg.MaxSession / time.Second),
 		}), func() { k.m.handoffs.add(time.Since(received)) })
 	}
 	if err := k.m.enqueue(r); err != nil {
@@ -250,16 +274,43 @@ func (k *kioskConn) close() {
 	})
 }
 
-// replaceConn makes k the kiosk's only connection: a kiosk that reconnects
-// (after a reboot, say) replaces its old, probably dead, connection.
-func (m *Manager) replaceConn(k *kioskConn) {
+// RefusedHello is all a refused kiosk is told: not whether its id exists,
+// nor which addresses it may connect from.
+const RefusedHello = "this broker does not know a kiosk with that id and token at that address"
+
+// heard records that a message came from the kiosk.
+func (k *kioskConn) heard() { k.last.Store(time.Now().UnixNano()) }
+
+// silence is how long the kiosk has said nothing.
+func (k *kioskConn) silence() time.Duration { return time.Since(time.Unix(0, k.last.Load())) }
+
+// admitConn makes k its kiosk's only connection. A kiosk id has one live
+// connection at a time: a second hello is refused while the first one
+// heartbeats, and replaces it once it has missed its heartbeats (a kiosk
+// that rebooted reconnects before the broker hears its old connection is
+// gone). A group admits at most its cap of kiosks at once.
+func (m *Manager) admitConn(k *kioskConn) error {
 	m.mu.Lock()
 	old := m.conns[k.id]
+	switch {
+	case old != nil && old.silence() <= 2*m.cfg.Heartbeat:
+		m.mu.Unlock()
+		return fmt.Errorf("kiosk %q is connected already, from %s, and sends its heartbeats: refused", k.id, old.addr)
+	case old == nil && k.group.Max > 0 && m.groups[k.group.ID] >= k.group.Max:
+		m.mu.Unlock()
+		return fmt.Errorf("the group %q has its %d kiosks connected: refused", k.group.ID, k.group.Max)
+	}
 	m.conns[k.id] = k
+	if old == nil {
+		m.groups[k.group.ID]++
+	}
 	m.mu.Unlock()
 	if old != nil {
+		m.audit.Replaced("kiosk", k.addr.String(), k.id, fmt.Sprintf("its connection from %s was silent for %v: replaced",
+			old.addr, old.silence().Round(time.Second)))
 		old.close()
 	}
+	return nil
 }
 
 func (m *Manager) dropConn(k *kioskConn) {
@@ -267,6 +318,9 @@ func (m *Manager) dropConn(k *kioskConn) {
 	defer m.mu.Unlock()
 	if m.conns[k.id] == k { // a newer connection may have replaced it
 		delete(m.conns, k.id)
+		if m.groups[k.group.ID]--; m.groups[k.group.ID] <= 0 {
+			delete(m.groups, k.group.ID)
+		}
 	}
 }
 

@@ -19,6 +19,17 @@ const LegacyGo = "RULE ADDED, CONNECT NOW!"
 // after every read, so each earlier line would cost the visitor a second.
 const quietFor = 500 * time.Millisecond
 
+// LegacyPort is the original signal port: one request per address at a
+// time, as one kiosk makes; another connection from the address is told so
+// in words the original client shows, and audited.
+func (m *Manager) LegacyPort() accept.Port {
+	return accept.Port{Handle: m.ServeLegacy, MaxPerAddr: 1, Refuse: func(c net.Conn, open int) {
+		addr := accept.RemoteAddr(c)
+		m.audit.Refused("legacy", addr.String(), "", "a request from this address is being served already")
+		fmt.Fprintf(c, "SERVICE UNAVAILABLE: a request from %s is being served already\n", addr)
+	}}
+}
+
 // ServeLegacy speaks the original signal port to a kiosk running remote.sh
 // unchanged: it prints progress lines, then LegacyGo once a second until the
 // kiosk's SPICE link arrives (routed by its address, without a password) or

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"path"
-	"strings"
 
 	"undervdi/server/config"
 )
@@ -21,6 +20,7 @@ type kioskEntry struct {
 	id     string
 	prefix netip.Prefix
 	token  string
+	max    int // a group's cap of kiosks connected at once
 }
 
 // NewRegistry builds the registry from the configuration's [[kiosk]] tables.
@@ -35,7 +35,11 @@ func NewRegistry(kiosks []config.Kiosk) (*Registry, error) {
 		switch {
 		case k.Legacy:
 			r.legacy = append(r.legacy, e)
-		case strings.ContainsAny(k.ID, "*?["):
+		case k.IsGroup():
+			e.max = k.MaxKiosks
+			if e.max == 0 {
+				e.max = config.DefaultMaxKiosks
+			}
 			r.patterns = append(r.patterns, e)
 		default:
 			r.exact[k.ID] = e
@@ -44,9 +48,17 @@ func NewRegistry(kiosks []config.Kiosk) (*Registry, error) {
 	return r, nil
 }
 
-// Authenticate checks a kiosk's id, token and address. The error says which
-// of them is wrong, never what the right token is.
-func (r *Registry) Authenticate(id, token string, addr netip.Addr) error {
+// Group is the entry a kiosk was admitted by: a group's pattern and its cap
+// of kiosks, or, for a kiosk configured on its own, its id and no cap.
+type Group struct {
+	ID  string
+	Max int // 0: a single kiosk
+}
+
+// Authenticate checks a kiosk's id, token and address and returns the
+// entry it matches. The error says which of them is wrong, for the audit
+// log; the kiosk itself is told only ErrRefusedHello's words.
+func (r *Registry) Authenticate(id, token string, addr netip.Addr) (Group, error) {
 	e, ok := r.exact[id]
 	if !ok {
 		for _, p := range r.patterns {
@@ -58,13 +70,13 @@ func (r *Registry) Authenticate(id, token string, addr netip.Addr) error {
 	}
 	switch {
 	case !ok:
-		return fmt.Errorf("kiosk %q is not known to this broker", id)
+		return Group{}, fmt.Errorf("kiosk %q is not known to this broker", id)
 	case !e.prefix.Contains(addr.Unmap()):
-		return fmt.Errorf("kiosk %q may not connect from %s (allowed: %s)", id, addr, e.prefix)
+		return Group{}, fmt.Errorf("kiosk %q may not connect from %s (allowed: %s)", id, addr, e.prefix)
 	case subtle.ConstantTimeCompare([]byte(e.token), []byte(token)) != 1:
-		return fmt.Errorf("wrong token for kiosk %q", id)
+		return Group{}, fmt.Errorf("wrong token for kiosk %q", id)
 	}
-	return nil
+	return Group{ID: e.id, Max: e.max}, nil
 }
 
 // Legacy returns the name under which a legacy kiosk at addr is known.

@@ -54,6 +54,7 @@ type Config struct {
 	IdleLimit        time.Duration
 	MaxSession       time.Duration // 0: no limit
 	QueueLimit       int
+	MaxConnsPerAddr  int    // on the kiosk port; 0: no cap
 	PublicHost       string // "" : the address the kiosk reached the broker on
 	GatewayPort      int
 	Viewer           kioskproto.Viewer
@@ -85,6 +86,7 @@ type Manager struct {
 	byVM    map[string]*Lease
 	pending map[string]*AuditRecord // used VMs being wiped, by VM name
 	conns   map[string]*kioskConn   // by kiosk id
+	groups  map[string]int          // kiosks connected per registry entry
 
 	handoffs handoffStats
 }
@@ -98,6 +100,7 @@ func New(cfg Config, p Pool, reg *Registry, audit *Audit, log *slog.Logger) *Man
 		byVM:    map[string]*Lease{},
 		pending: map[string]*AuditRecord{},
 		conns:   map[string]*kioskConn{},
+		groups:  map[string]int{},
 	}
 	return m
 }
@@ -260,6 +263,9 @@ func (m *Manager) VMEnded(e pool.Ended) {
 	}
 	m.wake()
 }
+
+// Audit is where the manager records sessions and refusals.
+func (m *Manager) Audit() *Audit { return m.audit }
 
 // EndVM ends the session on a VM, for an admin. It reports whether there was one.
 func (m *Manager) EndVM(vm, reason string) bool {

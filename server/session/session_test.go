@@ -14,12 +14,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+
 	"undervdi/internal/poll"
 
 	"undervdi/internal/syncbuf"
 	"undervdi/internal/testlog"
 	"undervdi/kioskproto"
-	"undervdi/server/accept"
 	"undervdi/server/config"
 	"undervdi/server/pool"
 	"undervdi/server/pool/pooltest"
@@ -64,7 +64,8 @@ func newHarness(t *testing.T, vms int, cfg Config) *harness {
 	reg, err := NewRegistry([]config.Kiosk{
 		{ID: "k1", Address: "127.0.0.1", Token: token},
 		{ID: "far", Address: "10.9.9.9", Token: token},
-		{ID: "pool-*", Address: "127.0.0.0/8", Token: token},
+		{ID: "pool-*", Address: "127.0.0.0/8", Token: token, MaxKiosks: 64},
+		{ID: "few-*", Address: "127.0.0.0/8", Token: token, MaxKiosks: 2},
 		{Address: "127.0.0.1", Legacy: true},
 	})
 	if err != nil {
@@ -77,15 +78,15 @@ func newHarness(t *testing.T, vms int, cfg Config) *harness {
 	t.Cleanup(cancel)
 	go h.m.Run(ctx)
 	for _, s := range []struct {
-		addr   *string
-		handle func(context.Context, net.Conn)
-	}{{&h.addr, h.m.ServeKiosk}, {&h.legacy, h.m.ServeLegacy}} {
+		addr  *string
+		serve func(context.Context, net.Listener) error
+	}{{&h.addr, h.m.KioskPort().Serve}, {&h.legacy, h.m.LegacyPort().Serve}} {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		*s.addr = ln.Addr().String()
-		go accept.Serve(ctx, ln, s.handle)
+		go s.serve(ctx, ln)
 	}
 	return h
 }
@@ -181,9 +182,11 @@ func TestHelloRefused(t *testing.T) {
 		code  string
 		says  string
 	}{
-		{kioskproto.NewHello("nobody", token, ""), kioskproto.CodeUnknown, `kiosk "nobody" is not known`},
-		{kioskproto.NewHello("k1", "wrong-token-0000", ""), kioskproto.CodeUnknown, `wrong token for kiosk "k1"`},
-		{kioskproto.NewHello("far", token, ""), kioskproto.CodeUnknown, `may not connect from 127.0.0.1`},
+		// The kiosk hears the same words for each: not whether the id
+		// exists, nor which addresses it may use. The audit says which.
+		{kioskproto.NewHello("nobody", token, ""), kioskproto.CodeUnknown, RefusedHello},
+		{kioskproto.NewHello("k1", "wrong-token-0000", ""), kioskproto.CodeUnknown, RefusedHello},
+		{kioskproto.NewHello("far", token, ""), kioskproto.CodeUnknown, RefusedHello},
 		{&kioskproto.Message{Type: kioskproto.THello, Hello: &kioskproto.Hello{Version: 9, Kiosk: "k1", Token: token}}, kioskproto.CodeBadVersion, "version 9"},
 		{kioskproto.NewRequest(), kioskproto.CodeBadMessage, "first message must be hello"},
 	} {
@@ -198,9 +201,11 @@ func TestHelloRefused(t *testing.T) {
 		}
 	}
 	refused := 0
+	var reasons []string
 	for _, r := range records(h.audit) {
 		if r.Event == "refused" && r.What == "kiosk" {
 			refused++
+			reasons = append(reasons, r.Reason)
 		}
 		if strings.Contains(fmt.Sprint(r), token) {
 			t.Errorf("audit record carries the token: %+v", r)
@@ -208,6 +213,11 @@ func TestHelloRefused(t *testing.T) {
 	}
 	if refused != 5 {
 		t.Errorf("%d refusal audit lines, want 5", refused)
+	}
+	for _, want := range []string{`kiosk "nobody" is not known`, `wrong token for kiosk "k1"`, `may not connect from 127.0.0.1`} {
+		if !strings.Contains(strings.Join(reasons, "\n"), want) {
+			t.Errorf("audit reasons %q lack %q", reasons, want)
+		}
 	}
 }
 
@@ -452,17 +462,59 @@ func TestBusyAndQueueLimit(t *testing.T) {
 	}
 }
 
-func TestKioskReconnectReplacesOldConnection(t *testing.T) {
+// TestOneConnectionPerKiosk: a second hello for a kiosk that is connected
+// and heartbeating is refused, and its session goes on; once the first has
+// missed its heartbeats (a kiosk that rebooted), a hello replaces it.
+func TestOneConnectionPerKiosk(t *testing.T) {
 	h := newHarness(t, 2, testConfig())
 	old, _ := h.session("k1", "127.0.0.1")
-	h.session("k1", "127.0.0.1")
-	for {
-		m := old.next()
-		if m == nil {
-			break // closed by the broker
-		}
+	k := h.dial("127.0.0.1")
+	k.send(kioskproto.NewHello("k1", token, ""))
+	if m := k.next(); m == nil || m.Type != kioskproto.TError || m.Error.Code != kioskproto.CodeBusy {
+		t.Fatalf("second hello for a live kiosk = %+v, want it refused as busy", m)
+	}
+	if h.pool.HasEvent("released") || h.pool.HasEvent("ended") {
+		t.Fatalf("the live kiosk's session was touched: %v", h.pool.Log())
+	}
+	// The test's kiosk sends no heartbeats: past two intervals it has
+	// missed them, and the next hello replaces it.
+	time.Sleep(2*testConfig().Heartbeat + 200*time.Millisecond)
+	k = h.dial("127.0.0.1")
+	k.send(kioskproto.NewHello("k1", token, ""))
+	if m := k.next(); m == nil || m.Type != kioskproto.TWelcome {
+		t.Fatalf("hello after the old connection went silent = %+v, want welcome", m)
+	}
+	for m := old.next(); m != nil; m = old.next() {
 	}
 	poll.Until(t, 10*time.Second, "the old offer's VM returned", func() bool { return h.pool.HasEvent("released vm-001") })
+	var refused, replaced int
+	for _, r := range records(h.audit) {
+		switch {
+		case r.Event == "refused" && strings.Contains(r.Reason, "connected already"):
+			refused++
+		case r.Event == "replaced" && r.Kiosk == "k1" && strings.Contains(r.Reason, "silent"):
+			replaced++
+		}
+	}
+	if refused != 1 || replaced != 1 {
+		t.Errorf("audit has %d refusals and %d replacements, want one each:\n%+v", refused, replaced, records(h.audit))
+	}
+}
+
+// TestGroupCap: one group token cannot mint unlimited kiosks.
+func TestGroupCap(t *testing.T) {
+	h := newHarness(t, 0, testConfig())
+	for i := range 3 {
+		k := h.dial("127.0.0.1")
+		k.send(kioskproto.NewHello(fmt.Sprintf("few-%d", i), token, ""))
+		m := k.next()
+		switch {
+		case i < 2 && (m == nil || m.Type != kioskproto.TWelcome):
+			t.Fatalf("kiosk few-%d = %+v, want welcome", i, m)
+		case i == 2 && (m == nil || m.Type != kioskproto.TError || !strings.Contains(m.Error.Message, `"few-*" has its 2 kiosks connected`)):
+			t.Fatalf("a third kiosk of a group of 2 = %+v, want it refused", m)
+		}
+	}
 }
 
 func TestLegacySignalPort(t *testing.T) {
@@ -555,5 +607,61 @@ func TestRestartWritesInterruptedSessionsAuditLine(t *testing.T) {
 	if r.Event != "session" || r.Lease != "l-0123456789abcdef" || r.Kiosk != "k1" || r.VM != "t-0a1b2c3d" ||
 		r.Reason != "ended by a broker restart" || !r.Wiped || r.Linked == nil || !r.Linked.Equal(linked) || r.Offered == nil {
 		t.Errorf("audit line = %+v", r)
+	}
+}
+
+// TestOneLegacyRequestPerAddress: the signal port serves one request per
+// address at a time, and tells a second one why it is refused.
+func TestOneLegacyRequestPerAddress(t *testing.T) {
+	h := newHarness(t, 0, testConfig()) // no VM: the first request waits
+	first, err := net.Dial("tcp", h.legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	queued := func() int { h.m.mu.Lock(); defer h.m.mu.Unlock(); return len(h.m.queue) }
+	poll.Until(t, 10*time.Second, "the first request queued", func() bool { return queued() == 1 })
+	second, err := net.Dial("tcp", h.legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	second.SetDeadline(time.Now().Add(5 * time.Second))
+	line, _ := bufio.NewReader(second).ReadString('\n')
+	if !strings.HasPrefix(line, "SERVICE UNAVAILABLE: a request from 127.0.0.1 is being served already") {
+		t.Errorf("second request from the address was told %q", line)
+	}
+	poll.Until(t, 10*time.Second, "the refusal audited", func() bool {
+		for _, r := range records(h.audit) {
+			if r.Event == "refused" && r.What == "legacy" && strings.Contains(r.Reason, "being served already") {
+				return true
+			}
+		}
+		return false
+	})
+	if n := queued(); n != 1 {
+		t.Errorf("queue = %d after the refusal, want the first request alone", n)
+	}
+}
+
+// TestConnectionsPerAddressCapped: the kiosk port refuses an address's
+// connections beyond max_conns_per_addr.
+func TestConnectionsPerAddressCapped(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxConnsPerAddr = 2
+	h := newHarness(t, 0, cfg)
+	for i := range 2 {
+		k := h.dial("127.0.0.1")
+		k.send(kioskproto.NewHello(fmt.Sprintf("pool-%d", i), token, ""))
+		k.until(kioskproto.TWelcome)
+	}
+	k := h.dial("127.0.0.1")
+	if m := k.next(); m == nil || m.Type != kioskproto.TError || !strings.Contains(m.Error.Message, "too many connections") {
+		t.Errorf("a third connection from the address = %+v, want it refused", m)
+	}
+	other := h.dial("127.0.0.2")
+	other.send(kioskproto.NewHello("pool-9", token, ""))
+	if m := other.next(); m == nil || m.Type != kioskproto.TWelcome {
+		t.Errorf("another address = %+v, want welcome", m)
 	}
 }

@@ -11,6 +11,18 @@ import (
 	"undervdi/server/qcow2"
 )
 
+// ErrRunning is returned, with domxml.ErrGolden, by Golden for a golden VM
+// that runs: it cannot be published now, and clones of its published
+// versions are not affected.
+var ErrRunning = errors.New("golden VM running")
+
+// running is a golden error that is also ErrRunning, with the golden
+// error's words alone.
+type running struct{ error }
+
+func (running) Is(target error) bool { return target == ErrRunning }
+func (r running) Unwrap() error      { return r.error }
+
 // headerBytes is how much of a golden disk is read to check its header: the
 // qcow2 header and, where qemu-img puts it, the backing file name.
 const headerBytes = 64 << 10
@@ -39,7 +51,7 @@ func (h *Host) Golden(ctx context.Context, name string) (*domxml.Golden, error) 
 		return nil, wrap(l, err, "golden %s", name)
 	}
 	if libvirt.DomainState(state) != libvirt.DomainShutoff {
-		return nil, bad("is %s: shut it down to publish it (a running VM's disk is not consistent; the pool keeps serving the published version)", stateName(state))
+		return nil, running{bad("is %s: shut it down to publish it (a running VM's disk is not consistent; the pool keeps serving the published version)", stateName(state))}
 	}
 	if n, err := l.DomainSnapshotNum(dom, 0); err != nil {
 		return nil, wrap(l, err, "golden %s", name)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -38,19 +39,26 @@ func check(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vdi-broker: cannot reach libvirt at %s: %v\n", cfg.LibvirtURI, err)
 		return exitError
 	}
-	g, err := host.Golden(ctx, cfg.Golden)
-	if err != nil {
-		fmt.Fprintf(stderr, "vdi-broker: %v\n", err)
-		return exitSetup
-	}
-	fmt.Fprintf(stdout, "config %s: ok\ngolden %s: ok (%d MiB, %d disk(s) to clone, guest agent: %v)\n",
-		*path, g.Name, g.Memory>>20, len(g.WritableDisks()), g.HasAgent)
 	vs, err := host.Versions(ctx, cfg.PoolName+"-v")
 	if err != nil {
 		fmt.Fprintf(stderr, "vdi-broker: reading the published versions: %v\n", err)
 		return exitError
 	}
-	if cur := pool.Current(vs, cfg.PoolName, cfg.Golden); cur == nil {
+	cur := pool.Current(vs, cfg.PoolName, cfg.Golden)
+	fmt.Fprintf(stdout, "config %s: ok\n", *path)
+	g, err := host.Golden(ctx, cfg.Golden)
+	switch {
+	case errors.Is(err, virt.ErrRunning) && cur != nil:
+		// Clones are made of version cur: the golden may run meanwhile.
+		fmt.Fprintf(stdout, "golden %s: running; shut it down before the next `vdi-broker publish`\n", cfg.Golden)
+	case err != nil:
+		fmt.Fprintf(stderr, "vdi-broker: %v\n", err)
+		return exitSetup
+	default:
+		fmt.Fprintf(stdout, "golden %s: ok (%d MiB, %d disk(s) to clone, guest agent: %v)\n",
+			g.Name, g.Memory>>20, len(g.WritableDisks()), g.HasAgent)
+	}
+	if cur == nil {
 		fmt.Fprintf(stdout, "versions: none of %s published yet; the broker publishes version 1 when it starts\n", cfg.Golden)
 	} else {
 		fmt.Fprintf(stdout, "versions: %d published, clones are made of version %d\n", len(vs), cur.Meta.Seq)

@@ -406,6 +406,25 @@ func TestKillDuringRoll(t *testing.T) {
 	}
 	checkVersions(t, bed, second)
 
+	// The golden runs (an operator updates it): the unit's check before a
+	// restart still passes, as the pool serves the published version.
+	golden, err := bed.L.DomainLookupByName(bed.Golden.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bed.L.DomainCreate(golden); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := run([]string{"check", "-config", path}, &out, &errOut); code != exitOK || !strings.Contains(out.String(), "running") {
+		t.Errorf("vdi-broker check while the golden runs = %d: %s%s", code, out.String(), errOut.String())
+	}
+	if code := run([]string{"publish", "-socket", cfg.AdminSocket}, &out, &errOut); code == exitOK || !strings.Contains(errOut.String(), "shut it down") {
+		t.Errorf("vdi-broker publish while the golden runs = %d: %s%s, want it refused", code, out.String(), errOut.String())
+	}
+	bed.L.DomainDestroy(golden)
+
 	// The operator's commands, on the running broker.
 	out.Reset()
 	errOut.Reset()
