@@ -65,7 +65,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
-	audit, err := session.OpenAudit(cfg.Sessions.AuditLog, log)
+	audit, err := session.OpenAudit(cfg.Sessions.AuditLog, uint64(cfg.Sessions.AuditMaxSize), cfg.Sessions.AuditKeep, log)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
@@ -96,6 +96,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 
 // PoolConfig is the pool's part of cfg; ready is its last readiness check.
 func PoolConfig(cfg *config.Config, ready func(context.Context, pool.VM) error) pool.Config {
+	usb, _ := domxml.ParseUSBFilter(cfg.Viewer.USBAutoRedirect) // config.Validate checked it
 	return pool.Config{
 		Name:              cfg.PoolName,
 		Golden:            cfg.Golden,
@@ -111,6 +112,7 @@ func PoolConfig(cfg *config.Config, ready func(context.Context, pool.VM) error) 
 		FailureLimit:      cfg.FailureLimit,
 		ReconcileInterval: cfg.ReconcileInterval.D(),
 		ReadyCheck:        ready,
+		USBFilter:         usb,
 	}
 }
 

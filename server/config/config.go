@@ -15,12 +15,13 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/dustin/go-humanize"
+
+	"undervdi/server/domxml"
 )
 
 // Example is the documented example configuration shipped with the broker.
@@ -86,6 +87,8 @@ type Sessions struct {
 	TLSCert          string   `toml:"tls_cert"`
 	TLSKey           string   `toml:"tls_key"`
 	AuditLog         string   `toml:"audit_log"`
+	AuditMaxSize     ByteSize `toml:"audit_max_size"`
+	AuditKeep        int      `toml:"audit_keep"`
 }
 
 // Viewer holds the remote-viewer settings sent to kiosks with each offer.
@@ -154,6 +157,8 @@ func Default() *Config {
 			QueueLimit:       200,
 			MaxConnsPerAddr:  4,
 			AuditLog:         "/var/log/undervdi/sessions.jsonl",
+			AuditMaxSize:     ByteSize(100 << 20),
+			AuditKeep:        10,
 		},
 		Ads: Ads{Dir: "/var/lib/undervdi/ads", Listen: ":5908"},
 		Viewer: Viewer{
@@ -299,6 +304,12 @@ func (c *Config) Validate() error {
 	if ss.AuditLog != "" && !filepath.IsAbs(ss.AuditLog) {
 		bad("sessions.audit_log", "%q must be an absolute path", ss.AuditLog)
 	}
+	if ss.AuditMaxSize < ByteSize(1<<20) {
+		bad("sessions.audit_max_size", "%v: must be at least 1MiB", ss.AuditMaxSize)
+	}
+	if ss.AuditKeep < 1 {
+		bad("sessions.audit_keep", "%d: must be at least 1 (older files are deleted)", ss.AuditKeep)
+	}
 	for key, f := range map[string]string{"viewer.usb_auto_redirect": c.Viewer.USBAutoRedirect, "viewer.usb_redirect_connect": c.Viewer.USBRedirectConnect} {
 		if err := CheckUSBFilter(f); err != nil {
 			bad(key, "%v", err)
@@ -356,23 +367,8 @@ func (k Kiosk) Prefix() (netip.Prefix, error) {
 // class,vendor,product,version,allow separated by '|'; numbers are decimal
 // or 0x-hex, -1 matches anything, allow is 0 or 1.
 func CheckUSBFilter(f string) error {
-	if f == "" {
-		return nil
-	}
-	for i, rule := range strings.Split(f, "|") {
-		fields := strings.Split(rule, ",")
-		if len(fields) != 5 {
-			return fmt.Errorf("rule %d %q: want class,vendor,product,version,allow", i+1, rule)
-		}
-		for j, field := range fields {
-			v, err := strconv.ParseInt(strings.TrimSpace(field), 0, 32)
-			max := []int64{0xff, 0xffff, 0xffff, 0xffff, 1}[j]
-			if err != nil || v < -1 || v > max || (j == 4 && v < 0) {
-				return fmt.Errorf("rule %d %q: field %d %q is not -1 or 0..%#x", i+1, rule, j+1, field, max)
-			}
-		}
-	}
-	return nil
+	_, err := domxml.ParseUSBFilter(f)
+	return err
 }
 
 // Duration is a time.Duration written as "90s", "5m" or "1h30m".

@@ -132,6 +132,7 @@ type Clone struct {
 	SpicePassword string
 	Meta          Metadata
 	MAC           func() string // returns a fresh MAC address per call
+	USBFilter     []USBRule     // the site's USB policy, enforced by QEMU too
 }
 
 // CloneXML derives the clone's domain XML from the golden's:
@@ -145,6 +146,7 @@ type Clone struct {
 //     per-domain paths;
 //   - UEFI variables come from the golden's as a template, into a file of the
 //     clone's own;
+//   - USB redirection is filtered by QEMU as the kiosk's viewer filters it;
 //   - power off, reboot and crash all destroy the domain, which ends the session.
 func (g *Golden) CloneXML(c Clone) (string, error) {
 	doc := g.doc.Copy()
@@ -179,6 +181,7 @@ func (g *Golden) CloneXML(c Clone) (string, error) {
 		nic.InsertChildAt(0, newElement("mac", "address", c.MAC()))
 	}
 	setSpiceSocket(devices, c.SpicePassword)
+	setRedirFilter(devices, c.USBFilter)
 	for _, tag := range []string{"serial", "console", "parallel", "channel"} {
 		for _, el := range devices.SelectElements(tag) {
 			confineChardev(el)

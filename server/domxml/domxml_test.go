@@ -291,3 +291,28 @@ func elementOf(t *testing.T, s string) *etree.Element {
 	}
 	return doc.Root()
 }
+
+func TestRedirFilter(t *testing.T) {
+	rules, err := ParseUSBFilter("0x03,-1,-1,-1,0|0x08,0x0781,0x5581,0x0100,1|-1,-1,-1,-1,0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := readGolden(t).CloneXML(Clone{Name: "n", UUID: "u", Overlays: map[string]string{"sda": "/o/a", "vdb": "/o/b"},
+		MAC: func() string { return "52:54:00:00:00:01" }, USBFilter: rules})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `<redirfilter>
+      <usbdev class="0x03" allow="no"/>
+      <usbdev class="0x08" vendor="0x0781" product="0x5581" version="1.00" allow="yes"/>
+      <usbdev allow="no"/>
+    </redirfilter>`
+	if !strings.Contains(out, want) {
+		t.Errorf("clone XML lacks the site's USB filter:\n%s", out)
+	}
+	for _, bad := range []string{"0x03,-1,-1,-1", "0x100,-1,-1,-1,0", "3,-1,-1,-1,2", "x,-1,-1,-1,0"} {
+		if _, err := ParseUSBFilter(bad); err == nil {
+			t.Errorf("ParseUSBFilter(%q) = nil error", bad)
+		}
+	}
+}

@@ -50,7 +50,7 @@ type Sessions interface {
 	// Attach admits a channel from addr with ticket; hangUp closes it when
 	// the session ends. It returns the VM, input to call on the visitor's
 	// input, and detach to call when the connection closes.
-	Attach(ctx context.Context, addr netip.Addr, ticket string, main bool, hangUp func()) (vm pool.VM, input, detach func(), err error)
+	Attach(ctx context.Context, addr netip.Addr, ticket, channel string, main bool, hangUp func()) (vm pool.VM, input, detach func(), err error)
 }
 
 // Audit records refused connections; *session.Audit has it.
@@ -139,7 +139,8 @@ func (g *Gateway) handle(ctx context.Context, c net.Conn) {
 	conns := &closer{}
 	conns.add(c)
 	defer context.AfterFunc(ctx, conns.close)() // a stopping broker hangs up
-	vm, input, detach, err := g.sessions.Attach(ctx, addr, ticket, m.ChannelType == spice.ChannelMain, conns.close)
+	channel := fmt.Sprintf("%v:%d", m.ChannelType, m.ChannelID)
+	vm, input, detach, err := g.sessions.Attach(ctx, addr, ticket, channel, m.ChannelType == spice.ChannelMain, conns.close)
 	if err != nil {
 		g.audit.Refused("spice-link", addr.String(), "", fmt.Sprintf("%v channel: %v", m.ChannelType, err))
 		s.Finish(spice.LinkErrPermissionDenied)

@@ -178,6 +178,7 @@ func (p *Pool) create(ctx context.Context, ver *version, name string, meta domxm
 	password := spice.NewPassword()
 	xml, err := ver.CloneXML(domxml.Clone{
 		Name: name, UUID: uuid.NewString(), Overlays: overlays, SpicePassword: password, Meta: meta, MAC: randomMAC,
+		USBFilter: p.cfg.USBFilter,
 	})
 	if err != nil {
 		return input{kind: resCreateFailed, err: err, paths: paths}

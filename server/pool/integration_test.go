@@ -222,6 +222,22 @@ func TestRealPool(t *testing.T) {
 			if d.SpiceSocket == "" || d.SpicePassword == "" {
 				t.Errorf("%s has no SPICE socket or password: %q", d.Name, d.SpiceSocket)
 			}
+			// QEMU itself refuses USB devices the site does not allow:
+			// keyboards and mice (HID, class 3) and hubs (9) never.
+			dom, err := bed.L.DomainLookupByName(d.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			live, err := bed.L.DomainGetXMLDesc(dom, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []string{"<redirfilter>", `<usbdev class='0x03' allow='no'/>`, `<usbdev class='0x09' allow='no'/>`,
+				`<usbdev class='0x08' allow='yes'/>`} {
+				if !strings.Contains(live, want) {
+					t.Errorf("the running %s lacks %s in its USB filter", d.Name, want)
+				}
+			}
 		}
 		if clones != 2 {
 			t.Errorf("%d clones in libvirt, want 2", clones)

@@ -94,6 +94,9 @@ type Config struct {
 	// ReadyCheck, if set, is the last test before a VM is clean (the SPICE
 	// gateway probes the VM's display there); an error fails the clone.
 	ReadyCheck func(context.Context, VM) error
+	// USBFilter is the site's USB redirection policy; each clone's QEMU
+	// enforces it (a <redirfilter>), whatever the client does.
+	USBFilter []domxml.USBRule
 }
 
 // maxJobs bounds the actions the executor runs at once, across all VMs.

@@ -10,36 +10,63 @@ import (
 	"sync"
 	"time"
 
+	"gopkg.in/natefinch/lumberjack.v2"
+
 	"undervdi/server/pool"
 )
 
 // Audit writes one JSON line per session and per refused connection. It
-// never writes a ticket, token or password.
+// never writes a ticket, token or password. A flood of refusals is
+// summarised: the first refusal of a kind (what, address, reason) is
+// written at once, and the ones that follow within refusalWindow become one
+// line with their count. The file is rotated, so a flood cannot fill the
+// disk that holds the overlays.
 type Audit struct {
-	mu  sync.Mutex
-	w   io.Writer
-	log *slog.Logger
+	mu       sync.Mutex
+	w        io.Writer
+	log      *slog.Logger
+	refusals map[refusalKey]*refusalCount
+	window   time.Duration // refusalWindow; tests shorten it
 }
 
-// OpenAudit appends to the file at path; "" keeps records in the log only.
-func OpenAudit(path string, log *slog.Logger) (*Audit, error) {
-	a := &Audit{log: log}
+type refusalKey struct{ what, addr, reason string }
+
+type refusalCount struct {
+	since  time.Time
+	n      int // after the first, not yet written
+	kiosk  string
+	closer *time.Timer
+}
+
+// refusalWindow is how long refusals of one kind are counted before the
+// count is written.
+const refusalWindow = time.Minute
+
+// OpenAudit appends to the file at path, rotated once it holds maxSize
+// bytes, keeping keep old files (compressed); "" keeps records in the log
+// only.
+func OpenAudit(path string, maxSize uint64, keep int, log *slog.Logger) (*Audit, error) {
+	a := NewAudit(nil, log)
 	if path == "" {
 		return a, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
+	// Fail at start, not at the first session, if the file cannot be written.
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
-	a.w = f
+	f.Close()
+	a.w = &lumberjack.Logger{Filename: path, MaxSize: int(max(maxSize>>20, 1)), MaxBackups: keep, Compress: true}
 	return a, nil
 }
 
 // NewAudit writes to w; nil keeps records in the log only.
-func NewAudit(w io.Writer, log *slog.Logger) *Audit { return &Audit{w: w, log: log} }
+func NewAudit(w io.Writer, log *slog.Logger) *Audit {
+	return &Audit{w: w, log: log, refusals: map[refusalKey]*refusalCount{}, window: refusalWindow}
+}
 
 // AuditRecord is one line of the audit log.
 type AuditRecord struct {
@@ -55,6 +82,8 @@ type AuditRecord struct {
 	Linked  *time.Time `json:"linked,omitempty"`
 	Ended   *time.Time `json:"ended,omitempty"`
 	Reason  string     `json:"reason"`
+	Count   int        `json:"count,omitempty"` // refusals of this kind after the first, since Since
+	Since   *time.Time `json:"since,omitempty"`
 	Wiped   bool       `json:"wiped"`
 	WipedAt *time.Time `json:"wiped_at,omitempty"`
 }
@@ -110,8 +139,37 @@ func (a *Audit) Replaced(what, addr, kiosk, reason string) {
 }
 
 // Refused records a refused connection: what was refused (kiosk, legacy,
-// spice-link), from where, and why.
+// spice-link, ads), from where, and why. Refusals of a kind that follow
+// within a minute are counted, and written as one line when the minute is
+// over.
 func (a *Audit) Refused(what, addr, kiosk, reason string) {
+	k := refusalKey{what, addr, reason}
+	a.mu.Lock()
+	if c := a.refusals[k]; c != nil {
+		c.n++
+		a.mu.Unlock()
+		a.log.Debug("refused again", "what", what, "addr", addr, "kiosk", kiosk, "reason", reason)
+		return
+	}
+	c := &refusalCount{since: time.Now(), kiosk: kiosk}
+	a.refusals[k] = c
+	c.closer = time.AfterFunc(a.window, func() { a.closeRefusals(k) })
+	a.mu.Unlock()
 	a.log.Warn("refused", "what", what, "addr", addr, "kiosk", kiosk, "reason", reason)
 	a.Write(&AuditRecord{Event: "refused", What: what, Addr: addr, Kiosk: kiosk, Reason: reason})
+}
+
+// closeRefusals ends a kind's minute: the refusals counted in it are
+// written as one line.
+func (a *Audit) closeRefusals(k refusalKey) {
+	a.mu.Lock()
+	c := a.refusals[k]
+	delete(a.refusals, k)
+	a.mu.Unlock()
+	if c == nil || c.n == 0 {
+		return
+	}
+	a.log.Warn("refused, again and again", "what", k.what, "addr", k.addr, "count", c.n, "since", c.since, "reason", k.reason)
+	a.Write(&AuditRecord{Event: "refused", What: k.what, Addr: k.addr, Kiosk: c.kiosk, Count: c.n,
+		Since: timePtr(c.since), Reason: k.reason})
 }

@@ -67,6 +67,8 @@ var (
 	ErrExpired   = errors.New("the connect window is over")
 	ErrTakeover  = errors.New("the session's main channel is already linked")
 	ErrNoMain    = errors.New("the session's main channel is not linked")
+	ErrChannel   = errors.New("the session has that channel open already")
+	ErrChannels  = errors.New("the session has all the channels a viewer opens")
 )
 
 // Manager runs the sessions of one broker.
@@ -120,6 +122,7 @@ type Lease struct {
 	linked    time.Time
 	mainOpen  bool
 	conns     map[int]func() // open SPICE connections -> close
+	channels  map[string]int // open SPICE channels ("display:0") -> their connection
 	nextConn  int
 	ended     bool
 	reason    string
@@ -149,7 +152,7 @@ func (m *Manager) newLeaseLocked(r *request, vm pool.VM, id string) *Lease {
 	l := &Lease{
 		ID: id, Kiosk: r.kiosk, Addr: r.addr, Legacy: r.legacy, VM: vm,
 		Offered: now, Expires: now.Add(m.cfg.ConnectWindow),
-		conns: map[int]func(){}, linkedCh: make(chan struct{}), endedCh: make(chan struct{}),
+		conns: map[int]func(){}, channels: map[string]int{}, linkedCh: make(chan struct{}), endedCh: make(chan struct{}),
 		timers: map[string]*time.Timer{}, notifyEnd: r.onEnd,
 	}
 	if !l.Legacy {
@@ -293,14 +296,21 @@ func (m *Manager) Lookup(addr netip.Addr) (pool.VM, error) {
 	return pool.VM{}, ErrNoLease
 }
 
-// Attach admits a SPICE channel connection from addr with ticket: main says
-// whether it is the session's main channel, hangUp closes it when the
-// session ends. It returns the VM to reach, input to call on the visitor's
-// input, and detach to call when the connection closes. On a lease's first
-// link it records the VM as used (in libvirt) before returning, and any
-// other channel waits for that: only then may the client's bytes reach the
-// VM.
-func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket string, main bool, hangUp func()) (vm pool.VM, input, detach func(), err error) {
+// MaxChannels is the most SPICE channels one session may have open at once.
+// remote-viewer opens main, display, inputs, cursor and one usbredir per
+// redirected USB port (six with the tiny golden's two), and playback and
+// record with audio: 16 leaves room for a golden with more.
+const MaxChannels = 16
+
+// Attach admits a SPICE channel connection from addr with ticket: channel
+// names it ("display:0"), main says whether it is the session's main
+// channel, hangUp closes it when the session ends. It returns the VM to
+// reach, input to call on the visitor's input, and detach to call when the
+// connection closes. Each channel may be open once, the session at most
+// MaxChannels at a time. On a lease's first link it records the VM as used
+// (in libvirt) before returning, and any other channel waits for that:
+// only then may the client's bytes reach the VM.
+func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket, channel string, main bool, hangUp func()) (vm pool.VM, input, detach func(), err error) {
 	m.mu.Lock()
 	var l *Lease
 	for _, cand := range m.leases {
@@ -326,6 +336,12 @@ func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket string, ma
 	case !main && !l.mainOpen:
 		m.mu.Unlock()
 		return pool.VM{}, nil, nil, ErrNoMain
+	case l.channels[channel] != 0:
+		m.mu.Unlock()
+		return pool.VM{}, nil, nil, ErrChannel
+	case len(l.channels) >= MaxChannels:
+		m.mu.Unlock()
+		return pool.VM{}, nil, nil, ErrChannels
 	}
 	first := l.linked.IsZero()
 	if first {
@@ -338,9 +354,10 @@ func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket string, ma
 	l.nextConn++
 	id := l.nextConn
 	l.conns[id] = hangUp
+	l.channels[channel] = id
 	m.stopTimerLocked(l, "grace")
 	m.mu.Unlock()
-	detach = func() { m.detach(l, id) }
+	detach = func() { m.detach(l, id, channel) }
 
 	if first {
 		if err := m.pool.MarkUsed(ctx, l.VM.Name); err != nil {
@@ -369,10 +386,13 @@ func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket string, ma
 
 // detach records that an admitted connection closed. When the last one has
 // been closed for the grace period, the session ends.
-func (m *Manager) detach(l *Lease, id int) {
+func (m *Manager) detach(l *Lease, id int, channel string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(l.conns, id)
+	if l.channels[channel] == id {
+		delete(l.channels, channel)
+	}
 	if len(l.conns) == 0 && !l.ended {
 		l.mainOpen = false
 		m.timerLocked(l, "grace", m.cfg.Grace, "the viewer disconnected")
