@@ -28,7 +28,7 @@ build:
 # image builds the kiosk appliance: out/kiosk.img (SD card / USB stick),
 # out/pxe/ (network boot) and out/manifest.json. See docs/appliance.md.
 image: deps
-	go run ./image-build/cmd/image-build -out out
+	go run ./image-build/cmd/image-build -out out $(if $(CA),-ca $(CA))
 
 # deps installs missing Debian packages (apt-get update only when needed).
 deps:

@@ -25,7 +25,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
 	"undervdi/internal/freeport"
+	"undervdi/server/siteca"
 
 	"github.com/BurntSushi/toml"
 	"github.com/digitalocean/go-libvirt"
@@ -286,6 +288,7 @@ func (d *demo) kioskConfig(ports []int) (string, func(), error) {
 port = %d
 kiosk = demo-kiosk
 token = %s
+ca = %s
 display = %s
 ads_url = http://127.0.0.1:%d/ads/
 ads_every = 1m
@@ -295,7 +298,7 @@ session_user = %s
 session_dir = %s
 usb_sysfs =
 logind = no
-`, ports[1], token, d.display, ports[3], filepath.Join(d.bed.Root, "kiosk-ads"), d.cfg.Ads.Dir, userName, session)
+`, ports[1], token, filepath.Join(d.cfg.SiteCADir(), siteca.CAFile), d.display, ports[3], filepath.Join(d.bed.Root, "kiosk-ads"), d.cfg.Ads.Dir, userName, session)
 	return path, unmount, os.WriteFile(path, []byte(conf), 0o644)
 }
 

@@ -31,6 +31,8 @@ type Inputs struct {
 	Cmdline    string // kernel command line, without undervdi.bootpart (the disk image adds it)
 	Config     string // optional kioskd.conf
 	Background string // optional directory of fallback images, copied as a tree
+	CA         string // optional: the broker's CA (vdi-broker ca), which kioskd verifies it with
+
 	// Packages the kernel and initramfs were built from, as "name=version",
 	// recorded in the manifest.
 	Packages []string
@@ -162,7 +164,8 @@ func (b *Builder) check(in Inputs) error {
 		errs = append(errs, fmt.Errorf("build time (SOURCE_DATE_EPOCH) %d is outside what FAT can record, 1980 to 2107", b.Epoch.Unix()))
 	}
 	errs = append(errs, checkFile("kernel", in.Kernel, true), checkFile("initramfs", in.Initramfs, true),
-		checkFile("kioskd.conf", in.Config, false))
+		checkFile("kioskd.conf", in.Config, false),
+		checkCA(in.CA))
 	if in.Background != "" {
 		if st, err := os.Stat(in.Background); err != nil {
 			errs = append(errs, fmt.Errorf("background images: %w", err))

@@ -90,12 +90,16 @@ type diskPlan struct {
 // planDisk lists the EFI system partition's content and sizes the image.
 func planDisk(in Inputs, grub *grubImages, volumeID uint32) (*diskPlan, error) {
 	kiosk := func(name string) string { return path.Join(bootlayout.Dir, name) }
-	esp := []entry{
+	site, more, err := siteEntry(in, kiosk(bootlayout.SiteInitrd))
+	if err != nil {
+		return nil, err
+	}
+	esp := append([]entry{
 		{path: "EFI/BOOT/BOOTX64.EFI", data: grub.efiImg},
-		{path: strings.TrimPrefix(grubConfigPath, "/"), data: []byte(grubConfig(in.Cmdline, bootlayout.VolumeID(volumeID)))},
+		{path: strings.TrimPrefix(grubConfigPath, "/"), data: []byte(grubConfig(in.Cmdline, bootlayout.VolumeID(volumeID), more...))},
 		{path: kiosk(bootlayout.Kernel), src: in.Kernel},
 		{path: kiosk(bootlayout.Initramfs), src: in.Initramfs},
-	}
+	}, site...)
 	if in.Config != "" {
 		esp = append(esp, entry{path: kiosk(bootlayout.Config), src: in.Config})
 	}
@@ -250,7 +254,7 @@ func (p *diskPlan) contentKey(epoch time.Time) ([]byte, error) {
 func volumeID(in Inputs, epoch time.Time) (uint32, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "FAT volume ID\x00epoch %d\ncmdline %q\n", epoch.Unix(), in.Cmdline)
-	for _, f := range []string{in.Kernel, in.Initramfs, in.Config} {
+	for _, f := range []string{in.Kernel, in.Initramfs, in.Config, in.CA} {
 		if f == "" {
 			continue
 		}

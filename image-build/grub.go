@@ -155,8 +155,9 @@ func (b *Builder) withCacheLock(f func() error) error {
 }
 
 // grubConfig returns grub.cfg: boot the kiosk at once, with cmdline and the
-// word that tells kioskd it booted from the partition with volumeID.
-func grubConfig(cmdline, volumeID string) string {
+// word that tells kioskd it booted from the partition with volumeID, and the
+// kiosk image followed by more initramfs files (bootlayout.SiteInitrd).
+func grubConfig(cmdline, volumeID string, more ...string) string {
 	words := kernelArgs(cmdline, volumeID)
 	for i, w := range words {
 		words[i] = grubQuote(w)
@@ -169,7 +170,11 @@ func grubConfig(cmdline, volumeID string) string {
 	// GRUB does the same with the firmware's framebuffer by default.
 	b.WriteString("set gfxpayload=auto\n")
 	fmt.Fprintf(&b, "linux %s %s\n", path.Join("/", bootlayout.Dir, bootlayout.Kernel), strings.Join(words, " "))
-	fmt.Fprintf(&b, "initrd %s\n", path.Join("/", bootlayout.Dir, bootlayout.Initramfs))
+	initrds := []string{path.Join("/", bootlayout.Dir, bootlayout.Initramfs)}
+	for _, m := range more {
+		initrds = append(initrds, path.Join("/", bootlayout.Dir, m))
+	}
+	fmt.Fprintf(&b, "initrd %s\n", strings.Join(initrds, " "))
 	b.WriteString("boot\n")
 	return b.String()
 }

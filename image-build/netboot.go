@@ -31,13 +31,17 @@ func (b *Builder) ipxeLoaders(ctx context.Context) (map[string]string, debpkg.Pa
 // kiosk network. Network-booted kiosks get their settings from DHCP
 // (bootlayout.DHCPOption) and the kernel command line.
 func planPXE(in Inputs, loaders map[string]string) ([]entry, error) {
-	files := []entry{
+	site, more, err := siteEntry(in, bootlayout.SiteInitrd)
+	if err != nil {
+		return nil, err
+	}
+	files := append([]entry{
 		{path: bootlayout.Kernel, src: in.Kernel},
 		{path: bootlayout.Initramfs, src: in.Initramfs},
-		{path: bootlayout.IPXEScript, data: []byte(pxe.IPXEScript(in.Cmdline))},
+		{path: bootlayout.IPXEScript, data: []byte(pxe.IPXEScript(in.Cmdline, more...))},
 		{path: pxe.UndiLoader, src: loaders[pxe.UndiLoader]},
 		{path: pxe.EFILoader, src: loaders[pxe.EFILoader]},
-	}
+	}, site...)
 	for i := range files {
 		f := &files[i]
 		if f.src == "" {

@@ -46,7 +46,8 @@ func TestKioskSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	img := filepath.Join(t.TempDir(), DiskImageName)
-	in := Inputs{Kernel: kimg.Kernel, Initramfs: kimg.Initramfs, Cmdline: "console=ttyS0 panic=-1", Config: conf}
+	// The card carries the broker's site CA: the kiosk speaks TLS to it.
+	in := Inputs{Kernel: kimg.Kernel, Initramfs: kimg.Initramfs, Cmdline: "console=ttyS0 panic=-1", Config: conf, CA: rb.CAFile()}
 	if err := testBuilder(t).Disk(ctx, in, img); err != nil {
 		t.Fatalf("Disk() = %v", err)
 	}

@@ -79,7 +79,7 @@ func BenchmarkIdleMinute(b *testing.B) {
 		writeTestImage(b, filepath.Join(bg, fmt.Sprintf("%d-%s.png", i, c)), i)
 	}
 	conf := filepath.Join(b.TempDir(), "kioskd.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("server = 127.0.0.1\nport = %d\nkiosk = k\ntoken = t\ndisplay = %s\nads_url = off\n"+
+	os.WriteFile(conf, []byte(fmt.Sprintf("server = 127.0.0.1\nport = %d\nkiosk = k\ntoken = t\ntls = false\ndisplay = %s\nads_url = off\n"+
 		"ads_dir = %s\nbackground_dir = %s\nsession_dir = %s\nusb_sysfs =\nlogind = no\nslide_interval = 5s\n",
 		freeport.Port(b), x.Display, b.TempDir(), bg, b.TempDir())), 0o644)
 	for b.Loop() {

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"undervdi/server/siteca"
+
 	"undervdi/internal/freeport"
 	"undervdi/internal/poll"
 
@@ -81,6 +83,14 @@ func startKiosk(t testing.TB, bed *testbed.Bed, kioskPort int) *rig {
 	writePNG(t, filepath.Join(bg, "background.png"), slideColor)
 	cfg := config.Default()
 	cfg.Server, cfg.Port, cfg.Kiosk, cfg.Token = "127.0.0.1", kioskPort, "k1", brokertest.Token
+	// The kiosk protocol is TLS, against the site CA: made before the
+	// broker first runs, as an operator makes it (vdi-broker ca) to build
+	// kiosk images.
+	site := bed.Config(1).SiteCADir()
+	if _, _, err := siteca.Ensure(site); err != nil {
+		t.Fatal(err)
+	}
+	cfg.CA = filepath.Join(site, siteca.CAFile)
 	cfg.Display, cfg.SessionUser, cfg.SessionDir = r.x.Display, u.Username, sessionDir
 	cfg.AdsURL, cfg.AdsDir, cfg.BackgroundDir = "off", t.TempDir(), bg
 	cfg.IdleLimit, cfg.IdleWarning = 25*time.Second, 10*time.Second

@@ -60,7 +60,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, onState func
 		return 0
 	})
 	if err != nil {
-		return err
+		// A kiosk that cannot verify its broker serves nobody: it shows
+		// the slideshow, out of order, and never speaks plaintext instead.
+		log.Error("this kiosk cannot reach its broker safely; it stays out of order", "err", err)
+		link = deadLink{err}
 	}
 	var logind *logout.Logind
 	if cfg.Logind != "no" {
@@ -157,11 +160,11 @@ func newLink(cfg *config.Config, log *slog.Logger, idle func() time.Duration) (B
 	}
 	d := kioskproto.Dialer{Addr: cfg.BrokerAddr(), Idle: idle}
 	if cfg.TLS {
-		tc := &tls.Config{ServerName: cfg.Server, MinVersion: tls.VersionTLS12}
-		if cfg.CA != "" {
+		tc := &tls.Config{ServerName: cfg.BrokerName, MinVersion: tls.VersionTLS12}
+		if cfg.CA != "system" {
 			pem, err := os.ReadFile(cfg.CA)
 			if err != nil {
-				return nil, fmt.Errorf("ca: %w", err)
+				return nil, fmt.Errorf("ca: %w (the broker's CA: vdi-broker ca prints it, image-build -ca puts it on the boot media)", err)
 			}
 			tc.RootCAs = x509.NewCertPool()
 			if !tc.RootCAs.AppendCertsFromPEM(pem) {
@@ -169,9 +172,26 @@ func newLink(cfg *config.Config, log *slog.Logger, idle func() time.Duration) (B
 			}
 		}
 		d.TLS = tc
+	} else {
+		log.Warn("the kiosk protocol is in plaintext (tls = false): the token and the session's messages cross the LAN in clear")
 	}
 	return &ProtocolLink{Dialer: d, ID: cfg.Kiosk, Token: cfg.Token, Software: "kioskd", Log: log}, nil
 }
+
+// deadLink is the broker link of a kiosk that cannot verify its broker
+// (no CA): it never connects, so the kiosk shows the slideshow, unavailable.
+type deadLink struct{ err error }
+
+func (d deadLink) Run(ctx context.Context, events chan<- Event) {
+	select {
+	case events <- BrokerDown{Err: d.err}:
+	case <-ctx.Done():
+	}
+	<-ctx.Done()
+}
+
+func (d deadLink) Request() error { return d.err }
+func (deadLink) End(string)       {}
 
 // sessionUser resolves the session user: a name or a numeric uid (the boot
 // image has no user database); "" is kioskd's own user.

@@ -8,12 +8,14 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
 	"undervdi/internal/poll"
 
 	"undervdi/kioskd"
@@ -30,6 +32,7 @@ func TestRestartsDeadXServer(t *testing.T) {
 	ln.Close()
 	cfg := config.Default()
 	cfg.Server, cfg.Port, cfg.Kiosk, cfg.Token = "127.0.0.1", port, "k", "t"
+	cfg.TLS = false // no broker at all: nothing to verify
 	cfg.Display = display
 	cfg.XServer = "Xvfb " + display + " -screen 0 320x240x24 -nolisten tcp -noreset"
 	cfg.AdsURL, cfg.AdsDir, cfg.BackgroundDir, cfg.SessionDir = "off", t.TempDir(), t.TempDir(), t.TempDir()
@@ -97,4 +100,56 @@ func freeDisplay(t *testing.T) string {
 	}
 	t.Fatal("no free X display")
 	return ""
+}
+
+// TestWithoutCAOutOfOrder: a kiosk whose broker's CA is missing does not
+// fall back to plaintext: it shows the slideshow, unavailable, and never
+// reaches the broker.
+func TestWithoutCAOutOfOrder(t *testing.T) {
+	display := freeDisplay(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // a plaintext "broker" that counts who comes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	came := make(chan struct{}, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			came <- struct{}{}
+			c.Close()
+		}
+	}()
+	cfg := config.Default()
+	cfg.Server, cfg.Port, cfg.Kiosk, cfg.Token = "127.0.0.1", ln.Addr().(*net.TCPAddr).Port, "k", "t"
+	cfg.CA = filepath.Join(t.TempDir(), "no-such-ca.pem")
+	cfg.Display = display
+	cfg.XServer = "Xvfb " + display + " -screen 0 320x240x24 -nolisten tcp -noreset"
+	cfg.AdsURL, cfg.AdsDir, cfg.BackgroundDir, cfg.SessionDir = "off", t.TempDir(), t.TempDir(), t.TempDir()
+	cfg.USBSysfs, cfg.Logind = "", "no"
+	var mu sync.Mutex
+	var states []kioskd.State
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- kioskd.Run(ctx, cfg, slog.New(slog.DiscardHandler), func(s kioskd.State) {
+			mu.Lock()
+			states = append(states, s)
+			mu.Unlock()
+		})
+	}()
+	defer func() { cancel(); <-done }()
+	poll.Until(t, 30*time.Second, "the kiosk out of order", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(states) > 0 && states[len(states)-1] == kioskd.Unreachable
+	})
+	select {
+	case <-came:
+		t.Errorf("a kiosk with no CA connected to the broker anyway")
+	case <-time.After(2 * time.Second):
+	}
 }

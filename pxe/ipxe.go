@@ -35,14 +35,21 @@ const ipxePackage = "ipxe"
 // the script itself was fetched from (iPXE resolves relative names against
 // the script's URL). BOOTIF tells kioskd which interface the kiosk booted
 // from, so it asks DHCP there first; initrd= names the initramfs for kernels
-// started through the EFI stub.
-func IPXEScript(cmdline string) string {
+// started through the EFI stub. More initramfs files (bootlayout.SiteInitrd)
+// load after the kiosk image, in order.
+func IPXEScript(cmdline string, more ...string) string {
+	initrds := append([]string{bootlayout.Initramfs}, more...)
 	var b strings.Builder
 	b.WriteString("#!ipxe\n")
 	b.WriteString("# undervdi kiosk, network boot\n")
-	fmt.Fprintf(&b, "kernel %s initrd=%s %s BOOTIF=01-${netX/mac:hexhyp}\n",
-		bootlayout.Kernel, bootlayout.Initramfs, strings.Join(strings.Fields(cmdline), " "))
-	fmt.Fprintf(&b, "initrd %s\n", bootlayout.Initramfs)
+	b.WriteString("kernel " + bootlayout.Kernel)
+	for _, i := range initrds {
+		b.WriteString(" initrd=" + i) // for a UEFI kernel's own stub
+	}
+	fmt.Fprintf(&b, " %s BOOTIF=01-${netX/mac:hexhyp}\n", strings.Join(strings.Fields(cmdline), " "))
+	for _, i := range initrds {
+		fmt.Fprintf(&b, "initrd %s\n", i)
+	}
 	b.WriteString("boot\n")
 	return b.String()
 }

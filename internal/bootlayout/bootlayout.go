@@ -9,6 +9,7 @@
 //	/boot/grub/grub.cfg     the boot menu both GRUBs read (the kernel command line lives here)
 //	/undervdi/vmlinuz       Debian's kernel
 //	/undervdi/initramfs.img the u-root initramfs (zstd-compressed newc cpio), kioskd its uinit
+//	/undervdi/site.img      optional: a second initramfs with the site's CA (CAPath)
 //	/undervdi/kioskd.conf   optional: the site's kiosk settings
 //	/undervdi/background/   optional: images shown when there are no ads
 //
@@ -34,6 +35,11 @@ const (
 	Background = "background"
 	// IPXEScript is the network-boot script's name.
 	IPXEScript = "boot.ipxe"
+	// SiteInitrd is a second initramfs, loaded after Initramfs on both
+	// kinds of boot media, holding what is the site's and not secret: the
+	// broker's CA, at CAPath, which kioskd verifies the broker with.
+	SiteInitrd = "site.img"
+	CAPath     = "etc/undervdi/ca.pem"
 	// BootPartKey is the kernel command-line key naming the partition the
 	// kiosk booted from by its FAT volume ID (VolumeID), as in
 	// undervdi.bootpart=1A2B-3C4D. GRUB finds the partition by the same ID.

@@ -6,13 +6,18 @@ package brokertest
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"undervdi/server/siteca"
 
 	"undervdi/internal/freeport"
 	"undervdi/internal/poll"
@@ -95,6 +100,29 @@ func (b *Broker) WaitFull() {
 	poll.Until(b.t, 5*time.Minute, "a full pool", func() bool {
 		return b.Pool.Status().Counts[pool.Clean] == b.Config.PoolSize
 	})
+}
+
+// CAFile is the site CA the broker made, which kiosks verify it with.
+func (b *Broker) CAFile() string { return filepath.Join(b.Config.SiteCADir(), siteca.CAFile) }
+
+// KioskTLS is a kiosk's TLS to this broker: its site CA, its name.
+func (b *Broker) KioskTLS() *tls.Config {
+	b.t.Helper()
+	return KioskTLS(b.t, b.CAFile())
+}
+
+// KioskTLS is a kiosk's TLS to a broker whose site CA is in caFile.
+func KioskTLS(t testing.TB, caFile string) *tls.Config {
+	t.Helper()
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		t.Fatalf("no certificate in %s", caFile)
+	}
+	return &tls.Config{RootCAs: pool, ServerName: siteca.ServerName, MinVersion: tls.VersionTLS12}
 }
 
 // KioskAddr is the kiosk protocol's address; GatewayPort the SPICE gateway's.

@@ -107,6 +107,7 @@ func (b *Bed) Config(poolSize int) *config.Config {
 	c.MemoryReserve = 512 << 20
 	c.ReadyTimeout = config.Duration(3 * time.Minute)
 	c.AdminSocket = filepath.Join(b.Root, "admin.sock")
+	c.StateDir = filepath.Join(b.Root, "broker") // the site CA the kiosk protocol's TLS uses
 	c.ReconcileInterval = config.Duration(20 * time.Second)
 	c.LogLevel = "debug"
 	c.Ads.Dir = filepath.Join(b.Root, "ads")

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"undervdi/internal/bootlayout"
 )
 
 // Example is the documented example configuration.
@@ -28,14 +30,19 @@ var Example string
 // DefaultPath is where kioskd reads its file.
 const DefaultPath = "/etc/undervdi/kioskd.conf"
 
+// DefaultCA is where the broker's CA is, on the kiosk image and on a
+// systemd kiosk: image-build puts the site's there.
+const DefaultCA = "/" + bootlayout.CAPath
+
 // Config holds kioskd's settings.
 type Config struct {
 	Server        string        // the broker's host (client.conf: server_ip)
 	Port          int           // the kiosk protocol's port
 	Kiosk         string        // this kiosk's id; empty means legacy mode
 	Token         string        // this kiosk's secret
-	TLS           bool          // speak TLS to the broker
-	CA            string        // CA certificates for TLS; empty: the system's
+	TLS           bool          // speak TLS to the broker (the default); never falls back to plaintext
+	CA            string        // the CA the broker's certificate must chain to; "system": the system's
+	BrokerName    string        // the name the broker's certificate must carry
 	LegacyPort    int           // the original signal port (client.conf: vdi_signal_port)
 	SpicePort     int           // the SPICE gateway, for legacy mode (client.conf: vdi_spice_port)
 	AdsURL        string        // where the broker serves the ads; "off" to disable
@@ -61,6 +68,9 @@ type Config struct {
 func Default() *Config {
 	return &Config{
 		Port:          5907,
+		TLS:           true,
+		CA:            DefaultCA,
+		BrokerName:    "vdi-broker",
 		LegacyPort:    5905,
 		SpicePort:     5906,
 		AdsEvery:      5 * time.Minute,
@@ -144,6 +154,7 @@ var keys = []key{
 		return nil
 	}},
 	{"ca", "", str(func(c *Config) *string { return &c.CA })},
+	{"broker_name", "", str(func(c *Config) *string { return &c.BrokerName })},
 	{"legacy_port", "vdi_signal_port", port(func(c *Config) *int { return &c.LegacyPort })},
 	{"spice_port", "vdi_spice_port", port(func(c *Config) *int { return &c.SpicePort })},
 	{"ads_url", "", str(func(c *Config) *string { return &c.AdsURL })},
@@ -302,6 +313,17 @@ func (c *Config) Validate() error {
 	}
 	if c.SlideInterval < 100*time.Millisecond {
 		bad("slide_interval", "%v: too short", c.SlideInterval)
+	}
+	if c.TLS && !c.Legacy() {
+		switch {
+		case c.CA == "":
+			bad("ca", "required with tls: the broker's CA (vdi-broker ca prints it), or \"system\"")
+		case c.CA != "system" && !filepath.IsAbs(c.CA):
+			bad("ca", "%q must be an absolute path, or \"system\"", c.CA)
+		}
+		if c.BrokerName == "" {
+			bad("broker_name", "required with tls: the name in the broker's certificate")
+		}
 	}
 	if c.IdleLimit != 0 && c.IdleWarning >= c.IdleLimit {
 		bad("idle_warning", "%v must be shorter than idle_limit (%v)", c.IdleWarning, c.IdleLimit)

@@ -28,6 +28,7 @@ import (
 	"undervdi/server/gateway"
 	"undervdi/server/pool"
 	"undervdi/server/session"
+	"undervdi/server/siteca"
 	"undervdi/server/virt"
 )
 
@@ -212,12 +213,10 @@ func (b *Broker) listen() (map[string]net.Listener, error) {
 	if err == nil && cfg.Ads.Dir != "" && cfg.Ads.Listen != "" {
 		err = open("ads", cfg.Ads.Listen)
 	}
-	if err == nil && cfg.Sessions.TLSCert != "" {
-		cert, cerr := tls.LoadX509KeyPair(cfg.Sessions.TLSCert, cfg.Sessions.TLSKey)
-		if cerr != nil {
-			err = fmt.Errorf("sessions.tls_cert: %w", cerr)
-		} else {
-			out["kiosk"] = tls.NewListener(out["kiosk"], &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	if err == nil {
+		var tc *tls.Config
+		if tc, err = b.kioskTLS(); tc != nil {
+			out["kiosk"] = tls.NewListener(out["kiosk"], tc)
 		}
 	}
 	if err != nil {
@@ -227,6 +226,37 @@ func (b *Broker) listen() (map[string]net.Listener, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// kioskTLS is the kiosk protocol's TLS: the site's own certificate, or else
+// the one the broker made itself, signed by its site CA. It is nil, with a
+// warning, where the site turned TLS off.
+func (b *Broker) kioskTLS() (*tls.Config, error) {
+	cfg := b.Config.Sessions
+	var cert tls.Certificate
+	switch {
+	case cfg.Plaintext:
+		b.Log.Warn("the kiosk protocol is in plaintext (sessions.plaintext = true): kiosk tokens cross the kiosk LAN in clear")
+		return nil, nil
+	case cfg.TLSCert != "":
+		var err error
+		if cert, err = tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return nil, fmt.Errorf("sessions.tls_cert: %w", err)
+		}
+	default:
+		dir := b.Config.SiteCADir()
+		site, made, err := siteca.Ensure(dir)
+		if err != nil {
+			return nil, fmt.Errorf("the site CA in %s: %w", dir, err)
+		}
+		for _, m := range made {
+			b.Log.Info("made "+m, "dir", dir)
+		}
+		b.Log.Info("kiosk protocol over TLS with the site CA; kiosks carry it (vdi-broker ca prints it)",
+			"ca", filepath.Join(dir, siteca.CAFile), "fingerprint", site.Fingerprint())
+		cert = site.Certificate
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
 // serveAdmin serves the admin API on the configured unix socket.

@@ -5,6 +5,7 @@ package broker_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,6 +50,7 @@ type e2e struct {
 	x       *xvfb.Server
 	ns      *netns.NS
 	auditAt string
+	tls     *tls.Config // a kiosk's, to this broker
 }
 
 func startE2E(t *testing.T) *e2e {
@@ -56,7 +58,7 @@ func startE2E(t *testing.T) *e2e {
 	rb := brokertest.Start(t, bed, 2, nil)
 	gwPort, _ := strconv.Atoi(rb.GatewayPort())
 	e := &e2e{t: t, bed: bed, b: rb.Broker, cfg: rb.Config, gwPort: gwPort, kiosk: rb.KioskAddr(),
-		auditAt: rb.Config.Sessions.AuditLog}
+		auditAt: rb.Config.Sessions.AuditLog, tls: rb.KioskTLS()}
 	var err error
 	if e.x, err = xvfb.Start(context.Background(), 1024, 768); err != nil {
 		t.Fatal(err)
@@ -96,7 +98,7 @@ func (e *e2e) connect(t *testing.T, id string) *kiosk {
 func (e *e2e) dial(t *testing.T, id string) (*kiosk, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	c, err := kioskproto.Dialer{Addr: e.kiosk}.Dial(ctx, id, kioskToken, "e2e test")
+	c, err := kioskproto.Dialer{Addr: e.kiosk, TLS: e.tls}.Dial(ctx, id, kioskToken, "e2e test")
 	if err != nil {
 		return nil, err
 	}

@@ -49,6 +49,7 @@ type Config struct {
 	FailureLimit      int      `toml:"failure_limit"`
 	ReconcileInterval Duration `toml:"reconcile_interval"`
 	AdminSocket       string   `toml:"admin_socket"`
+	StateDir          string   `toml:"state_dir"`
 	LogLevel          string   `toml:"log_level"`
 
 	Gateway  Gateway  `toml:"gateway"`
@@ -86,6 +87,7 @@ type Sessions struct {
 	MaxConnsPerAddr  int      `toml:"max_conns_per_addr"`
 	TLSCert          string   `toml:"tls_cert"`
 	TLSKey           string   `toml:"tls_key"`
+	Plaintext        bool     `toml:"plaintext"`
 	AuditLog         string   `toml:"audit_log"`
 	AuditMaxSize     ByteSize `toml:"audit_max_size"`
 	AuditKeep        int      `toml:"audit_keep"`
@@ -140,6 +142,7 @@ func Default() *Config {
 		FailureLimit:      3,
 		ReconcileInterval: Duration(time.Minute),
 		AdminSocket:       "/run/undervdi/admin.sock",
+		StateDir:          "/var/lib/undervdi/broker",
 		LogLevel:          "info",
 		Gateway: Gateway{
 			Listen:          ":5906",
@@ -259,6 +262,9 @@ func (c *Config) Validate() error {
 	if !filepath.IsAbs(c.AdminSocket) {
 		bad("admin_socket", "%q must be an absolute path", c.AdminSocket)
 	}
+	if !filepath.IsAbs(c.StateDir) {
+		bad("state_dir", "%q must be an absolute path", c.StateDir)
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -297,6 +303,9 @@ func (c *Config) Validate() error {
 	}
 	if (ss.TLSCert == "") != (ss.TLSKey == "") {
 		bad("sessions.tls_cert", "tls_cert and tls_key go together")
+	}
+	if ss.Plaintext && ss.TLSCert != "" {
+		bad("sessions.plaintext", "plaintext and tls_cert contradict each other")
 	}
 	if c.Ads.Dir != "" && !filepath.IsAbs(c.Ads.Dir) {
 		bad("ads.dir", "%q must be an absolute path", c.Ads.Dir)
@@ -416,3 +425,7 @@ func (s *ByteSize) UnmarshalText(b []byte) error {
 func (s ByteSize) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 func (s ByteSize) String() string { return humanize.IBytes(uint64(s)) }
+
+// SiteCADir is where the broker keeps the site CA it makes, and its own
+// certificate, when the site configures none.
+func (c *Config) SiteCADir() string { return filepath.Join(c.StateDir, "tls") }

@@ -69,6 +69,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fl.StringVar(&in.Cmdline, "cmdline", "", "kernel command `line`")
 	fl.StringVar(&in.Config, "config", "", "optional kioskd.conf `file`")
 	fl.StringVar(&in.Background, "background", "", "optional `directory` of background images")
+	fl.StringVar(&in.CA, "ca", "", "the broker's CA `file` (vdi-broker ca > ca.pem), which kiosks verify it with")
 	fl.Var(&pkgs, "package", "`name=version` of a Debian package the kernel or initramfs came from, for the manifest (repeatable)")
 	if err := fl.Parse(args); err != nil {
 		return err
@@ -137,7 +138,7 @@ func buildTime(flagValue string, in imagebuild.Inputs) (time.Time, error) {
 		return time.Unix(sec, 0).UTC(), nil
 	}
 	var newest time.Time
-	for _, root := range []string{in.Kernel, in.Initramfs, in.Config, in.Background} {
+	for _, root := range []string{in.Kernel, in.Initramfs, in.Config, in.Background, in.CA} {
 		if root == "" {
 			continue
 		}

@@ -18,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"undervdi/internal/brokertest"
+	"undervdi/server/siteca"
+
 	"undervdi/internal/freeport"
 	"undervdi/internal/poll"
 	"undervdi/server/pool"
@@ -220,7 +223,8 @@ func TestKillDuringSession(t *testing.T) {
 	// A kiosk takes a session and its viewer links: the VM is in use.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	k, err := kioskproto.Dialer{Addr: "127.0.0.1:" + port(cfg.Sessions.Listen)}.Dial(ctx, "k1", kioskToken, "test")
+	k, err := kioskproto.Dialer{Addr: "127.0.0.1:" + port(cfg.Sessions.Listen),
+		TLS: brokertest.KioskTLS(t, filepath.Join(cfg.SiteCADir(), siteca.CAFile))}.Dial(ctx, "k1", kioskToken, "test")
 	if err != nil {
 		t.Fatal(err)
 	}

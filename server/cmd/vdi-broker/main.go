@@ -8,6 +8,7 @@
 //	vdi-broker rollback [-config FILE]        make the previous version current again
 //	vdi-broker versions [-config FILE]        list the published versions
 //	vdi-broker check  [-config FILE]          validate the config and the golden VM
+//	vdi-broker ca     [-config FILE]          print the site CA kiosks verify the broker with
 //	vdi-broker example-config                 print the documented example config
 package main
 
@@ -38,6 +39,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return status(args, stdout, stderr)
 	case "check":
 		return check(args, stdout, stderr)
+	case "ca":
+		return ca(args, stdout, stderr)
 	case "end":
 		return end(args, stdout, stderr)
 	case "publish":
@@ -64,5 +67,6 @@ const usage = `usage:
   vdi-broker rollback [-config FILE]        make the previous version current again
   vdi-broker versions [-config FILE]        list the published versions
   vdi-broker check  [-config FILE]          validate the config and the golden VM
+  vdi-broker ca     [-config FILE]          print the site CA kiosks verify the broker with
   vdi-broker example-config                 print the documented example config
 `
