@@ -99,11 +99,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 	// The broker.
 	d.cfg = bed.Config(*size)
 	d.cfg.LogLevel = "info"
-	ports, err := freeport.Get(4)
+	ports, err := freeport.Get(5)
 	if err != nil {
 		return err
 	}
 	d.cfg.Gateway.Listen = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	d.cfg.Gateway.TLSListen = fmt.Sprintf("127.0.0.1:%d", ports[4])
 	d.cfg.Sessions.Listen = fmt.Sprintf("127.0.0.1:%d", ports[1])
 	d.cfg.Sessions.LegacyListen = fmt.Sprintf("127.0.0.1:%d", ports[2])
 	d.cfg.Ads.Listen = fmt.Sprintf("127.0.0.1:%d", ports[3])

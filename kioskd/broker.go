@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"undervdi/kioskd/viewer"
 	"undervdi/kioskproto"
 )
 
@@ -24,6 +25,12 @@ type ProtocolLink struct {
 	Token    string
 	Software string
 	Log      *slog.Logger
+	// CA is the PEM the kiosk verifies its broker with, when it speaks TLS:
+	// the viewer verifies the SPICE gateway with it too, and takes no offer
+	// without a TLS port. Server is where the kiosk verified its broker:
+	// the viewer connects there, whatever host an offer names.
+	CA     []byte
+	Server string
 
 	mu     sync.Mutex
 	client *kioskproto.Client
@@ -63,12 +70,26 @@ func (b *ProtocolLink) Run(ctx context.Context, events chan<- Event) {
 		stop := context.AfterFunc(ctx, func() { c.Close() })
 		w := c.Welcome()
 		events <- BrokerUp{IdleLimit: time.Duration(w.IdleLimitSeconds) * time.Second, Viewer: w.Viewer}
+		var sec *viewer.Secure
+		if b.Dialer.TLS != nil {
+			sec = &viewer.Secure{CA: b.CA, Subject: w.SpiceSubject}
+		}
 		for m := range c.Messages() {
 			switch m.Type {
 			case kioskproto.TStatus:
 				events <- Status{Ahead: m.Status.Ahead, Message: m.Status.Message}
 			case kioskproto.TOffer:
-				events <- Offer{Offer: *m.Offer}
+				o := *m.Offer
+				if sec != nil {
+					if o.TLSPort == 0 || sec.Subject == "" {
+						b.Log.Error("the broker offers SPICE without TLS; this kiosk does not take it", "lease", o.Lease)
+						c.End("the kiosk takes SPICE over TLS only")
+						events <- Refuse{Message: TextUnavailable}
+						continue
+					}
+					o.Host = b.Server // only ever the broker the kiosk verified
+				}
+				events <- Offer{Offer: o, Secure: sec}
 			case kioskproto.TEnd:
 				events <- End{Reason: m.End.Reason}
 			case kioskproto.TError:

@@ -81,7 +81,7 @@ type Session interface {
 	// settings offers will carry, so a touch does not wait for it to start.
 	Prepare(settings kioskproto.Viewer)
 	// Start runs the viewer for an offer (the prepared one if it fits).
-	Start(o kioskproto.Offer) (*viewer.Viewer, error)
+	Start(o kioskproto.Offer, sec *viewer.Secure) (*viewer.Viewer, error)
 	// Logout forces the visitor out: it kills the viewer and every process
 	// of the session, wipes the session's files, resets the USB devices.
 	Logout(ctx context.Context, v *viewer.Viewer) error
@@ -102,7 +102,12 @@ type (
 		Ahead   int
 		Message string
 	}
-	Offer  struct{ Offer kioskproto.Offer }
+	// Offer is a VM for the visitor. Secure, when set, is how the viewer
+	// verifies the gateway's TLS; a kiosk on TLS gets no offer without it.
+	Offer struct {
+		Offer  kioskproto.Offer
+		Secure *viewer.Secure
+	}
 	End    struct{ Reason string }
 	Refuse struct{ Message string } // the broker refused a request
 )
@@ -259,7 +264,7 @@ func (k *Kiosk) handle(ev Event) {
 			k.Broker.End("the kiosk no longer waits for a VM")
 			return
 		}
-		v, err := k.Session.Start(e.Offer)
+		v, err := k.Session.Start(e.Offer, e.Secure)
 		if err != nil {
 			k.Log.Error("cannot start the viewer", "err", err)
 			k.Broker.End("the kiosk could not start its viewer")

@@ -87,8 +87,8 @@ type fakeSession struct {
 
 func (s *fakeSession) Prepare(kioskproto.Viewer) {}
 
-func (s *fakeSession) Start(o kioskproto.Offer) (*viewer.Viewer, error) {
-	v, err := viewer.Launch(viewer.Options{Binary: s.bin}, o)
+func (s *fakeSession) Start(o kioskproto.Offer, sec *viewer.Secure) (*viewer.Viewer, error) {
+	v, err := viewer.Launch(viewer.Options{Binary: s.bin}, o, sec)
 	s.mu.Lock()
 	s.viewers = append(s.viewers, v)
 	s.mu.Unlock()

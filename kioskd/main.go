@@ -159,24 +159,32 @@ func newLink(cfg *config.Config, log *slog.Logger, idle func() time.Duration) (B
 		return &LegacyLink{Server: cfg.Server, SignalPort: cfg.LegacyPort, SpicePort: cfg.SpicePort, Log: log, Retry: 10 * time.Second}, nil
 	}
 	d := kioskproto.Dialer{Addr: cfg.BrokerAddr(), Idle: idle}
-	if cfg.TLS {
-		tc := &tls.Config{ServerName: cfg.BrokerName, MinVersion: tls.VersionTLS12}
-		if cfg.CA != "system" {
-			pem, err := os.ReadFile(cfg.CA)
-			if err != nil {
-				return nil, fmt.Errorf("ca: %w (the broker's CA: vdi-broker ca prints it, image-build -ca puts it on the boot media)", err)
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("ca: no certificate in %s", cfg.CA)
-			}
-		}
-		d.TLS = tc
-	} else {
+	link := &ProtocolLink{Dialer: d, ID: cfg.Kiosk, Token: cfg.Token, Software: "kioskd", Log: log, Server: cfg.Server}
+	if !cfg.TLS {
 		log.Warn("the kiosk protocol is in plaintext (tls = false): the token and the session's messages cross the LAN in clear")
+		return link, nil
 	}
-	return &ProtocolLink{Dialer: d, ID: cfg.Kiosk, Token: cfg.Token, Software: "kioskd", Log: log}, nil
+	tc := &tls.Config{ServerName: cfg.BrokerName, MinVersion: tls.VersionTLS12}
+	caFile := cfg.CA
+	if caFile == "system" {
+		caFile = systemCAs
+	} else {
+		tc.RootCAs = x509.NewCertPool()
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w (the broker's CA: vdi-broker ca prints it, image-build -ca puts it on the boot media)", err)
+	}
+	if tc.RootCAs != nil && !tc.RootCAs.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("ca: no certificate in %s", cfg.CA)
+	}
+	link.Dialer.TLS, link.CA = tc, pem
+	return link, nil
 }
+
+// systemCAs is Debian's bundle of the system's CAs, which the viewer gets
+// when ca = system.
+const systemCAs = "/etc/ssl/certs/ca-certificates.crt"
 
 // deadLink is the broker link of a kiosk that cannot verify its broker
 // (no CA): it never connects, so the kiosk shows the slideshow, unavailable.

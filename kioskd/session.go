@@ -59,7 +59,7 @@ func (s *LocalSession) Prepare(settings kioskproto.Viewer) {
 
 // Start implements Session: the prepared viewer gets the offer, or, if its
 // settings differ (the broker's configuration changed), a new one starts.
-func (s *LocalSession) Start(o kioskproto.Offer) (*viewer.Viewer, error) {
+func (s *LocalSession) Start(o kioskproto.Offer, sec *viewer.Secure) (*viewer.Viewer, error) {
 	v := s.prepared
 	s.prepared = nil
 	if v != nil && (v.Exited() || v.Settings() != o.Viewer) {
@@ -74,9 +74,9 @@ func (s *LocalSession) Start(o kioskproto.Offer) (*viewer.Viewer, error) {
 		s.usbAtStart = devs
 	}
 	if v == nil {
-		return viewer.Launch(s.options(), o)
+		return viewer.Launch(s.options(), o, sec)
 	}
-	if err := v.Connect(o); err != nil {
+	if err := v.Connect(o, sec); err != nil {
 		v.Stop(time.Second)
 		return nil, err
 	}

@@ -71,6 +71,10 @@ type Welcome struct {
 	IdleLimitSeconds int     `json:"idle_limit_seconds"`
 	Broker           string  `json:"broker,omitempty"`
 	Viewer           *Viewer `json:"viewer,omitempty"` // what offers will say, so the viewer can start early
+	// SpiceSubject is the subject of the certificate the SPICE gateway's
+	// TLS port presents ("O=undervdi,CN=vdi-broker"): remote-viewer's
+	// host-subject. It comes over the TLS connection the kiosk verified.
+	SpiceSubject string `json:"spice_subject,omitempty"`
 }
 
 // Request asks for a session: a VM for the visitor at the kiosk.
@@ -99,6 +103,9 @@ type Offer struct {
 	Ticket  string    `json:"ticket"`
 	Expires time.Time `json:"expires"`
 	Viewer  Viewer    `json:"viewer"`
+	// TLSPort is the SPICE gateway's TLS port; 0 where the site runs
+	// without TLS. Port is the plaintext one, for legacy kiosks.
+	TLSPort int `json:"tls_port,omitempty"`
 	// MaxSeconds, if not 0, is the longest the session may last, counted
 	// from the offer: the broker ends it then, and the kiosk warns before.
 	// A duration, not a time: the kiosk's clock may be off.
@@ -318,6 +325,12 @@ func NewWelcome(heartbeat, idleLimit time.Duration, broker string, viewer Viewer
 	return &Message{Type: TWelcome, Welcome: &Welcome{Version: Version,
 		HeartbeatSeconds: int(heartbeat / time.Second), IdleLimitSeconds: int(idleLimit / time.Second), Broker: broker,
 		Viewer: &viewer}}
+}
+
+// WithSpiceSubject sets a welcome's SpiceSubject.
+func (m *Message) WithSpiceSubject(s string) *Message {
+	m.Welcome.SpiceSubject = s
+	return m
 }
 
 // NewRequest returns a session request.

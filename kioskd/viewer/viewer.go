@@ -42,8 +42,18 @@ type Viewer struct {
 	err      error
 }
 
-// WriteVV writes the virt-viewer connection file for an offer.
-func WriteVV(w io.Writer, o kioskproto.Offer) error {
+// Secure is how the viewer verifies the SPICE gateway's TLS: the CA the
+// kiosk verified its broker with, and the subject of the gateway's
+// certificate, as the broker's welcome said it.
+type Secure struct {
+	CA      []byte // PEM
+	Subject string
+}
+
+// WriteVV writes the virt-viewer connection file for an offer. With sec,
+// every channel goes over TLS to the offer's TLS port, verified against
+// sec; there is no plaintext port in the file at all.
+func WriteVV(w io.Writer, o kioskproto.Offer, sec *Secure) error {
 	bw := bufio.NewWriter(w)
 	kv := func(k, v string) {
 		if v != "" {
@@ -53,7 +63,15 @@ func WriteVV(w io.Writer, o kioskproto.Offer) error {
 	fmt.Fprintln(bw, "[virt-viewer]")
 	kv("type", "spice")
 	kv("host", o.Host)
-	kv("port", strconv.Itoa(o.Port))
+	if sec != nil {
+		kv("tls-port", strconv.Itoa(o.TLSPort))
+		// The key file's own escape for a newline: the CA is one line.
+		fmt.Fprintf(bw, "ca=%s\n", strings.ReplaceAll(strings.TrimSpace(string(sec.CA)), "\n", `\n`))
+		kv("host-subject", sec.Subject)
+		kv("secure-channels", "all")
+	} else {
+		kv("port", strconv.Itoa(o.Port))
+	}
 	kv("password", o.Ticket)
 	kv("title", o.Viewer.Title)
 	kv("fullscreen", "1")
@@ -120,11 +138,11 @@ func Prepare(opts Options, settings kioskproto.Viewer) (*Viewer, error) {
 
 // Connect hands a prepared viewer its offer: the connection file goes to
 // its stdin.
-func (v *Viewer) Connect(o kioskproto.Offer) error {
+func (v *Viewer) Connect(o kioskproto.Offer, sec *Secure) error {
 	if v.stdin == nil {
 		return errors.New("viewer: already connected")
 	}
-	err := errors.Join(WriteVV(v.stdin, o), v.stdin.Close())
+	err := errors.Join(WriteVV(v.stdin, o, sec), v.stdin.Close())
 	v.stdin = nil
 	if err != nil {
 		return fmt.Errorf("viewer: handing over the offer: %w", err)
@@ -133,12 +151,12 @@ func (v *Viewer) Connect(o kioskproto.Offer) error {
 }
 
 // Launch starts remote-viewer on an offer: Prepare, then Connect.
-func Launch(opts Options, o kioskproto.Offer) (*Viewer, error) {
+func Launch(opts Options, o kioskproto.Offer, sec *Secure) (*Viewer, error) {
 	v, err := Prepare(opts, o.Viewer)
 	if err != nil {
 		return nil, err
 	}
-	if err := v.Connect(o); err != nil {
+	if err := v.Connect(o, sec); err != nil {
 		v.Stop(time.Second)
 		return nil, err
 	}

@@ -21,7 +21,7 @@ func TestWriteVV(t *testing.T) {
 	var b bytes.Buffer
 	o := offer
 	o.Viewer.Title = "evil\ntitle\n[virt-viewer]\nhost=attacker"
-	if err := WriteVV(&b, o); err != nil {
+	if err := WriteVV(&b, o, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"[virt-viewer]\n", "type=spice\n", "host=169.254.24.1\n", "port=5906\n", "password=t1cket\n",
@@ -71,10 +71,10 @@ wait
 	if v.Exited() {
 		t.Fatal("the prepared viewer did not wait for its offer")
 	}
-	if err := v.Connect(offer); err != nil {
+	if err := v.Connect(offer, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := v.Connect(offer); err == nil {
+	if err := v.Connect(offer, nil); err == nil {
 		t.Errorf("a second Connect = nil error")
 	}
 	var child int
@@ -97,5 +97,26 @@ wait
 			t.Fatalf("child %d of the viewer survived Stop", child)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestWriteVVSecure: with TLS, every channel goes to the TLS port, verified
+// against the kiosk's CA and the gateway's subject; no plaintext port at all.
+func TestWriteVVSecure(t *testing.T) {
+	var b bytes.Buffer
+	o := offer
+	o.TLSPort = 5909
+	ca := "-----BEGIN CERTIFICATE-----\nMIIB\nxyz=\n-----END CERTIFICATE-----\n"
+	if err := WriteVV(&b, o, &Secure{CA: []byte(ca), Subject: "O=undervdi,CN=vdi-broker"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"tls-port=5909\n", `ca=-----BEGIN CERTIFICATE-----\nMIIB\nxyz=\n-----END CERTIFICATE-----` + "\n",
+		"host-subject=O=undervdi,CN=vdi-broker\n", "secure-channels=all\n"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf(".vv lacks %q:\n%s", want, b.String())
+		}
+	}
+	if strings.Contains(b.String(), "\nport=") {
+		t.Errorf(".vv names a plaintext port:\n%s", b.String())
 	}
 }

@@ -7,6 +7,7 @@ package broker
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -51,6 +52,7 @@ type Broker struct {
 	Gateway  *gateway.Gateway
 	displays *gateway.Displays
 	registry *session.Registry
+	tls      *tls.Config // the kiosk LAN's: the kiosk protocol and SPICE; nil in plaintext
 }
 
 // New prepares a broker; it starts connecting to libvirt at once, in the
@@ -60,8 +62,6 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
-	_, portStr, _ := net.SplitHostPort(cfg.Gateway.Listen)
-	port, _ := strconv.Atoi(portStr)
 	registry, err := session.NewRegistry(cfg.Kiosks)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
@@ -72,6 +72,13 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	}
 	b := &Broker{Config: cfg, Log: log, Host: host, registry: registry,
 		displays: gateway.NewDisplays(gateway.LocalDialer{})}
+	if b.tls, err = b.kioskTLS(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
+	}
+	tlsPort, subject := 0, ""
+	if b.tls != nil {
+		tlsPort, subject = portOf(cfg.Gateway.TLSListen), siteca.Subject(b.tls.Certificates[0].Leaf)
+	}
 	b.Pool = pool.New(PoolConfig(cfg, b.displays.Prepare), host, log)
 	v := cfg.Viewer
 	b.Sessions = session.New(session.Config{
@@ -84,7 +91,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		QueueLimit:       cfg.Sessions.QueueLimit,
 		MaxConnsPerAddr:  cfg.Sessions.MaxConnsPerAddr,
 		PublicHost:       cfg.Gateway.PublicHost,
-		GatewayPort:      port,
+		GatewayPort:      portOf(cfg.Gateway.Listen),
+		GatewayTLSPort:   tlsPort,
+		SpiceSubject:     subject,
 		Viewer: kioskproto.Viewer{Title: v.Title, DisableAudio: v.DisableAudio, DisableEffects: v.DisableEffects,
 			Compression: v.Compression, USBAutoRedirect: v.USBAutoRedirect, USBRedirectConnect: v.USBRedirectConnect},
 	}, b.Pool, registry, audit, log)
@@ -93,6 +102,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	}
 	b.Gateway.MaxConnsPerAddr = cfg.Gateway.MaxConnsPerAddr
 	return b, nil
+}
+
+func portOf(addr string) int {
+	_, p, _ := net.SplitHostPort(addr) // config.Validate checked it
+	n, _ := strconv.Atoi(p)
+	return n
 }
 
 // PoolConfig is the pool's part of cfg; ready is its last readiness check.
@@ -161,6 +176,9 @@ func (b *Broker) Run(ctx context.Context) error {
 	g.Go(func() error { b.announce(ctx); return nil })
 	g.Go(func() error { b.Sessions.Run(ctx); return nil })
 	g.Go(func() error { return b.Gateway.Serve(ctx, listeners["gateway"]) })
+	if ln := listeners["gateway-tls"]; ln != nil {
+		g.Go(func() error { return b.Gateway.ServeTLS(ctx, ln) })
+	}
 	g.Go(func() error { return b.Sessions.KioskPort().Serve(ctx, listeners["kiosk"]) })
 	if ln := listeners["legacy"]; ln != nil {
 		g.Go(func() error { return b.Sessions.LegacyPort().Serve(ctx, ln) })
@@ -183,7 +201,7 @@ func (b *Broker) Run(ctx context.Context) error {
 		})
 	}
 	b.Log.Info("broker ready", "pool", cfg.PoolName, "golden", cfg.Golden, "size", cfg.PoolSize,
-		"gateway", cfg.Gateway.Listen, "kiosks", cfg.Sessions.Listen, "legacy", cfg.Sessions.LegacyListen)
+		"gateway", cfg.Gateway.Listen, "gateway_tls", cfg.Gateway.TLSListen, "kiosks", cfg.Sessions.Listen, "legacy", cfg.Sessions.LegacyListen)
 	daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS=serving")
 	err = g.Wait()
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
@@ -207,17 +225,19 @@ func (b *Broker) listen() (map[string]net.Listener, error) {
 		return nil
 	}
 	err := errors.Join(open("gateway", cfg.Gateway.Listen), open("kiosk", cfg.Sessions.Listen))
+	if err == nil && b.tls != nil {
+		if err = open("gateway-tls", cfg.Gateway.TLSListen); err == nil {
+			out["gateway-tls"] = tls.NewListener(out["gateway-tls"], b.tls)
+		}
+	}
 	if err == nil && cfg.Sessions.LegacyListen != "" {
 		err = open("legacy", cfg.Sessions.LegacyListen)
 	}
 	if err == nil && cfg.Ads.Dir != "" && cfg.Ads.Listen != "" {
 		err = open("ads", cfg.Ads.Listen)
 	}
-	if err == nil {
-		var tc *tls.Config
-		if tc, err = b.kioskTLS(); tc != nil {
-			out["kiosk"] = tls.NewListener(out["kiosk"], tc)
-		}
+	if err == nil && b.tls != nil {
+		out["kiosk"] = tls.NewListener(out["kiosk"], b.tls)
 	}
 	if err != nil {
 		for _, ln := range out {
@@ -255,6 +275,12 @@ func (b *Broker) kioskTLS() (*tls.Config, error) {
 		b.Log.Info("kiosk protocol over TLS with the site CA; kiosks carry it (vdi-broker ca prints it)",
 			"ca", filepath.Join(dir, siteca.CAFile), "fingerprint", site.Fingerprint())
 		cert = site.Certificate
+	}
+	if cert.Leaf == nil {
+		var err error
+		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return nil, err
+		}
 	}
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }

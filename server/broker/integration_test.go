@@ -51,6 +51,7 @@ type e2e struct {
 	ns      *netns.NS
 	auditAt string
 	tls     *tls.Config // a kiosk's, to this broker
+	caFile  string
 }
 
 func startE2E(t *testing.T) *e2e {
@@ -58,7 +59,7 @@ func startE2E(t *testing.T) *e2e {
 	rb := brokertest.Start(t, bed, 2, nil)
 	gwPort, _ := strconv.Atoi(rb.GatewayPort())
 	e := &e2e{t: t, bed: bed, b: rb.Broker, cfg: rb.Config, gwPort: gwPort, kiosk: rb.KioskAddr(),
-		auditAt: rb.Config.Sessions.AuditLog, tls: rb.KioskTLS()}
+		auditAt: rb.Config.Sessions.AuditLog, tls: rb.KioskTLS(), caFile: rb.CAFile()}
 	var err error
 	if e.x, err = xvfb.Start(context.Background(), 1024, 768); err != nil {
 		t.Fatal(err)
@@ -147,9 +148,16 @@ func (k *kiosk) waitEnd(d time.Duration) string {
 	}
 }
 
-func (e *e2e) launchViewer(t *testing.T, o *kioskproto.Offer) *viewer.Viewer {
+// launchViewer runs remote-viewer on an offer as kioskd does: SPICE over
+// TLS, verified against the site CA and the subject the welcome gave.
+func (e *e2e) launchViewer(t *testing.T, k *kiosk, o *kioskproto.Offer) *viewer.Viewer {
 	t.Helper()
-	v, err := viewer.Launch(viewer.Options{Env: e.x.Env(), Kiosk: true}, *o)
+	ca, err := os.ReadFile(e.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := viewer.Launch(viewer.Options{Env: e.x.Env(), Kiosk: true}, *o,
+		&viewer.Secure{CA: ca, Subject: k.c.Welcome().SpiceSubject})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,6 +223,16 @@ func (e *e2e) checkWiped(t *testing.T, vm string) {
 	})
 }
 
+// dialTLS connects to the gateway's TLS port from the kiosk's address.
+func (e *e2e) dialTLS(t *testing.T, o *kioskproto.Offer) net.Conn {
+	t.Helper()
+	c, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", o.TLSPort), e.tls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // spiceLink tries a SPICE main-channel link through the gateway.
 func spiceLink(c net.Conn, ticket string) error {
 	defer c.Close()
@@ -243,7 +261,7 @@ func TestRealSessions(t *testing.T) {
 	t.Run("remote-viewer shows the guest; ending it destroys the VM", func(t *testing.T) {
 		k := e.connect(t, "k1")
 		offer := k.request()
-		v := e.launchViewer(t, offer)
+		v := e.launchViewer(t, k, offer)
 		l := e.linkedLease(t, "k1")
 		if s := e.vmState(l.VM); s != "in-use" {
 			t.Errorf("libvirt says %s is %q after the link, want in-use", l.VM, s)
@@ -251,17 +269,22 @@ func TestRealSessions(t *testing.T) {
 		e.screenShowsGuest(t, "viewer")
 
 		// Someone else with the ticket, from another address: refused.
-		c, err := e.ns.Dial(ctx, "tcp", fmt.Sprintf("%s:%d", e.ns.HostIP, e.gwPort))
+		c, err := e.ns.Dial(ctx, "tcp", fmt.Sprintf("%s:%d", e.ns.HostIP, offer.TLSPort))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := spiceLink(c, offer.Ticket); !errors.Is(err, spice.LinkErrPermissionDenied) {
+		if err := spiceLink(tls.Client(c, e.tls), offer.Ticket); !errors.Is(err, spice.LinkErrPermissionDenied) {
 			t.Errorf("link from %s with a valid ticket = %v, want permission denied", e.ns.NSIP, err)
 		}
 		// A second client from the kiosk's own address cannot take over.
+		if err := spiceLink(e.dialTLS(t, offer), offer.Ticket); !errors.Is(err, spice.LinkErrPermissionDenied) {
+			t.Errorf("second main link = %v, want permission denied", err)
+		}
+		// Nor can a link in plaintext, even with the ticket: this kiosk's
+		// SPICE goes over TLS only.
 		c, _ = net.Dial("tcp", gw)
 		if err := spiceLink(c, offer.Ticket); !errors.Is(err, spice.LinkErrPermissionDenied) {
-			t.Errorf("second main link = %v, want permission denied", err)
+			t.Errorf("plaintext link to a TLS kiosk's session = %v, want permission denied", err)
 		}
 
 		v.Stop(time.Second) // the viewer is killed
@@ -269,8 +292,7 @@ func TestRealSessions(t *testing.T) {
 			t.Errorf("end reason = %q", reason)
 		}
 		e.checkWiped(t, l.VM)
-		c, _ = net.Dial("tcp", gw)
-		if err := spiceLink(c, offer.Ticket); !errors.Is(err, spice.LinkErrPermissionDenied) {
+		if err := spiceLink(e.dialTLS(t, offer), offer.Ticket); !errors.Is(err, spice.LinkErrPermissionDenied) {
 			t.Errorf("replayed ticket = %v, want permission denied", err)
 		}
 		e.waitFull()
@@ -283,7 +305,7 @@ func TestRealSessions(t *testing.T) {
 
 	t.Run("guest power-off ends the session at the kiosk", func(t *testing.T) {
 		k := e.connect(t, "k1")
-		v := e.launchViewer(t, k.request())
+		v := e.launchViewer(t, k, k.request())
 		l := e.linkedLease(t, "k1")
 		if _, err := e.b.Host.AgentCommand(ctx, l.VM, `{"execute":"guest-shutdown"}`); !testbed.PoweredOff(err) {
 			t.Fatal(err)

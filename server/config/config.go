@@ -67,7 +67,8 @@ type Ads struct {
 
 // Gateway is the SPICE gateway: the only way to a VM's screen.
 type Gateway struct {
-	Listen          string   `toml:"listen"`         // the original's vdi_spice_port
+	Listen          string   `toml:"listen"`         // the original's vdi_spice_port: plaintext, legacy kiosks only
+	TLSListen       string   `toml:"tls_listen"`     // SPICE over TLS, for every other kiosk
 	PublicHost      string   `toml:"public_host"`    // what kiosks are told to connect to
 	ConnectWindow   Duration `toml:"connect_window"` // the original's count_conn_tryes
 	Grace           Duration `toml:"grace"`
@@ -146,6 +147,7 @@ func Default() *Config {
 		LogLevel:          "info",
 		Gateway: Gateway{
 			Listen:          ":5906",
+			TLSListen:       ":5909",
 			ConnectWindow:   Duration(10 * time.Second),
 			Grace:           Duration(5 * time.Second),
 			MaxConnsPerAddr: 32,
@@ -271,9 +273,9 @@ func (c *Config) Validate() error {
 		bad("log_level", "%q: must be debug, info, warn or error", c.LogLevel)
 	}
 	g, ss := c.Gateway, c.Sessions
-	for key, addr := range map[string]string{"gateway.listen": g.Listen, "sessions.listen": ss.Listen,
+	for key, addr := range map[string]string{"gateway.listen": g.Listen, "gateway.tls_listen": g.TLSListen, "sessions.listen": ss.Listen,
 		"sessions.legacy_listen": ss.LegacyListen, "ads.listen": c.Ads.Listen} {
-		if addr == "" && (key == "sessions.legacy_listen" || key == "ads.listen") {
+		if addr == "" && (key == "sessions.legacy_listen" || key == "ads.listen" || key == "gateway.tls_listen") {
 			continue // turned off
 		}
 		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
@@ -303,6 +305,9 @@ func (c *Config) Validate() error {
 	}
 	if (ss.TLSCert == "") != (ss.TLSKey == "") {
 		bad("sessions.tls_cert", "tls_cert and tls_key go together")
+	}
+	if !ss.Plaintext && g.TLSListen == "" {
+		bad("gateway.tls_listen", "required unless sessions.plaintext: kiosks take SPICE over TLS only")
 	}
 	if ss.Plaintext && ss.TLSCert != "" {
 		bad("sessions.plaintext", "plaintext and tls_cert contradict each other")

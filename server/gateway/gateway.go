@@ -50,7 +50,7 @@ type Sessions interface {
 	// Attach admits a channel from addr with ticket; hangUp closes it when
 	// the session ends. It returns the VM, input to call on the visitor's
 	// input, and detach to call when the connection closes.
-	Attach(ctx context.Context, addr netip.Addr, ticket, channel string, main bool, hangUp func()) (vm pool.VM, input, detach func(), err error)
+	Attach(ctx context.Context, addr netip.Addr, ticket, channel string, main, secure bool, hangUp func()) (vm pool.VM, input, detach func(), err error)
 }
 
 // Audit records refused connections; *session.Audit has it.
@@ -81,15 +81,27 @@ func New(sessions Sessions, displays *Displays, audit Audit, log *slog.Logger) (
 	return &Gateway{key: key, sessions: sessions, displays: displays, audit: audit, log: log}, nil
 }
 
-// Serve accepts SPICE clients on ln until ctx ends.
-func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
-	return accept.Port{Handle: g.handle, MaxPerAddr: g.MaxConnsPerAddr, Refuse: func(c net.Conn, open int) {
-		g.audit.Refused("spice-link", accept.RemoteAddr(c).String(), "", fmt.Sprintf("%d connections from this address are open already", open))
-	}}.Serve(ctx, ln)
+// Serve accepts SPICE clients on ln until ctx ends: plaintext, which only a
+// legacy kiosk's session takes where the site has TLS.
+func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error { return g.serve(ctx, ln, false) }
+
+// ServeTLS accepts SPICE clients over TLS on ln (a tls listener).
+func (g *Gateway) ServeTLS(ctx context.Context, ln net.Listener) error { return g.serve(ctx, ln, true) }
+
+func (g *Gateway) serve(ctx context.Context, ln net.Listener, secure bool) error {
+	return accept.Port{
+		Handle:     func(ctx context.Context, c net.Conn) { g.handle(ctx, c, secure) },
+		MaxPerAddr: g.MaxConnsPerAddr,
+		Refuse: func(c net.Conn, open int) {
+			g.audit.Refused("spice-link", accept.RemoteAddr(c).String(), "", fmt.Sprintf("%d connections from this address are open already", open))
+		},
+	}.Serve(ctx, ln)
 }
 
-// handle runs one SPICE channel connection from a client.
-func (g *Gateway) handle(ctx context.Context, c net.Conn) {
+// handle runs one SPICE channel connection from a client; secure says it
+// came over TLS (the handshake happens at the first read, within the
+// handshake deadline).
+func (g *Gateway) handle(ctx context.Context, c net.Conn, secure bool) {
 	defer c.Close()
 	addr := accept.RemoteAddr(c)
 	c.SetDeadline(time.Now().Add(handshakeTimeout))
@@ -140,7 +152,7 @@ func (g *Gateway) handle(ctx context.Context, c net.Conn) {
 	conns.add(c)
 	defer context.AfterFunc(ctx, conns.close)() // a stopping broker hangs up
 	channel := fmt.Sprintf("%v:%d", m.ChannelType, m.ChannelID)
-	vm, input, detach, err := g.sessions.Attach(ctx, addr, ticket, channel, m.ChannelType == spice.ChannelMain, conns.close)
+	vm, input, detach, err := g.sessions.Attach(ctx, addr, ticket, channel, m.ChannelType == spice.ChannelMain, secure, conns.close)
 	if err != nil {
 		g.audit.Refused("spice-link", addr.String(), "", fmt.Sprintf("%v channel: %v", m.ChannelType, err))
 		s.Finish(spice.LinkErrPermissionDenied)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rsa"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -12,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"undervdi/server/siteca"
 
 	"undervdi/internal/syncbuf"
 	"undervdi/internal/testlog"
@@ -118,6 +121,9 @@ type harness struct {
 	addr     string // the gateway
 	kiosk    string // the kiosk protocol
 	audit    *syncbuf.Buffer
+	// tlsAddr is the gateway's TLS port, and clientTLS a kiosk's TLS to it.
+	tlsAddr   string
+	clientTLS *tls.Config
 }
 
 func logger() *slog.Logger { return testlog.Logger() }
@@ -146,11 +152,18 @@ func newHarness(t testing.TB) *harness {
 		}
 	}
 	go h.m.Run(ctx)
+	site, _, err := siteca.Ensure(filepath.Join(t.TempDir(), "tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.clientTLS = &tls.Config{RootCAs: site.Pool(), ServerName: siteca.ServerName}
+	serverTLS := &tls.Config{Certificates: []tls.Certificate{site.Certificate}}
 	for _, s := range []struct {
 		addr  *string
 		serve func(net.Listener)
 	}{
 		{&h.addr, func(ln net.Listener) { gw.Serve(ctx, ln) }},
+		{&h.tlsAddr, func(ln net.Listener) { gw.ServeTLS(ctx, tls.NewListener(ln, serverTLS)) }},
 		{&h.kiosk, func(ln net.Listener) { accept.Serve(ctx, ln, h.m.ServeKiosk) }},
 	} {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")

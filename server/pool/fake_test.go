@@ -140,10 +140,11 @@ func (f *fakeHV) VersionSpace(ctx context.Context) (uint64, string, error) {
 }
 
 func (f *fakeHV) CopyDisk(ctx context.Context, src domxml.Disk, name string, progress func(uint64)) (string, error) {
+	f.mu.Lock()
 	if err := ctx.Err(); err != nil {
+		f.mu.Unlock()
 		return "", err // a killed broker does nothing more
 	}
-	f.mu.Lock()
 	p := filepath.Join(f.vdir, name)
 	if _, dup := f.volumes[p]; dup {
 		f.mu.Unlock()
@@ -177,9 +178,6 @@ func (f *fakeHV) CheckCopy(ctx context.Context, path string, capacity uint64) er
 }
 
 func (f *fakeHV) DefineVersion(ctx context.Context, xml string) (*domxml.Version, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err // a killed broker does nothing more
-	}
 	f.at("define")
 	v, err := domxml.ParseVersion(xml)
 	if err != nil {
@@ -187,6 +185,9 @@ func (f *fakeHV) DefineVersion(ctx context.Context, xml string) (*domxml.Version
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err // a killed broker does nothing more
+	}
 	f.versions[v.Name] = xml
 	for i, d := range v.Disks {
 		v.Disks[i].Capacity = f.volumes[d.Path]
@@ -195,11 +196,11 @@ func (f *fakeHV) DefineVersion(ctx context.Context, xml string) (*domxml.Version
 }
 
 func (f *fakeHV) WithdrawVersion(ctx context.Context, name string, m domxml.VersionMeta) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err // a killed broker does nothing more
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	x, ok := f.versions[name]
 	if !ok {
 		return errNotFound
@@ -215,11 +216,11 @@ func (f *fakeHV) WithdrawVersion(ctx context.Context, name string, m domxml.Vers
 }
 
 func (f *fakeHV) DeleteVersion(ctx context.Context, name string, volumes []string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err // a killed broker does nothing more
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	delete(f.versions, name)
 	for _, v := range volumes {
 		delete(f.volumes, v)
@@ -228,11 +229,11 @@ func (f *fakeHV) DeleteVersion(ctx context.Context, name string, volumes []strin
 }
 
 func (f *fakeHV) DeleteVersionVolume(ctx context.Context, path string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err // a killed broker does nothing more
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	delete(f.volumes, path)
 	return nil
 }
@@ -260,11 +261,11 @@ func (f *fakeHV) Overlays(ctx context.Context) ([]string, error) {
 }
 
 func (f *fakeHV) CreateOverlay(ctx context.Context, name string, backing domxml.Disk) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return "", err // a killed broker does nothing more
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	p := filepath.Join(f.dir, name)
 	if f.overlays[p] {
 		return "", fmt.Errorf("volume %s exists", name)
@@ -275,11 +276,11 @@ func (f *fakeHV) CreateOverlay(ctx context.Context, name string, backing domxml.
 }
 
 func (f *fakeHV) DeleteOverlay(ctx context.Context, path string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err // a killed broker does nothing more
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	if f.deleteErr != nil {
 		if err := f.deleteErr(path); err != nil {
 			return err
@@ -309,15 +310,15 @@ func (f *fakeHV) Domains(ctx context.Context, prefix string) ([]*domxml.Domain, 
 }
 
 func (f *fakeHV) DefineAndStart(ctx context.Context, xml string) (*domxml.Domain, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err // a killed broker does nothing more
-	}
 	d, err := domxml.ParseDomain(xml)
 	if err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err // a killed broker does nothing more
+	}
 	if f.defineErr != nil {
 		return nil, f.defineErr
 	}
@@ -336,21 +337,21 @@ func (f *fakeHV) DefineAndStart(ctx context.Context, xml string) (*domxml.Domain
 }
 
 func (f *fakeHV) Destroy(ctx context.Context, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err // a killed broker does nothing more
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	delete(f.domains, name)
 	return nil
 }
 
 func (f *fakeHV) SetMetadata(ctx context.Context, name string, m domxml.Metadata) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err // a killed broker does nothing more
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	d := f.domains[name]
 	if d == nil || !d.running {
 		return errNotFound

@@ -235,7 +235,14 @@ func killablePool(t *testing.T, f *fakeHV, cfg Config) (*Pool, func()) {
 			t.Errorf("Start() = %v", err)
 		}
 	}()
-	return p, func() { cancel(); <-p.done }
+	return p, func() {
+		// Under the fake's lock, as a kill -9 is: no call of this pool's
+		// that has not changed the fake yet will.
+		f.mu.Lock()
+		cancel()
+		f.mu.Unlock()
+		<-p.done
+	}
 }
 
 // TestKillDuringPublish kills the broker at each step of a publish and of

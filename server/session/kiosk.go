@@ -100,7 +100,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	m.log.Debug("kiosk connected", "kiosk", k.id, "addr", addr, "software", h.Software)
 
 	go k.writeLoop()
-	k.send(kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker", m.cfg.Viewer))
+	k.send(kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker", m.cfg.Viewer).WithSpiceSubject(m.cfg.SpiceSubject))
 	go k.heartbeatLoop()
 	reason := k.readLoop(ctx)
 	k.close()
@@ -171,7 +171,7 @@ func (k *kioskConn) request(received time.Time) *kioskproto.Message {
 	r.onEnd = func(reason string) { k.endSession(r, reason) }
 	r.onOffer = func(l *Lease) {
 		k.sendThen(kioskproto.NewOffer(kioskproto.Offer{
-			Lease: l.ID, Host: k.host, Port: k.m.cfg.GatewayPort, Ticket: l.ticket, Expires: l.Expires,
+			Lease: l.ID, Host: k.host, Port: k.m.cfg.GatewayPort, TLSPort: k.m.cfg.GatewayTLSPort, Ticket: l.ticket, Expires: l.Expires,
 			Viewer: k.m.cfg.Viewer, MaxSeconds: int(k.m.cfg.MaxSession / time.Second),
 		}), func() { k.m.handoffs.add(time.Since(received)) })
 	}

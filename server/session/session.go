@@ -56,7 +56,9 @@ type Config struct {
 	QueueLimit       int
 	MaxConnsPerAddr  int    // on the kiosk port; 0: no cap
 	PublicHost       string // "" : the address the kiosk reached the broker on
-	GatewayPort      int
+	GatewayPort      int    // plaintext SPICE, for legacy kiosks
+	GatewayTLSPort   int    // SPICE over TLS; 0 where the site runs without TLS
+	SpiceSubject     string // the TLS port's certificate subject, for viewers' host-subject
 	Viewer           kioskproto.Viewer
 }
 
@@ -67,8 +69,8 @@ var (
 	ErrExpired   = errors.New("the connect window is over")
 	ErrTakeover  = errors.New("the session's main channel is already linked")
 	ErrNoMain    = errors.New("the session's main channel is not linked")
-	ErrChannel   = errors.New("the session has that channel open already")
 	ErrChannels  = errors.New("the session has all the channels a viewer opens")
+	ErrPlaintext = errors.New("this session's SPICE goes over TLS only")
 )
 
 // Manager runs the sessions of one broker.
@@ -304,13 +306,14 @@ const MaxChannels = 16
 
 // Attach admits a SPICE channel connection from addr with ticket: channel
 // names it ("display:0"), main says whether it is the session's main
-// channel, hangUp closes it when the session ends. It returns the VM to
+// channel, secure whether it came over TLS (only a legacy kiosk's may not,
+// where the site has TLS), hangUp closes it when the session ends. It returns the VM to
 // reach, input to call on the visitor's input, and detach to call when the
-// connection closes. Each channel may be open once, the session at most
-// MaxChannels at a time. On a lease's first link it records the VM as used
+// connection closes. Each channel is open once (linking it again replaces
+// the old connection), the session has at most MaxChannels. On a lease's first link it records the VM as used
 // (in libvirt) before returning, and any other channel waits for that:
 // only then may the client's bytes reach the VM.
-func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket, channel string, main bool, hangUp func()) (vm pool.VM, input, detach func(), err error) {
+func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket, channel string, main, secure bool, hangUp func()) (vm pool.VM, input, detach func(), err error) {
 	m.mu.Lock()
 	var l *Lease
 	for _, cand := range m.leases {
@@ -326,6 +329,9 @@ func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket, channel s
 			return pool.VM{}, nil, nil, ErrNoLease
 		}
 		return pool.VM{}, nil, nil, ErrBadTicket
+	case !secure && !l.Legacy && m.cfg.GatewayTLSPort != 0:
+		m.mu.Unlock()
+		return pool.VM{}, nil, nil, ErrPlaintext
 	case l.linked.IsZero() && time.Now().After(l.Expires):
 		m.mu.Unlock()
 		return pool.VM{}, nil, nil, ErrExpired
@@ -336,10 +342,7 @@ func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket, channel s
 	case !main && !l.mainOpen:
 		m.mu.Unlock()
 		return pool.VM{}, nil, nil, ErrNoMain
-	case l.channels[channel] != 0:
-		m.mu.Unlock()
-		return pool.VM{}, nil, nil, ErrChannel
-	case len(l.channels) >= MaxChannels:
+	case l.channels[channel] == 0 && len(l.channels) >= MaxChannels:
 		m.mu.Unlock()
 		return pool.VM{}, nil, nil, ErrChannels
 	}
@@ -351,12 +354,22 @@ func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket, channel s
 	if main {
 		l.mainOpen = true
 	}
+	// A channel is open once: a viewer that links it again (after a
+	// network blip) replaces its old connection, which is hung up.
+	var replaced func()
+	if old := l.channels[channel]; old != 0 {
+		replaced = l.conns[old]
+		delete(l.conns, old)
+	}
 	l.nextConn++
 	id := l.nextConn
 	l.conns[id] = hangUp
 	l.channels[channel] = id
 	m.stopTimerLocked(l, "grace")
 	m.mu.Unlock()
+	if replaced != nil {
+		replaced()
+	}
 	detach = func() { m.detach(l, id, channel) }
 
 	if first {

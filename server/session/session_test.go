@@ -229,29 +229,29 @@ func TestSessionLifecycle(t *testing.T) {
 	}
 	ctx := context.Background()
 	noop := func() {}
-	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), "wrong", "main:0", true, noop); !errors.Is(err, ErrBadTicket) {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), "wrong", "main:0", true, false, noop); !errors.Is(err, ErrBadTicket) {
 		t.Errorf("Attach(wrong ticket) = %v, want ErrBadTicket", err)
 	}
-	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.2"), offer.Ticket, "main:0", true, noop); !errors.Is(err, ErrNoLease) {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.2"), offer.Ticket, "main:0", true, false, noop); !errors.Is(err, ErrNoLease) {
 		t.Errorf("Attach(other address) = %v, want ErrNoLease", err)
 	}
-	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "display:0", false, noop); !errors.Is(err, ErrNoMain) {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "display:0", false, false, noop); !errors.Is(err, ErrNoMain) {
 		t.Errorf("Attach(display before main) = %v, want ErrNoMain", err)
 	}
 	if h.pool.HasEvent("used") {
 		t.Fatalf("VM marked used before any link: %v", h.pool.Log())
 	}
-	vm, _, detachMain, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "main:0", true, noop)
+	vm, _, detachMain, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "main:0", true, false, noop)
 	if err != nil {
 		t.Fatalf("Attach(main) = %v", err)
 	}
 	if !h.pool.HasEvent("used " + vm.Name) {
 		t.Errorf("first link did not mark %s used: %v", vm.Name, h.pool.Log())
 	}
-	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "main:0", true, noop); !errors.Is(err, ErrTakeover) {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "main:0", true, false, noop); !errors.Is(err, ErrTakeover) {
 		t.Errorf("second Attach(main) = %v, want ErrTakeover", err)
 	}
-	_, _, detachDisplay, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "display:0", false, noop)
+	_, _, detachDisplay, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "display:0", false, false, noop)
 	if err != nil {
 		t.Fatalf("Attach(display) = %v", err)
 	}
@@ -263,7 +263,7 @@ func TestSessionLifecycle(t *testing.T) {
 	}
 	poll.Until(t, 10*time.Second, "the VM destroyed", func() bool { return h.pool.HasEvent("ended " + vm.Name) })
 	// A ticket replayed after its session ended is refused.
-	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "main:0", true, noop); !errors.Is(err, ErrNoLease) {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "main:0", true, false, noop); !errors.Is(err, ErrNoLease) {
 		t.Errorf("Attach(replayed ticket) = %v, want ErrNoLease", err)
 	}
 	poll.Until(t, 10*time.Second, "the audit record", func() bool {
@@ -293,7 +293,7 @@ func TestConnectWindowReturnsVM(t *testing.T) {
 func TestLeaseLivesWithConnection(t *testing.T) {
 	h := newHarness(t, 1, testConfig())
 	k, offer := h.session("k1", "127.0.0.1")
-	if _, _, _, err := h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "main:0", true, func() {}); err != nil {
+	if _, _, _, err := h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "main:0", true, false, func() {}); err != nil {
 		t.Fatal(err)
 	}
 	k.c.Close()
@@ -305,14 +305,14 @@ func TestHeartbeatsStop(t *testing.T) {
 	cfg.HeartbeatTimeout = 300 * time.Millisecond
 	h := newHarness(t, 1, cfg)
 	_, offer := h.session("k1", "127.0.0.1")
-	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "main:0", true, func() {})
+	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "main:0", true, false, func() {})
 	poll.Until(t, 10*time.Second, "the session ended", func() bool { return h.pool.HasEvent("ended vm-001: kiosk heartbeats stopped") })
 }
 
 func TestIdleFromHeartbeats(t *testing.T) {
 	h := newHarness(t, 1, testConfig())
 	k, offer := h.session("k1", "127.0.0.1")
-	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "main:0", true, func() {})
+	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "main:0", true, false, func() {})
 	k.send(kioskproto.NewHeartbeat(10 * time.Second))
 	k.send(kioskproto.NewHeartbeat(61 * time.Second))
 	if end := k.until(kioskproto.TEnd).End; end.Reason != "idle for 1m1s" {
@@ -324,7 +324,7 @@ func TestGuestPowerOffTellsKiosk(t *testing.T) {
 	h := newHarness(t, 1, testConfig())
 	k, offer := h.session("k1", "127.0.0.1")
 	closed := make(chan struct{})
-	vm, _, _, _ := h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "main:0", true, func() { close(closed) })
+	vm, _, _, _ := h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "main:0", true, false, func() { close(closed) })
 	h.pool.GuestStops(vm.Name)
 	if end := k.until(kioskproto.TEnd).End; end.Reason != "guest powered off or rebooted" {
 		t.Errorf("end = %q", end.Reason)
@@ -339,7 +339,7 @@ func TestGuestPowerOffTellsKiosk(t *testing.T) {
 func TestKioskEndsSession(t *testing.T) {
 	h := newHarness(t, 1, testConfig())
 	k, offer := h.session("k1", "127.0.0.1")
-	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "main:0", true, func() {})
+	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "main:0", true, false, func() {})
 	k.send(kioskproto.NewEnd("visitor pressed finish"))
 	poll.Until(t, 10*time.Second, "the VM destroyed", func() bool {
 		return h.pool.HasEvent("ended vm-001: the kiosk ended the session: visitor pressed finish")
@@ -536,7 +536,7 @@ func TestLegacySignalPort(t *testing.T) {
 		t.Fatalf("second line = %q, want %q repeated", lines.Text(), LegacyGo)
 	}
 	// remote-viewer links without a password, from the kiosk's address.
-	vm, _, detach, err := h.m.Attach(context.Background(), addr("127.0.0.1"), "", "main:0", true, func() {})
+	vm, _, detach, err := h.m.Attach(context.Background(), addr("127.0.0.1"), "", "main:0", true, false, func() {})
 	if err != nil {
 		t.Fatalf("legacy Attach = %v", err)
 	}
@@ -573,7 +573,7 @@ func TestLegacyIdleFromInput(t *testing.T) {
 	c, _ := net.Dial("tcp", h.legacy)
 	defer c.Close()
 	bufio.NewScanner(c).Scan()
-	vm, input, _, err := h.m.Attach(context.Background(), addr("127.0.0.1"), "", "main:0", true, func() {})
+	vm, input, _, err := h.m.Attach(context.Background(), addr("127.0.0.1"), "", "main:0", true, false, func() {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -666,37 +666,66 @@ func TestConnectionsPerAddressCapped(t *testing.T) {
 	}
 }
 
-// TestChannelsBoundToSession: each channel of a session may be open once,
-// and a session has at most MaxChannels open.
+// TestChannelsBoundToSession: each channel of a session is open once — a
+// second link of it replaces the first — and a session has at most
+// MaxChannels open.
 func TestChannelsBoundToSession(t *testing.T) {
 	h := newHarness(t, 1, testConfig())
 	_, offer := h.session("k1", "127.0.0.1")
 	ctx, noop := context.Background(), func() {}
-	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "main:0", true, noop); err != nil {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "main:0", true, false, noop); err != nil {
 		t.Fatal(err)
 	}
-	_, _, detachDisplay, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "display:0", false, noop)
+	hungUp := make(chan struct{})
+	_, _, detachOld, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "display:0", false, false, func() { close(hungUp) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "display:0", false, noop); !errors.Is(err, ErrChannel) {
-		t.Errorf("a second display:0 = %v, want ErrChannel", err)
+	_, _, detachDisplay, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "display:0", false, false, noop)
+	if err != nil {
+		t.Fatalf("display:0 again = %v, want it to replace the first", err)
 	}
+	select {
+	case <-hungUp:
+	case <-time.After(5 * time.Second):
+		t.Errorf("the replaced display:0 connection was not hung up")
+	}
+	detachOld() // the replaced connection's own close comes after
 	for i := 2; i < MaxChannels; i++ {
-		if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, fmt.Sprintf("usbredir:%d", i), false, noop); err != nil {
+		if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, fmt.Sprintf("usbredir:%d", i), false, false, noop); err != nil {
 			t.Fatalf("channel %d = %v", i, err)
 		}
 	}
-	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "usbredir:99", false, noop); !errors.Is(err, ErrChannels) {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "usbredir:99", false, false, noop); !errors.Is(err, ErrChannels) {
 		t.Errorf("channel %d = %v, want ErrChannels", MaxChannels+1, err)
 	}
 	// A channel that closed may be opened again (a viewer reconnecting it),
 	// from the lease's address only.
 	detachDisplay()
-	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.2"), offer.Ticket, "display:0", false, noop); !errors.Is(err, ErrNoLease) {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.2"), offer.Ticket, "display:0", false, false, noop); !errors.Is(err, ErrNoLease) {
 		t.Errorf("display:0 from another address = %v, want ErrNoLease", err)
 	}
-	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "display:0", false, noop); err != nil {
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "display:0", false, false, noop); err != nil {
 		t.Errorf("display:0 again after it closed = %v", err)
+	}
+}
+
+// TestPlaintextRefusedWhereTLS: where the gateway has a TLS port, a
+// kiosk's session takes its SPICE over TLS only; a legacy kiosk's, which
+// cannot do TLS, plaintext too.
+func TestPlaintextRefusedWhereTLS(t *testing.T) {
+	cfg := testConfig()
+	cfg.GatewayTLSPort = 5909
+	h := newHarness(t, 2, cfg)
+	_, offer := h.session("k1", "127.0.0.1")
+	if offer.TLSPort != 5909 {
+		t.Errorf("offer's TLS port = %d, want 5909", offer.TLSPort)
+	}
+	ctx, noop := context.Background(), func() {}
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "main:0", true, false, noop); !errors.Is(err, ErrPlaintext) {
+		t.Errorf("a plaintext link to a TLS kiosk's session = %v, want ErrPlaintext", err)
+	}
+	if _, _, _, err := h.m.Attach(ctx, addr("127.0.0.1"), offer.Ticket, "main:0", true, true, noop); err != nil {
+		t.Errorf("the same link over TLS = %v", err)
 	}
 }

@@ -89,6 +89,21 @@ func Ensure(dir string) (s *Site, made []string, err error) {
 		Certificate: tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Raw}, PrivateKey: key, Leaf: cert}}, made, nil
 }
 
+// Subject is cert's subject as remote-viewer's host-subject takes it:
+// "O=undervdi,CN=vdi-broker", its names in the certificate's order.
+func Subject(cert *x509.Certificate) string {
+	short := map[string]string{"2.5.4.6": "C", "2.5.4.8": "ST", "2.5.4.7": "L", "2.5.4.10": "O", "2.5.4.11": "OU", "2.5.4.3": "CN"}
+	var parts []string
+	for _, atv := range cert.Subject.Names {
+		name, ok := short[atv.Type.String()]
+		if !ok {
+			name = atv.Type.String()
+		}
+		parts = append(parts, fmt.Sprintf("%s=%v", name, atv.Value))
+	}
+	return strings.Join(parts, ",")
+}
+
 // Pool returns a pool holding the CA, for clients of the broker.
 func (s *Site) Pool() *x509.CertPool {
 	p := x509.NewCertPool()

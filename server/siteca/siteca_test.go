@@ -68,3 +68,13 @@ func TestEnsureMakesOnceAndVerifies(t *testing.T) {
 		t.Errorf("fingerprint %q", s.Fingerprint())
 	}
 }
+
+func TestSubject(t *testing.T) {
+	s, _, err := Ensure(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := Subject(s.Certificate.Leaf); got != "O=undervdi,CN=vdi-broker" {
+		t.Errorf("Subject() = %q, want O=undervdi,CN=vdi-broker", got)
+	}
+}

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -223,8 +224,8 @@ func TestKillDuringSession(t *testing.T) {
 	// A kiosk takes a session and its viewer links: the VM is in use.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	k, err := kioskproto.Dialer{Addr: "127.0.0.1:" + port(cfg.Sessions.Listen),
-		TLS: brokertest.KioskTLS(t, filepath.Join(cfg.SiteCADir(), siteca.CAFile))}.Dial(ctx, "k1", kioskToken, "test")
+	kioskTLS := brokertest.KioskTLS(t, filepath.Join(cfg.SiteCADir(), siteca.CAFile))
+	k, err := kioskproto.Dialer{Addr: "127.0.0.1:" + port(cfg.Sessions.Listen), TLS: kioskTLS}.Dial(ctx, "k1", kioskToken, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +241,7 @@ func TestKillDuringSession(t *testing.T) {
 	if offer == nil {
 		t.Fatalf("no offer: %v", k.Err())
 	}
-	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", offer.Port))
+	c, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", offer.TLSPort), kioskTLS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -494,6 +495,7 @@ func TestCheckLeavesNothing(t *testing.T) {
 func brokerConfig(t *testing.T, bed *testbed.Bed, size int) *config.Config {
 	cfg := bed.Config(size)
 	cfg.Gateway.Listen = fmt.Sprintf("127.0.0.1:%d", freeport.Port(t))
+	cfg.Gateway.TLSListen = fmt.Sprintf("127.0.0.1:%d", freeport.Port(t))
 	cfg.Sessions.Listen = fmt.Sprintf("127.0.0.1:%d", freeport.Port(t))
 	cfg.Sessions.LegacyListen = ""
 	cfg.Sessions.AuditLog = filepath.Join(bed.Root, "sessions.jsonl")
