@@ -20,13 +20,13 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"undervdi/internal/freeport"
+	"undervdi/internal/kioskuser"
 	"undervdi/server/siteca"
 
 	"github.com/BurntSushi/toml"
@@ -277,13 +277,12 @@ func (d *demo) kioskConfig(ports []int) (string, func(), error) {
 		return "", nil, fmt.Errorf("mount tmpfs: %v: %s", err, out)
 	}
 	unmount := func() { exec.Command("umount", "-l", session).Run() }
-	userName := "undervdi-kiosk"
-	if _, err := user.Lookup(userName); err != nil {
-		if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", userName).CombinedOutput(); err != nil {
-			unmount()
-			return "", nil, fmt.Errorf("useradd: %v: %s", err, out)
-		}
+	u, err := kioskuser.Ensure()
+	if err != nil {
+		unmount()
+		return "", nil, err
 	}
+	userName := u.Username
 	path := filepath.Join(d.bed.Root, "kioskd.conf")
 	conf := fmt.Sprintf(`server = 127.0.0.1
 port = %d

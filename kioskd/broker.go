@@ -34,10 +34,16 @@ type ProtocolLink struct {
 
 	mu     sync.Mutex
 	client *kioskproto.Client
+	fault  string
 }
 
 // Run implements Broker.
 func (b *ProtocolLink) Run(ctx context.Context, events chan<- Event) {
+	b.Dialer.Fault = func() string {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.fault
+	}
 	const minBackoff, maxBackoff = time.Second, 30 * time.Second
 	backoff := minBackoff
 	wasUp := true // so the first failure is reported
@@ -66,7 +72,11 @@ func (b *ProtocolLink) Run(ctx context.Context, events chan<- Event) {
 		backoff, wasUp = minBackoff, true
 		b.mu.Lock()
 		b.client = c
+		faulty := b.fault != ""
 		b.mu.Unlock()
+		if faulty {
+			c.Beat() // the broker hears at once that this kiosk is out of order
+		}
 		stop := context.AfterFunc(ctx, func() { c.Close() })
 		w := c.Welcome()
 		events <- BrokerUp{IdleLimit: time.Duration(w.IdleLimitSeconds) * time.Second, Viewer: w.Viewer}
@@ -133,6 +143,19 @@ func (b *ProtocolLink) End(reason string) {
 	b.mu.Unlock()
 	if c != nil {
 		c.End(reason)
+	}
+}
+
+// Fault implements Broker: the heartbeats carry it, and the broker hears at
+// once when it changes.
+func (b *ProtocolLink) Fault(reason string) {
+	b.mu.Lock()
+	changed := b.fault != reason
+	b.fault = reason
+	c := b.client
+	b.mu.Unlock()
+	if changed && c != nil {
+		c.Beat()
 	}
 }
 
@@ -230,3 +253,8 @@ func (b *LegacyLink) End(reason string) {
 		b.conn = nil
 	}
 }
+
+// Fault implements Broker: the signal port has no way to say it, so the
+// kiosk's own screen and log are all there is (the kiosk asks for nothing
+// while out of order).
+func (b *LegacyLink) Fault(string) {}

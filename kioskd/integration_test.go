@@ -54,6 +54,12 @@ type rig struct {
 
 	sessionViewer int // pid of the current session's viewer
 
+	// What a crashed kioskd left before this one started: a process of
+	// the session user and a visitor's file. The start must end both.
+	leftover     *exec.Cmd
+	leftoverGone chan struct{}
+	leftoverFile string
+
 	mu     sync.Mutex
 	state  kioskd.State
 	states []kioskd.State
@@ -99,16 +105,17 @@ func startKiosk(t testing.TB, bed *testbed.Bed, kioskPort int) *rig {
 		t.Fatal(err)
 	}
 	r.cfg = cfg
+	r.plantLeftovers()
 	log := testlog.Logger()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- kioskd.Run(ctx, cfg, log, func(s kioskd.State) {
+		done <- kioskd.Run(ctx, cfg, log, kioskd.Hooks{OnState: func(s kioskd.State) {
 			r.mu.Lock()
 			r.state = s
 			r.states = append(r.states, s)
 			r.mu.Unlock()
-		})
+		}})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -117,6 +124,38 @@ func startKiosk(t testing.TB, bed *testbed.Bed, kioskPort int) *rig {
 		}
 	})
 	return r
+}
+
+// plantLeftovers leaves what a kioskd killed mid-session would: a process
+// of the session user and a file in the session's tmpfs.
+func (r *rig) plantLeftovers() {
+	r.t.Helper()
+	r.leftoverFile = filepath.Join(r.cfg.SessionDir, "home", "previous-visitor.txt")
+	os.MkdirAll(filepath.Dir(r.leftoverFile), 0o700)
+	if err := os.WriteFile(r.leftoverFile, []byte("the previous visitor's"), 0o600); err != nil {
+		r.t.Fatal(err)
+	}
+	r.leftover = exec.Command("sleep", "600")
+	r.leftover.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: &syscall.Credential{Uid: uint32(r.uid), Gid: uint32(r.uid)}}
+	if err := r.leftover.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	r.leftoverGone = make(chan struct{})
+	go func() { r.leftover.Wait(); close(r.leftoverGone) }()
+	r.t.Cleanup(func() { r.leftover.Process.Kill() })
+}
+
+// leftoversGone checks the start ended what the last kioskd left.
+func (r *rig) leftoversGone() {
+	r.t.Helper()
+	select {
+	case <-r.leftoverGone:
+	case <-time.After(10 * time.Second):
+		r.t.Errorf("the session user's process (pid %d) left from before outlived kioskd's start", r.leftover.Process.Pid)
+	}
+	if _, err := os.Stat(r.leftoverFile); !os.IsNotExist(err) {
+		r.t.Errorf("the previous visitor's file outlived kioskd's start: %v", err)
+	}
 }
 
 // writeTestImage writes a 1024x768 photo-like image (gradients, so the
@@ -295,6 +334,7 @@ func TestKiosk(t *testing.T) {
 	// recovers by itself when the broker comes.
 	r := startKiosk(t, bed, kioskPort)
 	r.waitState(kioskd.Unreachable, time.Minute)
+	r.leftoversGone()
 	r.slideshowShown()
 	r.broker = brokertest.Start(t, bed, 2, func(c *bconfig.Config) {
 		c.Sessions.Listen = fmt.Sprintf("0.0.0.0:%d", kioskPort)
@@ -360,5 +400,64 @@ func TestKiosk(t *testing.T) {
 		vm := r.session("after-broker-back")
 		syscall.Kill(r.viewerPID(), syscall.SIGKILL)
 		r.loggedOut(vm)
+	})
+
+	t.Run("a logout that cannot complete puts the kiosk out of order", func(t *testing.T) {
+		r.broker.WaitFull()
+		vm := r.session("out-of-order")
+		// Something the wipe cannot remove: a filesystem mounted in the
+		// session's home (the wipe never crosses into one).
+		stuck := filepath.Join(r.cfg.SessionDir, "home", "stuck")
+		os.MkdirAll(stuck, 0o755)
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", stuck).CombinedOutput(); err != nil {
+			t.Fatalf("mount: %v: %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("umount", "-l", stuck).Run() })
+		os.WriteFile(filepath.Join(stuck, "visitor-data.txt"), []byte("the visitor's"), 0o600)
+		syscall.Kill(r.viewerPID(), syscall.SIGKILL)
+		r.waitState(kioskd.OutOfOrder, time.Minute)
+		poll.Until(t, 30*time.Second, "the broker's status showing the kiosk out of order", func() bool {
+			for _, k := range r.broker.Sessions.Kiosks() {
+				if k.ID == "k1" && strings.Contains(k.Fault, "logout incomplete") {
+					return true
+				}
+			}
+			return false
+		})
+		// Nobody is served: a touch asks for nothing, and no viewer waits
+		// for the next visitor.
+		leases := func() (n int) {
+			for _, l := range r.broker.Sessions.Leases() {
+				if l.Kiosk == "k1" {
+					n++
+				}
+			}
+			return n
+		}
+		poll.Until(t, 30*time.Second, "the visitor's lease ended", func() bool { return leases() == 0 })
+		r.touch()
+		time.Sleep(2 * time.Second)
+		if n := leases(); n > 0 {
+			t.Errorf("an out-of-order kiosk got a session")
+		}
+		if out, err := exec.Command("pgrep", "-u", strconv.Itoa(r.uid), "-l").Output(); err == nil {
+			t.Errorf("processes of the session user while out of order: %s", out)
+		}
+		// Once the wipe can complete, the retry brings the kiosk back.
+		if out, err := exec.Command("umount", stuck).CombinedOutput(); err != nil {
+			t.Fatalf("umount: %v: %s", err, out)
+		}
+		r.waitState(kioskd.Idle, time.Minute)
+		poll.Until(t, 30*time.Second, "the broker's status showing the kiosk in order", func() bool {
+			ks := r.broker.Sessions.Kiosks()
+			return len(ks) == 1 && ks[0].Fault == ""
+		})
+		poll.Until(t, time.Minute, vm+" destroyed", func() bool {
+			_, err := r.bed.L.DomainLookupByName(vm)
+			return libvirt.IsNotFound(err)
+		})
+		if _, err := os.Stat(stuck); !os.IsNotExist(err) {
+			t.Errorf("the wipe left %s once it could remove it: %v", stuck, err)
+		}
 	})
 }

@@ -33,9 +33,12 @@ const (
 	Connecting               // the viewer is starting on the offered VM
 	InSession                // the viewer is on screen
 	Ending                   // logging the visitor out
+	Starting                 // kioskd just started: wiping what a crash may have left
+	OutOfOrder               // a logout did not complete: nobody is served until one does
 )
 
-var stateNames = [...]string{"idle", "unreachable", "requesting", "waiting", "connecting", "in-session", "ending"}
+var stateNames = [...]string{"idle", "unreachable", "requesting", "waiting", "connecting", "in-session", "ending",
+	"starting", "out-of-order"}
 
 func (s State) String() string { return stateNames[s] }
 
@@ -45,6 +48,8 @@ const (
 	TextPreparing   = "Preparing your workstation…"
 	TextUnavailable = "Service temporarily unavailable"
 	TextEnding      = "Thank you. Cleaning up…"
+	TextStarting    = "Starting…"
+	TextOutOfOrder  = "Out of order"
 	textWarning     = "Session ends in %d s — touch to continue"
 	textMaxWarning  = "Session ends in %d s: the longest a session may last"
 )
@@ -72,6 +77,9 @@ type Broker interface {
 	Request() error
 	// End ends the session (or a request) with a reason.
 	End(reason string)
+	// Fault tells the broker this kiosk is out of order, and why; ""
+	// says it is in order again.
+	Fault(reason string)
 }
 
 // Session is one visitor's session on this kiosk: the viewer, and what the
@@ -84,6 +92,8 @@ type Session interface {
 	Start(o kioskproto.Offer, sec *viewer.Secure) (*viewer.Viewer, error)
 	// Logout forces the visitor out: it kills the viewer and every process
 	// of the session, wipes the session's files, resets the USB devices.
+	// An error means something of the visitor may be left. v is nil at
+	// start and when a failed logout is retried.
 	Logout(ctx context.Context, v *viewer.Viewer) error
 }
 
@@ -152,9 +162,15 @@ type Kiosk struct {
 	IdleWarning    time.Duration
 	// ConnectTimeout bounds the wait for the viewer's window.
 	ConnectTimeout time.Duration
+	// FaultRetry is how often an out-of-order kiosk retries its logout
+	// (0: 10 s). After RebootAfter failed retries (0: 3) it calls Reboot,
+	// if set: the appliance restarts from its read-only image.
+	FaultRetry  time.Duration
+	RebootAfter int
+	Reboot      func(reason string)
 
 	state    State
-	up       bool              // the broker link is up
+	down     bool              // the broker link said it is down, and has not come back
 	settings kioskproto.Viewer // the viewer settings the broker's offers carry
 	notice   string
 	viewer   *viewer.Viewer
@@ -163,6 +179,8 @@ type Kiosk struct {
 	events   chan Event
 	idleTick *time.Ticker
 	timer    *time.Timer
+	failures int    // logouts failed in a row
+	fault    string // why the kiosk is out of order; "": it is not
 	ctx      context.Context
 	onState  func(State) // tests observe transitions
 }
@@ -183,8 +201,16 @@ func (k *Kiosk) Run(ctx context.Context) error {
 	if k.ConnectTimeout == 0 {
 		k.ConnectTimeout = 30 * time.Second
 	}
+	if k.FaultRetry == 0 {
+		k.FaultRetry = 10 * time.Second
+	}
+	if k.RebootAfter == 0 {
+		k.RebootAfter = 3
+	}
 	go k.Broker.Run(ctx, k.events)
-	k.enter(Idle)
+	// A kioskd that crashed or was killed may have left a visitor's files
+	// and processes: nobody is served before they are gone.
+	k.enter(Starting)
 	for {
 		select {
 		case <-ctx.Done():
@@ -216,7 +242,7 @@ func (k *Kiosk) tick() <-chan time.Time {
 func (k *Kiosk) handle(ev Event) {
 	switch e := ev.(type) {
 	case BrokerUp:
-		k.up = true
+		k.down = false
 		if e.IdleLimit > 0 && !k.IdleLimitFixed {
 			k.IdleLimit = e.IdleLimit
 		}
@@ -230,7 +256,7 @@ func (k *Kiosk) handle(ev Event) {
 			k.Session.Prepare(k.settings)
 		}
 	case BrokerDown:
-		k.up = false
+		k.down = true
 		k.Log.Warn("lost the broker", "err", e.Err)
 		switch k.state {
 		case Idle, Requesting, Waiting:
@@ -305,15 +331,37 @@ func (k *Kiosk) handle(ev Event) {
 			k.to(Ending, fmt.Sprintf("no viewer window within %v", k.ConnectTimeout))
 		}
 	case logoutDone:
-		if e.err != nil {
-			k.Log.Error("logout incomplete", "err", e.err)
+		if k.state != Ending && k.state != Starting && k.state != OutOfOrder {
+			return
 		}
-		if k.state == Ending {
-			if k.up {
-				k.to(Idle, "logged out")
-			} else {
-				k.to(Unreachable, "logged out; the broker is unreachable")
+		if e.err != nil {
+			k.failures++
+			k.fault = kioskproto.Clip("logout incomplete: " + e.err.Error())
+			if k.state != OutOfOrder {
+				k.Broker.Fault(k.fault)
+				k.to(OutOfOrder, k.fault)
+				return
 			}
+			k.Log.Error("the logout failed again; the kiosk stays out of order", "failures", k.failures, "err", e.err)
+			if k.Reboot != nil && k.failures > k.RebootAfter {
+				k.Log.Error("rebooting: the logout keeps failing", "failures", k.failures)
+				k.Reboot(k.fault)
+			}
+			k.enter(OutOfOrder) // retry again later
+			return
+		}
+		if k.state == OutOfOrder {
+			k.Log.Info("the logout completed at last; the kiosk is back in order", "failures", k.failures)
+			k.Broker.Fault("")
+		}
+		k.failures, k.fault = 0, ""
+		if k.notice == TextStarting {
+			k.notice = ""
+		}
+		if !k.down {
+			k.to(Idle, "logged out")
+		} else {
+			k.to(Unreachable, "logged out; the broker is unreachable")
 		}
 	}
 }
@@ -401,16 +449,33 @@ func (k *Kiosk) enter(s State) {
 		k.Display.SetVisible(true)
 		v := k.viewer
 		k.viewer = nil
-		go func() {
-			// The logout runs to its end even if kioskd is stopping.
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			k.events <- logoutDone{err: k.Session.Logout(ctx, v)}
-		}()
+		k.logout(v)
+	case Starting:
+		k.notice = TextStarting
+		k.Display.SetText(TextStarting)
+		k.Display.SetVisible(true)
+		k.logout(nil)
+	case OutOfOrder:
+		// The slideshow may run (it shows nothing of a visitor), but it
+		// says the kiosk is out of order and a touch does nothing.
+		k.Display.SetText(TextOutOfOrder)
+		k.Display.SetVisible(true)
+		k.timer = time.AfterFunc(k.FaultRetry, func() { k.logout(nil) })
 	}
 	if k.onState != nil {
 		k.onState(s)
 	}
+}
+
+// logout runs the session's logout in the background (it may take
+// seconds) and reports how it went as logoutDone. It runs to its end even
+// if kioskd is stopping.
+func (k *Kiosk) logout(v *viewer.Viewer) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		k.events <- logoutDone{err: k.Session.Logout(ctx, v)}
+	}()
 }
 
 // queueText is the slideshow's line for a queue position, when the broker

@@ -2,6 +2,7 @@ package kioskd
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,6 +57,7 @@ type fakeBroker struct {
 	mu       sync.Mutex
 	requests int
 	ends     []string
+	faults   []string
 }
 
 func (b *fakeBroker) Run(ctx context.Context, events chan<- Event) {
@@ -68,6 +70,16 @@ func (b *fakeBroker) End(reason string) {
 	b.mu.Lock()
 	b.ends = append(b.ends, reason)
 	b.mu.Unlock()
+}
+func (b *fakeBroker) Fault(reason string) {
+	b.mu.Lock()
+	b.faults = append(b.faults, reason)
+	b.mu.Unlock()
+}
+func (b *fakeBroker) faultsTold() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.faults...)
 }
 func (b *fakeBroker) endReasons() string {
 	b.mu.Lock()
@@ -82,6 +94,7 @@ type fakeSession struct {
 	bin     string
 	mu      sync.Mutex
 	logouts int
+	fail    int // the next fail logouts fail; -1: all do
 	viewers []*viewer.Viewer
 }
 
@@ -105,9 +118,20 @@ func (s *fakeSession) Logout(ctx context.Context, v *viewer.Viewer) error {
 		v.Stop(100 * time.Millisecond)
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.logouts++
-	s.mu.Unlock()
+	if s.fail != 0 {
+		s.fail--
+		return errors.New(`wipe: still holds ["leftover"]`)
+	}
 	return nil
+}
+
+func (s *fakeSession) failNext(n int) { s.mu.Lock(); s.fail = n; s.mu.Unlock() }
+func (s *fakeSession) logoutCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.logouts
 }
 
 type harness struct {
@@ -120,7 +144,7 @@ type harness struct {
 	states chan State
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, opts ...func(*harness)) *harness {
 	bin := filepath.Join(t.TempDir(), "viewer")
 	os.WriteFile(bin, []byte("#!/bin/sh\ncat > /dev/null\nexec sleep 300\n"), 0o755)
 	h := &harness{t: t, d: &fakeDisplay{touches: make(chan struct{}, 1)}, s: &fakeScreen{mapped: make(chan xproto.Window, 1)},
@@ -129,11 +153,16 @@ func newHarness(t *testing.T) *harness {
 	h.k = &Kiosk{Display: h.d, Screen: h.s, Broker: h.b, Session: h.sess, Log: log,
 		IdleLimit: time.Minute, IdleWarning: 30 * time.Second, ConnectTimeout: time.Minute}
 	h.k.OnState(func(s State) { h.states <- s })
+	for _, o := range opts {
+		o(h)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { h.k.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	h.expect(Idle)
+	if len(opts) == 0 {
+		h.expect(Starting, Idle)
+	}
 	<-h.b.ready
 	return h
 }
@@ -297,4 +326,88 @@ func TestBrokerEndsRequest(t *testing.T) {
 	h.expect(Requesting)
 	h.event(Refuse{Message: TextUnavailable})
 	h.expect(Unreachable)
+}
+
+// TestStartWipesFirst: kioskd's start runs the logout (a crash may have
+// left a visitor's files and processes) before the slideshow offers
+// sessions; a touch meanwhile asks for nothing.
+func TestStartWipesFirst(t *testing.T) {
+	h := newHarness(t, func(h *harness) { h.sess.failNext(0) })
+	h.expect(Starting, Idle)
+	if n := h.sess.logoutCount(); n != 1 {
+		t.Errorf("%d logouts at start, want 1", n)
+	}
+	if text, visible, _ := h.d.get(); text != TextTouch || !visible {
+		t.Errorf("after the start: %q visible=%v", text, visible)
+	}
+}
+
+// TestFailedLogoutOutOfOrder: a logout that does not complete puts the
+// kiosk out of order: it tells the broker, serves no touch, retries, and
+// is back in order (and says so) once a logout completes.
+func TestFailedLogoutOutOfOrder(t *testing.T) {
+	h := newHarness(t, func(h *harness) { h.k.FaultRetry = 100 * time.Millisecond })
+	h.expect(Starting, Idle)
+	h.startSession()
+	h.sess.failNext(2)
+	h.sess.started()[0].Stop(time.Second) // the visitor is done
+	h.expect(Ending, OutOfOrder)
+	if text, visible, _ := h.d.get(); text != TextOutOfOrder || !visible {
+		t.Errorf("out of order: %q visible=%v", text, visible)
+	}
+	if f := h.b.faultsTold(); len(f) != 1 || !strings.Contains(f[0], "logout incomplete") || !strings.Contains(f[0], "leftover") {
+		t.Errorf("told the broker %q, want the logout's failure", f)
+	}
+	h.touchTaken()
+	h.expect(OutOfOrder, Idle) // one retry fails, the next completes
+	h.b.mu.Lock()
+	requests := h.b.requests
+	h.b.mu.Unlock()
+	if requests != 1 {
+		t.Errorf("%d requests, want 1: an out-of-order kiosk asks for nothing", requests)
+	}
+	if f := h.b.faultsTold(); len(f) != 2 || f[1] != "" {
+		t.Errorf("told the broker %q, want the fault then in order (\"\")", f)
+	}
+}
+
+// TestFailedStartOutOfOrder: a kiosk that cannot wipe at start never shows
+// "Touch to start".
+func TestFailedStartOutOfOrder(t *testing.T) {
+	h := newHarness(t, func(h *harness) { h.sess.failNext(-1); h.k.FaultRetry = time.Hour })
+	h.expect(Starting, OutOfOrder)
+	h.event(BrokerUp{})
+	h.touchTaken()
+	time.Sleep(50 * time.Millisecond)
+	if text, _, _ := h.d.get(); text != TextOutOfOrder {
+		t.Errorf("text = %q, want %q", text, TextOutOfOrder)
+	}
+	select {
+	case s := <-h.states:
+		t.Errorf("an out-of-order kiosk moved to %v", s)
+	default:
+	}
+}
+
+// TestFailingLogoutReboots: on the appliance, a logout that keeps failing
+// reboots the kiosk from its read-only image.
+func TestFailingLogoutReboots(t *testing.T) {
+	rebooted := make(chan string, 1)
+	h := newHarness(t, func(h *harness) {
+		h.sess.failNext(-1)
+		h.k.FaultRetry, h.k.RebootAfter = 20*time.Millisecond, 2
+		h.k.Reboot = func(reason string) { rebooted <- reason }
+	})
+	h.expect(Starting, OutOfOrder, OutOfOrder, OutOfOrder)
+	select {
+	case r := <-rebooted:
+		if !strings.Contains(r, "leftover") {
+			t.Errorf("reboot reason %q", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reboot")
+	}
+	if n := h.sess.logoutCount(); n != 3 {
+		t.Errorf("%d logouts before the reboot, want 3 (the start and 2 retries)", n)
+	}
 }

@@ -30,12 +30,22 @@ import (
 // Main runs kioskd until ctx ends: it starts (and restarts) the X server
 // when it owns it, mirrors the ads, and runs the kiosk on the display.
 func Main(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	return Run(ctx, cfg, log, nil)
+	return Run(ctx, cfg, log, Hooks{})
 }
 
-// Run is Main with a hook that hears every state the kiosk enters (tests,
-// and a status display).
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, onState func(State)) error {
+// Hooks are what Run's caller adds to the kiosk.
+type Hooks struct {
+	// OnState hears every state the kiosk enters (tests, the appliance's
+	// boot figures).
+	OnState func(State)
+	// Reboot restarts the machine when logouts keep failing (the appliance,
+	// whose image is read-only); nil: the kiosk stays out of order and
+	// keeps retrying.
+	Reboot func(reason string)
+}
+
+// Run is Main with hooks.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks Hooks) error {
 	uid, gid, err := sessionUser(cfg.SessionUser)
 	if err != nil {
 		return err
@@ -89,7 +99,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, onState func
 				continue
 			}
 		}
-		err := runDisplay(ctx, cfg, log, link, &current, onState, &LocalSession{
+		err := runDisplay(ctx, cfg, log, link, &current, hooks, &LocalSession{
 			Viewer: cfg.Viewer, Extra: strings.Fields(cfg.ViewerArgs), Dir: cfg.SessionDir, Display: cfg.Display,
 			UID: uid, GID: gid, USB: usb, Logind: logind, Log: log, Output: viewerOutput(log), GStreamer: gst,
 		})
@@ -111,7 +121,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, onState func
 
 // runDisplay runs the kiosk on one X server's life.
 func runDisplay(ctx context.Context, cfg *config.Config, log *slog.Logger, link Broker, current *atomic.Pointer[Kiosk],
-	onState func(State), sess *LocalSession) error {
+	hooks Hooks, sess *LocalSession) error {
 	scr, err := screen.Open(cfg.Display, log)
 	if err != nil {
 		return err
@@ -141,8 +151,8 @@ func runDisplay(ctx context.Context, cfg *config.Config, log *slog.Logger, link 
 		limit = 5 * time.Minute // the broker's welcome may say otherwise
 	}
 	k := &Kiosk{Display: show, Screen: scr, Broker: link, Session: sess, Log: log,
-		IdleLimit: limit, IdleLimitFixed: cfg.IdleLimit != 0, IdleWarning: cfg.IdleWarning}
-	k.OnState(onState)
+		IdleLimit: limit, IdleLimitFixed: cfg.IdleLimit != 0, IdleWarning: cfg.IdleWarning, Reboot: hooks.Reboot}
+	k.OnState(hooks.OnState)
 	current.Store(k)
 	k.Run(dctx)
 	select {
@@ -200,29 +210,48 @@ func (d deadLink) Run(ctx context.Context, events chan<- Event) {
 
 func (d deadLink) Request() error { return d.err }
 func (deadLink) End(string)       {}
+func (deadLink) Fault(string)     {}
 
-// sessionUser resolves the session user: a name or a numeric uid (the boot
-// image has no user database); "" is kioskd's own user.
+// sessionUser resolves the session user: a name or a numeric uid. Visitors
+// never run as root; "" is kioskd's own user, allowed only when kioskd is
+// not root (then no process is killed by uid at logout: they would be
+// kioskd's own).
 func sessionUser(spec string) (uid, gid int, err error) {
 	if spec == "" {
+		if os.Geteuid() == 0 {
+			return 0, 0, fmt.Errorf("session_user is empty and kioskd runs as root: visitors must not run as root; "+
+				"name a dedicated unprivileged user (the default is %q)", config.DefaultSessionUser)
+		}
 		return 0, 0, nil
 	}
 	if n, err := strconv.Atoi(spec); err == nil {
-		if n == 0 {
-			return 0, 0, fmt.Errorf("session_user: the visitor must not be root")
+		if n <= 0 {
+			return 0, 0, fmt.Errorf("session_user = %d: visitors must not run as root", n)
 		}
-		return n, n, nil
+		return ownIsZero(n), ownIsZero(n), nil
 	}
 	u, err := user.Lookup(spec)
 	if err != nil {
-		return 0, 0, fmt.Errorf("session_user: %w", err)
+		return 0, 0, fmt.Errorf("session_user %q: %w: create it (useradd --system --no-create-home %s) or name another unprivileged user", spec, err, spec)
 	}
 	uid, _ = strconv.Atoi(u.Uid)
 	gid, _ = strconv.Atoi(u.Gid)
 	if uid == 0 {
-		return 0, 0, fmt.Errorf("session_user: the visitor must not be root")
+		return 0, 0, fmt.Errorf("session_user %q is root: visitors must not run as root", spec)
+	}
+	if ownIsZero(uid) == 0 {
+		return 0, 0, nil
 	}
 	return uid, gid, nil
+}
+
+// ownIsZero maps kioskd's own uid to 0, which LocalSession takes as "run
+// as kioskd, kill by process group only".
+func ownIsZero(uid int) int {
+	if uid == os.Geteuid() {
+		return 0
+	}
+	return uid
 }
 
 func isTmpfs(dir string) bool {

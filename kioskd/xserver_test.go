@@ -18,6 +18,7 @@ import (
 
 	"undervdi/internal/poll"
 
+	"undervdi/internal/kioskuser"
 	"undervdi/kioskd"
 	"undervdi/kioskd/config"
 )
@@ -37,17 +38,18 @@ func TestRestartsDeadXServer(t *testing.T) {
 	cfg.XServer = "Xvfb " + display + " -screen 0 320x240x24 -nolisten tcp -noreset"
 	cfg.AdsURL, cfg.AdsDir, cfg.BackgroundDir, cfg.SessionDir = "off", t.TempDir(), t.TempDir(), t.TempDir()
 	cfg.USBSysfs, cfg.Logind = "", "no"
+	cfg.SessionUser = sessionUser(t)
 
 	var mu sync.Mutex
 	var states []kioskd.State
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- kioskd.Run(ctx, cfg, slog.New(slog.DiscardHandler), func(s kioskd.State) {
+		done <- kioskd.Run(ctx, cfg, slog.New(slog.DiscardHandler), kioskd.Hooks{OnState: func(s kioskd.State) {
 			mu.Lock()
 			states = append(states, s)
 			mu.Unlock()
-		})
+		}})
 	}()
 	stopped := false
 	t.Cleanup(func() {
@@ -91,6 +93,15 @@ func xPID(display string) int {
 	return pid
 }
 
+// sessionUser is the dedicated user kioskd's visitors run as here.
+func sessionUser(t *testing.T) string {
+	u, err := kioskuser.Ensure()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Username
+}
+
 func freeDisplay(t *testing.T) string {
 	for range 100 {
 		n := 200 + rand.IntN(300)
@@ -130,16 +141,17 @@ func TestWithoutCAOutOfOrder(t *testing.T) {
 	cfg.XServer = "Xvfb " + display + " -screen 0 320x240x24 -nolisten tcp -noreset"
 	cfg.AdsURL, cfg.AdsDir, cfg.BackgroundDir, cfg.SessionDir = "off", t.TempDir(), t.TempDir(), t.TempDir()
 	cfg.USBSysfs, cfg.Logind = "", "no"
+	cfg.SessionUser = sessionUser(t)
 	var mu sync.Mutex
 	var states []kioskd.State
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- kioskd.Run(ctx, cfg, slog.New(slog.DiscardHandler), func(s kioskd.State) {
+		done <- kioskd.Run(ctx, cfg, slog.New(slog.DiscardHandler), kioskd.Hooks{OnState: func(s kioskd.State) {
 			mu.Lock()
 			states = append(states, s)
 			mu.Unlock()
-		})
+		}})
 	}()
 	defer func() { cancel(); <-done }()
 	poll.Until(t, 30*time.Second, "the kiosk out of order", func() bool {

@@ -21,6 +21,7 @@ type Client struct {
 	r       *bufio.Reader
 	welcome Welcome
 	idle    func() time.Duration
+	fault   func() string
 	msgs    chan *Message
 	closed  chan struct{}
 	once    sync.Once
@@ -38,6 +39,9 @@ type Dialer struct {
 	// Idle returns how long the visitor has not touched anything; it goes
 	// into every heartbeat. Nil reports 0.
 	Idle func() time.Duration
+	// Fault returns why the kiosk is out of order ("" when it is not); it
+	// goes into every heartbeat. Nil reports "".
+	Fault func() string
 }
 
 // Dial connects, says hello, and waits for the welcome.
@@ -84,7 +88,11 @@ func (d Dialer) Dial(ctx context.Context, id, token, software string) (*Client, 
 	if idle == nil {
 		idle = func() time.Duration { return 0 }
 	}
-	c := &Client{conn: conn, r: r, welcome: *m.Welcome, idle: idle, msgs: make(chan *Message, 16), closed: make(chan struct{})}
+	fault := d.Fault
+	if fault == nil {
+		fault = func() string { return "" }
+	}
+	c := &Client{conn: conn, r: r, welcome: *m.Welcome, idle: idle, fault: fault, msgs: make(chan *Message, 16), closed: make(chan struct{})}
 	go c.readLoop()
 	go c.heartbeatLoop()
 	return c, nil
@@ -109,6 +117,10 @@ func (c *Client) Request() error { return c.send(NewRequest()) }
 
 // End ends the current session (or request) with a reason.
 func (c *Client) End(reason string) error { return c.send(NewEnd(reason)) }
+
+// Beat sends a heartbeat now (heartbeats go out on their own too): the
+// kiosk calls it when its fault changes, so the broker hears at once.
+func (c *Client) Beat() error { return c.send(NewHeartbeat(c.idle(), c.fault())) }
 
 // Close ends the connection; the broker ends the kiosk's session.
 func (c *Client) Close() error {
@@ -163,7 +175,7 @@ func (c *Client) heartbeatLoop() {
 	for {
 		select {
 		case <-t.C:
-			if c.send(NewHeartbeat(c.idle())) != nil {
+			if c.Beat() != nil {
 				return
 			}
 		case <-c.closed:

@@ -44,7 +44,7 @@ func TestClientHeartbeatsAndOffers(t *testing.T) {
 			switch m.Type {
 			case THeartbeat:
 				beats <- m.Heartbeat.IdleSeconds
-				WriteMessage(c, NewHeartbeat(0))
+				WriteMessage(c, NewHeartbeat(0, ""))
 			case TRequest:
 				WriteMessage(c, NewOffer(Offer{Lease: "l", Host: "h", Port: 1, Ticket: "t", Expires: time.Now().Add(time.Minute)}))
 			}

@@ -123,9 +123,12 @@ type Viewer struct {
 }
 
 // Heartbeat keeps a connection and its lease alive. From a kiosk it carries
-// how long the visitor has not touched anything.
+// how long the visitor has not touched anything, and, while the kiosk is out
+// of order (a logout it could not complete), why: the broker shows it in
+// its status and serves that kiosk no session until a heartbeat without it.
 type Heartbeat struct {
-	IdleSeconds int `json:"idle_seconds,omitempty"`
+	IdleSeconds int    `json:"idle_seconds,omitempty"`
+	Fault       string `json:"fault,omitempty"`
 }
 
 // End closes a session, in either direction, with a reason for the log.
@@ -156,7 +159,7 @@ func (e *Error) Error() string { return e.Code + ": " + e.Message }
 const (
 	maxID     = 64
 	maxSecret = 256
-	maxText   = 1024
+	MaxText   = 1024 // status messages, reasons, faults
 )
 
 // ReadMessage reads and validates one frame.
@@ -271,7 +274,7 @@ func (m *Message) Validate() error {
 			errs = append(errs, fmt.Errorf("state %q unknown", clip(s)))
 		}
 		num("ahead", m.Status.Ahead, 1<<20)
-		text("message", m.Status.Message, maxText, false)
+		text("message", m.Status.Message, MaxText, false)
 	case TOffer:
 		o := m.Offer
 		text("lease", o.Lease, maxID, true)
@@ -284,11 +287,12 @@ func (m *Message) Validate() error {
 		}
 	case THeartbeat:
 		num("idle_seconds", m.Heartbeat.IdleSeconds, 1<<30)
+		text("fault", m.Heartbeat.Fault, MaxText, false)
 	case TEnd:
-		text("reason", m.End.Reason, maxText, false)
+		text("reason", m.End.Reason, MaxText, false)
 	case TError:
 		text("code", m.Error.Code, maxID, true)
-		text("message", m.Error.Message, maxText, false)
+		text("message", m.Error.Message, MaxText, false)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %s: %w", ErrBadMessage, m.Type, errors.Join(errs...))
@@ -297,11 +301,24 @@ func (m *Message) Validate() error {
 }
 
 func checkViewer(text func(field, s string, max int, required bool), v Viewer) {
-	text("viewer.title", v.Title, maxText, false)
+	text("viewer.title", v.Title, MaxText, false)
 	text("viewer.disable_effects", v.DisableEffects, maxID, false)
 	text("viewer.compression", v.Compression, maxID, false)
-	text("viewer.usb_auto_redirect", v.USBAutoRedirect, maxText, false)
-	text("viewer.usb_redirect_connect", v.USBRedirectConnect, maxText, false)
+	text("viewer.usb_auto_redirect", v.USBAutoRedirect, MaxText, false)
+	text("viewer.usb_redirect_connect", v.USBRedirectConnect, MaxText, false)
+}
+
+// Clip shortens s to what a text field may carry (MaxText bytes), on a
+// character boundary, marking the cut.
+func Clip(s string) string {
+	if len(s) <= MaxText {
+		return s
+	}
+	cut := MaxText - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 func clip(s string) string {
@@ -344,9 +361,10 @@ func NewStatus(state string, ahead int, msg string) *Message {
 // NewOffer wraps an offer.
 func NewOffer(o Offer) *Message { return &Message{Type: TOffer, Offer: &o} }
 
-// NewHeartbeat returns a heartbeat carrying the visitor's idle time.
-func NewHeartbeat(idle time.Duration) *Message {
-	return &Message{Type: THeartbeat, Heartbeat: &Heartbeat{IdleSeconds: int(idle / time.Second)}}
+// NewHeartbeat returns a heartbeat carrying the visitor's idle time and the
+// kiosk's fault ("" when in order).
+func NewHeartbeat(idle time.Duration, fault string) *Message {
+	return &Message{Type: THeartbeat, Heartbeat: &Heartbeat{IdleSeconds: int(idle / time.Second), Fault: fault}}
 }
 
 // NewEnd returns an end with a reason.

@@ -28,7 +28,7 @@ func TestRoundTrip(t *testing.T) {
 		NewStatus(StatePreparing, 0, ""),
 		NewOffer(Offer{Lease: "l-1", Host: "169.254.24.1", Port: 5906, Ticket: "t", Expires: expires,
 			Viewer: Viewer{DisableAudio: true, USBAutoRedirect: "0x08,-1,-1,-1,1|-1,-1,-1,-1,0"}}),
-		NewHeartbeat(42 * time.Second),
+		NewHeartbeat(42*time.Second, "logout incomplete: wipe: still holds [\"x\"]"),
 		NewEnd("guest powered off"),
 		NewError(CodeUnknown, "kiosk lobby-9 is not known to this broker"),
 	} {
@@ -94,7 +94,7 @@ func TestWriteRefusesInvalid(t *testing.T) {
 
 func FuzzReadMessage(f *testing.F) {
 	for _, m := range []*Message{
-		NewHello("k", "t", ""), NewRequest(), NewHeartbeat(time.Second), NewEnd("x"),
+		NewHello("k", "t", ""), NewRequest(), NewHeartbeat(time.Second, ""), NewEnd("x"),
 		NewOffer(Offer{Lease: "l", Host: "h", Port: 1, Ticket: "t", Expires: time.Unix(1, 0)}),
 	} {
 		var buf bytes.Buffer
@@ -115,4 +115,16 @@ func FuzzReadMessage(f *testing.F) {
 			t.Fatalf("WriteMessage(accepted message) = %v", err)
 		}
 	})
+}
+
+func TestClipFitsATextField(t *testing.T) {
+	for _, s := range []string{"short", strings.Repeat("a", MaxText), strings.Repeat("é", MaxText), strings.Repeat("x", 5000)} {
+		c := Clip(s)
+		if err := NewHeartbeat(0, c).Validate(); err != nil {
+			t.Errorf("Clip(%d bytes) = %d bytes: %v", len(s), len(c), err)
+		}
+		if len(s) <= MaxText && c != s {
+			t.Errorf("Clip changed a short text")
+		}
+	}
 }

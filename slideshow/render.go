@@ -1,12 +1,14 @@
 package slideshow
 
 import (
+	"fmt"
 	"image"
 	"image/color"
 	"image/draw"
 	_ "image/gif" // GIF: the first frame, shown still
 	_ "image/jpeg"
 	_ "image/png"
+	"io"
 	"os"
 	"sync"
 
@@ -17,13 +19,40 @@ import (
 	"golang.org/x/image/math/fixed"
 )
 
-// load decodes an image file and scales it to fit the screen.
+// MaxPixels is the most pixels an image may have to be shown (an 8K photo
+// has 33 million). Decoding allocates 4 bytes a pixel before scaling: a
+// 40000×40000 PNG of a few kilobytes would take 6 GiB of the kiosk's RAM.
+const MaxPixels = 64 << 20
+
+// CheckSize reads an image's header (nothing more is decoded) and refuses
+// one larger than MaxPixels, or one of a format the slideshow cannot show.
+func CheckSize(r io.Reader) (image.Config, error) {
+	cfg, format, err := image.DecodeConfig(r)
+	switch {
+	case err != nil:
+		return cfg, err
+	case cfg.Width <= 0 || cfg.Height <= 0:
+		return cfg, fmt.Errorf("a %s image of %d×%d pixels", format, cfg.Width, cfg.Height)
+	case int64(cfg.Width)*int64(cfg.Height) > MaxPixels:
+		return cfg, fmt.Errorf("a %s image of %d×%d pixels, more than the %d million shown", format, cfg.Width, cfg.Height, MaxPixels>>20)
+	}
+	return cfg, nil
+}
+
+// load decodes an image file, once its header says its size is sane, and
+// scales it to fit the screen.
 func (s *Show) load(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	if _, err := CheckSize(f); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
 	img, _, err := image.Decode(f)
 	if err != nil {
 		return err

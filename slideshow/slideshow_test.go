@@ -20,6 +20,7 @@ import (
 	"github.com/jezek/xgb/xtest"
 
 	"undervdi/internal/syncbuf"
+	"undervdi/internal/testimg"
 	"undervdi/internal/xvfb"
 	"undervdi/kioskd/screen"
 )
@@ -128,6 +129,29 @@ func TestFollowsTheFolder(t *testing.T) {
 	r.waitPixel(160, 120, blue, time.Second, "after turning pages")
 	if n := strings.Count(r.log.String(), "skipping an unreadable image"); n != 1 {
 		t.Errorf("%d log lines about the unreadable file after turning pages, want 1", n)
+	}
+}
+
+// TestHugeImageNeverDecoded: an image whose header claims 40000×40000
+// pixels is skipped on its header, with one log line, and the show goes
+// on.
+func TestHugeImageNeverDecoded(t *testing.T) {
+	dir := t.TempDir()
+	writePNG(t, filepath.Join(dir, "a-red.png"), 64, 48, red)
+	if err := os.WriteFile(filepath.Join(dir, "b-huge.png"), testimg.HugePNG(40000, 40000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, dir)
+	r.waitPixel(160, 120, red, 5*time.Second, "the first image")
+	r.show.next()
+	r.show.next()
+	r.waitPixel(160, 120, red, time.Second, "after turning pages past the huge image")
+	log := r.log.String()
+	if n := strings.Count(log, "skipping an unreadable image"); n != 1 || !strings.Contains(log, "40000×40000 pixels, more than the 64 million") {
+		t.Errorf("log = %s\nwant one line skipping the 40000×40000 image on its size", log)
+	}
+	if _, err := CheckSize(bytes.NewReader(testimg.HugePNG(8000, 8000))); err != nil {
+		t.Errorf("an 8000×8000 image refused: %v", err)
 	}
 }
 

@@ -11,12 +11,12 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"undervdi/internal/kioskuser"
 	"undervdi/server/siteca"
 
 	"undervdi/internal/freeport"
@@ -144,14 +144,7 @@ func port(addr string) string {
 // (the original remote.sh, kioskd's viewer); it is made if missing.
 func KioskUser(t testing.TB) *user.User {
 	t.Helper()
-	const name = "undervdi-kiosk"
-	if u, err := user.Lookup(name); err == nil {
-		return u
-	}
-	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
-		t.Fatalf("useradd: %v: %s", err, out)
-	}
-	u, err := user.Lookup(name)
+	u, err := kioskuser.Ensure()
 	if err != nil {
 		t.Fatal(err)
 	}

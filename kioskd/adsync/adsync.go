@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/google/renameio/v2"
+
+	"undervdi/slideshow"
 )
 
 const (
@@ -32,6 +34,9 @@ const (
 	// DefaultMaxTotal bounds the bytes downloaded by one Sync if
 	// Mirror.MaxTotal is 0.
 	DefaultMaxTotal = 256 << 20
+	// DefaultMaxDir bounds the images Dir holds in all, across syncs, if
+	// Mirror.MaxDir is 0: Dir is a tmpfs, the kiosk's RAM.
+	DefaultMaxDir = 256 << 20
 
 	maxIndex = 4 << 20 // bytes of index JSON
 )
@@ -50,10 +55,12 @@ type Mirror struct {
 	Log      *slog.Logger // nil: discard
 	MaxFile  int64        // largest file accepted; 0: DefaultMaxFile
 	MaxTotal int64        // bytes downloaded per Sync at most; 0: DefaultMaxTotal
+	MaxDir   int64        // bytes of images Dir holds at most, in all; 0: DefaultMaxDir
 
-	mu    sync.Mutex
-	etag  string               // of the index Dir fully matches; "" after any failure
-	local map[string]localFile // what is known of Dir's images, by name
+	mu      sync.Mutex
+	etag    string               // of the index Dir fully matches; "" after any failure
+	local   map[string]localFile // what is known of Dir's images, by name
+	refused map[string]string    // content (sha256) fetched and refused, and why: not fetched again
 }
 
 // localFile is a file of Dir, with the sha256 of its content when it had
@@ -66,11 +73,13 @@ type localFile struct {
 
 // index is the broker's JSON index.
 type index struct {
-	Files []struct {
-		Name   string `json:"name"`
-		Size   int64  `json:"size"`
-		SHA256 string `json:"sha256"`
-	} `json:"files"`
+	Files []indexFile `json:"files"`
+}
+
+type indexFile struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
 }
 
 // Sync brings Dir up to date with the broker's index: new and changed files
@@ -108,7 +117,7 @@ func (m *Mirror) Sync(ctx context.Context) (changed bool, err error) {
 
 	var errs []error
 	listed := map[string]bool{}
-	budget := m.maxTotal()
+	var fetch []indexFile
 	for _, f := range idx.Files {
 		if !isImageName(f.Name) || len(f.Name) > 255 || !isSHA256(f.SHA256) {
 			errs = append(errs, fmt.Errorf("index lists %q with sha256 %q: invalid", f.Name, f.SHA256))
@@ -119,9 +128,41 @@ func (m *Mirror) Sync(ctx context.Context) (changed bool, err error) {
 			continue
 		}
 		listed[f.Name] = true
-		if m.sum(f.Name) == f.SHA256 {
+		if m.sum(f.Name) != f.SHA256 {
+			fetch = append(fetch, f)
+		}
+	}
+
+	// Delete what the index dropped first, so its room is free for what
+	// comes: only images, only regular files.
+	held := int64(0) // bytes of the images Dir keeps
+	for _, e := range entries {
+		name := e.Name()
+		if !isImageName(name) || !e.Type().IsRegular() {
 			continue
 		}
+		if listed[name] {
+			if fi, err := e.Info(); err == nil {
+				held += fi.Size()
+			}
+			continue
+		}
+		if err := os.Remove(filepath.Join(m.Dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		delete(m.local, name)
+		changed = true
+		m.log().Info("adsync: removed", "name", name)
+	}
+
+	budget := m.maxTotal()
+	for _, f := range fetch {
+		if why, ok := m.refused[f.SHA256]; ok {
+			errs = append(errs, fmt.Errorf("%s: %s", f.Name, why))
+			continue
+		}
+		old := m.local[f.Name].size // the copy the download replaces
 		switch {
 		case f.Size > m.maxFile():
 			errs = append(errs, fmt.Errorf("%s: %d bytes, more than %d", f.Name, f.Size, m.maxFile()))
@@ -129,8 +170,11 @@ func (m *Mirror) Sync(ctx context.Context) (changed bool, err error) {
 		case f.Size > budget:
 			errs = append(errs, fmt.Errorf("%s: over the %d bytes a sync may fetch, left for the next", f.Name, m.maxTotal()))
 			continue
+		case held+f.Size > m.maxDir():
+			errs = append(errs, fmt.Errorf("%s: %d bytes more would bring the mirror over the %d bytes it may hold: left out", f.Name, f.Size, m.maxDir()))
+			continue
 		}
-		n, err := m.download(ctx, base, f.Name, f.SHA256, min(budget, m.maxFile()))
+		n, err := m.download(ctx, base, f.Name, f.SHA256, min(budget, m.maxFile(), m.maxDir()-held))
 		budget -= n
 		if err != nil {
 			errs = append(errs, err)
@@ -139,29 +183,8 @@ func (m *Mirror) Sync(ctx context.Context) (changed bool, err error) {
 			}
 			continue
 		}
+		held += n - old
 		changed = true
-	}
-
-	// Delete what the index dropped: only images, only regular files.
-	// Re-read the folder, as downloads added files.
-	if ctx.Err() == nil {
-		entries, err = os.ReadDir(m.Dir)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		for _, e := range entries {
-			name := e.Name()
-			if listed[name] || !isImageName(name) || !e.Type().IsRegular() {
-				continue
-			}
-			if err := os.Remove(filepath.Join(m.Dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, err)
-				continue
-			}
-			delete(m.local, name)
-			changed = true
-			m.log().Info("adsync: removed", "name", name)
-		}
 	}
 	for name := range m.local {
 		if !listed[name] {
@@ -312,6 +335,19 @@ func (m *Mirror) download(ctx context.Context, base *url.URL, name, sum string, 
 	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
 		return n, fmt.Errorf("GET %s: sha256 %s, want %s: rejected", u, got, sum)
 	}
+	// An image the slideshow would refuse (a header claiming 40000×40000
+	// pixels) never lands in Dir, and is not fetched again.
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return n, err
+	}
+	if _, err := slideshow.CheckSize(tmp); err != nil {
+		why := fmt.Sprintf("not shown: %v", err)
+		if m.refused == nil {
+			m.refused = map[string]string{}
+		}
+		m.refused[sum] = why
+		return n, fmt.Errorf("%s: %s", name, why)
+	}
 	fi, err := tmp.Stat()
 	if err != nil {
 		return n, err
@@ -440,6 +476,13 @@ func (m *Mirror) maxFile() int64 {
 		return m.MaxFile
 	}
 	return DefaultMaxFile
+}
+
+func (m *Mirror) maxDir() int64 {
+	if m.MaxDir > 0 {
+		return m.MaxDir
+	}
+	return DefaultMaxDir
 }
 
 func (m *Mirror) maxTotal() int64 {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 	"undervdi/internal/poll"
+	"undervdi/internal/testimg"
 
 	"undervdi/server/ads"
 )
@@ -98,10 +99,19 @@ func (r *recorder) Write(p []byte) (int, error) {
 
 // write sets a file's content, with an mtime that differs from the last
 // one even on a coarse clock.
+// gifHeader makes a test file an image as far as its header goes (a 1×1
+// GIF): the mirror reads an image's header before it keeps it. write adds
+// it to image names and contents takes it off, so tests compare the text
+// after it.
+const gifHeader = "GIF89a\x01\x00\x01\x00\x00\x00\x00"
+
 func write(t *testing.T, dir, name, content string) {
 	t.Helper()
 	path := filepath.Join(dir, name)
 	old, err := os.Stat(path)
+	if isImageName(name) {
+		content = gifHeader + content
+	}
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +136,7 @@ func contents(t *testing.T, dir string) map[string]string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out[e.Name()] = string(b)
+		out[e.Name()] = strings.TrimPrefix(string(b), gifHeader)
 	}
 	return out
 }
@@ -434,6 +444,58 @@ func TestLimits(t *testing.T) {
 	}
 	if got := b.requests()["/ads/c.png"]; got != nil {
 		t.Errorf("requests for c.png, over MaxFile = %v, want none", got)
+	}
+}
+
+// TestDirCapAcrossSyncs: the mirror's size is bounded in all, not per
+// sync: new ads that would bring it over MaxDir wait until the broker drops
+// old ones, which go first.
+func TestDirCapAcrossSyncs(t *testing.T) {
+	b := newBroker(t)
+	write(t, b.dir, "a.png", strings.Repeat("a", 100))
+	write(t, b.dir, "b.png", strings.Repeat("b", 100))
+	m := newMirror(t, b)
+	m.MaxDir = 300 // two files, with their headers, not three
+	if _, err := m.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	write(t, b.dir, "c.png", strings.Repeat("c", 100))
+	_, err := m.Sync(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "c.png") || !strings.Contains(err.Error(), "over the 300 bytes it may hold") {
+		t.Errorf("Sync() over MaxDir = %v, want c.png left out", err)
+	}
+	if got := slices.Sorted(maps.Keys(contents(t, m.Dir))); !slices.Equal(got, []string{"a.png", "b.png"}) {
+		t.Errorf("Dir = %v, want a.png and b.png", got)
+	}
+	os.Remove(filepath.Join(b.dir, "a.png"))
+	if _, err := m.Sync(context.Background()); err != nil {
+		t.Errorf("Sync() once a.png is dropped = %v", err)
+	}
+	if got := slices.Sorted(maps.Keys(contents(t, m.Dir))); !slices.Equal(got, []string{"b.png", "c.png"}) {
+		t.Errorf("Dir = %v, want b.png and c.png", got)
+	}
+}
+
+// TestHugeImageRefused: an image whose header claims 40000×40000 pixels
+// never lands in the mirror, and is not fetched again.
+func TestHugeImageRefused(t *testing.T) {
+	b := newBroker(t)
+	write(t, b.dir, "a.png", "png a")
+	if err := os.WriteFile(filepath.Join(b.dir, "huge.png"), testimg.HugePNG(40000, 40000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := newMirror(t, b)
+	for i := range 2 {
+		_, err := m.Sync(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "huge.png: not shown") || !strings.Contains(err.Error(), "40000×40000") {
+			t.Errorf("Sync() %d = %v, want huge.png refused on its size", i, err)
+		}
+		if got := slices.Sorted(maps.Keys(contents(t, m.Dir))); !slices.Equal(got, []string{"a.png"}) {
+			t.Errorf("Dir = %v, want a.png only", got)
+		}
+	}
+	if got := b.requests()["/ads/huge.png"]; len(got) != 1 {
+		t.Errorf("huge.png fetched %d times, want once", len(got))
 	}
 }
 

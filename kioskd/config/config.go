@@ -55,7 +55,7 @@ type Config struct {
 	IdleWarning   time.Duration
 	Display       string
 	XServer       string // command that starts the X server; empty: use the running one
-	SessionUser   string // user (name or uid) the viewer runs as; empty: kioskd's own
+	SessionUser   string // user (name or uid) the viewer runs as, never root; empty: kioskd's own, if it is not root
 	SessionDir    string // the session's tmpfs home, wiped at every logout
 	Viewer        string
 	ViewerArgs    string // extra remote-viewer arguments, space separated
@@ -65,6 +65,10 @@ type Config struct {
 }
 
 // Default returns the settings a key takes when nothing sets it.
+// DefaultSessionUser is the dedicated unprivileged user visitors' sessions
+// run as; the boot image has it (uid 1000).
+const DefaultSessionUser = "kiosk"
+
 func Default() *Config {
 	return &Config{
 		Port:          5907,
@@ -80,6 +84,7 @@ func Default() *Config {
 		Touch:         "key,button",
 		IdleWarning:   30 * time.Second,
 		Display:       ":0",
+		SessionUser:   DefaultSessionUser,
 		SessionDir:    "/run/undervdi/session",
 		Viewer:        "/usr/bin/remote-viewer",
 		USBSysfs:      "/sys",

@@ -26,6 +26,7 @@ type Status struct {
 	Libvirt  string                `json:"libvirt"`
 	Pool     pool.Status           `json:"pool"`
 	Sessions []session.LeaseStatus `json:"sessions"`
+	Kiosks   []session.KioskStatus `json:"kiosks"`   // connected kiosks (protocol ones)
 	Handoffs session.Handoffs      `json:"handoffs"` // request to offer, latest 1000
 }
 
@@ -40,7 +41,7 @@ func (b *Broker) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(Status{Libvirt: b.Host.URI(), Pool: b.Pool.Status(), Sessions: b.Sessions.Leases(),
-			Handoffs: b.Sessions.Handoffs()})
+			Kiosks: b.Sessions.Kiosks(), Handoffs: b.Sessions.Handoffs()})
 	})
 	mux.HandleFunc("POST /v1/vms/{name}/end", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
@@ -200,6 +201,20 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 		if note.text != "" {
 			fmt.Fprintf(w, "%s: %s\n", note.label, note.text)
 		}
+	}
+	faulty := 0
+	for _, k := range s.Kiosks {
+		if k.Fault != "" {
+			faulty++
+			since := ""
+			if k.FaultSince != nil {
+				since = " for " + now.Sub(*k.FaultSince).Round(time.Second).String()
+			}
+			fmt.Fprintf(w, "OUT OF ORDER: kiosk %s (%s)%s: %s\n", k.ID, k.Addr, since, k.Fault)
+		}
+	}
+	if len(s.Kiosks) > 0 {
+		fmt.Fprintf(w, "kiosks connected %d   out of order %d\n", len(s.Kiosks), faulty)
 	}
 	if len(p.Versions) > 0 {
 		fmt.Fprintln(w)

@@ -71,7 +71,7 @@ func NewAudit(w io.Writer, log *slog.Logger) *Audit {
 // AuditRecord is one line of the audit log.
 type AuditRecord struct {
 	Time    time.Time  `json:"time"`
-	Event   string     `json:"event"` // "session", "refused" or "replaced"
+	Event   string     `json:"event"` // "session", "refused", "replaced", "out-of-order" or "in-order"
 	What    string     `json:"what,omitempty"`
 	Lease   string     `json:"lease,omitempty"`
 	Kiosk   string     `json:"kiosk,omitempty"`
@@ -136,6 +136,18 @@ func (a *Audit) Write(r *AuditRecord) {
 func (a *Audit) Replaced(what, addr, kiosk, reason string) {
 	a.log.Warn("replaced", "what", what, "addr", addr, "kiosk", kiosk, "reason", reason)
 	a.Write(&AuditRecord{Event: "replaced", What: what, Addr: addr, Kiosk: kiosk, Reason: reason})
+}
+
+// Fault records a kiosk reporting itself out of order (why), or back in
+// order (fault "").
+func (a *Audit) Fault(addr, kiosk, fault string) {
+	if fault == "" {
+		a.log.Info("kiosk back in order", "kiosk", kiosk, "addr", addr)
+		a.Write(&AuditRecord{Event: "in-order", What: "kiosk", Addr: addr, Kiosk: kiosk, Reason: "the kiosk completed its logout"})
+		return
+	}
+	a.log.Error("kiosk out of order: it could not wipe a visitor's session; see the kiosk's console", "kiosk", kiosk, "addr", addr, "fault", fault)
+	a.Write(&AuditRecord{Event: "out-of-order", What: "kiosk", Addr: addr, Kiosk: kiosk, Reason: fault})
 }
 
 // Refused records a refused connection: what was refused (kiosk, legacy,

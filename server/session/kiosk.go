@@ -33,13 +33,16 @@ type kioskConn struct {
 	addr   netip.Addr
 	group  Group        // the registry entry that admitted it
 	host   string       // the offer's gateway host
+	since  time.Time    // when it said hello
 	last   atomic.Int64 // when a message last came, unix nanoseconds
 	out    chan outMsg
 	closed chan struct{}
 	once   sync.Once
 
-	mu  sync.Mutex
-	req *request // the current request or session, if any
+	mu         sync.Mutex
+	req        *request  // the current request or session, if any
+	fault      string    // why the kiosk says it is out of order; "": in order
+	faultSince time.Time // when it first said so
 }
 
 // KioskPort is the kiosk protocol's port: at most max_conns_per_addr
@@ -87,7 +90,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	if host == "" {
 		host = accept.LocalAddr(c).String()
 	}
-	k := &kioskConn{m: m, c: c, r: r, id: h.Kiosk, addr: addr, host: host, group: group,
+	k := &kioskConn{m: m, c: c, r: r, id: h.Kiosk, addr: addr, host: host, group: group, since: time.Now(),
 		out: make(chan outMsg, 32), closed: make(chan struct{})}
 	k.heard()
 	if err := m.admitConn(k); err != nil {
@@ -135,6 +138,7 @@ func (k *kioskConn) readLoop(ctx context.Context) string {
 				k.send(err)
 			}
 		case kioskproto.THeartbeat:
+			k.setFault(msg.Heartbeat.Fault)
 			k.mu.Lock()
 			r := k.req
 			k.mu.Unlock()
@@ -164,6 +168,11 @@ func (k *kioskConn) request(received time.Time) *kioskproto.Message {
 	if k.req != nil {
 		return kioskproto.NewError(kioskproto.CodeBusy, "this kiosk already has a session or a request")
 	}
+	if k.fault != "" {
+		// The kiosk said it could not wipe the last visitor's session:
+		// nobody else sits down at it until it says otherwise.
+		return kioskproto.NewError(kioskproto.CodeUnavailable, "this kiosk reported itself out of order")
+	}
 	r := &request{kiosk: k.id, addr: k.addr}
 	r.onStatus = func(state string, ahead int, msg string) {
 		k.trySend(kioskproto.NewStatus(state, ahead, msg))
@@ -180,6 +189,28 @@ func (k *kioskConn) request(received time.Time) *kioskproto.Message {
 	}
 	k.req = r
 	return nil
+}
+
+// setFault records what the kiosk's heartbeat says about its own state: a
+// kiosk that could not complete a logout says why, and the audit and the
+// broker's status show it until it says it is in order again.
+func (k *kioskConn) setFault(fault string) {
+	k.mu.Lock()
+	was := k.fault
+	k.fault = fault
+	switch {
+	case was == "" && fault != "":
+		k.faultSince = time.Now()
+	case fault == "":
+		k.faultSince = time.Time{}
+	}
+	k.mu.Unlock()
+	switch {
+	case fault != "" && fault != was:
+		k.m.audit.Fault(k.addr.String(), k.id, fault)
+	case fault == "" && was != "":
+		k.m.audit.Fault(k.addr.String(), k.id, "")
+	}
 }
 
 // endSession tells the kiosk its session is over and forgets it.
@@ -260,7 +291,7 @@ func (k *kioskConn) heartbeatLoop() {
 	for {
 		select {
 		case <-t.C:
-			k.trySend(kioskproto.NewHeartbeat(0))
+			k.trySend(kioskproto.NewHeartbeat(0, ""))
 		case <-k.closed:
 			return
 		}

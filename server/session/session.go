@@ -19,6 +19,7 @@
 package session
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -27,6 +28,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -456,6 +458,40 @@ func (m *Manager) Leases() []LeaseStatus {
 		out = append(out, s)
 	}
 	return out
+}
+
+// Kiosks returns a snapshot of the connected kiosks, for status.
+func (m *Manager) Kiosks() []KioskStatus {
+	m.mu.Lock()
+	conns := make([]*kioskConn, 0, len(m.conns))
+	for _, k := range m.conns {
+		conns = append(conns, k)
+	}
+	m.mu.Unlock()
+	out := make([]KioskStatus, 0, len(conns))
+	for _, k := range conns {
+		k.mu.Lock()
+		s := KioskStatus{ID: k.id, Addr: k.addr.String(), Connected: k.since, Fault: k.fault, Session: k.req != nil}
+		if k.fault != "" {
+			s.FaultSince = timePtr(k.faultSince)
+		}
+		k.mu.Unlock()
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b KioskStatus) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+// KioskStatus is one connected kiosk in the broker's status.
+type KioskStatus struct {
+	ID        string    `json:"id"`
+	Addr      string    `json:"addr"`
+	Connected time.Time `json:"connected"`
+	Session   bool      `json:"session,omitempty"` // a request or a session is open
+	// Fault is why the kiosk says it is out of order: a logout it could
+	// not complete. It serves nobody until it says it is in order again.
+	Fault      string     `json:"fault,omitempty"`
+	FaultSince *time.Time `json:"fault_since,omitempty"`
 }
 
 // LeaseStatus is one lease in the broker's status; it carries no ticket.

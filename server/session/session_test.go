@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -313,8 +314,8 @@ func TestIdleFromHeartbeats(t *testing.T) {
 	h := newHarness(t, 1, testConfig())
 	k, offer := h.session("k1", "127.0.0.1")
 	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "main:0", true, false, func() {})
-	k.send(kioskproto.NewHeartbeat(10 * time.Second))
-	k.send(kioskproto.NewHeartbeat(61 * time.Second))
+	k.send(kioskproto.NewHeartbeat(10*time.Second, ""))
+	k.send(kioskproto.NewHeartbeat(61*time.Second, ""))
 	if end := k.until(kioskproto.TEnd).End; end.Reason != "idle for 1m1s" {
 		t.Errorf("end = %q, want idle for 1m1s", end.Reason)
 	}
@@ -349,6 +350,43 @@ func TestKioskEndsSession(t *testing.T) {
 	h.pool.Add()
 	if o := k.until(kioskproto.TOffer).Offer; o.Ticket == offer.Ticket {
 		t.Errorf("the next session reused the ticket")
+	}
+}
+
+// TestOutOfOrderKiosk: a kiosk that reports a logout it could not complete
+// is audited and shown out of order, and gets no session until it reports
+// itself in order again.
+func TestOutOfOrderKiosk(t *testing.T) {
+	h := newHarness(t, 1, testConfig())
+	k := h.dial("127.0.0.1")
+	k.send(kioskproto.NewHello("k1", token, "test"))
+	k.until(kioskproto.TWelcome)
+	const fault = `logout incomplete: wipe /run/undervdi/session: still holds ["leftover"]`
+	k.send(kioskproto.NewHeartbeat(0, fault))
+	k.send(kioskproto.NewHeartbeat(0, fault)) // said again: audited once
+	k.send(kioskproto.NewRequest())
+	if e := k.until(kioskproto.TError).Error; e.Code != kioskproto.CodeUnavailable || !strings.Contains(e.Message, "out of order") {
+		t.Errorf("request from an out-of-order kiosk: %+v", e)
+	}
+	ks := h.m.Kiosks()
+	if len(ks) != 1 || ks[0].ID != "k1" || ks[0].Fault != fault || ks[0].FaultSince == nil {
+		t.Errorf("status kiosks = %+v, want k1 out of order", ks)
+	}
+	k.send(kioskproto.NewHeartbeat(0, ""))
+	k.send(kioskproto.NewRequest())
+	k.until(kioskproto.TOffer)
+	if ks := h.m.Kiosks(); len(ks) != 1 || ks[0].Fault != "" || !ks[0].Session {
+		t.Errorf("status kiosks = %+v, want k1 in order, in a session", ks)
+	}
+	var events []string
+	for _, r := range records(h.audit) {
+		if r.Kiosk == "k1" {
+			events = append(events, r.Event+": "+r.Reason)
+		}
+	}
+	want := []string{"out-of-order: " + fault, "in-order: the kiosk completed its logout"}
+	if !slices.Equal(events, want) {
+		t.Errorf("audit = %q, want %q", events, want)
 	}
 }
 

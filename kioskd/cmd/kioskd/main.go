@@ -76,11 +76,18 @@ func runAppliance(stderr io.Writer) {
 	level.UnmarshalText([]byte(cfg.LogLevel))
 	log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	shown := false
-	err = kioskd.Run(ctx, cfg, log, func(s kioskd.State) {
-		if s == kioskd.Idle && !shown {
-			shown = true
-			log.Info("slideshow shown", "uptime", appliance.Uptime().Round(10*time.Millisecond))
-		}
+	err = kioskd.Run(ctx, cfg, log, kioskd.Hooks{
+		OnState: func(s kioskd.State) {
+			if s == kioskd.Idle && !shown {
+				shown = true
+				log.Info("slideshow shown", "uptime", appliance.Uptime().Round(10*time.Millisecond))
+			}
+		},
+		// The image is read-only: a reboot leaves nothing of any visitor.
+		Reboot: func(reason string) {
+			log.Error("the kiosk cannot wipe a visitor's session; rebooting in 5 s", "fault", reason)
+			appliance.Reboot(5 * time.Second)
+		},
 	})
 	log.Error("kioskd stopped; rebooting in 30 s", "err", err)
 	appliance.Reboot(30 * time.Second)
