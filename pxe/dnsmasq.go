@@ -89,9 +89,20 @@ type Config struct {
 // Kiosk is the settings text of one kiosk, known by its MAC address. It
 // gets the site-wide Settings followed by its own, so where both set the
 // same key, the kiosk's comes last.
+//
+// Addr, if set, is the kiosk's fixed address: dnsmasq reserves it for that
+// MAC. A kiosk whose settings carry a token must have one: DHCP is
+// readable by anyone on the kiosk LAN, so the token is only worth what the
+// binding to an address (the broker's [[kiosk]] address) adds to it.
 type Kiosk struct {
 	MAC      net.HardwareAddr
+	Addr     netip.Addr
 	Settings string
+}
+
+// carriesToken reports whether settings text sets a kiosk token.
+func carriesToken(text string) bool {
+	return strings.HasPrefix(text, "undervdi.token=") || strings.Contains(text, " undervdi.token=")
 }
 
 // ErrInvalid is wrapped by every FieldError.
@@ -249,6 +260,7 @@ func (c Config) checkKiosks() []error {
 		}
 	}
 	seen := map[string]bool{}
+	addrs := map[netip.Addr]string{}
 	for _, k := range c.Kiosks {
 		field := "kiosk " + k.MAC.String()
 		if len(k.MAC) != 6 {
@@ -266,8 +278,33 @@ func (c Config) checkKiosks() []error {
 		} else if err := CheckSettings(c.kioskText(k)); err != nil && siteOK {
 			errs = append(errs, fieldErr(field, "%v (with the site-wide settings before it)", err))
 		}
+		switch {
+		case !k.Addr.IsValid():
+			if carriesToken(c.kioskText(k)) {
+				errs = append(errs, fieldErr(field, "sends a token, which anyone on the kiosk LAN can read: "+
+					"bind the kiosk to a fixed address (-kiosk MAC,ADDRESS=SETTINGS) and give its [[kiosk]] entry at the broker that address"))
+			}
+		case !isHost(c.Subnet, k.Addr):
+			errs = append(errs, fieldErr(field, "address %s is not a host of the kiosk network %s", k.Addr, c.Subnet))
+		case k.Addr == c.Server:
+			errs = append(errs, fieldErr(field, "address %s is the server's", k.Addr))
+		case addrs[k.Addr] != "":
+			errs = append(errs, fieldErr(field, "address %s is kiosk %s's already", k.Addr, addrs[k.Addr]))
+		default:
+			addrs[k.Addr] = k.MAC.String()
+		}
 	}
 	return errs
+}
+
+// isHost reports whether a is a host address of the IPv4 network p (not
+// its network or broadcast address).
+func isHost(p netip.Prefix, a netip.Addr) bool {
+	if !p.IsValid() || !p.Addr().Is4() || p.Bits() > 30 || !p.Contains(a) {
+		return false
+	}
+	first, last := hostRange(p.Masked())
+	return a.Compare(first) >= 0 && a.Compare(last) <= 0
 }
 
 // kioskText is what one kiosk gets in the option.
@@ -433,7 +470,7 @@ const (
 //	dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,169.254.24.1
 //	dhcp-boot=tag:ipxe,http://169.254.24.1:5909/boot.ipxe,,169.254.24.1
 //	dhcp-option-force=224,"undervdi.server=169.254.24.1"
-//	dhcp-host=52:54:00:12:34:56,set:kiosk1
+//	dhcp-host=52:54:00:12:34:56,set:kiosk1,169.254.24.11
 //	dhcp-option-force=tag:kiosk1,224,"undervdi.server=169.254.24.1 undervdi.kiosk=lobby-1"
 //
 // In proxy mode the range is `dhcp-range=192.168.1.0,proxy,255.255.255.0`,
@@ -508,7 +545,11 @@ func (c Config) Dnsmasq() (string, error) {
 		}
 		for i, k := range c.Kiosks {
 			tag := fmt.Sprintf("kiosk%d", i+1)
-			line("dhcp-host=%s,set:%s", k.MAC, tag)
+			if k.Addr.IsValid() {
+				line("dhcp-host=%s,set:%s,%s", k.MAC, tag, k.Addr)
+			} else {
+				line("dhcp-host=%s,set:%s", k.MAC, tag)
+			}
 			line("dhcp-option-force=tag:%s,%d,%s", tag, bootlayout.DHCPOption, quoteSetting(c.kioskText(k)))
 		}
 	}

@@ -198,6 +198,19 @@ func TestValidate(t *testing.T) {
 		{"kiosk twice", func(c *Config) { c.Kiosks = append(c.Kiosks, c.Kiosks[0]) }, []string{"kiosk 52:54:00:12:34:56"}},
 		{"kiosk without settings", func(c *Config) { c.Kiosks[0].Settings = "" }, []string{"kiosk 52:54:00:12:34:56"}},
 		{"kiosk long MAC", func(c *Config) { c.Kiosks[0].MAC = mac(t, "00:00:00:00:fe:80:00:00") }, []string{"kiosk"}},
+		{"kiosk token without an address", func(c *Config) {
+			c.Kiosks[0].Settings += " undervdi.token=s3cret"
+		}, []string{"kiosk 52:54:00:12:34:56"}},
+		{"site token, kiosk without an address", func(c *Config) {
+			c.Settings += " undervdi.token=s3cret"
+		}, []string{"kiosk 52:54:00:12:34:56"}},
+		{"kiosk address outside", func(c *Config) { c.Kiosks[0].Addr = netip.MustParseAddr("10.1.1.1") }, []string{"kiosk 52:54:00:12:34:56"}},
+		{"kiosk address is broadcast", func(c *Config) { c.Kiosks[0].Addr = netip.MustParseAddr("169.254.24.255") }, []string{"kiosk 52:54:00:12:34:56"}},
+		{"kiosk address is the server's", func(c *Config) { c.Kiosks[0].Addr = netip.MustParseAddr("169.254.24.1") }, []string{"kiosk 52:54:00:12:34:56"}},
+		{"two kiosks, one address", func(c *Config) {
+			c.Kiosks[0].Addr = netip.MustParseAddr("169.254.24.11")
+			c.Kiosks = append(c.Kiosks, Kiosk{MAC: mac(t, "52:54:00:12:34:57"), Addr: c.Kiosks[0].Addr, Settings: "undervdi.kiosk=b"})
+		}, []string{"kiosk 52:54:00:12:34:57"}},
 		{"kiosk tab", func(c *Config) { c.Kiosks[0].Settings = "a\tb" }, []string{"kiosk 52:54:00:12:34:56"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -407,11 +407,12 @@ func TestIsolated(t *testing.T) {
 	bootDir, _ := setup(t)
 	ns, clientNS := kioskNet(t, "169.254.24.1/24", 2)
 	const (
-		kioskMAC = "52:54:00:12:34:56"
-		site     = `undervdi.server=169.254.24.1 motd="Hello, \"world\" # 1\2"`
-		kiosk    = "undervdi.kiosk=lobby-1"
+		kioskMAC  = "52:54:00:12:34:56"
+		kioskAddr = "169.254.24.11" // reserved: its settings carry a token
+		site      = `undervdi.server=169.254.24.1 motd="Hello, \"world\" # 1\2"`
+		kiosk     = "undervdi.kiosk=lobby-1 undervdi.token=s3cret"
 	)
-	pxe := startPXE(t, ns, "-interface", "br0", "-boot-dir", bootDir, "-settings", site, "-kiosk", kioskMAC+"="+kiosk)
+	pxe := startPXE(t, ns, "-interface", "br0", "-boot-dir", bootDir, "-settings", site, "-kiosk", kioskMAC+","+kioskAddr+"="+kiosk)
 
 	t.Run("tftp", func(t *testing.T) { checkTFTP(t, clientNS, "169.254.24.50/24", "169.254.24.1", bootDir) })
 
@@ -421,7 +422,7 @@ func TestIsolated(t *testing.T) {
 			mac  string
 			want probeResult
 		}{
-			{"kiosk", kioskMAC, probeResult{Settings: site + " " + kiosk, HasSettings: true}},
+			{"kiosk", kioskMAC, probeResult{Addr: kioskAddr, Settings: site + " " + kiosk, HasSettings: true}},
 			{"kiosk", "52:54:00:12:34:99", probeResult{Settings: site, HasSettings: true}},
 			{"bios", "52:54:00:00:00:01", probeResult{File: UndiLoader, NextServer: "169.254.24.1"}},
 			{"uefi", "52:54:00:00:00:02", probeResult{File: EFILoader, NextServer: "169.254.24.1"}},
@@ -429,9 +430,10 @@ func TestIsolated(t *testing.T) {
 		} {
 			t.Run(tc.kind+" "+tc.mac, func(t *testing.T) {
 				got := probe(t, clientNS, probeRequest{Kind: tc.kind, MAC: tc.mac})
-				if tc.kind == "kiosk" {
-					if !strings.HasPrefix(got.Addr, "169.254.24.") {
-						t.Errorf("kiosk address = %q, want one in 169.254.24.0/24", got.Addr)
+				if tc.kind == "kiosk" && tc.want.Addr == "" {
+					// Not reserved: an address from the dynamic range.
+					if !strings.HasPrefix(got.Addr, "169.254.24.") || got.Addr == kioskAddr {
+						t.Errorf("kiosk address = %q, want one of the range in 169.254.24.0/24", got.Addr)
 					}
 					got.Addr = ""
 				}
@@ -793,7 +795,7 @@ func TestKioskBootsFromNetwork(t *testing.T) {
 		site     = "undervdi.server=169.254.24.1 undervdi.port=1 undervdi.ads_url=off"
 		kiosk    = "undervdi.kiosk=lobby-pxe undervdi.token=t"
 	)
-	pxe := startPXE(t, ns, "-interface", "br0", "-boot-dir", bootDir, "-settings", site, "-kiosk", kioskMAC+"="+kiosk)
+	pxe := startPXE(t, ns, "-interface", "br0", "-boot-dir", bootDir, "-settings", site, "-kiosk", kioskMAC+",169.254.24.11="+kiosk)
 
 	dir := t.TempDir()
 	began := time.Now()

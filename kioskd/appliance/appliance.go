@@ -114,8 +114,18 @@ func Boot(ctx context.Context, log *slog.Logger) (*config.Config, error) {
 		log.Error("no DHCP lease on any interface; check the cable and the kiosk network's DHCP server")
 	default:
 		log.Info("network up", "interface", lease.Interface, "address", lease.Address, "settings", lease.Settings != "")
-		if err := cfg.ApplyCmdline(lease.Settings); err != nil {
+		var keep []string
+		if cfg.Token != "" {
+			// The token is on the card (or in the image): who the kiosk
+			// is and whom it trusts never come from the network.
+			keep = config.TrustKeys
+		}
+		ignored, err := cfg.ApplyCmdlineExcept(lease.Settings, keep)
+		if err != nil {
 			return nil, fmt.Errorf("DHCP option %d: %w", bootlayout.DHCPOption, err)
+		}
+		if len(ignored) > 0 {
+			log.Warn("DHCP sent settings this kiosk takes from its card only; ignored", "keys", strings.Join(ignored, ","))
 		}
 		if lease.Settings != "" {
 			from = append(from, "DHCP")

@@ -97,7 +97,7 @@ func mountReadOnly(dev, dir string) error {
 		return err
 	}
 	flags := uintptr(unix.MS_RDONLY | unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC)
-	if err := unix.Mount(dev, dir, "vfat", flags, "shortname=mixed,iocharset=iso8859-1,codepage=437"); err != nil {
+	if err := unix.Mount(dev, dir, "vfat", flags, "shortname=mixed,iocharset=iso8859-1,codepage=437,uid=0,gid=0,fmask=0177,dmask=0077"); err != nil {
 		return fmt.Errorf("mounting %s read-only at %s: %w", dev, dir, err)
 	}
 	return nil

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -241,6 +242,20 @@ func (c *Config) set(name, value string) error {
 // line (/proc/cmdline); values may be double-quoted. Other words are the
 // kernel's and are ignored.
 func (c *Config) ApplyCmdline(cmdline string) error {
+	_, err := c.ApplyCmdlineExcept(cmdline, nil)
+	return err
+}
+
+// TrustKeys are the settings that say who the kiosk is and which broker it
+// trusts. A kiosk that has its token on its own card takes none of them
+// from the network: DHCP is anyone's on the kiosk LAN, and a rogue server
+// could otherwise turn TLS off, or name a CA of its own, and be sent the
+// card's token.
+var TrustKeys = []string{"kiosk", "token", "tls", "ca", "broker_name"}
+
+// ApplyCmdlineExcept is ApplyCmdline, leaving the keys in skip as they are;
+// it returns the ones it left.
+func (c *Config) ApplyCmdlineExcept(cmdline string, skip []string) (skipped []string, err error) {
 	var errs []error
 	for _, w := range splitCmdline(cmdline) {
 		rest, ok := strings.CutPrefix(w, "undervdi.")
@@ -248,11 +263,15 @@ func (c *Config) ApplyCmdline(cmdline string) error {
 			continue
 		}
 		name, value, _ := strings.Cut(rest, "=")
+		if slices.Contains(skip, name) {
+			skipped = append(skipped, name)
+			continue
+		}
 		if err := c.set(name, unquote(value)); err != nil {
 			errs = append(errs, fmt.Errorf("kernel command line: %w", err))
 		}
 	}
-	return errors.Join(errs...)
+	return skipped, errors.Join(errs...)
 }
 
 // splitCmdline splits on spaces outside double quotes, as the kernel does.

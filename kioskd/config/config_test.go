@@ -2,6 +2,7 @@ package config
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -61,6 +62,27 @@ func TestCmdlineOverrides(t *testing.T) {
 	if err := c.ApplyCmdline("undervdi.nosuch=1 undervdi.port=99999"); err == nil ||
 		!strings.Contains(err.Error(), `unknown key "nosuch"`) || !strings.Contains(err.Error(), "port") {
 		t.Errorf("ApplyCmdline(bad) = %v, want both problems named", err)
+	}
+}
+
+// TestNetworkCannotChangeTrust: a kiosk with its token on its card takes
+// from DHCP neither who it is nor whom it trusts.
+func TestNetworkCannotChangeTrust(t *testing.T) {
+	c := Default()
+	c.Read(strings.NewReader("server = 10.0.0.1\nkiosk = lobby-1\ntoken = card-secret\n"))
+	skipped, err := c.ApplyCmdlineExcept(`undervdi.server=169.254.24.1 undervdi.kiosk=evil undervdi.token=x undervdi.tls=false `+
+		`undervdi.ca=/tmp/evil.pem undervdi.broker_name=evil undervdi.idle_limit=60`, TrustKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Kiosk != "lobby-1" || c.Token != "card-secret" || !c.TLS || c.CA != DefaultCA || c.BrokerName != "vdi-broker" {
+		t.Errorf("the network changed the kiosk's identity or trust: %+v", c)
+	}
+	if c.Server != "169.254.24.1" || c.IdleLimit != time.Minute {
+		t.Errorf("the network's other settings were not applied: %+v", c)
+	}
+	if want := []string{"kiosk", "token", "tls", "ca", "broker_name"}; !slices.Equal(skipped, want) {
+		t.Errorf("skipped %q, want %q", skipped, want)
 	}
 }
 

@@ -5,7 +5,11 @@
 //
 //	undervdi-pxe -interface br-kiosk -boot-dir /srv/undervdi/boot \
 //	    -settings undervdi.server=169.254.24.1 \
-//	    -kiosk 52:54:00:12:34:56=undervdi.kiosk=lobby-1
+//	    -kiosk 52:54:00:12:34:56,169.254.24.11=undervdi.kiosk=lobby-1
+//
+// A token sent this way (undervdi.token=...) is readable by anyone on the
+// kiosk LAN: such a kiosk must have a fixed address, reserved for its MAC,
+// and the broker's [[kiosk]] entry must name that address.
 package main
 
 import (
@@ -118,16 +122,23 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.installLoaders, "install-loaders", false, "first copy Debian's iPXE loaders ("+pxe.UndiLoader+", "+pxe.EFILoader+") into the boot directory")
 	fs.StringVar(&o.cacheDir, "cache", "/var/cache/undervdi/debs", "download cache for -install-loaders")
 	fs.StringVar(&o.cfg.Settings, "settings", "", fmt.Sprintf("settings for every kiosk, sent as DHCP option %d (isolated)", bootlayout.DHCPOption))
-	fs.Func("kiosk", "`MAC=SETTINGS` for one kiosk, after the site-wide ones; repeatable (isolated)", func(s string) error {
-		mac, text, ok := strings.Cut(s, "=")
+	fs.Func("kiosk", "`MAC[,ADDRESS]=SETTINGS` for one kiosk, after the site-wide ones, with its fixed address (required when the settings carry a token); repeatable (isolated)", func(s string) error {
+		who, text, ok := strings.Cut(s, "=")
 		if !ok {
-			return errors.New("want MAC=SETTINGS")
+			return errors.New("want MAC[,ADDRESS]=SETTINGS")
 		}
+		mac, addr, withAddr := strings.Cut(who, ",")
 		hw, err := net.ParseMAC(mac)
 		if err != nil {
 			return err
 		}
-		o.cfg.Kiosks = append(o.cfg.Kiosks, pxe.Kiosk{MAC: hw, Settings: text})
+		k := pxe.Kiosk{MAC: hw, Settings: text}
+		if withAddr {
+			if k.Addr, err = netip.ParseAddr(addr); err != nil {
+				return fmt.Errorf("kiosk %s: %w", mac, err)
+			}
+		}
+		o.cfg.Kiosks = append(o.cfg.Kiosks, k)
 		return nil
 	})
 	fs.BoolVar(&o.cfg.LogDHCP, "log-dhcp", false, "have dnsmasq log every DHCP exchange in detail")

@@ -12,7 +12,7 @@ func TestPrintConfig(t *testing.T) {
 	err := run(context.Background(), []string{
 		"-interface", "br-kiosk", "-boot-dir", "/srv/boot", "-http", ":8080",
 		"-settings", "undervdi.server=169.254.24.1",
-		"-kiosk", "52:54:00:12:34:56=undervdi.kiosk=lobby-1",
+		"-kiosk", "52:54:00:12:34:56,169.254.24.11=undervdi.kiosk=lobby-1 undervdi.token=s3cret",
 		"-kiosk", "52-54-00-12-34-57=undervdi.kiosk=lobby-2 motd=\"a, b\"",
 		"-print-config",
 	}, &out, &errOut)
@@ -24,7 +24,7 @@ func TestPrintConfig(t *testing.T) {
 		"\ntftp-root=/srv/boot\n",
 		"\ndhcp-range=169.254.24.128,169.254.24.254,255.255.255.0,1h\n",
 		"\ndhcp-boot=tag:ipxe,http://169.254.24.1:8080/boot.ipxe,,169.254.24.1\n",
-		"\ndhcp-host=52:54:00:12:34:56,set:kiosk1\n",
+		"\ndhcp-host=52:54:00:12:34:56,set:kiosk1,169.254.24.11\n",
 		"\ndhcp-host=52:54:00:12:34:57,set:kiosk2\n",
 		"\ndhcp-option-force=tag:kiosk2,224,\"undervdi.server=169.254.24.1 undervdi.kiosk=lobby-2 motd=\\\"a, b\\\"\"\n",
 	} {
@@ -61,8 +61,10 @@ func TestErrors(t *testing.T) {
 			[]string{"subnet: missing", "server: missing"}},
 		{"proxy takes no kiosks", []string{"-mode", "proxy", "-interface", "br0", "-boot-dir", "/b", "-subnet", "10.0.0.0/24",
 			"-server", "10.0.0.2", "-kiosk", "52:54:00:12:34:56=x", "-print-config"}, []string{"kiosk: is for isolated mode only"}},
-		{"kiosk without settings", []string{"-kiosk", "52:54:00:12:34:56"}, []string{"want MAC=SETTINGS"}},
+		{"kiosk without settings", []string{"-kiosk", "52:54:00:12:34:56"}, []string{"want MAC[,ADDRESS]=SETTINGS"}},
 		{"kiosk bad MAC", []string{"-kiosk", "52:54:00:12:34=x"}, []string{"invalid MAC address"}},
+		{"kiosk bad address", []string{"-kiosk", "52:54:00:12:34:56,169.254.24=x"}, []string{"kiosk 52:54:00:12:34:56"}},
+		{"kiosk token, no address", []string{"-interface", "br0", "-boot-dir", "/b", "-kiosk", "52:54:00:12:34:56=undervdi.token=x", "-print-config"}, []string{"anyone on the kiosk LAN can read"}},
 		{"bad range", []string{"-range", "169.254.24.10"}, []string{"-range", "START-END"}},
 		{"bad server", []string{"-server", "kiosk-server"}, []string{"-server"}},
 		{"bad http", []string{"-http", "5909"}, []string{"-http"}},
