@@ -1,8 +1,8 @@
 # undervdi. On a fresh Debian 12 machine, as root:
 #   make demo   - install what is needed, start libvirtd, build a tiny golden VM,
 #                 run the broker with a pool of 2, and a kiosk that takes a session
-#   make test   - the same setup, then gofmt, go vet, unit tests with -race and
-#                 integration tests against real libvirtd + QEMU
+#   make test   - the same setup, then gofmt, go vet, unit tests with -race, every
+#                 fuzz target briefly, and integration tests against real libvirtd + QEMU
 SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)
 
@@ -14,7 +14,7 @@ DEBS := libvirt-daemon-system qemu-system-x86 qemu-utils qemu-guest-agent tini v
 GO_PKGS := ./...
 BINARIES := vdi-broker
 
-.PHONY: all build deps daemons test check unit integration bench demo image clean
+.PHONY: all build deps daemons test check unit fuzz integration bench demo image clean
 
 all: build
 
@@ -44,7 +44,9 @@ deps:
 daemons: deps
 	go run ./internal/hostsetup/cmd/hostsetup
 
-test: daemons check unit integration
+test: daemons check unit
+	$(MAKE) fuzz FUZZTIME=4s
+	$(MAKE) integration
 
 # check: formatting and vet, with and without the integration build tag.
 check:
@@ -54,6 +56,20 @@ check:
 
 unit:
 	go test -race -count=1 $(GO_PKGS)
+
+# fuzz runs every fuzz target (parsers and the live state machines: the
+# SPICE gateway, the signal port, the ads handler and mirror, the viewer's
+# file) for FUZZTIME each; make test runs each briefly. A failing input is
+# kept in the package's testdata/fuzz, where go test then replays it.
+FUZZTIME ?= 1m
+fuzz:
+	@for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+		for target in $$(grep -h '^func Fuzz' $$pkg/*_test.go | sed 's/^func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
+			echo "fuzz $$pkg $$target ($(FUZZTIME))"; \
+			go test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg > /tmp/undervdi-fuzz.log 2>&1 || \
+				{ grep -v '^time=' /tmp/undervdi-fuzz.log | tail -30; exit 1; }; \
+		done; \
+	done
 
 # Integration tests share one libvirtd, so packages run one at a time.
 integration:

@@ -55,9 +55,12 @@ type Secure struct {
 // sec; there is no plaintext port in the file at all.
 func WriteVV(w io.Writer, o kioskproto.Offer, sec *Secure) error {
 	bw := bufio.NewWriter(w)
+	// A value is one line: no line break (which would start a key of its
+	// own) and no NUL (where GLib's key-file parser stops).
+	oneLine := strings.NewReplacer("\n", "", "\r", "", "\x00", "")
 	kv := func(k, v string) {
 		if v != "" {
-			fmt.Fprintf(bw, "%s=%s\n", k, strings.NewReplacer("\n", "", "\r", "").Replace(v))
+			fmt.Fprintf(bw, "%s=%s\n", k, oneLine.Replace(v))
 		}
 	}
 	fmt.Fprintln(bw, "[virt-viewer]")
@@ -66,7 +69,8 @@ func WriteVV(w io.Writer, o kioskproto.Offer, sec *Secure) error {
 	if sec != nil {
 		kv("tls-port", strconv.Itoa(o.TLSPort))
 		// The key file's own escape for a newline: the CA is one line.
-		fmt.Fprintf(bw, "ca=%s\n", strings.ReplaceAll(strings.TrimSpace(string(sec.CA)), "\n", `\n`))
+		ca := strings.ReplaceAll(strings.TrimSpace(string(sec.CA)), "\r", "")
+		fmt.Fprintf(bw, "ca=%s\n", oneLine.Replace(strings.ReplaceAll(ca, "\n", `\n`)))
 		kv("host-subject", sec.Subject)
 		kv("secure-channels", "all")
 	} else {

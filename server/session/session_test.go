@@ -30,7 +30,7 @@ const token = "0123456789abcdef"
 
 // harness runs a Manager on loopback with a fake pool.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	m      *Manager
 	pool   *pooltest.Pool
 	addr   string // kiosk protocol
@@ -60,7 +60,7 @@ func testConfig() Config {
 
 func logger() *slog.Logger { return testlog.Logger() }
 
-func newHarness(t *testing.T, vms int, cfg Config) *harness {
+func newHarness(t testing.TB, vms int, cfg Config) *harness {
 	t.Helper()
 	reg, err := NewRegistry([]config.Kiosk{
 		{ID: "k1", Address: "127.0.0.1", Token: token},
@@ -94,7 +94,7 @@ func newHarness(t *testing.T, vms int, cfg Config) *harness {
 
 // kiosk is a test client of the kiosk protocol.
 type kiosk struct {
-	t    *testing.T
+	t    testing.TB
 	c    net.Conn
 	msgs chan *kioskproto.Message
 }
