@@ -8,6 +8,7 @@ package accept
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -25,6 +26,10 @@ type Port struct {
 	// Refuse, if set, runs (briefly, with a deadline set) for a connection
 	// over the cap before it is closed: to say why, and to count it.
 	Refuse func(c net.Conn, open int)
+	// Name and Log, if set, report running out of file descriptors (at
+	// most once a minute, with how often it happened meanwhile).
+	Name string
+	Log  *slog.Logger
 }
 
 // refuseTimeout bounds what Refuse may write.
@@ -40,6 +45,8 @@ func (p Port) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 	caps := newCaps(p.MaxPerAddr, p.Refuse)
 	var delay time.Duration
+	var logged time.Time // when running out of descriptors was last logged
+	missed := 0          // times since
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -48,6 +55,13 @@ func (p Port) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			if !Temporary(err) {
 				return err
+			}
+			if p.Log != nil && (errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)) {
+				if missed++; time.Since(logged) >= time.Minute {
+					p.Log.Error("out of file descriptors: new connections wait until some close; "+
+						"raise LimitNOFILE, or see who holds connections (ss -tnp)", "port", p.Name, "times", missed, "err", err)
+					logged, missed = time.Now(), 0
+				}
 			}
 			// Out of file descriptors, or a connection aborted before it
 			// was accepted: wait a little and go on, as net/http does.

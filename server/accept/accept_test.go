@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"undervdi/internal/syncbuf"
 )
 
 // flakyListener fails Accept with err the first n times, then accepts
@@ -47,8 +51,10 @@ func TestOutOfFilesIsNotTheEnd(t *testing.T) {
 	defer cancel()
 	served := make(chan struct{}, 1)
 	done := make(chan error, 1)
+	var log syncbuf.Buffer
 	go func() {
-		done <- Port{Handle: func(ctx context.Context, c net.Conn) { served <- struct{}{} }}.Serve(ctx, fl)
+		done <- Port{Handle: func(ctx context.Context, c net.Conn) { served <- struct{}{} },
+			Name: "test", Log: slog.New(slog.NewTextHandler(&log, nil))}.Serve(ctx, fl)
 	}()
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
@@ -65,6 +71,10 @@ func TestOutOfFilesIsNotTheEnd(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Serve() after ctx ended = %v", err)
+	}
+	// Said once, for a person to act on; not once per failed accept.
+	if n := strings.Count(log.String(), "out of file descriptors"); n != 1 || !strings.Contains(log.String(), "LimitNOFILE") {
+		t.Errorf("log = %s\nwant one line about running out of file descriptors", log.String())
 	}
 }
 

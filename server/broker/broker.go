@@ -188,7 +188,8 @@ func (b *Broker) Run(ctx context.Context) error {
 			// A kiosk fetches a few images at a time; a slow or silent
 			// client is cut off at every phase.
 			ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-			WriteTimeout: 5 * time.Minute, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
+			WriteTimeout: 5 * time.Minute, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10,
+			ErrorLog: slog.NewLogLogger(b.Log.Handler(), slog.LevelWarn)}
 		ln = accept.Limit(ln, cfg.Sessions.MaxConnsPerAddr, func(c net.Conn, open int) {
 			b.Sessions.Audit().Refused("ads", accept.RemoteAddr(c).String(), "", fmt.Sprintf("%d connections from this address are open already", open))
 		})
@@ -301,7 +302,7 @@ func (b *Broker) serveAdmin(ctx context.Context) (*http.Server, error) {
 		return nil, err
 	}
 	srv := &http.Server{Handler: b.adminHandler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 2 * time.Minute, IdleTimeout: time.Minute}
+		WriteTimeout: 2 * time.Minute, IdleTimeout: time.Minute, ErrorLog: slog.NewLogLogger(b.Log.Handler(), slog.LevelWarn)}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			b.Log.Error("admin API stopped", "err", err)

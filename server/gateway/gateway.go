@@ -92,6 +92,8 @@ func (g *Gateway) serve(ctx context.Context, ln net.Listener, secure bool) error
 	return accept.Port{
 		Handle:     func(ctx context.Context, c net.Conn) { g.handle(ctx, c, secure) },
 		MaxPerAddr: g.MaxConnsPerAddr,
+		Name:       map[bool]string{false: "gateway", true: "gateway-tls"}[secure],
+		Log:        g.log,
 		Refuse: func(c net.Conn, open int) {
 			g.audit.Refused("spice-link", accept.RemoteAddr(c).String(), "", fmt.Sprintf("%d connections from this address are open already", open))
 		},

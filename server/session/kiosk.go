@@ -48,7 +48,7 @@ type kioskConn struct {
 // KioskPort is the kiosk protocol's port: at most max_conns_per_addr
 // connections from one address; more are refused, and audited.
 func (m *Manager) KioskPort() accept.Port {
-	return accept.Port{Handle: m.ServeKiosk, MaxPerAddr: m.cfg.MaxConnsPerAddr, Refuse: func(c net.Conn, open int) {
+	return accept.Port{Handle: m.ServeKiosk, MaxPerAddr: m.cfg.MaxConnsPerAddr, Name: "kiosk", Log: m.log, Refuse: func(c net.Conn, open int) {
 		addr := accept.RemoteAddr(c)
 		m.audit.Refused("kiosk", addr.String(), "", fmt.Sprintf("%d connections from this address are open already", open))
 		kioskproto.WriteMessage(c, kioskproto.NewError(kioskproto.CodeBusy, "too many connections from this address"))

@@ -23,7 +23,7 @@ const quietFor = 500 * time.Millisecond
 // time, as one kiosk makes; another connection from the address is told so
 // in words the original client shows, and audited.
 func (m *Manager) LegacyPort() accept.Port {
-	return accept.Port{Handle: m.ServeLegacy, MaxPerAddr: 1, Refuse: func(c net.Conn, open int) {
+	return accept.Port{Handle: m.ServeLegacy, MaxPerAddr: 1, Name: "legacy", Log: m.log, Refuse: func(c net.Conn, open int) {
 		addr := accept.RemoteAddr(c)
 		m.audit.Refused("legacy", addr.String(), "", "a request from this address is being served already")
 		fmt.Fprintf(c, "SERVICE UNAVAILABLE: a request from %s is being served already\n", addr)
