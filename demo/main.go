@@ -297,6 +297,7 @@ background_dir = %s
 session_user = %s
 session_dir = %s
 usb_sysfs =
+usb_access =
 logind = no
 `, ports[1], token, filepath.Join(d.cfg.SiteCADir(), siteca.CAFile), d.display, ports[3], filepath.Join(d.bed.Root, "kiosk-ads"), d.cfg.Ads.Dir, userName, session)
 	return path, unmount, os.WriteFile(path, []byte(conf), 0o644)

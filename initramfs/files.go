@@ -32,6 +32,7 @@ background_dir = /usr/share/undervdi/background
 viewer = /usr/bin/remote-viewer
 logind = no
 usb_sysfs = /sys
+usb_access = /run/undervdi/usb-access.sock
 `
 
 // xorgConf keeps Xorg from blanking and from loading GLX (not in the image).

@@ -42,6 +42,7 @@ import (
 
 	"undervdi/internal/debpkg"
 	"undervdi/internal/kmod"
+	"undervdi/kioskd/usbaccess"
 )
 
 // roots are the Debian packages the kiosk's programs come from; their
@@ -305,7 +306,7 @@ func (b *Builder) Build(ctx context.Context) (*Image, error) {
 }
 
 // buildRev changes whenever the image's layout changes, to invalidate caches.
-const buildRev = "kiosk-2"
+const buildRev = "kiosk-3"
 
 type built struct {
 	path string
@@ -503,6 +504,9 @@ func baseArchive(files map[string]string, gen map[string][]byte) (*cpio.Archive,
 		cpio.Symlink("lib64", "usr/lib64"),
 		cpio.Symlink("sbin", "usr/sbin"),
 		cpio.Symlink("usr/lib64/ld-linux-x86-64.so.2", "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+		// spice-gtk asks this helper for every USB device it redirects;
+		// kioskd answers under its name (kioskd/usbaccess).
+		cpio.Symlink("usr/libexec/"+usbaccess.HelperName, "/bin/kioskd"),
 		cpio.CharDev("dev/console", 0o600, 5, 1),
 		cpio.CharDev("dev/tty", 0o666, 5, 0),
 		cpio.CharDev("dev/null", 0o666, 1, 3),

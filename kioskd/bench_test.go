@@ -80,7 +80,7 @@ func BenchmarkIdleMinute(b *testing.B) {
 	}
 	conf := filepath.Join(b.TempDir(), "kioskd.conf")
 	os.WriteFile(conf, []byte(fmt.Sprintf("server = 127.0.0.1\nport = %d\nkiosk = k\ntoken = t\ntls = false\ndisplay = %s\nads_url = off\n"+
-		"ads_dir = %s\nbackground_dir = %s\nsession_dir = %s\nusb_sysfs =\nlogind = no\nslide_interval = 5s\n",
+		"ads_dir = %s\nbackground_dir = %s\nsession_dir = %s\nusb_sysfs =\nusb_access =\nlogind = no\nslide_interval = 5s\n",
 		freeport.Port(b), x.Display, b.TempDir(), bg, b.TempDir())), 0o644)
 	for b.Loop() {
 		cmd := exec.Command(bin, "-config", conf, "-cmdline", "/dev/null")

@@ -100,7 +100,9 @@ func startKiosk(t testing.TB, bed *testbed.Bed, kioskPort int) *rig {
 	cfg.Display, cfg.SessionUser, cfg.SessionDir = r.x.Display, u.Username, sessionDir
 	cfg.AdsURL, cfg.AdsDir, cfg.BackgroundDir = "off", t.TempDir(), bg
 	cfg.IdleLimit, cfg.IdleWarning = 25*time.Second, 10*time.Second
-	cfg.USBSysfs, cfg.Logind = "", "no" // both have tests of their own (kioskd/logout)
+	// The host's USB devices stay the host's; each has tests of its own
+	// (kioskd/logout, kioskd/usbaccess, image-build's TestKioskUSB).
+	cfg.USBSysfs, cfg.USBAccess, cfg.Logind = "", "", "no"
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

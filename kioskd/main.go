@@ -23,6 +23,7 @@ import (
 	"undervdi/kioskd/config"
 	"undervdi/kioskd/logout"
 	"undervdi/kioskd/screen"
+	"undervdi/kioskd/usbaccess"
 	"undervdi/kioskproto"
 	"undervdi/slideshow"
 )
@@ -87,6 +88,16 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks Hooks)
 	if cfg.USBSysfs != "" {
 		usb = &logout.USB{Root: cfg.USBSysfs}
 	}
+	var access *usbaccess.Server
+	if cfg.USBAccess != "" {
+		access = &usbaccess.Server{Socket: cfg.USBAccess, UID: uid, GID: gid, Dev: "/dev", Sys: "/sys", Log: log}
+		if err := access.Listen(); err != nil {
+			log.Error("no USB device can be redirected", "err", err)
+			access = nil
+		} else {
+			go access.Serve(ctx)
+		}
+	}
 	gst := gstRegistry(ctx, filepath.Join(filepath.Dir(cfg.SessionDir), "gstreamer-registry.bin"), log)
 	for {
 		var x *screen.XServer
@@ -102,6 +113,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks Hooks)
 		err := runDisplay(ctx, cfg, log, link, &current, hooks, &LocalSession{
 			Viewer: cfg.Viewer, Extra: strings.Fields(cfg.ViewerArgs), Dir: cfg.SessionDir, Display: cfg.Display,
 			UID: uid, GID: gid, USB: usb, Logind: logind, Log: log, Output: viewerOutput(log), GStreamer: gst,
+			USBFilter: cfg.USBRedirect, USBAccess: access,
 		})
 		if x != nil {
 			x.Stop()

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"undervdi/kioskd/logout"
+	"undervdi/kioskd/usbaccess"
 	"undervdi/kioskd/viewer"
 	"undervdi/kioskproto"
 )
@@ -34,6 +35,12 @@ type LocalSession struct {
 	Log      *slog.Logger
 	// GStreamer is a prebuilt plugin registry the viewer reads, or "".
 	GStreamer string
+	// USBFilter, if set, is the USB filter the viewer uses instead of the
+	// one the broker's offers carry (kioskd's usb_redirect).
+	USBFilter string
+	// USBAccess grants the viewer the USB devices the session's filter
+	// allows; nil: none (the viewer must be able to open them itself).
+	USBAccess *usbaccess.Server
 
 	usbAtStart []logout.Device
 	prepared   *viewer.Viewer // the next visitor's viewer, waiting for an offer
@@ -42,6 +49,7 @@ type LocalSession struct {
 // Prepare implements Session: a viewer starts now, as the session user,
 // and waits on stdin for the next visitor's offer.
 func (s *LocalSession) Prepare(settings kioskproto.Viewer) {
+	settings = s.local(settings)
 	if v := s.prepared; v != nil {
 		if !v.Exited() && v.Settings() == settings {
 			return
@@ -60,6 +68,7 @@ func (s *LocalSession) Prepare(settings kioskproto.Viewer) {
 // Start implements Session: the prepared viewer gets the offer, or, if its
 // settings differ (the broker's configuration changed), a new one starts.
 func (s *LocalSession) Start(o kioskproto.Offer, sec *viewer.Secure) (*viewer.Viewer, error) {
+	o.Viewer = s.local(o.Viewer)
 	v := s.prepared
 	s.prepared = nil
 	if v != nil && (v.Exited() || v.Settings() != o.Viewer) {
@@ -73,6 +82,11 @@ func (s *LocalSession) Start(o kioskproto.Offer, sec *viewer.Secure) (*viewer.Vi
 		}
 		s.usbAtStart = devs
 	}
+	if s.USBAccess != nil {
+		if err := s.USBAccess.Allow(o.Viewer.USBAutoRedirect, o.Viewer.USBRedirectConnect); err != nil {
+			s.Log.Warn("no USB device will be redirected", "err", err)
+		}
+	}
 	if v == nil {
 		return viewer.Launch(s.options(), o, sec)
 	}
@@ -81,6 +95,14 @@ func (s *LocalSession) Start(o kioskproto.Offer, sec *viewer.Secure) (*viewer.Vi
 		return nil, err
 	}
 	return v, nil
+}
+
+// local is the broker's viewer settings with this kiosk's own USB filter.
+func (s *LocalSession) local(v kioskproto.Viewer) kioskproto.Viewer {
+	if s.USBFilter != "" {
+		v.USBAutoRedirect, v.USBRedirectConnect = s.USBFilter, s.USBFilter
+	}
+	return v
 }
 
 // options are how the session's viewer runs: as the session user, with its
@@ -107,6 +129,9 @@ func (s *LocalSession) options() viewer.Options {
 	if s.GStreamer != "" {
 		env = append(env, "GST_REGISTRY="+s.GStreamer, "GST_REGISTRY_UPDATE=no")
 	}
+	if s.USBAccess != nil {
+		env = append(env, usbaccess.EnvSocket+"="+s.USBAccess.Socket)
+	}
 	return viewer.Options{Binary: s.Viewer, Env: env, Kiosk: true, Extra: s.Extra, Output: s.Output, Credential: cred}
 }
 
@@ -115,11 +140,15 @@ func (s *LocalSession) options() viewer.Options {
 // systemd kiosk), the session tmpfs is wiped, the USB devices present
 // during the session are reset, and the X server forgets the clipboard.
 func (s *LocalSession) Logout(ctx context.Context, v *viewer.Viewer) error {
+	var err error
+	if s.USBAccess != nil {
+		err = s.USBAccess.RevokeAll() // first: nothing more is granted while the rest runs
+	}
 	plan := logout.Plan{UID: s.UID, Dir: s.Dir, USB: s.USB, USBAtStart: s.usbAtStart, Logind: s.Logind, Log: s.Log}
 	if v != nil {
 		plan.ViewerPGID = v.PID()
 	}
-	err := plan.Run(ctx)
+	err = errors.Join(err, plan.Run(ctx))
 	if v != nil {
 		select {
 		case <-v.Done():

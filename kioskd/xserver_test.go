@@ -37,7 +37,7 @@ func TestRestartsDeadXServer(t *testing.T) {
 	cfg.Display = display
 	cfg.XServer = "Xvfb " + display + " -screen 0 320x240x24 -nolisten tcp -noreset"
 	cfg.AdsURL, cfg.AdsDir, cfg.BackgroundDir, cfg.SessionDir = "off", t.TempDir(), t.TempDir(), t.TempDir()
-	cfg.USBSysfs, cfg.Logind = "", "no"
+	cfg.USBSysfs, cfg.USBAccess, cfg.Logind = "", "", "no"
 	cfg.SessionUser = sessionUser(t)
 
 	var mu sync.Mutex
@@ -140,7 +140,7 @@ func TestWithoutCAOutOfOrder(t *testing.T) {
 	cfg.Display = display
 	cfg.XServer = "Xvfb " + display + " -screen 0 320x240x24 -nolisten tcp -noreset"
 	cfg.AdsURL, cfg.AdsDir, cfg.BackgroundDir, cfg.SessionDir = "off", t.TempDir(), t.TempDir(), t.TempDir()
-	cfg.USBSysfs, cfg.Logind = "", "no"
+	cfg.USBSysfs, cfg.USBAccess, cfg.Logind = "", "", "no"
 	cfg.SessionUser = sessionUser(t)
 	var mu sync.Mutex
 	var states []kioskd.State

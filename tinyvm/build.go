@@ -29,12 +29,16 @@ import (
 // the shared libraries it links, resolved by u-root's ldd.
 const qemuGA = "/usr/sbin/qemu-ga"
 
-// modules the guest needs: the virtio PCI transport, its disk, and the
-// virtio-serial console that carries the guest agent's channel.
-var modules = []string{"virtio_pci", "virtio_blk", "virtio_console", "virtio_net"}
+// modules the guest needs: the virtio PCI transport, its disk, the
+// virtio-serial console that carries the guest agent's channel, and the USB
+// controller and drivers that devices redirected from a kiosk meet: mass
+// storage (a flash drive is /dev/sda) and HID (a keyboard would be in
+// /proc/bus/input/devices; the tests check none ever is).
+var modules = []string{"virtio_pci", "virtio_blk", "virtio_console", "virtio_net", "xhci_pci", "usb_storage", "sd_mod",
+	"usbhid", "hid_generic"}
 
 // buildRev changes whenever the image layout changes, to invalidate caches.
-const buildRev = "4"
+const buildRev = "5"
 
 //go:embed guest/main.go
 var guestSource []byte
@@ -76,7 +80,7 @@ func (b *Builder) Build(ctx context.Context) (*Artifacts, error) {
 	}
 
 	key := sha256.New()
-	for _, part := range [][]byte{[]byte(buildRev), []byte(kpkg.String()), guestSource, ga} {
+	for _, part := range [][]byte{[]byte(buildRev), []byte(kpkg.String()), []byte(strings.Join(modules, ",")), guestSource, ga} {
 		key.Write(part)
 		key.Write([]byte{0})
 	}

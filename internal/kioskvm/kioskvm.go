@@ -67,6 +67,7 @@ func Start(o Options) (*VM, error) {
 		"-serial", "file:" + vm.Serial, "-qmp", "unix:" + vm.qmp + ",server=on,wait=off",
 		"-netdev", o.Net, "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56",
 		"-device", "virtio-rng-pci", "-device", "qemu-xhci,id=xhci", "-device", "usb-tablet",
+		"-audiodev", "none,id=snd0", // for a USB sound card plugged in (PlugUSBAudio)
 	}
 	if o.UEFI {
 		vars := filepath.Join(o.Dir, "OVMF_VARS.fd")
@@ -141,6 +142,12 @@ func (vm *VM) WaitFor(ctx context.Context, marker string, d time.Duration) (stri
 // Seen tells whether the serial console has shown marker yet.
 func (vm *VM) Seen(marker string) bool { return vm.find(marker) != "" }
 
+// Count is how many lines of the console so far contain marker.
+func (vm *VM) Count(marker string) int {
+	b, _ := os.ReadFile(vm.Serial)
+	return strings.Count(string(b), marker) // a marker never spans lines
+}
+
 func (vm *VM) find(marker string) string {
 	f, err := os.Open(vm.Serial)
 	if err != nil {
@@ -213,6 +220,36 @@ func (vm *VM) qmpRun(cmds ...map[string]any) (json.RawMessage, error) {
 		}
 	}
 	return last, nil
+}
+
+// PlugUSBStick hot-plugs a USB flash drive, as id, whose contents are the
+// raw disk image at path (written to, as a real stick would be).
+func (vm *VM) PlugUSBStick(id, path string) error {
+	_, err := vm.qmpRun(
+		map[string]any{"execute": "blockdev-add", "arguments": map[string]any{"node-name": id, "driver": "raw",
+			"file": map[string]any{"driver": "file", "filename": path}}},
+		map[string]any{"execute": "device_add", "arguments": map[string]any{"driver": "usb-storage", "id": id,
+			"drive": id, "bus": "xhci.0", "removable": true}},
+	)
+	return err
+}
+
+// PlugUSBAudio hot-plugs a USB sound card (46f4:0002, audio class), as id.
+func (vm *VM) PlugUSBAudio(id string) error {
+	_, err := vm.qmpRun(map[string]any{"execute": "device_add", "arguments": map[string]any{"driver": "usb-audio", "id": id, "bus": "xhci.0", "audiodev": "snd0"}})
+	return err
+}
+
+// PlugUSBKeyboard hot-plugs a USB keyboard, as id.
+func (vm *VM) PlugUSBKeyboard(id string) error {
+	_, err := vm.qmpRun(map[string]any{"execute": "device_add", "arguments": map[string]any{"driver": "usb-kbd", "id": id, "bus": "xhci.0"}})
+	return err
+}
+
+// Unplug removes a hot-plugged device.
+func (vm *VM) Unplug(id string) error {
+	_, err := vm.qmpRun(map[string]any{"execute": "device_del", "arguments": map[string]any{"id": id}})
+	return err
 }
 
 // Touch presses and releases the left button at the screen's centre, as a

@@ -21,6 +21,7 @@ import (
 	"unicode"
 
 	"undervdi/internal/bootlayout"
+	"undervdi/kioskproto"
 )
 
 // Example is the documented example configuration.
@@ -60,7 +61,9 @@ type Config struct {
 	SessionDir    string // the session's tmpfs home, wiped at every logout
 	Viewer        string
 	ViewerArgs    string // extra remote-viewer arguments, space separated
+	USBRedirect   string // spice-gtk USB filter used instead of the broker's; "": the broker's
 	USBSysfs      string // sysfs root for the USB reset; empty disables it
+	USBAccess     string // kioskd's socket granting the viewer USB devices; empty: none granted
 	Logind        string // "auto", "yes" or "no": end sessions through logind (systemd kiosks)
 	LogLevel      string
 }
@@ -89,6 +92,7 @@ func Default() *Config {
 		SessionDir:    "/run/undervdi/session",
 		Viewer:        "/usr/bin/remote-viewer",
 		USBSysfs:      "/sys",
+		USBAccess:     "/run/undervdi/usb-access.sock",
 		Logind:        "auto",
 		LogLevel:      "info",
 	}
@@ -177,7 +181,9 @@ var keys = []key{
 	{"session_dir", "", str(func(c *Config) *string { return &c.SessionDir })},
 	{"viewer", "", str(func(c *Config) *string { return &c.Viewer })},
 	{"viewer_args", "", str(func(c *Config) *string { return &c.ViewerArgs })},
+	{"usb_redirect", "", str(func(c *Config) *string { return &c.USBRedirect })},
 	{"usb_sysfs", "", str(func(c *Config) *string { return &c.USBSysfs })},
+	{"usb_access", "", str(func(c *Config) *string { return &c.USBAccess })},
 	{"logind", "", oneOf(func(c *Config) *string { return &c.Logind }, "auto", "yes", "no")},
 	{"log_level", "", oneOf(func(c *Config) *string { return &c.LogLevel }, "debug", "info", "warn", "error")},
 }
@@ -348,6 +354,9 @@ func (c *Config) Validate() error {
 		if c.BrokerName == "" {
 			bad("broker_name", "required with tls: the name in the broker's certificate")
 		}
+	}
+	if _, err := kioskproto.ParseUSBFilter(c.USBRedirect); err != nil {
+		bad("usb_redirect", "%v", err)
 	}
 	if c.IdleLimit != 0 && c.IdleWarning >= c.IdleLimit {
 		bad("idle_warning", "%v must be shorter than idle_limit (%v)", c.IdleWarning, c.IdleLimit)

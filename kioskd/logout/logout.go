@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 )
 
@@ -52,7 +53,7 @@ func (p *Plan) Run(ctx context.Context) error {
 		{"kill-user", p.UID == 0, func() error { return KillUser(procRoot, p.UID, grace) }},
 		{"logind", p.Logind == nil || p.UID <= 0, func() error { return p.Logind.terminateUser(ctx, uint32(p.UID)) }},
 		{"wipe", p.Dir == "", func() error { return Wipe(p.Dir) }},
-		{"usb-reset", p.USB == nil, func() error { return p.resetUSB() }},
+		{"usb-reset", p.USB == nil, func() error { return p.resetUSB(log) }},
 	}
 	var errs []error
 	took := []any{}
@@ -74,8 +75,20 @@ func (p *Plan) Run(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// resetUSB resets the devices seen at session start or present now.
-func (p *Plan) resetUSB() error {
+// resetUSB resets the devices seen at session start or present now, and
+// says which (what a visitor plugged in is worth a line).
+func (p *Plan) resetUSB(log *slog.Logger) error {
 	now, err := p.USB.Devices()
-	return errors.Join(err, p.USB.Reset(Union(p.USBAtStart, now)))
+	devs := Union(p.USBAtStart, now)
+	err = errors.Join(err, p.USB.Reset(devs))
+	var names []string
+	for _, d := range p.USB.Present(devs) {
+		if !d.Hub {
+			names = append(names, d.String())
+		}
+	}
+	if len(names) > 0 {
+		log.Info("USB devices reset", "devices", strings.Join(names, "; "))
+	}
+	return err
 }

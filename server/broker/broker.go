@@ -112,7 +112,7 @@ func portOf(addr string) int {
 
 // PoolConfig is the pool's part of cfg; ready is its last readiness check.
 func PoolConfig(cfg *config.Config, ready func(context.Context, pool.VM) error) pool.Config {
-	usb, _ := domxml.ParseUSBFilter(cfg.Viewer.USBAutoRedirect) // config.Validate checked it
+	usb, _ := kioskproto.ParseUSBFilter(cfg.Viewer.USBAutoRedirect) // config.Validate checked it
 	return pool.Config{
 		Name:              cfg.PoolName,
 		Golden:            cfg.Golden,

@@ -21,7 +21,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/dustin/go-humanize"
 
-	"undervdi/server/domxml"
+	"undervdi/kioskproto"
 )
 
 // Example is the documented example configuration shipped with the broker.
@@ -381,7 +381,7 @@ func (k Kiosk) Prefix() (netip.Prefix, error) {
 // class,vendor,product,version,allow separated by '|'; numbers are decimal
 // or 0x-hex, -1 matches anything, allow is 0 or 1.
 func CheckUSBFilter(f string) error {
-	_, err := domxml.ParseUSBFilter(f)
+	_, err := kioskproto.ParseUSBFilter(f)
 	return err
 }
 

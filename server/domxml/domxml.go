@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/beevik/etree"
+
+	"undervdi/kioskproto"
 )
 
 // Namespace and Prefix identify the broker's element in a clone's <metadata>;
@@ -131,8 +133,8 @@ type Clone struct {
 	Overlays      map[string]string // disk target -> overlay path, for every writable disk
 	SpicePassword string
 	Meta          Metadata
-	MAC           func() string // returns a fresh MAC address per call
-	USBFilter     []USBRule     // the site's USB policy, enforced by QEMU too
+	MAC           func() string        // returns a fresh MAC address per call
+	USBFilter     []kioskproto.USBRule // the site's USB policy, enforced by QEMU too
 }
 
 // CloneXML derives the clone's domain XML from the golden's:

@@ -27,6 +27,9 @@ type Metadata struct {
 	Offered time.Time
 	Linked  time.Time // the first SPICE link: the VM is used
 	Reason  string    // why it is ending
+	// Policy is the site's settings the clone's domain was made with (its
+	// USB filter): a clean clone of another policy is not the site's.
+	Policy string
 }
 
 // Element is the metadata as the single element virDomainSetMetadata takes;
@@ -58,7 +61,7 @@ func (m Metadata) fields() []field {
 	return []field{
 		{"pool", m.Pool}, {"state", m.State}, {"since", timeText(m.Since)}, {"golden", m.Golden},
 		{"version", intText(m.Version)}, {"kiosk", m.Kiosk}, {"lease", m.Lease}, {"addr", m.Addr},
-		{"offered", timeText(m.Offered)}, {"linked", timeText(m.Linked)}, {"reason", m.Reason},
+		{"offered", timeText(m.Offered)}, {"linked", timeText(m.Linked)}, {"reason", m.Reason}, {"policy", m.Policy},
 	}
 }
 
@@ -66,7 +69,7 @@ func parseMetadata(el *etree.Element) (*Metadata, error) {
 	m := &Metadata{
 		Pool: childText(el, "pool"), State: childText(el, "state"), Golden: childText(el, "golden"),
 		Kiosk: childText(el, "kiosk"), Lease: childText(el, "lease"), Addr: childText(el, "addr"),
-		Reason: childText(el, "reason"),
+		Reason: childText(el, "reason"), Policy: childText(el, "policy"),
 	}
 	var err error
 	if m.Version, err = parseInt(el, "version"); err != nil {

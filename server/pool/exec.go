@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -218,7 +219,7 @@ func (p *Pool) ready(ctx context.Context, vm VM, hasAgent bool, meta domxml.Meta
 // meta is what a VM's metadata says when it is recorded as rec.
 func (p *Pool) meta(v *vm, rec string) domxml.Metadata {
 	m := domxml.Metadata{Pool: p.cfg.Name, State: rec, Since: time.Now().UTC(), Golden: p.cfg.Golden, Version: v.version,
-		Kiosk: v.claim.Kiosk, Lease: v.claim.Lease, Addr: v.claim.Addr, Offered: v.claim.At, Linked: v.linked}
+		Kiosk: v.claim.Kiosk, Lease: v.claim.Lease, Addr: v.claim.Addr, Offered: v.claim.At, Linked: v.linked, Policy: p.policy()}
 	if ver := p.versionBySeq(v.version); ver != nil {
 		m.Golden = ver.Meta.Golden
 	}
@@ -226,6 +227,19 @@ func (p *Pool) meta(v *vm, rec string) domxml.Metadata {
 		m.Reason = v.reason
 	}
 	return m
+}
+
+// policy is the site's settings that go into a clone's domain, as its
+// metadata records them: the USB filter, rule by rule.
+func (p *Pool) policy() string {
+	var rules []string
+	for _, r := range p.cfg.USBFilter {
+		rules = append(rules, fmt.Sprintf("%d,%d,%d,%d,%t", r.Class, r.Vendor, r.Product, r.Version, r.Allow))
+	}
+	if len(rules) == 0 {
+		return ""
+	}
+	return "usb:" + strings.Join(rules, "|")
 }
 
 // randomMAC returns a MAC in QEMU's locally administered range 52:54:00.

@@ -23,6 +23,7 @@ import (
 	"sync"
 	"time"
 
+	"undervdi/kioskproto"
 	"undervdi/server/domxml"
 	"undervdi/server/virt"
 )
@@ -96,7 +97,7 @@ type Config struct {
 	ReadyCheck func(context.Context, VM) error
 	// USBFilter is the site's USB redirection policy; each clone's QEMU
 	// enforces it (a <redirfilter>), whatever the client does.
-	USBFilter []domxml.USBRule
+	USBFilter []kioskproto.USBRule
 }
 
 // maxJobs bounds the actions the executor runs at once, across all VMs.

@@ -107,11 +107,13 @@ func (p *Pool) found(d *domxml.Domain) {
 		linked: m.Linked, hasAgent: p.current.HasAgent, agent: d.AgentState == "connected"}
 	p.vms[v.name] = v
 	switch {
-	case m.State == recClean && d.Running && m.Golden == p.cfg.Golden && m.Version == p.current.Seq():
+	case m.State == recClean && d.Running && m.Golden == p.cfg.Golden && m.Version == p.current.Seq() && m.Policy == p.policy():
 		p.log.Debug("checking a clean VM left by an earlier run", "vm", d.Name)
 		v.state = Adopting
 		p.perform(v, action{kind: doReady})
 		return
+	case m.State == recClean && d.Running && m.Golden == p.cfg.Golden && m.Version == p.current.Seq():
+		v.reason = "a clean clone made under another USB policy than the site's now: replaced"
 	case m.State == recClean && d.Running:
 		v.reason = fmt.Sprintf("a clean clone of version %d of %s, not of the current version %d of %s: replaced",
 			m.Version, m.Golden, p.current.Seq(), p.cfg.Golden)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"undervdi/internal/poll"
+	"undervdi/kioskproto"
 	"undervdi/server/domxml"
 	"undervdi/server/virt"
 )
@@ -380,6 +381,24 @@ func TestStartReplacesForeignVersions(t *testing.T) {
 	names := f.domainNames()
 	if !slices.Equal(names, []string{"t-0000000c"}) {
 		t.Errorf("domains = %v, want only t-0000000c: clean clones of another version or golden are replaced, not kept", names)
+	}
+}
+
+// TestStartReplacesCleanClonesOfAnotherPolicy: a clean clone made before
+// the site changed its USB filter has the old <redirfilter>: it is
+// replaced, and one made under the site's filter now is kept.
+func TestStartReplacesCleanClonesOfAnotherPolicy(t *testing.T) {
+	f := newFakeHV()
+	f.seedMeta("t-0000000a", domxml.Metadata{Pool: "t", State: "clean", Golden: "golden", Version: 1}, true, "/ovl/t-0000000a-vda.qcow2")
+	f.seedMeta("t-0000000b", domxml.Metadata{Pool: "t", State: "clean", Golden: "golden", Version: 1,
+		Policy: "usb:8,-1,-1,-1,true|-1,-1,-1,-1,false"}, true, "/ovl/t-0000000b-vda.qcow2")
+	cfg := testConfig()
+	cfg.Size = 1
+	cfg.USBFilter, _ = kioskproto.ParseUSBFilter("0x08,-1,-1,-1,1|-1,-1,-1,-1,0")
+	p := startPool(t, f, cfg)
+	rolled(t, p, 1, 1)
+	if names := f.domainNames(); !slices.Equal(names, []string{"t-0000000b"}) {
+		t.Errorf("domains = %v, want only t-0000000b: a clean clone of another USB policy is replaced", names)
 	}
 }
 

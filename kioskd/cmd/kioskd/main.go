@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -25,9 +26,14 @@ import (
 	"undervdi/kioskd"
 	"undervdi/kioskd/appliance"
 	"undervdi/kioskd/config"
+	"undervdi/kioskd/usbaccess"
 )
 
 func main() {
+	if filepath.Base(os.Args[0]) == usbaccess.HelperName {
+		// spice-gtk's USB ACL helper, linked to kioskd on the image.
+		os.Exit(usbaccess.Helper(os.Stdin, os.Stdout, os.Getenv(usbaccess.EnvSocket)))
+	}
 	if err := run(os.Args[1:], os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "kioskd:", err)
 		os.Exit(1)
@@ -78,9 +84,12 @@ func runAppliance(stderr io.Writer) {
 	shown := false
 	err = kioskd.Run(ctx, cfg, log, kioskd.Hooks{
 		OnState: func(s kioskd.State) {
-			if s == kioskd.Idle && !shown {
+			// The first state after the start's wipe shows the slideshow,
+			// whether the broker answers (idle), not yet (unreachable) or
+			// the kiosk is out of order.
+			if s != kioskd.Starting && !shown {
 				shown = true
-				log.Info("slideshow shown", "uptime", appliance.Uptime().Round(10*time.Millisecond))
+				log.Info("slideshow shown", "state", s, "uptime", appliance.Uptime().Round(10*time.Millisecond))
 			}
 		},
 		// The image is read-only: a reboot leaves nothing of any visitor.
