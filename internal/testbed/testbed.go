@@ -111,7 +111,8 @@ func (b *Bed) Config(poolSize int) *config.Config {
 	c.ReconcileInterval = config.Duration(20 * time.Second)
 	c.LogLevel = "debug"
 	c.Ads.Dir = filepath.Join(b.Root, "ads")
-	c.Ads.Listen = "" // tests that want the ads open a port
+	c.Ads.Listen = ""     // tests that want the ads open a port
+	c.Metrics.Listen = "" // and the metrics
 	return c
 }
 

@@ -27,6 +27,7 @@ import (
 	"undervdi/server/config"
 	"undervdi/server/domxml"
 	"undervdi/server/gateway"
+	"undervdi/server/metrics"
 	"undervdi/server/pool"
 	"undervdi/server/session"
 	"undervdi/server/siteca"
@@ -50,6 +51,7 @@ type Broker struct {
 	Pool     *pool.Pool
 	Sessions *session.Manager
 	Gateway  *gateway.Gateway
+	Metrics  *metrics.Metrics
 	displays *gateway.Displays
 	registry *session.Registry
 	tls      *tls.Config // the kiosk LAN's: the kiosk protocol and SPICE; nil in plaintext
@@ -71,7 +73,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
 	b := &Broker{Config: cfg, Log: log, Host: host, registry: registry,
-		displays: gateway.NewDisplays(gateway.LocalDialer{})}
+		displays: gateway.NewDisplays(gateway.LocalDialer{}), Metrics: metrics.New()}
 	if b.tls, err = b.kioskTLS(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
@@ -96,7 +98,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		SpiceSubject:     subject,
 		Viewer: kioskproto.Viewer{Title: v.Title, DisableAudio: v.DisableAudio, DisableEffects: v.DisableEffects,
 			Compression: v.Compression, USBAutoRedirect: v.USBAutoRedirect, USBRedirectConnect: v.USBRedirectConnect},
+		Metrics: b.Metrics.Hooks(),
 	}, b.Pool, registry, audit, log)
+	b.Metrics.Watch(metrics.Source{Pool: b.Pool.Status, Kiosks: b.Sessions.Kiosks, Leases: b.Sessions.Leases, Queue: b.Sessions.QueueLen})
 	if b.Gateway, err = gateway.New(b.Sessions, b.displays, audit, log); err != nil {
 		return nil, err
 	}
@@ -193,16 +197,16 @@ func (b *Broker) Run(ctx context.Context) error {
 		ln = accept.Limit(ln, cfg.Sessions.MaxConnsPerAddr, func(c net.Conn, open int) {
 			b.Sessions.Audit().Refused("ads", accept.RemoteAddr(c).String(), "", fmt.Sprintf("%d connections from this address are open already", open))
 		})
-		g.Go(func() error {
-			go func() { <-ctx.Done(); srv.Close() }()
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-				return err
-			}
-			return nil
-		})
+		serveHTTP(ctx, g, srv, ln)
+	}
+	if ln := listeners["metrics"]; ln != nil {
+		srv := &http.Server{Handler: b.metricsHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+			WriteTimeout: time.Minute, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10,
+			ErrorLog: slog.NewLogLogger(b.Log.Handler(), slog.LevelWarn)}
+		serveHTTP(ctx, g, srv, ln)
 	}
 	b.Log.Info("broker ready", "pool", cfg.PoolName, "golden", cfg.Golden, "size", cfg.PoolSize,
-		"gateway", cfg.Gateway.Listen, "gateway_tls", cfg.Gateway.TLSListen, "kiosks", cfg.Sessions.Listen, "legacy", cfg.Sessions.LegacyListen)
+		"gateway", cfg.Gateway.Listen, "gateway_tls", cfg.Gateway.TLSListen, "kiosks", cfg.Sessions.Listen, "legacy", cfg.Sessions.LegacyListen, "metrics", cfg.Metrics.Listen)
 	daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS=serving")
 	err = g.Wait()
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
@@ -210,6 +214,24 @@ func (b *Broker) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// serveHTTP runs srv on ln in g until ctx ends.
+func serveHTTP(ctx context.Context, g *errgroup.Group, srv *http.Server, ln net.Listener) {
+	g.Go(func() error {
+		go func() { <-ctx.Done(); srv.Close() }()
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+}
+
+// metricsHandler serves /metrics, and nothing else.
+func (b *Broker) metricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", b.Metrics.Handler(b.Log))
+	return mux
 }
 
 // listen opens the broker's ports before anything else, so that a port in
@@ -236,6 +258,9 @@ func (b *Broker) listen() (map[string]net.Listener, error) {
 	}
 	if err == nil && cfg.Ads.Dir != "" && cfg.Ads.Listen != "" {
 		err = open("ads", cfg.Ads.Listen)
+	}
+	if err == nil && cfg.Metrics.Listen != "" {
+		err = open("metrics", cfg.Metrics.Listen)
 	}
 	if err == nil && b.tls != nil {
 		out["kiosk"] = tls.NewListener(out["kiosk"], b.tls)

@@ -56,7 +56,16 @@ type Config struct {
 	Sessions Sessions `toml:"sessions"`
 	Viewer   Viewer   `toml:"viewer"`
 	Ads      Ads      `toml:"ads"`
+	Metrics  Metrics  `toml:"metrics"`
 	Kiosks   []Kiosk  `toml:"kiosk"`
+}
+
+// Metrics is where Prometheus scrapes the broker.
+type Metrics struct {
+	// Listen is a loopback address ("127.0.0.1:9107"): the metrics are not
+	// authenticated, so they stay on the broker's machine (a Prometheus
+	// there, or a tunnel to one). "": no metrics.
+	Listen string `toml:"listen"`
 }
 
 // Ads is the advertising folder the kiosks mirror.
@@ -165,7 +174,8 @@ func Default() *Config {
 			AuditMaxSize:     ByteSize(100 << 20),
 			AuditKeep:        10,
 		},
-		Ads: Ads{Dir: "/var/lib/undervdi/ads", Listen: ":5908"},
+		Ads:     Ads{Dir: "/var/lib/undervdi/ads", Listen: ":5908"},
+		Metrics: Metrics{Listen: "127.0.0.1:9107"},
 		Viewer: Viewer{
 			Title:              "undervdi",
 			DisableAudio:       true,
@@ -274,12 +284,17 @@ func (c *Config) Validate() error {
 	}
 	g, ss := c.Gateway, c.Sessions
 	for key, addr := range map[string]string{"gateway.listen": g.Listen, "gateway.tls_listen": g.TLSListen, "sessions.listen": ss.Listen,
-		"sessions.legacy_listen": ss.LegacyListen, "ads.listen": c.Ads.Listen} {
-		if addr == "" && (key == "sessions.legacy_listen" || key == "ads.listen" || key == "gateway.tls_listen") {
+		"sessions.legacy_listen": ss.LegacyListen, "ads.listen": c.Ads.Listen, "metrics.listen": c.Metrics.Listen} {
+		if addr == "" && (key == "sessions.legacy_listen" || key == "ads.listen" || key == "gateway.tls_listen" || key == "metrics.listen") {
 			continue // turned off
 		}
 		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
 			bad(key, "%q is not a listen address such as :5906 or 169.254.24.1:5906", addr)
+		}
+	}
+	if host, _, err := net.SplitHostPort(c.Metrics.Listen); err == nil {
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			bad("metrics.listen", "%q: the metrics are not authenticated; listen on a loopback address such as 127.0.0.1:9107", c.Metrics.Listen)
 		}
 	}
 	if g.ConnectWindow < Duration(time.Second) {

@@ -182,7 +182,7 @@ func (k *kioskConn) request(received time.Time) *kioskproto.Message {
 		k.sendThen(kioskproto.NewOffer(kioskproto.Offer{
 			Lease: l.ID, Host: k.host, Port: k.m.cfg.GatewayPort, TLSPort: k.m.cfg.GatewayTLSPort, Ticket: l.ticket, Expires: l.Expires,
 			Viewer: k.m.cfg.Viewer, MaxSeconds: int(k.m.cfg.MaxSession / time.Second),
-		}), func() { k.m.handoffs.add(time.Since(received)) })
+		}), func() { k.m.handoff(time.Since(received), false) })
 	}
 	if err := k.m.enqueue(r); err != nil {
 		return kioskproto.NewError(kioskproto.CodeUnavailable, fmt.Sprintf("%v: try again in a minute", err))

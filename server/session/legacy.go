@@ -39,6 +39,7 @@ func (m *Manager) ServeLegacy(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	defer context.AfterFunc(ctx, func() { c.Close() })()
 	addr := accept.RemoteAddr(c)
+	received := time.Now() // the original client asks by connecting
 	say := func(format string, args ...any) bool {
 		c.SetWriteDeadline(time.Now().Add(writeTimeout))
 		_, err := fmt.Fprintf(c, format+"\n", args...)
@@ -99,10 +100,13 @@ func (m *Manager) ServeLegacy(ctx context.Context, c net.Conn) {
 	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	for {
+	for first := true; ; first = false {
 		if !say(LegacyGo) {
 			m.cancel(r, "legacy kiosk connection lost before connecting")
 			return
+		}
+		if first {
+			m.handoff(time.Since(received), true)
 		}
 		select {
 		case <-l.Linked():

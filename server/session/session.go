@@ -62,6 +62,16 @@ type Config struct {
 	GatewayTLSPort   int    // SPICE over TLS; 0 where the site runs without TLS
 	SpiceSubject     string // the TLS port's certificate subject, for viewers' host-subject
 	Viewer           kioskproto.Viewer
+	Metrics          Metrics
+}
+
+// Metrics hears what the manager measures, for the broker's metrics; nil
+// fields are not called.
+type Metrics struct {
+	// Handoff is a request read to its offer written, at the broker.
+	Handoff func(d time.Duration, legacy bool)
+	// Ended is a session ending; used: its VM was linked.
+	Ended func(used bool)
 }
 
 // Errors the gateway turns into refused links.
@@ -220,6 +230,9 @@ func (m *Manager) endWith(l *Lease, reason string, wiped *pool.Ended) {
 	m.mu.Unlock()
 
 	m.log.Info("session ended", "lease", l.ID, "kiosk", l.Kiosk, "vm", l.VM.Name, "reason", reason, "used", used)
+	if f := m.cfg.Metrics.Ended; f != nil {
+		f(used)
+	}
 	switch {
 	case wiped != nil:
 		rec.Wiped, rec.WipedAt = wiped.Wiped, timePtr(wiped.At)

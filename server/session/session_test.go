@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -556,7 +557,21 @@ func TestGroupCap(t *testing.T) {
 }
 
 func TestLegacySignalPort(t *testing.T) {
-	h := newHarness(t, 1, testConfig())
+	cfg := testConfig()
+	var legacyHandoffs, usedEnds atomic.Int32
+	cfg.Metrics = Metrics{
+		Handoff: func(_ time.Duration, legacy bool) {
+			if legacy {
+				legacyHandoffs.Add(1)
+			}
+		},
+		Ended: func(used bool) {
+			if used {
+				usedEnds.Add(1)
+			}
+		},
+	}
+	h := newHarness(t, 1, cfg)
 	c, err := net.Dial("tcp", h.legacy)
 	if err != nil {
 		t.Fatal(err)
@@ -587,6 +602,13 @@ func TestLegacySignalPort(t *testing.T) {
 	}
 	detach()
 	poll.Until(t, 10*time.Second, "the session ended with the viewer", func() bool { return h.pool.HasEvent("ended " + vm.Name) })
+	// The signal port's offer counts in the handoff figures and metrics.
+	if n := h.m.Handoffs().Count; n != 1 {
+		t.Errorf("status handoffs = %d, want the legacy offer counted", n)
+	}
+	if legacyHandoffs.Load() != 1 || usedEnds.Load() != 1 {
+		t.Errorf("metrics heard %d legacy handoffs and %d used sessions ended, want 1 and 1", legacyHandoffs.Load(), usedEnds.Load())
+	}
 }
 
 func TestLegacyRefusesUnknownAddress(t *testing.T) {

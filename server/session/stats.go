@@ -7,7 +7,7 @@ import (
 )
 
 // handoffStats keeps the latest handoff times (request read to offer
-// written, at the broker) for status and benchmarks.
+// written, at the broker; legacy kiosks' too) for status and benchmarks.
 type handoffStats struct {
 	mu   sync.Mutex
 	last []time.Duration // ring of the latest handoffs
@@ -26,6 +26,21 @@ func (h *handoffStats) add(d time.Duration) {
 	h.last[h.next] = d
 	h.next = (h.next + 1) % handoffWindow
 	h.n = min(h.n+1, handoffWindow)
+}
+
+// handoff records a request read to its offer written.
+func (m *Manager) handoff(d time.Duration, legacy bool) {
+	m.handoffs.add(d)
+	if f := m.cfg.Metrics.Handoff; f != nil {
+		f(d, legacy)
+	}
+}
+
+// QueueLen is how many requests wait for a VM.
+func (m *Manager) QueueLen() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.queue)
 }
 
 // Handoffs summarizes the latest handoffs.

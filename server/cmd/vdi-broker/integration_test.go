@@ -24,6 +24,7 @@ import (
 
 	"undervdi/internal/freeport"
 	"undervdi/internal/poll"
+	"undervdi/internal/promtest"
 	"undervdi/server/pool"
 
 	"github.com/BurntSushi/toml"
@@ -217,6 +218,7 @@ func TestKillDuringRefill(t *testing.T) {
 func TestKillDuringSession(t *testing.T) {
 	bed := testbed.New(t)
 	cfg := brokerConfig(t, bed, 1)
+	cfg.Metrics.Listen = fmt.Sprintf("127.0.0.1:%d", freeport.Port(t))
 	path := writeConfig(t, cfg)
 	first := startBroker(t, path, cfg.AdminSocket)
 	first.waitFull(t, 1)
@@ -256,6 +258,7 @@ func TestKillDuringSession(t *testing.T) {
 		t.Fatalf("status after the link = %+v, want one linked session", s)
 	}
 	vm := s.Sessions[0].VM
+	checkMetrics(t, "http://"+cfg.Metrics.Listen+"/metrics")
 	overlays, _ := filepath.Glob(filepath.Join(bed.OverlayDir, vm+"-*"))
 	if len(overlays) != 1 {
 		t.Fatalf("overlays of %s: %v", vm, overlays)
@@ -286,6 +289,42 @@ func TestKillDuringSession(t *testing.T) {
 	}
 	if r := lines[0]; r.Reason != pool.ReasonRestart || r.Kiosk != "k1" || r.VM != vm || r.Linked == nil || !r.Wiped {
 		t.Errorf("audit line = %+v, want the restart's, linked, wiped", r)
+	}
+}
+
+// checkMetrics scrapes the broker as Prometheus would, during one linked
+// session of kiosk k1 on a pool of one: the figures agree with the status.
+func checkMetrics(t *testing.T, url string) {
+	t.Helper()
+	var s promtest.Scrape
+	// The pool refills behind the session: wait for its clean VM.
+	poll.Until(t, 2*time.Minute, "the metrics to show the refilled pool", func() bool {
+		var err error
+		if s, err = promtest.Get(url); err != nil {
+			t.Fatal(err)
+		}
+		v, _ := s.Value("undervdi_pool_vms", "state=clean")
+		return v == 1
+	})
+	for _, w := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"undervdi_pool_vms", []string{"state=in-use"}, 1},
+		{"undervdi_libvirt_up", nil, 1},
+		{"undervdi_golden_version", nil, 1},
+		{"undervdi_pool_vms_by_version", []string{"version=1"}, 2},
+		{"undervdi_kiosks_connected", nil, 1},
+		{"undervdi_sessions", []string{"linked=true"}, 1},
+		{"undervdi_queue_length", nil, 0},
+	} {
+		if got, ok := s.Value(w.name, w.labels...); !ok || got != w.want {
+			t.Errorf("%s%v = %v (present: %v), want %v", w.name, w.labels, got, ok, w.want)
+		}
+	}
+	if n, _ := s.Count("undervdi_handoff_seconds", "protocol=kiosk"); n != 1 {
+		t.Errorf("kiosk handoffs = %d, want the one offer", n)
 	}
 }
 

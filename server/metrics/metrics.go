@@ -1,0 +1,191 @@
+// Package metrics is the broker's Prometheus metrics: what an operator's
+// Prometheus and Grafana watch. Figures the broker already keeps (the
+// pool's VMs by state, versions, kiosks, sessions) are read at each scrape
+// from the same snapshots `vdi-broker status` shows, so the two never
+// disagree; what happens between scrapes (handoffs, ended sessions) is
+// counted as it happens.
+//
+// The names follow Prometheus' conventions: undervdi_ prefix, base units
+// (seconds), _total for counters.
+package metrics
+
+import (
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"undervdi/server/pool"
+	"undervdi/server/session"
+)
+
+// Source is where a scrape reads the broker's state.
+type Source struct {
+	Pool   func() pool.Status
+	Kiosks func() []session.KioskStatus
+	Leases func() []session.LeaseStatus
+	Queue  func() int // requests waiting for a VM
+}
+
+// Metrics is the broker's registry.
+type Metrics struct {
+	reg     *prometheus.Registry
+	handoff *prometheus.HistogramVec
+	ended   *prometheus.CounterVec
+}
+
+// New registers the broker's counters, and Go's and the process's; Watch
+// adds the broker's state once its parts exist.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		handoff: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "undervdi_handoff_seconds",
+			Help: "Time from a kiosk's request read to its offer written, at the broker (kiosk: the kiosk protocol; legacy: the signal port).",
+			// From a pool VM ready at once (well under a millisecond) to
+			// a visitor who waited for a clone to boot.
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .05, .25, 1, 5, 15, 30, 60, 120},
+		}, []string{"protocol"}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "undervdi_sessions_ended_total",
+			Help: "Sessions ended; used: the VM was linked (and is destroyed), or not (offered and never used).",
+		}, []string{"used"}),
+	}
+	for _, p := range []string{"kiosk", "legacy"} {
+		m.handoff.WithLabelValues(p) // present from the start, at zero
+	}
+	for _, u := range []string{"true", "false"} {
+		m.ended.WithLabelValues(u)
+	}
+	m.reg.MustRegister(m.handoff, m.ended,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Watch makes every scrape read the broker's state from src.
+func (m *Metrics) Watch(src Source) { m.reg.MustRegister(snapshot{src}) }
+
+// Hooks are the session manager's measurements, fed to m.
+func (m *Metrics) Hooks() session.Metrics {
+	return session.Metrics{
+		Handoff: func(d time.Duration, legacy bool) {
+			p := "kiosk"
+			if legacy {
+				p = "legacy"
+			}
+			m.handoff.WithLabelValues(p).Observe(d.Seconds())
+		},
+		Ended: func(used bool) {
+			u := "false"
+			if used {
+				u = "true"
+			}
+			m.ended.WithLabelValues(u).Inc()
+		},
+	}
+}
+
+// Handler serves the metrics in Prometheus' formats.
+func (m *Metrics) Handler(log *slog.Logger) http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn), ErrorHandling: promhttp.ContinueOnError,
+		Registry: m.reg, // promhttp_metric_handler_errors_total
+	})
+}
+
+// snapshot reads the broker's state at each scrape.
+type snapshot struct{ src Source }
+
+var (
+	descVMs = prometheus.NewDesc("undervdi_pool_vms",
+		"Pool VMs by state (booting, clean, offered, in-use, destroying, ...).", []string{"state"}, nil)
+	descSize = prometheus.NewDesc("undervdi_pool_size",
+		"The clean VMs the pool keeps ready.", nil, nil)
+	descMax = prometheus.NewDesc("undervdi_pool_max_vms",
+		"The most VMs the pool runs at once.", nil, nil)
+	descDegraded = prometheus.NewDesc("undervdi_pool_degraded",
+		"1 while the pool cannot make clones (consecutive failures); the status says why.", nil, nil)
+	descPaused = prometheus.NewDesc("undervdi_pool_paused",
+		"1 while the pool makes no clones (no published version, libvirt down, ...).", nil, nil)
+	descFailures = prometheus.NewDesc("undervdi_pool_consecutive_failures",
+		"Clone failures in a row.", nil, nil)
+	descLibvirt = prometheus.NewDesc("undervdi_libvirt_up",
+		"1 while the broker is connected to libvirt.", nil, nil)
+	descVersion = prometheus.NewDesc("undervdi_golden_version",
+		"The published version of the golden VM new clones come from.", nil, nil)
+	descClones = prometheus.NewDesc("undervdi_pool_vms_by_version",
+		"Pool VMs by the golden version they are clones of (a roll in progress has two).", []string{"version"}, nil)
+	descPublish = prometheus.NewDesc("undervdi_publish_progress_ratio",
+		"While a version is being published: the share of its disks copied so far.", nil, nil)
+	descKiosks = prometheus.NewDesc("undervdi_kiosks_connected",
+		"Kiosks connected on the kiosk protocol.", nil, nil)
+	descOutOfOrder = prometheus.NewDesc("undervdi_kiosks_out_of_order",
+		"Connected kiosks that say they are out of order (a logout they could not complete).", nil, nil)
+	descSessions = prometheus.NewDesc("undervdi_sessions",
+		"Open sessions by whether their VM is linked yet.", []string{"linked"}, nil)
+	descQueue = prometheus.NewDesc("undervdi_queue_length",
+		"Kiosk requests waiting for a VM.", nil, nil)
+)
+
+func (snapshot) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descVMs, descSize, descMax, descDegraded, descPaused, descFailures, descLibvirt,
+		descVersion, descClones, descPublish, descKiosks, descOutOfOrder, descSessions, descQueue} {
+		ch <- d
+	}
+}
+
+func (s snapshot) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	p := s.src.Pool()
+	for _, st := range pool.States {
+		if st != pool.Gone { // off the table by definition
+			gauge(descVMs, float64(p.Counts[st]), string(st))
+		}
+	}
+	gauge(descSize, float64(p.Size))
+	gauge(descMax, float64(p.MaxVMs))
+	gauge(descDegraded, bit(p.Degraded != ""))
+	gauge(descPaused, bit(p.Paused != ""))
+	gauge(descFailures, float64(p.Failures))
+	gauge(descLibvirt, bit(p.Connected))
+	gauge(descVersion, float64(p.Current))
+	for v, n := range p.Clones {
+		gauge(descClones, float64(n), strconv.Itoa(v))
+	}
+	if j := p.Publish; j != nil && j.Finished == nil && j.Total > 0 {
+		gauge(descPublish, float64(j.Written)/float64(j.Total))
+	}
+	kiosks, out := 0, 0
+	for _, k := range s.src.Kiosks() {
+		kiosks++
+		if k.Fault != "" {
+			out++
+		}
+	}
+	gauge(descKiosks, float64(kiosks))
+	gauge(descOutOfOrder, float64(out))
+	linked, waiting := 0, 0
+	for _, l := range s.src.Leases() {
+		if l.Linked != nil {
+			linked++
+		} else {
+			waiting++
+		}
+	}
+	gauge(descSessions, float64(linked), "true")
+	gauge(descSessions, float64(waiting), "false")
+	gauge(descQueue, float64(s.src.Queue()))
+}
+
+func bit(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,127 @@
+package metrics
+
+import (
+	"log/slog"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"undervdi/internal/promtest"
+	"undervdi/server/pool"
+	"undervdi/server/session"
+)
+
+func scrape(t *testing.T, m *Metrics) promtest.Scrape {
+	t.Helper()
+	srv := httptest.NewServer(m.Handler(slog.New(slog.DiscardHandler)))
+	defer srv.Close()
+	s, err := promtest.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// want checks one gauge or counter; absent means it must not be there.
+type want struct {
+	name   string
+	labels []string
+	value  float64
+	absent bool
+}
+
+func check(t *testing.T, s promtest.Scrape, wants []want) {
+	t.Helper()
+	for _, w := range wants {
+		got, ok := s.Value(w.name, w.labels...)
+		switch {
+		case w.absent && ok:
+			t.Errorf("%s%v = %v, want none", w.name, w.labels, got)
+		case !w.absent && !ok:
+			t.Errorf("%s%v missing", w.name, w.labels)
+		case !w.absent && got != w.value:
+			t.Errorf("%s%v = %v, want %v", w.name, w.labels, got, w.value)
+		}
+	}
+}
+
+func TestScrapeReadsTheBrokersState(t *testing.T) {
+	now := time.Now()
+	st := pool.Status{Connected: true, Size: 3, MaxVMs: 8, Current: 2, Degraded: "5 clone failures in a row",
+		Counts:  map[pool.State]int{pool.Clean: 2, pool.InUse: 1, pool.Booting: 1},
+		Clones:  map[int]int{1: 1, 2: 3},
+		Publish: &pool.PublishStatus{Version: 3, Total: 4 << 30, Written: 1 << 30}}
+	m := New()
+	m.Watch(Source{
+		Pool: func() pool.Status { return st },
+		Kiosks: func() []session.KioskStatus {
+			return []session.KioskStatus{{ID: "a"}, {ID: "b", Fault: "logout incomplete"}, {ID: "c"}}
+		},
+		Leases: func() []session.LeaseStatus {
+			return []session.LeaseStatus{{ID: "l1", Linked: &now}, {ID: "l2"}}
+		},
+		Queue: func() int { return 4 },
+	})
+	check(t, scrape(t, m), []want{
+		{name: "undervdi_pool_vms", labels: []string{"state=clean"}, value: 2},
+		{name: "undervdi_pool_vms", labels: []string{"state=in-use"}, value: 1},
+		{name: "undervdi_pool_vms", labels: []string{"state=offered"}, value: 0}, // every state, at zero too
+		{name: "undervdi_pool_vms", labels: []string{"state=gone"}, absent: true},
+		{name: "undervdi_pool_size", value: 3},
+		{name: "undervdi_pool_max_vms", value: 8},
+		{name: "undervdi_pool_degraded", value: 1},
+		{name: "undervdi_pool_paused", value: 0},
+		{name: "undervdi_libvirt_up", value: 1},
+		{name: "undervdi_golden_version", value: 2},
+		{name: "undervdi_pool_vms_by_version", labels: []string{"version=1"}, value: 1},
+		{name: "undervdi_pool_vms_by_version", labels: []string{"version=2"}, value: 3},
+		{name: "undervdi_publish_progress_ratio", value: 0.25},
+		{name: "undervdi_kiosks_connected", value: 3},
+		{name: "undervdi_kiosks_out_of_order", value: 1},
+		{name: "undervdi_sessions", labels: []string{"linked=true"}, value: 1},
+		{name: "undervdi_sessions", labels: []string{"linked=false"}, value: 1},
+		{name: "undervdi_queue_length", value: 4},
+	})
+
+	// The next scrape reads the state again: libvirt lost, the publish done.
+	done := now
+	st.Connected, st.Publish.Finished = false, &done
+	check(t, scrape(t, m), []want{
+		{name: "undervdi_libvirt_up", value: 0},
+		{name: "undervdi_publish_progress_ratio", absent: true},
+	})
+}
+
+func TestHooksCountWhatHappens(t *testing.T) {
+	m := New()
+	h := m.Hooks()
+	// Before anything happened, the series are there at zero.
+	s := scrape(t, m)
+	if n, ok := s.Count("undervdi_handoff_seconds", "protocol=legacy"); !ok || n != 0 {
+		t.Errorf("legacy handoffs before any: %d, %v; want 0, present", n, ok)
+	}
+	check(t, s, []want{{name: "undervdi_sessions_ended_total", labels: []string{"used=true"}, value: 0}})
+
+	h.Handoff(300*time.Microsecond, false)
+	h.Handoff(2*time.Millisecond, false)
+	h.Handoff(40*time.Second, true)
+	h.Ended(true)
+	h.Ended(true)
+	h.Ended(false)
+	s = scrape(t, m)
+	for p, want := range map[string]uint64{"kiosk": 2, "legacy": 1} {
+		if n, _ := s.Count("undervdi_handoff_seconds", "protocol="+p); n != want {
+			t.Errorf("handoffs on %s: %d, want %d", p, n, want)
+		}
+	}
+	check(t, s, []want{
+		{name: "undervdi_sessions_ended_total", labels: []string{"used=true"}, value: 2},
+		{name: "undervdi_sessions_ended_total", labels: []string{"used=false"}, value: 1},
+	})
+	if _, ok := s.Value("process_open_fds"); !ok {
+		t.Error("no process metrics")
+	}
+	if _, ok := s["go_goroutines"]; !ok {
+		t.Error("no Go runtime metrics")
+	}
+}
