@@ -333,10 +333,13 @@ func (c *Config) Validate() error {
 	if c.Kiosk == "" && c.Token != "" {
 		bad("kiosk", "required with token")
 	}
-	for k, dir := range map[string]string{"ads_dir": c.AdsDir, "background_dir": c.BackgroundDir, "session_dir": c.SessionDir} {
+	for k, dir := range map[string]string{"ads_dir": c.AdsDir, "background_dir": c.BackgroundDir, "session_dir": c.SessionDir, "usb_access": c.USBAccess} {
 		if dir != "" && !filepath.IsAbs(dir) {
 			bad(k, "%q must be an absolute path", dir)
 		}
+	}
+	if c.USBAccess != "" && c.SessionDir != "" && strings.HasPrefix(filepath.Clean(c.USBAccess)+"/", filepath.Clean(c.SessionDir)+"/") {
+		bad("usb_access", "%q must not be in session_dir (%s): the visitor's files are wiped there", c.USBAccess, c.SessionDir)
 	}
 	if c.SessionDir == "" || filepath.Clean(c.SessionDir) == "/" {
 		bad("session_dir", "required, and not /: it is wiped at every logout")

@@ -29,6 +29,9 @@ type Device struct {
 	Class     string // bDeviceClass in hex: "00" (see interfaces), "09" (hub)
 	Product   string // product string, if the device has one
 	Hub       bool   // Class "09"
+	// Bus and Address (busnum, devnum: "1", "4") name its node,
+	// /dev/bus/usb/001/004.
+	Bus, Address string
 }
 
 func (d Device) String() string {
@@ -49,6 +52,9 @@ func (d Device) same(e Device) bool {
 var deviceName = regexp.MustCompile(`^[0-9]+-[0-9]+(\.[0-9]+)*$`)
 
 func (u *USB) dir() string { return filepath.Join(u.Root, "bus", "usb", "devices") }
+
+// Dir is device d's sysfs directory.
+func (u *USB) Dir(d Device) string { return filepath.Join(u.dir(), d.Name) }
 
 // Devices lists the USB devices present now, by name. kioskd lists them at
 // session start too, to pass to Union at logout.
@@ -85,9 +91,10 @@ func (u *USB) device(name string) (Device, error) {
 	for _, a := range []struct {
 		file string
 		v    *string
-	}{{"idVendor", &d.VendorID}, {"idProduct", &d.ProductID}, {"bDeviceClass", &d.Class}, {"product", &d.Product}} {
+	}{{"idVendor", &d.VendorID}, {"idProduct", &d.ProductID}, {"bDeviceClass", &d.Class}, {"product", &d.Product},
+		{"busnum", &d.Bus}, {"devnum", &d.Address}} {
 		b, err := os.ReadFile(filepath.Join(u.dir(), name, a.file))
-		if a.file == "product" && errors.Is(err, fs.ErrNotExist) {
+		if (a.file == "product" || a.file == "busnum" || a.file == "devnum") && errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		if err != nil {

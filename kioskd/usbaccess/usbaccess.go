@@ -26,13 +26,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"undervdi/kioskd/logout"
 	"undervdi/kioskproto"
 )
 
@@ -252,29 +252,18 @@ func (s *Server) restore(node string) error {
 	return err
 }
 
-// deviceName matches devices ("1-1", "1-1.2.4"), not root hubs or interfaces.
-var deviceName = regexp.MustCompile(`^[0-9]+-[0-9]+(\.[0-9]+)*$`)
-
 // find reads, from sysfs, the device at bus and address dev.
 func (s *Server) find(bus, dev int) (kioskproto.USBDevice, string, error) {
-	dir := filepath.Join(s.Sys, "bus", "usb", "devices")
-	entries, err := os.ReadDir(dir)
+	usb := &logout.USB{Root: s.Sys}
+	devs, err := usb.Devices()
+	for _, d := range devs {
+		if d.Bus == strconv.Itoa(bus) && d.Address == strconv.Itoa(dev) {
+			desc, err := readDevice(usb.Dir(d))
+			return desc, d.Name, err
+		}
+	}
 	if err != nil {
 		return kioskproto.USBDevice{}, "", err
-	}
-	for _, e := range entries {
-		if !deviceName.MatchString(e.Name()) {
-			continue
-		}
-		p := filepath.Join(dir, e.Name())
-		if b, _ := readInt(p, "busnum", 10); b != bus {
-			continue
-		}
-		if n, _ := readInt(p, "devnum", 10); n != dev {
-			continue
-		}
-		d, err := readDevice(p)
-		return d, e.Name(), err
 	}
 	return kioskproto.USBDevice{}, "", fmt.Errorf("no USB device %03d/%03d", bus, dev)
 }
@@ -287,7 +276,7 @@ func readDevice(p string) (kioskproto.USBDevice, error) {
 		file string
 		v    *int
 	}{{"bDeviceClass", &d.Class}, {"idVendor", &d.Vendor}, {"idProduct", &d.Product}, {"bcdDevice", &d.Version}} {
-		n, err := readInt(p, a.file, 16)
+		n, err := readHex(p, a.file)
 		errs = append(errs, err)
 		*a.v = n
 	}
@@ -298,7 +287,7 @@ func readDevice(p string) (kioskproto.USBDevice, error) {
 			file string
 			v    *int
 		}{{"bInterfaceClass", &in.Class}, {"bInterfaceSubClass", &in.SubClass}, {"bInterfaceProtocol", &in.Protocol}} {
-			n, err := readInt(i, a.file, 16)
+			n, err := readHex(i, a.file)
 			errs = append(errs, err)
 			*a.v = n
 		}
@@ -307,12 +296,13 @@ func readDevice(p string) (kioskproto.USBDevice, error) {
 	return d, errors.Join(errs...)
 }
 
-func readInt(dir, file string, base int) (int, error) {
+// readHex reads a sysfs attribute in hex ("0a", "046f").
+func readHex(dir, file string) (int, error) {
 	b, err := os.ReadFile(filepath.Join(dir, file))
 	if err != nil {
 		return 0, err
 	}
-	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), base, 32)
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 16, 32)
 	return int(n), err
 }
 
