@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -68,9 +69,41 @@ func StartLibvirtd() error {
 	return cmd.Process.Release()
 }
 
+// restarting is set while RestartLibvirtd restarts libvirtd on purpose.
+var restarting atomic.Bool
+
+// SuperviseLibvirtd plays systemd's Restart=on-failure for libvirtd until
+// ctx ends: if it dies (libvirt has crashed under a client killed in the
+// middle of a call), it is started again and said is called with what
+// happened. Tests run it, so one crash does not fail every test after it.
+func SuperviseLibvirtd(ctx context.Context, said func(msg string)) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+		if restarting.Load() || running("/run/libvirtd.pid") {
+			continue
+		}
+		said("libvirtd is not running (crashed? see /var/log/undervdi-libvirtd.log and dmesg); starting it, as systemd would")
+		if err := StartLibvirtd(); err != nil {
+			said(err.Error())
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		if err := waitSocket(wctx, LibvirtSocket); err != nil {
+			said(err.Error())
+		}
+		cancel()
+	}
+}
+
 // RestartLibvirtd stops the running libvirtd by the PID in its pid file and
 // starts a new one. Running VMs survive it: QEMU outlives libvirtd.
 func RestartLibvirtd(ctx context.Context) error {
+	restarting.Store(true)
+	defer restarting.Store(false)
 	pid, err := readPID("/run/libvirtd.pid")
 	if err != nil {
 		return err

@@ -15,11 +15,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
 
+	"undervdi/internal/hostsetup"
 	"undervdi/internal/testlog"
 	"undervdi/server/config"
 	"undervdi/tinyvm"
@@ -48,6 +50,10 @@ type Bed struct {
 	Log        *slog.Logger
 }
 
+// supervise starts, once per test binary, the stand-in for systemd's
+// restart of a crashed libvirtd.
+var supervise sync.Once
+
 // Connect opens a libvirt connection for test code.
 func Connect() (*libvirt.Libvirt, error) {
 	u, _ := url.Parse(URI)
@@ -58,6 +64,9 @@ func Connect() (*libvirt.Libvirt, error) {
 // fresh prefix. Everything is removed when t ends.
 func New(t testing.TB) *Bed {
 	t.Helper()
+	supervise.Do(func() {
+		go hostsetup.SuperviseLibvirtd(context.Background(), func(msg string) { fmt.Fprintln(os.Stderr, "testbed:", msg) })
+	})
 	b, err := Setup(context.Background(), "it", testLogger(t))
 	if err != nil {
 		t.Fatalf("testbed: %v", err)
