@@ -81,7 +81,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	if b.tls != nil {
 		tlsPort, subject = portOf(cfg.Gateway.TLSListen), siteca.Subject(b.tls.Certificates[0].Leaf)
 	}
-	b.Pool = pool.New(PoolConfig(cfg, b.displays.Prepare), host, log)
+	audit.OnRefused = b.Metrics.Refused
+	pcfg := PoolConfig(cfg, b.displays.Prepare)
+	pcfg.Metrics = b.Metrics.PoolHooks()
+	b.Pool = pool.New(pcfg, host, log)
 	v := cfg.Viewer
 	b.Sessions = session.New(session.Config{
 		ConnectWindow:    cfg.Gateway.ConnectWindow.D(),

@@ -33,9 +33,13 @@ type Source struct {
 
 // Metrics is the broker's registry.
 type Metrics struct {
-	reg     *prometheus.Registry
-	handoff *prometheus.HistogramVec
-	ended   *prometheus.CounterVec
+	reg         *prometheus.Registry
+	handoff     *prometheus.HistogramVec
+	ended       *prometheus.CounterVec
+	clone       prometheus.Histogram
+	cloneFailed prometheus.Counter
+	wipe        prometheus.Histogram
+	refused     *prometheus.CounterVec
 }
 
 // New registers the broker's counters, and Go's and the process's; Watch
@@ -55,13 +59,35 @@ func New() *Metrics {
 			Help: "Sessions ended; used: the VM was linked (and is destroyed), or not (offered and never used).",
 		}, []string{"used"}),
 	}
+	m.clone = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "undervdi_clone_seconds",
+		Help: "Time from a clone's creation to clean (booted, its guest agent and display checked): how fast the pool refills.",
+		// A tiny test VM under emulation takes seconds; a Windows guest a minute or more.
+		Buckets: []float64{1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300},
+	})
+	m.cloneFailed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "undervdi_clone_failures_total",
+		Help: "Clones that did not become clean (the log and status say why).",
+	})
+	m.wipe = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "undervdi_wipe_seconds",
+		Help:    "Time from a VM's end to its domain destroyed and its disks deleted; the count is the VMs wiped.",
+		Buckets: []float64{.05, .1, .25, .5, 1, 2, 5, 10, 30, 60, 300},
+	})
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "undervdi_refused_total",
+		Help: "Connections and requests refused, by port: kiosk, legacy, spice-link, ads (the audit log says who and why).",
+	}, []string{"what"})
+	for _, w := range []string{"kiosk", "legacy", "spice-link", "ads"} {
+		m.refused.WithLabelValues(w)
+	}
 	for _, p := range []string{"kiosk", "legacy"} {
 		m.handoff.WithLabelValues(p) // present from the start, at zero
 	}
 	for _, u := range []string{"true", "false"} {
 		m.ended.WithLabelValues(u)
 	}
-	m.reg.MustRegister(m.handoff, m.ended,
+	m.reg.MustRegister(m.handoff, m.ended, m.clone, m.cloneFailed, m.wipe, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -88,6 +114,18 @@ func (m *Metrics) Hooks() session.Metrics {
 		},
 	}
 }
+
+// PoolHooks are the pool's measurements, fed to m.
+func (m *Metrics) PoolHooks() pool.Metrics {
+	return pool.Metrics{
+		Cloned:      func(d time.Duration) { m.clone.Observe(d.Seconds()) },
+		CloneFailed: m.cloneFailed.Inc,
+		Wiped:       func(d time.Duration) { m.wipe.Observe(d.Seconds()) },
+	}
+}
+
+// Refused counts a refusal on port what (the audit's OnRefused).
+func (m *Metrics) Refused(what string) { m.refused.WithLabelValues(what).Inc() }
 
 // Handler serves the metrics in Prometheus' formats.
 func (m *Metrics) Handler(log *slog.Logger) http.Handler {

@@ -1,10 +1,16 @@
 package metrics
 
 import (
+	"encoding/json"
 	"log/slog"
 	"net/http/httptest"
+	"os"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"undervdi/internal/promtest"
 	"undervdi/server/pool"
@@ -102,6 +108,16 @@ func TestHooksCountWhatHappens(t *testing.T) {
 	}
 	check(t, s, []want{{name: "undervdi_sessions_ended_total", labels: []string{"used=true"}, value: 0}})
 
+	check(t, s, []want{{name: "undervdi_refused_total", labels: []string{"what=spice-link"}, value: 0}})
+
+	ph := m.PoolHooks()
+	ph.Cloned(8 * time.Second)
+	ph.Cloned(9 * time.Second)
+	ph.CloneFailed()
+	ph.Wiped(200 * time.Millisecond)
+	m.Refused("kiosk")
+	m.Refused("kiosk")
+	m.Refused("spice-link")
 	h.Handoff(300*time.Microsecond, false)
 	h.Handoff(2*time.Millisecond, false)
 	h.Handoff(40*time.Second, true)
@@ -117,11 +133,71 @@ func TestHooksCountWhatHappens(t *testing.T) {
 	check(t, s, []want{
 		{name: "undervdi_sessions_ended_total", labels: []string{"used=true"}, value: 2},
 		{name: "undervdi_sessions_ended_total", labels: []string{"used=false"}, value: 1},
+		{name: "undervdi_clone_failures_total", value: 1},
+		{name: "undervdi_refused_total", labels: []string{"what=kiosk"}, value: 2},
+		{name: "undervdi_refused_total", labels: []string{"what=spice-link"}, value: 1},
+		{name: "undervdi_refused_total", labels: []string{"what=legacy"}, value: 0},
 	})
+	if n, _ := s.Count("undervdi_clone_seconds"); n != 2 {
+		t.Errorf("clones observed: %d, want 2", n)
+	}
+	if n, _ := s.Count("undervdi_wipe_seconds"); n != 1 {
+		t.Errorf("wipes observed: %d, want 1", n)
+	}
 	if _, ok := s.Value("process_open_fds"); !ok {
 		t.Error("no process metrics")
 	}
 	if _, ok := s["go_goroutines"]; !ok {
 		t.Error("no Go runtime metrics")
+	}
+}
+
+// TestDashboardQueriesExportedMetrics: every undervdi_ metric the shipped
+// Grafana dashboard queries is one the broker exports (a histogram's
+// _bucket, _sum and _count included), and it queries each of them.
+func TestDashboardQueriesExportedMetrics(t *testing.T) {
+	b, err := os.ReadFile("../../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("the dashboard is not JSON: %v", err)
+	}
+	m := New()
+	// A pool in a roll, publishing: every series is there.
+	st := pool.Status{Clones: map[int]int{1: 1, 2: 1}, Publish: &pool.PublishStatus{Total: 2, Written: 1}}
+	m.Watch(Source{Pool: func() pool.Status { return st }, Kiosks: func() []session.KioskStatus { return nil },
+		Leases: func() []session.LeaseStatus { return nil }, Queue: func() int { return 0 }})
+	exported := map[string]bool{}
+	for name, f := range scrape(t, m) {
+		exported[name] = true
+		if f.GetType() == dto.MetricType_HISTOGRAM {
+			for _, s := range []string{"_bucket", "_sum", "_count"} {
+				exported[name+s] = true
+			}
+		}
+	}
+	queried := map[string]bool{}
+	for _, p := range dash.Panels {
+		for _, q := range p.Targets {
+			for _, name := range regexp.MustCompile(`undervdi_[a-z_]+`).FindAllString(q.Expr, -1) {
+				queried[strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_count"), "_sum")] = true
+				if !exported[name] {
+					t.Errorf("panel %q queries %s, which the broker does not export", p.Title, name)
+				}
+			}
+		}
+	}
+	for name := range exported {
+		if strings.HasPrefix(name, "undervdi_") && !strings.HasSuffix(name, "_bucket") && !strings.HasSuffix(name, "_sum") &&
+			!strings.HasSuffix(name, "_count") && !queried[name] {
+			t.Errorf("the dashboard shows nothing of %s", name)
+		}
 	}
 }

@@ -152,7 +152,8 @@ func (p *Pool) makeRoom(t tally) {
 }
 
 func (p *Pool) newVM() {
-	v := &vm{name: p.newName(), state: Creating, since: time.Now(), version: p.current.Seq(), hasAgent: p.current.HasAgent}
+	now := time.Now()
+	v := &vm{name: p.newName(), state: Creating, since: now, born: now, version: p.current.Seq(), hasAgent: p.current.HasAgent}
 	p.vms[v.name] = v
 	p.perform(v, action{kind: doCreate})
 }
@@ -229,6 +230,9 @@ func (p *Pool) kickAt(t time.Time) {
 // countFailure counts a failed clone, backs off, and reports a degraded
 // pool loudly.
 func (p *Pool) countFailure(vm string, err error) {
+	if f := p.cfg.Metrics.CloneFailed; f != nil {
+		f()
+	}
 	p.fails++
 	p.lastFail = err.Error()
 	backoff := p.minBackoff << min(p.fails-1, 16)

@@ -153,6 +153,8 @@ type vm struct {
 	restart  bool      // found in a session's state at start: a broker restart ended it
 	tries    int       // failed attempts of the current step, for the backoff
 	lastErr  string    // the last failed attempt, for status
+	born     time.Time // made by this broker (zero if found at start), for the metrics
+	wiping   time.Time // entered destroying, for the metrics
 }
 
 // rules are the settings next needs.

@@ -98,6 +98,15 @@ type Config struct {
 	// USBFilter is the site's USB redirection policy; each clone's QEMU
 	// enforces it (a <redirfilter>), whatever the client does.
 	USBFilter []kioskproto.USBRule
+	// Metrics hears what the pool measures; nil fields are not called.
+	Metrics Metrics
+}
+
+// Metrics hears what the pool measures, for the broker's metrics.
+type Metrics struct {
+	Cloned      func(d time.Duration) // a clone made and found clean: from its creation
+	CloneFailed func()                // a clone that did not become clean
+	Wiped       func(d time.Duration) // a VM destroyed and its disks deleted: from its end
 }
 
 // maxJobs bounds the actions the executor runs at once, across all VMs.
@@ -380,7 +389,11 @@ func (p *Pool) apply(in input) error {
 		p.stopRetry(v.name)
 		p.noteTransition(v, &nv, in)
 	}
+	changed := nv.state != v.state
 	*v = nv
+	if changed {
+		p.measure(v)
+	}
 	for _, a := range acts {
 		p.perform(v, a)
 	}
@@ -388,6 +401,21 @@ func (p *Pool) apply(in input) error {
 		p.remove(v, hasAction(acts, announceEnded))
 	}
 	return nil
+}
+
+// measure feeds the metrics as v enters a state: clean (the clone's time,
+// for the VMs this broker made), destroying (the wipe starts) and gone (the
+// wipe's time).
+func (p *Pool) measure(v *vm) {
+	m := p.cfg.Metrics
+	switch {
+	case v.state == Clean && !v.born.IsZero() && m.Cloned != nil:
+		m.Cloned(time.Since(v.born))
+	case v.state == Destroying && v.wiping.IsZero():
+		v.wiping = time.Now()
+	case v.state == Gone && !v.wiping.IsZero() && m.Wiped != nil:
+		m.Wiped(time.Since(v.wiping))
+	}
 }
 
 // noteTransition logs what an operator acts on.

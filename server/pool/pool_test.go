@@ -454,3 +454,47 @@ func TestOverlayOwner(t *testing.T) {
 		}
 	}
 }
+
+// TestMetricsHooks: the pool tells the metrics each clone's time to clean,
+// each wipe's time and each failed clone.
+func TestMetricsHooks(t *testing.T) {
+	f := newFakeHV()
+	var mu sync.Mutex
+	var cloned, wiped []time.Duration
+	failed := 0
+	cfg := testConfig()
+	cfg.Metrics = Metrics{
+		Cloned:      func(d time.Duration) { mu.Lock(); cloned = append(cloned, d); mu.Unlock() },
+		Wiped:       func(d time.Duration) { mu.Lock(); wiped = append(wiped, d); mu.Unlock() },
+		CloneFailed: func() { mu.Lock(); failed++; mu.Unlock() },
+	}
+	p := startPool(t, f, cfg)
+	poll.Until(t, 10*time.Second, "3 clean VMs", func() bool { return clean(p) == 3 })
+	v, _ := p.Take(anyone)
+	p.MarkUsed(context.Background(), v.Name)
+	if err := p.End(v.Name, "visitor finished"); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 10*time.Second, "the pool refilled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(cloned) == 4 && len(wiped) == 1
+	})
+	f.mu.Lock()
+	f.defineErr = errors.New("qemu exploded")
+	f.mu.Unlock()
+	v, _ = p.Take(anyone)
+	p.End(v.Name, "visitor finished")
+	poll.Until(t, 10*time.Second, "a failed clone counted", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return failed > 0
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, d := range append(cloned, wiped...) {
+		if d <= 0 || d > time.Minute {
+			t.Errorf("measured %v, want a positive duration from this test's run", d)
+		}
+	}
+}

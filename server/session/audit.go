@@ -22,6 +22,11 @@ import (
 // line with their count. The file is rotated, so a flood cannot fill the
 // disk that holds the overlays.
 type Audit struct {
+	// OnRefused, if set before the broker serves, hears every refusal by
+	// what was refused ("kiosk", "legacy", "spice-link", "ads"), for the
+	// metrics; the audit file summarises floods, this counts each one.
+	OnRefused func(what string)
+
 	mu       sync.Mutex
 	w        io.Writer
 	log      *slog.Logger
@@ -155,6 +160,9 @@ func (a *Audit) Fault(addr, kiosk, fault string) {
 // within a minute are counted, and written as one line when the minute is
 // over.
 func (a *Audit) Refused(what, addr, kiosk, reason string) {
+	if a.OnRefused != nil {
+		a.OnRefused(what)
+	}
 	k := refusalKey{what, addr, reason}
 	a.mu.Lock()
 	if c := a.refusals[k]; c != nil {

@@ -18,6 +18,8 @@ func TestRefusalFloodIsSummarised(t *testing.T) {
 	buf := &syncbuf.Buffer{}
 	a := NewAudit(buf, logger())
 	a.window = 100 * time.Millisecond
+	counted := map[string]int{} // what the metrics hear: every refusal
+	a.OnRefused = func(what string) { counted[what]++ }
 	for range 1000 {
 		a.Refused("spice-link", "169.254.24.99", "", "main channel: no live lease for this address")
 	}
@@ -25,6 +27,9 @@ func TestRefusalFloodIsSummarised(t *testing.T) {
 	a.Refused("spice-link", "169.254.24.98", "", "main channel: no live lease for this address")
 	if got := records(buf); len(got) != 3 {
 		t.Fatalf("audit after the flood = %d lines, want 3 (one per kind):\n%s", len(got), buf.Bytes())
+	}
+	if counted["spice-link"] != 1002 {
+		t.Errorf("OnRefused heard %v, want all 1002 refusals", counted)
 	}
 	poll.Until(t, 10*time.Second, "the flood's count", func() bool { return len(records(buf)) == 4 })
 	r := records(buf)[3]

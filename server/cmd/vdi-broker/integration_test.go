@@ -326,6 +326,9 @@ func checkMetrics(t *testing.T, url string) {
 	if n, _ := s.Count("undervdi_handoff_seconds", "protocol=kiosk"); n != 1 {
 		t.Errorf("kiosk handoffs = %d, want the one offer", n)
 	}
+	if n, _ := s.Count("undervdi_clone_seconds"); n != 2 {
+		t.Errorf("clones timed = %d, want 2: the first and the refill", n)
+	}
 }
 
 // auditLines returns the audit log's session lines of lease.
