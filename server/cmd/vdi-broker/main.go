@@ -10,6 +10,7 @@
 //	vdi-broker check  [-config FILE]          validate the config and the golden VM
 //	vdi-broker ca     [-config FILE]          print the site CA kiosks verify the broker with
 //	vdi-broker example-config                 print the documented example config
+//	vdi-broker import-legacy [-o FILE] /etc/vm_manager.conf  a config from the original's
 package main
 
 import (
@@ -51,6 +52,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return versions(args, stdout, stderr)
 	case "example-config":
 		return exampleConfig(stdout)
+	case "import-legacy":
+		return importLegacy(args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -69,4 +72,6 @@ const usage = `usage:
   vdi-broker check  [-config FILE]          validate the config and the golden VM
   vdi-broker ca     [-config FILE]          print the site CA kiosks verify the broker with
   vdi-broker example-config                 print the documented example config
+  vdi-broker import-legacy [-o FILE] /etc/vm_manager.conf
+                                            a config from the original's, with what it could not carry over
 `

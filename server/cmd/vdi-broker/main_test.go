@@ -47,6 +47,46 @@ func TestExampleConfigIsValid(t *testing.T) {
 	}
 }
 
+// TestImportLegacy: the original's vm_manager.conf, as its documentation
+// shows it, becomes a config the broker accepts; what has no successor is
+// said; an existing file is never overwritten.
+func TestImportLegacy(t *testing.T) {
+	dir := t.TempDir()
+	legacy := filepath.Join(dir, "vm_manager.conf")
+	os.WriteFile(legacy, []byte("srv_scripts_dir = /home/admin/scripts_vdi_new\nsrv_pool_size = 4\nsrv_start_port_pool = 5920\n"+
+		"srv_tmp_dir = /tmp/vm_state\nbase_host = win10_2\ninput_iface = lo\nvdi_spice_port = 5906\ncount_conn_tryes = 10\n"), 0o644)
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"import-legacy", legacy}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("import-legacy = %d: %s", code, stderr.String())
+	}
+	c, err := config.Parse(stdout.Bytes())
+	if err != nil {
+		t.Fatalf("the imported config does not parse: %v", err)
+	}
+	if c.Golden != "win10_2" || c.PoolSize != 4 || c.Gateway.Listen != "127.0.0.1:5906" {
+		t.Errorf("imported golden %q, pool %d, gateway %q; want win10_2, 4, lo's 127.0.0.1:5906", c.Golden, c.PoolSize, c.Gateway.Listen)
+	}
+	if !strings.Contains(stderr.String(), "srv_start_port_pool = 5920: not carried over") {
+		t.Errorf("stderr does not say what was left behind: %s", stderr.String())
+	}
+	out := filepath.Join(dir, "vdi-broker.toml")
+	if code := run([]string{"import-legacy", "-o", out, legacy}, &bytes.Buffer{}, &stderr); code != exitOK {
+		t.Fatalf("import-legacy -o = %d: %s", code, stderr.String())
+	}
+	if _, err := config.Load(out); err != nil {
+		t.Errorf("the written config does not load: %v", err)
+	}
+	stderr.Reset()
+	if code := run([]string{"import-legacy", "-o", out, legacy}, &bytes.Buffer{}, &stderr); code != exitSetup || !strings.Contains(stderr.String(), "exists") {
+		t.Errorf("import-legacy over an existing file = %d, %q; want it refused", code, stderr.String())
+	}
+	os.WriteFile(legacy, []byte("srv_pool_size = four\n"), 0o644)
+	stderr.Reset()
+	if code := run([]string{"import-legacy", legacy}, &bytes.Buffer{}, &stderr); code != exitSetup || !strings.Contains(stderr.String(), "not a pool size") {
+		t.Errorf("import-legacy of a bad file = %d, %q", code, stderr.String())
+	}
+}
+
 func TestUnknownCommand(t *testing.T) {
 	var stderr bytes.Buffer
 	if code := run([]string{"frobnicate"}, &bytes.Buffer{}, &stderr); code != exitSetup || !strings.Contains(stderr.String(), "usage") {
