@@ -454,6 +454,17 @@ func TestKiosk(t *testing.T) {
 			ks := r.broker.Sessions.Kiosks()
 			return len(ks) == 1 && ks[0].Fault == ""
 		})
+		// The broker's fleet view has what the kiosk says of itself, and
+		// the out-of-order spell as its latest error.
+		poll.Until(t, 30*time.Second, "the kiosk's heartbeat in the fleet", func() bool {
+			for _, k := range r.broker.Sessions.Fleet() {
+				if k.ID == "k1" && k.Online && k.State == "idle" && k.Screen != "" && k.UptimeSeconds > 0 &&
+					strings.Contains(k.LastError, "logout incomplete") {
+					return true
+				}
+			}
+			return false
+		})
 		poll.Until(t, time.Minute, vm+" destroyed", func() bool {
 			_, err := r.bed.L.DomainLookupByName(vm)
 			return libvirt.IsNotFound(err)

@@ -168,21 +168,41 @@ type Kiosk struct {
 	FaultRetry  time.Duration
 	RebootAfter int
 	Reboot      func(reason string)
+	// ScreenSize is the display's size ("1920x1080"), for heartbeats.
+	ScreenSize string
 
-	state    State
-	down     bool              // the broker link said it is down, and has not come back
-	settings kioskproto.Viewer // the viewer settings the broker's offers carry
-	notice   string
-	viewer   *viewer.Viewer
-	ends     time.Time    // the broker ends the session then, at the latest (zero: no limit)
-	idle     atomic.Int64 // latest idle time, for heartbeats
-	events   chan Event
-	idleTick *time.Ticker
-	timer    *time.Timer
-	failures int    // logouts failed in a row
-	fault    string // why the kiosk is out of order; "": it is not
-	ctx      context.Context
-	onState  func(State) // tests observe transitions
+	state     State
+	down      bool              // the broker link said it is down, and has not come back
+	settings  kioskproto.Viewer // the viewer settings the broker's offers carry
+	notice    string
+	viewer    *viewer.Viewer
+	ends      time.Time            // the broker ends the session then, at the latest (zero: no limit)
+	idle      atomic.Int64         // latest idle time, for heartbeats
+	said      atomic.Pointer[said] // state and lastError, for heartbeats from another goroutine
+	lastError string               // why the kiosk last became unreachable or out of order
+	events    chan Event
+	idleTick  *time.Ticker
+	timer     *time.Timer
+	failures  int    // logouts failed in a row
+	fault     string // why the kiosk is out of order; "": it is not
+	ctx       context.Context
+	onState   func(State) // tests observe transitions
+}
+
+// said is what heartbeats say of the kiosk: its state and the latest
+// thing that went wrong.
+type said struct {
+	state     State
+	lastError string
+}
+
+// Said is the kiosk's state and latest error, as heartbeats report them
+// (safe from any goroutine).
+func (k *Kiosk) Said() (state State, lastError string) {
+	if s := k.said.Load(); s != nil {
+		return s.state, s.lastError
+	}
+	return Starting, ""
 }
 
 // IdleTime is the visitor's latest idle time, as heartbeats report it.
@@ -397,12 +417,16 @@ func seconds(d time.Duration) int { return int((d + time.Second - 1) / time.Seco
 // to moves to state s and runs what entering it does.
 func (k *Kiosk) to(s State, why string) {
 	k.Log.Info("kiosk", "from", k.state, "to", s, "why", why)
+	if s == Unreachable || s == OutOfOrder {
+		k.lastError = why
+	}
 	k.enter(s)
 }
 
 // enter is what the kiosk does on entering a state.
 func (k *Kiosk) enter(s State) {
 	k.state = s
+	k.said.Store(&said{state: s, lastError: k.lastError})
 	if k.timer != nil {
 		k.timer.Stop()
 		k.timer = nil

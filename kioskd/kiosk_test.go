@@ -358,6 +358,10 @@ func TestFailedLogoutOutOfOrder(t *testing.T) {
 	if f := h.b.faultsTold(); len(f) != 1 || !strings.Contains(f[0], "logout incomplete") || !strings.Contains(f[0], "leftover") {
 		t.Errorf("told the broker %q, want the logout's failure", f)
 	}
+	// Heartbeats say it too, from another goroutine than the kiosk's.
+	if state, last := h.k.Said(); state != OutOfOrder || !strings.Contains(last, "leftover") {
+		t.Errorf("Said() = %v, %q; want out-of-order and the logout's failure", state, last)
+	}
 	h.touchTaken()
 	h.expect(OutOfOrder, Idle) // one retry fails, the next completes
 	h.b.mu.Lock()

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"undervdi/kioskd/adsync"
+	"undervdi/kioskd/appliance"
 	"undervdi/kioskd/config"
 	"undervdi/kioskd/logout"
 	"undervdi/kioskd/screen"
@@ -63,12 +64,19 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks Hooks)
 		m := &adsync.Mirror{URL: url, Dir: cfg.AdsDir, Log: log}
 		go m.Run(ctx, cfg.AdsEvery)
 	}
-	var current atomic.Pointer[Kiosk] // for the heartbeats' idle time
+	var current atomic.Pointer[Kiosk] // for what heartbeats say
 	link, err := newLink(cfg, log, func() time.Duration {
 		if k := current.Load(); k != nil {
 			return k.IdleTime()
 		}
 		return 0
+	}, func() kioskproto.Report {
+		r := kioskproto.Report{Uptime: appliance.Uptime(), State: Starting.String()}
+		if k := current.Load(); k != nil {
+			state, lastError := k.Said()
+			r.State, r.LastError, r.Screen = state.String(), lastError, k.ScreenSize
+		}
+		return r
 	})
 	if err != nil {
 		// A kiosk that cannot verify its broker serves nobody: it shows
@@ -162,8 +170,10 @@ func runDisplay(ctx context.Context, cfg *config.Config, log *slog.Logger, link 
 	if limit == 0 {
 		limit = 5 * time.Minute // the broker's welcome may say otherwise
 	}
+	w, h := scr.Size()
 	k := &Kiosk{Display: show, Screen: scr, Broker: link, Session: sess, Log: log,
-		IdleLimit: limit, IdleLimitFixed: cfg.IdleLimit != 0, IdleWarning: cfg.IdleWarning, Reboot: hooks.Reboot}
+		IdleLimit: limit, IdleLimitFixed: cfg.IdleLimit != 0, IdleWarning: cfg.IdleWarning, Reboot: hooks.Reboot,
+		ScreenSize: fmt.Sprintf("%dx%d", w, h)}
 	k.OnState(hooks.OnState)
 	current.Store(k)
 	k.Run(dctx)
@@ -175,12 +185,12 @@ func runDisplay(ctx context.Context, cfg *config.Config, log *slog.Logger, link 
 	}
 }
 
-func newLink(cfg *config.Config, log *slog.Logger, idle func() time.Duration) (Broker, error) {
+func newLink(cfg *config.Config, log *slog.Logger, idle func() time.Duration, report func() kioskproto.Report) (Broker, error) {
 	if cfg.Legacy() {
 		log.Info("no kiosk id and token: speaking the original signal port", "server", cfg.Server, "port", cfg.LegacyPort)
 		return &LegacyLink{Server: cfg.Server, SignalPort: cfg.LegacyPort, SpicePort: cfg.SpicePort, Log: log, Retry: 10 * time.Second}, nil
 	}
-	d := kioskproto.Dialer{Addr: cfg.BrokerAddr(), Idle: idle}
+	d := kioskproto.Dialer{Addr: cfg.BrokerAddr(), Idle: idle, Report: report}
 	link := &ProtocolLink{Dialer: d, ID: cfg.Kiosk, Token: cfg.Token, Software: "kioskd", Log: log, Server: cfg.Server}
 	if !cfg.TLS {
 		log.Warn("the kiosk protocol is in plaintext (tls = false): the token and the session's messages cross the LAN in clear")

@@ -22,6 +22,7 @@ type Client struct {
 	welcome Welcome
 	idle    func() time.Duration
 	fault   func() string
+	report  func() Report
 	msgs    chan *Message
 	closed  chan struct{}
 	once    sync.Once
@@ -42,6 +43,18 @@ type Dialer struct {
 	// Fault returns why the kiosk is out of order ("" when it is not); it
 	// goes into every heartbeat. Nil reports "".
 	Fault func() string
+	// Report is the rest of what the kiosk says of itself in every
+	// heartbeat, for the broker's fleet view; nil says nothing.
+	Report func() Report
+}
+
+// Report is what a kiosk tells the broker about itself besides idle time
+// and fault.
+type Report struct {
+	State     string        // kioskd's state
+	Uptime    time.Duration // since the kiosk machine booted
+	Screen    string        // the display's size, "1920x1080"
+	LastError string        // the latest thing that went wrong; "" if nothing did
 }
 
 // Dial connects, says hello, and waits for the welcome.
@@ -92,7 +105,7 @@ func (d Dialer) Dial(ctx context.Context, id, token, software string) (*Client, 
 	if fault == nil {
 		fault = func() string { return "" }
 	}
-	c := &Client{conn: conn, r: r, welcome: *m.Welcome, idle: idle, fault: fault, msgs: make(chan *Message, 16), closed: make(chan struct{})}
+	c := &Client{conn: conn, r: r, welcome: *m.Welcome, idle: idle, fault: fault, report: d.Report, msgs: make(chan *Message, 16), closed: make(chan struct{})}
 	go c.readLoop()
 	go c.heartbeatLoop()
 	return c, nil
@@ -120,7 +133,15 @@ func (c *Client) End(reason string) error { return c.send(NewEnd(reason)) }
 
 // Beat sends a heartbeat now (heartbeats go out on their own too): the
 // kiosk calls it when its fault changes, so the broker hears at once.
-func (c *Client) Beat() error { return c.send(NewHeartbeat(c.idle(), c.fault())) }
+func (c *Client) Beat() error {
+	m := NewHeartbeat(c.idle(), c.fault())
+	if c.report != nil {
+		r := c.report()
+		h := m.Heartbeat
+		h.State, h.UptimeSeconds, h.Screen, h.LastError = short(r.State), int(r.Uptime/time.Second), short(r.Screen), Clip(r.LastError)
+	}
+	return c.send(m)
+}
 
 // Close ends the connection; the broker ends the kiosk's session.
 func (c *Client) Close() error {
@@ -192,4 +213,12 @@ func (c *Client) fail(err error) {
 		close(c.closed)
 		c.conn.Close()
 	})
+}
+
+// short cuts s to an id-sized field.
+func short(s string) string {
+	if len(s) > maxID {
+		return s[:maxID]
+	}
+	return s
 }

@@ -29,7 +29,7 @@ func fakeBroker(t *testing.T, serve func(net.Conn)) string {
 }
 
 func TestClientHeartbeatsAndOffers(t *testing.T) {
-	beats := make(chan int, 8)
+	beats := make(chan *Heartbeat, 8)
 	addr := fakeBroker(t, func(c net.Conn) {
 		if m, err := ReadMessage(c); err != nil || m.Type != THello || m.Hello.Kiosk != "k1" || m.Hello.Token != "tok" {
 			t.Errorf("hello = %+v, %v", m, err)
@@ -43,14 +43,17 @@ func TestClientHeartbeatsAndOffers(t *testing.T) {
 			}
 			switch m.Type {
 			case THeartbeat:
-				beats <- m.Heartbeat.IdleSeconds
+				beats <- m.Heartbeat
 				WriteMessage(c, NewHeartbeat(0, ""))
 			case TRequest:
 				WriteMessage(c, NewOffer(Offer{Lease: "l", Host: "h", Port: 1, Ticket: "t", Expires: time.Now().Add(time.Minute)}))
 			}
 		}
 	})
-	c, err := Dialer{Addr: addr, Idle: func() time.Duration { return 42 * time.Second }}.Dial(context.Background(), "k1", "tok", "test")
+	c, err := Dialer{Addr: addr, Idle: func() time.Duration { return 42 * time.Second },
+		Report: func() Report {
+			return Report{State: "idle", Uptime: 3*time.Hour + 500*time.Millisecond, Screen: "1280x800", LastError: strings.Repeat("e", 2*MaxText)}
+		}}.Dial(context.Background(), "k1", "tok", "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,9 +66,10 @@ func TestClientHeartbeatsAndOffers(t *testing.T) {
 		t.Errorf("after Request: %+v, want an offer (heartbeats are not delivered)", m)
 	}
 	select {
-	case idle := <-beats:
-		if idle != 42 {
-			t.Errorf("heartbeat idle = %d, want 42", idle)
+	case h := <-beats:
+		if h.IdleSeconds != 42 || h.State != "idle" || h.UptimeSeconds != 3*3600 || h.Screen != "1280x800" || len(h.LastError) > MaxText {
+			t.Errorf("heartbeat = idle %d, state %q, uptime %d, last error of %d bytes; want 42, idle, 10800, clipped",
+				h.IdleSeconds, h.State, h.UptimeSeconds, len(h.LastError))
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no heartbeat")

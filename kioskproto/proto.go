@@ -129,6 +129,11 @@ type Viewer struct {
 type Heartbeat struct {
 	IdleSeconds int    `json:"idle_seconds,omitempty"`
 	Fault       string `json:"fault,omitempty"`
+	// What the kiosk says of itself, for the broker's view of the fleet.
+	State         string `json:"state,omitempty"` // kioskd's state: "idle", "in-session", "out-of-order", ...
+	UptimeSeconds int    `json:"uptime_seconds,omitempty"`
+	Screen        string `json:"screen,omitempty"`     // the display's size, "1920x1080"
+	LastError     string `json:"last_error,omitempty"` // the latest thing that went wrong on the kiosk
 }
 
 // End closes a session, in either direction, with a reason for the log.
@@ -288,6 +293,10 @@ func (m *Message) Validate() error {
 	case THeartbeat:
 		num("idle_seconds", m.Heartbeat.IdleSeconds, 1<<30)
 		text("fault", m.Heartbeat.Fault, MaxText, false)
+		text("state", m.Heartbeat.State, maxID, false)
+		text("screen", m.Heartbeat.Screen, maxID, false)
+		num("uptime_seconds", m.Heartbeat.UptimeSeconds, 1<<40)
+		text("last_error", m.Heartbeat.LastError, MaxText, false)
 	case TEnd:
 		text("reason", m.End.Reason, MaxText, false)
 	case TError:

@@ -26,7 +26,7 @@ type Status struct {
 	Libvirt  string                `json:"libvirt"`
 	Pool     pool.Status           `json:"pool"`
 	Sessions []session.LeaseStatus `json:"sessions"`
-	Kiosks   []session.KioskStatus `json:"kiosks"`   // connected kiosks (protocol ones)
+	Kiosks   []session.KioskStatus `json:"kiosks"`   // the fleet: every known kiosk, online or not
 	Handoffs session.Handoffs      `json:"handoffs"` // request to offer, latest 1000
 }
 
@@ -41,7 +41,7 @@ func (b *Broker) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(Status{Libvirt: b.Host.URI(), Pool: b.Pool.Status(), Sessions: b.Sessions.Leases(),
-			Kiosks: b.Sessions.Kiosks(), Handoffs: b.Sessions.Handoffs()})
+			Kiosks: b.Sessions.Fleet(), Handoffs: b.Sessions.Handoffs()})
 	})
 	mux.HandleFunc("POST /v1/vms/{name}/end", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
@@ -202,9 +202,12 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 			fmt.Fprintf(w, "%s: %s\n", note.label, note.text)
 		}
 	}
-	faulty := 0
+	faulty, online := 0, 0
 	for _, k := range s.Kiosks {
-		if k.Fault != "" {
+		if k.Online {
+			online++
+		}
+		if k.Online && k.Fault != "" {
 			faulty++
 			since := ""
 			if k.FaultSince != nil {
@@ -214,11 +217,19 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 		}
 	}
 	if len(s.Kiosks) > 0 {
-		fmt.Fprintf(w, "kiosks connected %d   out of order %d\n", len(s.Kiosks), faulty)
+		fmt.Fprintf(w, "kiosks connected %d   out of order %d", online, faulty)
+		if off := len(s.Kiosks) - online; off > 0 {
+			fmt.Fprintf(w, "   offline %d", off)
+		}
+		fmt.Fprintln(w)
 	}
 	if len(p.Versions) > 0 {
 		fmt.Fprintln(w)
 		WriteVersions(w, p.Versions, now)
+	}
+	if len(s.Kiosks) > 0 {
+		fmt.Fprintln(w)
+		writeFleet(w, s.Kiosks, now)
 	}
 	if len(p.VMs) == 0 {
 		return
@@ -268,6 +279,39 @@ func WriteVersions(w io.Writer, vs []pool.VersionStatus, now time.Time) {
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\n", v.Version, v.Golden, now.Sub(v.Published).Round(time.Second),
 			humanize.IBytes(v.Size), v.Clones, note)
+	}
+	tw.Flush()
+}
+
+// writeFleet is the kiosks' table: each known kiosk, online or since when
+// not, and what it last said of itself.
+func writeFleet(w io.Writer, kiosks []session.KioskStatus, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KIOSK\tADDRESS\tSEEN\tSTATE\tUPTIME\tSCREEN\tSOFTWARE\tLAST ERROR")
+	dash := func(s string) string {
+		if s == "" {
+			return "-"
+		}
+		return s
+	}
+	for _, k := range kiosks {
+		seen := "never"
+		switch {
+		case k.Online:
+			seen = "online"
+		case !k.LastSeen.IsZero():
+			seen = "offline for " + now.Sub(k.LastSeen).Round(time.Second).String()
+		}
+		state := k.State
+		if k.Online && k.Fault != "" {
+			state = "out of order"
+		}
+		uptime := ""
+		if k.UptimeSeconds > 0 {
+			uptime = (time.Duration(k.UptimeSeconds) * time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, dash(k.Addr), seen, dash(state), dash(uptime), dash(k.Screen),
+			dash(k.Software), dash(k.LastError))
 	}
 	tw.Flush()
 }

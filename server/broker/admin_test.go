@@ -12,14 +12,17 @@ func TestStatusTableShowsOutOfOrderKiosks(t *testing.T) {
 	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	since := now.Add(-130 * time.Second)
 	s := &Status{Kiosks: []session.KioskStatus{
-		{ID: "lobby-1", Addr: "169.254.24.11", Connected: now.Add(-time.Hour)},
-		{ID: "lobby-3", Addr: "169.254.24.13", Connected: now.Add(-time.Hour), Fault: "logout incomplete: wipe: still holds [\"x\"]", FaultSince: &since},
+		{ID: "lobby-1", Addr: "169.254.24.11", Connected: now.Add(-time.Hour), Online: true, State: "idle", UptimeSeconds: 7200,
+			Screen: "1920x1080", Software: "kioskd"},
+		{ID: "lobby-2", Addr: "169.254.24.12", LastSeen: now.Add(-5 * time.Minute), State: "idle", LastError: "lost the broker"},
+		{ID: "lobby-3", Addr: "169.254.24.13", Connected: now.Add(-time.Hour), Online: true, Fault: "logout incomplete: wipe: still holds [\"x\"]", FaultSince: &since},
+		{ID: "lobby-4"},
 	}}
 	var b strings.Builder
 	s.WriteTable(&b, now)
 	for _, want := range []string{
 		`OUT OF ORDER: kiosk lobby-3 (169.254.24.13) for 2m10s: logout incomplete: wipe: still holds ["x"]`,
-		"kiosks connected 2   out of order 1",
+		"kiosks connected 2   out of order 1   offline 2",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("status table:\n%s\nwant a line %q", b.String(), want)
@@ -27,5 +30,29 @@ func TestStatusTableShowsOutOfOrderKiosks(t *testing.T) {
 	}
 	if strings.Contains(b.String(), "kiosk lobby-1 (") {
 		t.Errorf("status table lists an in-order kiosk as out of order:\n%s", b.String())
+	}
+	// The fleet table: each kiosk's line, online or since when not.
+	for _, want := range [][]string{
+		{"lobby-1", "169.254.24.11", "online", "idle", "2h0m0s", "1920x1080", "kioskd"},
+		{"lobby-2", "offline for 5m0s", "lost the broker"},
+		{"lobby-3", "online", "out of order"},
+		{"lobby-4", "-", "never"},
+	} {
+		found := false
+		for _, line := range strings.Split(b.String(), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || f[0] != want[0] {
+				continue
+			}
+			found = true
+			for _, w := range want[1:] {
+				if !strings.Contains(line, w) {
+					t.Errorf("fleet line %q lacks %q", line, w)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("status table has no line for kiosk %s:\n%s", want[0], b.String())
+		}
 	}
 }

@@ -26,7 +26,7 @@ import (
 // Source is where a scrape reads the broker's state.
 type Source struct {
 	Pool   func() pool.Status
-	Kiosks func() []session.KioskStatus
+	Kiosks func() []session.KioskStatus // the fleet: online or not
 	Leases func() []session.LeaseStatus
 	Queue  func() int // requests waiting for a VM
 }
@@ -161,6 +161,8 @@ var (
 		"While a version is being published: the share of its disks copied so far.", nil, nil)
 	descKiosks = prometheus.NewDesc("undervdi_kiosks_connected",
 		"Kiosks connected on the kiosk protocol.", nil, nil)
+	descOffline = prometheus.NewDesc("undervdi_kiosks_offline",
+		"Kiosks the broker knows (configured by id, or seen since it started) that are not connected.", nil, nil)
 	descOutOfOrder = prometheus.NewDesc("undervdi_kiosks_out_of_order",
 		"Connected kiosks that say they are out of order (a logout they could not complete).", nil, nil)
 	descSessions = prometheus.NewDesc("undervdi_sessions",
@@ -171,7 +173,7 @@ var (
 
 func (snapshot) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVMs, descSize, descMax, descDegraded, descPaused, descFailures, descLibvirt,
-		descVersion, descClones, descPublish, descKiosks, descOutOfOrder, descSessions, descQueue} {
+		descVersion, descClones, descPublish, descKiosks, descOffline, descOutOfOrder, descSessions, descQueue} {
 		ch <- d
 	}
 }
@@ -199,14 +201,20 @@ func (s snapshot) Collect(ch chan<- prometheus.Metric) {
 	if j := p.Publish; j != nil && j.Finished == nil && j.Total > 0 {
 		gauge(descPublish, float64(j.Written)/float64(j.Total))
 	}
-	kiosks, out := 0, 0
+	kiosks, offline, out := 0, 0, 0
 	for _, k := range s.src.Kiosks() {
-		kiosks++
-		if k.Fault != "" {
+		switch {
+		case !k.Online:
+			offline++
+		case k.Fault != "":
+			kiosks++
 			out++
+		default:
+			kiosks++
 		}
 	}
 	gauge(descKiosks, float64(kiosks))
+	gauge(descOffline, float64(offline))
 	gauge(descOutOfOrder, float64(out))
 	linked, waiting := 0, 0
 	for _, l := range s.src.Leases() {

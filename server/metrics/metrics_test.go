@@ -61,7 +61,8 @@ func TestScrapeReadsTheBrokersState(t *testing.T) {
 	m.Watch(Source{
 		Pool: func() pool.Status { return st },
 		Kiosks: func() []session.KioskStatus {
-			return []session.KioskStatus{{ID: "a"}, {ID: "b", Fault: "logout incomplete"}, {ID: "c"}}
+			return []session.KioskStatus{{ID: "a", Online: true}, {ID: "b", Online: true, Fault: "logout incomplete"}, {ID: "c", Online: true},
+				{ID: "d"}, {ID: "e", Fault: "an offline kiosk's last word"}}
 		},
 		Leases: func() []session.LeaseStatus {
 			return []session.LeaseStatus{{ID: "l1", Linked: &now}, {ID: "l2"}}
@@ -84,6 +85,7 @@ func TestScrapeReadsTheBrokersState(t *testing.T) {
 		{name: "undervdi_publish_progress_ratio", value: 0.25},
 		{name: "undervdi_kiosks_connected", value: 3},
 		{name: "undervdi_kiosks_out_of_order", value: 1},
+		{name: "undervdi_kiosks_offline", value: 2},
 		{name: "undervdi_sessions", labels: []string{"linked=true"}, value: 1},
 		{name: "undervdi_sessions", labels: []string{"linked=false"}, value: 1},
 		{name: "undervdi_queue_length", value: 4},

@@ -39,10 +39,13 @@ type kioskConn struct {
 	closed chan struct{}
 	once   sync.Once
 
+	software string // what its hello said
+
 	mu         sync.Mutex
-	req        *request  // the current request or session, if any
-	fault      string    // why the kiosk says it is out of order; "": in order
-	faultSince time.Time // when it first said so
+	req        *request             // the current request or session, if any
+	fault      string               // why the kiosk says it is out of order; "": in order
+	faultSince time.Time            // when it first said so
+	report     kioskproto.Heartbeat // its latest heartbeat: state, uptime, last error
 }
 
 // KioskPort is the kiosk protocol's port: at most max_conns_per_addr
@@ -91,7 +94,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 		host = accept.LocalAddr(c).String()
 	}
 	k := &kioskConn{m: m, c: c, r: r, id: h.Kiosk, addr: addr, host: host, group: group, since: time.Now(),
-		out: make(chan outMsg, 32), closed: make(chan struct{})}
+		software: h.Software, out: make(chan outMsg, 32), closed: make(chan struct{})}
 	k.heard()
 	if err := m.admitConn(k); err != nil {
 		m.audit.Refused("kiosk", addr.String(), h.Kiosk, err.Error())
@@ -141,6 +144,7 @@ func (k *kioskConn) readLoop(ctx context.Context) string {
 			k.setFault(msg.Heartbeat.Fault)
 			k.mu.Lock()
 			r := k.req
+			k.report = *msg.Heartbeat
 			k.mu.Unlock()
 			if r != nil {
 				k.m.heartbeat(k.m.leaseOf(r), time.Duration(msg.Heartbeat.IdleSeconds)*time.Second)
@@ -344,11 +348,46 @@ func (m *Manager) admitConn(k *kioskConn) error {
 	return nil
 }
 
+// maxOffline bounds the kiosks the fleet remembers gone (a group's token
+// could otherwise make it remember any number of ids).
+const maxOffline = 4096
+
+// rememberOffline keeps s in the fleet, offline, forgetting the kiosk
+// heard from longest ago if there are too many; m.mu is held.
+func (m *Manager) rememberOffline(s KioskStatus) {
+	if _, ok := m.offline[s.ID]; !ok && len(m.offline) >= maxOffline {
+		oldest := ""
+		for id, o := range m.offline {
+			if oldest == "" || o.LastSeen.Before(m.offline[oldest].LastSeen) {
+				oldest = id
+			}
+		}
+		delete(m.offline, oldest)
+	}
+	m.offline[s.ID] = s
+}
+
+// status is the kiosk as the fleet view shows it.
+func (k *kioskConn) status() KioskStatus {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	s := KioskStatus{ID: k.id, Addr: k.addr.String(), Connected: k.since, Fault: k.fault, Session: k.req != nil,
+		Online: true, LastSeen: time.Unix(0, k.last.Load()), Software: k.software, Screen: k.report.Screen,
+		State: k.report.State, UptimeSeconds: k.report.UptimeSeconds, LastError: k.report.LastError}
+	if k.fault != "" {
+		s.FaultSince = timePtr(k.faultSince)
+	}
+	return s
+}
+
 func (m *Manager) dropConn(k *kioskConn) {
+	s := k.status()
+	s.Online, s.Session = false, false
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.conns[k.id] == k { // a newer connection may have replaced it
 		delete(m.conns, k.id)
+		m.rememberOffline(s)
 		if m.groups[k.group.ID]--; m.groups[k.group.ID] <= 0 {
 			delete(m.groups, k.group.ID)
 		}

@@ -92,6 +92,15 @@ func (r *Registry) Legacy(addr netip.Addr) (string, bool) {
 	return "", false
 }
 
+// IDs are the kiosks configured by exact id (not groups, not legacy ones).
+func (r *Registry) IDs() []string {
+	ids := make([]string, 0, len(r.exact))
+	for id := range r.exact {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 // Known reports whether addr is within any kiosk's address range (for the
 // ads, which are not secret but not for anyone else either).
 func (r *Registry) Known(addr netip.Addr) bool {

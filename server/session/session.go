@@ -102,6 +102,7 @@ type Manager struct {
 	byVM    map[string]*Lease
 	pending map[string]*AuditRecord // used VMs being wiped, by VM name
 	conns   map[string]*kioskConn   // by kiosk id
+	offline map[string]KioskStatus  // kiosks seen since the start and gone, by id: the fleet
 	groups  map[string]int          // kiosks connected per registry entry
 
 	handoffs handoffStats
@@ -116,6 +117,7 @@ func New(cfg Config, p Pool, reg *Registry, audit *Audit, log *slog.Logger) *Man
 		byVM:    map[string]*Lease{},
 		pending: map[string]*AuditRecord{},
 		conns:   map[string]*kioskConn{},
+		offline: map[string]KioskStatus{},
 		groups:  map[string]int{},
 	}
 	return m
@@ -483,13 +485,35 @@ func (m *Manager) Kiosks() []KioskStatus {
 	m.mu.Unlock()
 	out := make([]KioskStatus, 0, len(conns))
 	for _, k := range conns {
-		k.mu.Lock()
-		s := KioskStatus{ID: k.id, Addr: k.addr.String(), Connected: k.since, Fault: k.fault, Session: k.req != nil}
-		if k.fault != "" {
-			s.FaultSince = timePtr(k.faultSince)
+		out = append(out, k.status())
+	}
+	slices.SortFunc(out, func(a, b KioskStatus) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Fleet is every kiosk the broker knows: those connected, those seen since
+// the broker started and gone (offline, with when they were last heard),
+// and those configured by id and never seen (offline). Group members are
+// known once seen.
+func (m *Manager) Fleet() []KioskStatus {
+	online := m.Kiosks()
+	m.mu.Lock()
+	out := online
+	seen := map[string]bool{}
+	for _, s := range online {
+		seen[s.ID] = true
+	}
+	for id, s := range m.offline {
+		if !seen[id] {
+			out = append(out, s)
+			seen[id] = true
 		}
-		k.mu.Unlock()
-		out = append(out, s)
+	}
+	m.mu.Unlock()
+	for _, id := range m.registry.IDs() {
+		if !seen[id] {
+			out = append(out, KioskStatus{ID: id})
+		}
 	}
 	slices.SortFunc(out, func(a, b KioskStatus) int { return cmp.Compare(a.ID, b.ID) })
 	return out
@@ -505,6 +529,14 @@ type KioskStatus struct {
 	// not complete. It serves nobody until it says it is in order again.
 	Fault      string     `json:"fault,omitempty"`
 	FaultSince *time.Time `json:"fault_since,omitempty"`
+	// What the kiosk says of itself (its hello and latest heartbeat).
+	Online        bool      `json:"online"`
+	LastSeen      time.Time `json:"last_seen,omitzero"` // its latest message
+	Software      string    `json:"software,omitempty"`
+	Screen        string    `json:"screen,omitempty"`
+	State         string    `json:"state,omitempty"`
+	UptimeSeconds int       `json:"uptime_seconds,omitempty"`
+	LastError     string    `json:"last_error,omitempty"`
 }
 
 // LeaseStatus is one lease in the broker's status; it carries no ticket.

@@ -789,3 +789,54 @@ func TestPlaintextRefusedWhereTLS(t *testing.T) {
 		t.Errorf("the same link over TLS = %v", err)
 	}
 }
+
+// TestFleet: the broker keeps every kiosk it knows, with what each says of
+// itself: connected ones with their latest heartbeat, gone ones offline
+// with when they were last heard, configured ones never seen.
+func TestFleet(t *testing.T) {
+	h := newHarness(t, 0, testConfig())
+	k := h.dial("127.0.0.1")
+	k.send(kioskproto.NewHello("k1", token, "kioskd test"))
+	if m := k.next(); m == nil || m.Type != kioskproto.TWelcome {
+		t.Fatalf("hello answered %+v", m)
+	}
+	beat := kioskproto.NewHeartbeat(0, "")
+	beat.Heartbeat.State, beat.Heartbeat.UptimeSeconds, beat.Heartbeat.LastError = "idle", 3600, "lost the broker: EOF"
+	beat.Heartbeat.Screen = "1280x800"
+	k.send(beat)
+	find := func(id string) (KioskStatus, bool) {
+		for _, s := range h.m.Fleet() {
+			if s.ID == id {
+				return s, true
+			}
+		}
+		return KioskStatus{}, false
+	}
+	poll.Until(t, 10*time.Second, "k1's heartbeat in the fleet", func() bool {
+		s, _ := find("k1")
+		return s.State == "idle"
+	})
+	s, _ := find("k1")
+	if !s.Online || s.Screen != "1280x800" || s.Software != "kioskd test" || s.UptimeSeconds != 3600 ||
+		s.LastError != "lost the broker: EOF" || s.Addr != "127.0.0.1" || s.LastSeen.IsZero() {
+		t.Errorf("k1 in the fleet = %+v", s)
+	}
+	if far, ok := find("far"); !ok || far.Online || !far.LastSeen.IsZero() {
+		t.Errorf("a configured kiosk never seen = %+v, %v; want it listed offline, never seen", far, ok)
+	}
+	if _, ok := find("pool-*"); ok {
+		t.Error("a group entry is listed as a kiosk")
+	}
+	k.c.Close()
+	poll.Until(t, 10*time.Second, "k1 offline", func() bool {
+		s, _ := find("k1")
+		return !s.Online
+	})
+	s, _ = find("k1")
+	if s.LastSeen.IsZero() || s.State != "idle" || s.Session {
+		t.Errorf("k1 gone = %+v, want offline with its last heartbeat and when it was heard", s)
+	}
+	if len(h.m.Kiosks()) != 0 {
+		t.Errorf("Kiosks() = %+v, want no connected kiosk", h.m.Kiosks())
+	}
+}
