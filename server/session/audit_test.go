@@ -49,7 +49,16 @@ func TestRefusalFloodIsSummarised(t *testing.T) {
 // TestAuditRotates: the audit file is rotated at its size, so a flood
 // cannot fill the disk.
 func TestAuditRotates(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "sessions.jsonl")
+	dir, err := os.MkdirTemp("", "audit-rotates-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// lumberjack compresses rotated files in the background, after the
+	// test is done with them: remove the directory once it has finished.
+	t.Cleanup(func() {
+		poll.Until(t, 30*time.Second, "the rotated files' compression to finish", func() bool { return os.RemoveAll(dir) == nil })
+	})
+	path := filepath.Join(dir, "sessions.jsonl")
 	a, err := OpenAudit(path, 1<<20, 2, logger())
 	if err != nil {
 		t.Fatal(err)
