@@ -126,14 +126,14 @@ func errorText(e *kioskproto.Error) string {
 }
 
 // Request implements Broker.
-func (b *ProtocolLink) Request() error {
+func (b *ProtocolLink) Request(touched time.Time) error {
 	b.mu.Lock()
 	c := b.client
 	b.mu.Unlock()
 	if c == nil {
 		return errors.New("not connected to the broker")
 	}
-	return c.Request()
+	return c.Request(touched)
 }
 
 // End implements Broker.
@@ -193,7 +193,7 @@ func (b *LegacyLink) Run(ctx context.Context, events chan<- Event) {
 }
 
 // Request implements Broker.
-func (b *LegacyLink) Request() error {
+func (b *LegacyLink) Request(time.Time) error {
 	addr := net.JoinHostPort(b.Server, strconv.Itoa(b.SignalPort))
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {

@@ -73,8 +73,9 @@ type Screen interface {
 type Broker interface {
 	// Run keeps the link up, delivering events until ctx ends.
 	Run(ctx context.Context, events chan<- Event)
-	// Request asks for a session; the answer comes as events.
-	Request() error
+	// Request asks for a session for the visitor's touch at touched; the
+	// answer comes as events.
+	Request(touched time.Time) error
 	// End ends the session (or a request) with a reason.
 	End(reason string)
 	// Fault tells the broker this kiosk is out of order, and why; ""
@@ -123,7 +124,7 @@ type (
 )
 
 type (
-	touch        struct{}
+	touch        struct{ at time.Time }
 	viewerMapped struct{}
 	viewerExited struct {
 		v   *viewer.Viewer
@@ -180,6 +181,7 @@ type Kiosk struct {
 	idle      atomic.Int64         // latest idle time, for heartbeats
 	said      atomic.Pointer[said] // state and lastError, for heartbeats from another goroutine
 	lastError string               // why the kiosk last became unreachable or out of order
+	touched   time.Time            // the touch the current request answers
 	events    chan Event
 	idleTick  *time.Ticker
 	timer     *time.Timer
@@ -239,7 +241,7 @@ func (k *Kiosk) Run(ctx context.Context) error {
 			}
 			return ctx.Err()
 		case <-k.Display.Touches():
-			k.handle(touch{})
+			k.handle(touch{at: time.Now()})
 		case <-k.Screen.Mapped():
 			k.handle(viewerMapped{})
 		case ev := <-k.events:
@@ -288,6 +290,7 @@ func (k *Kiosk) handle(ev Event) {
 	case touch:
 		switch k.state {
 		case Idle:
+			k.touched = e.at
 			k.to(Requesting, "touch")
 		case Unreachable:
 			// Nothing to ask yet; the notice stays until the broker is back.
@@ -450,7 +453,7 @@ func (k *Kiosk) enter(s State) {
 		k.Display.SetVisible(true)
 	case Requesting:
 		k.Display.SetText(TextPreparing)
-		if err := k.Broker.Request(); err != nil {
+		if err := k.Broker.Request(k.touched); err != nil {
 			k.notice = TextUnavailable
 			k.to(Unreachable, "cannot ask the broker: "+err.Error())
 		}

@@ -56,6 +56,7 @@ type fakeBroker struct {
 	ready    chan struct{}
 	mu       sync.Mutex
 	requests int
+	touched  time.Time // the touch the latest request said it answers
 	ends     []string
 	faults   []string
 }
@@ -65,7 +66,13 @@ func (b *fakeBroker) Run(ctx context.Context, events chan<- Event) {
 	close(b.ready)
 	events <- BrokerUp{}
 }
-func (b *fakeBroker) Request() error { b.mu.Lock(); b.requests++; b.mu.Unlock(); return nil }
+func (b *fakeBroker) Request(touched time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.touched = touched
+	b.requests++
+	return nil
+}
 func (b *fakeBroker) End(reason string) {
 	b.mu.Lock()
 	b.ends = append(b.ends, reason)
@@ -204,8 +211,15 @@ var offer = kioskproto.Offer{Lease: "l", Host: "h", Port: 1, Ticket: "t", Expire
 
 func (h *harness) startSession() {
 	h.t.Helper()
+	before := time.Now()
 	h.touch()
 	h.expect(Requesting)
+	h.b.mu.Lock()
+	touched := h.b.touched
+	h.b.mu.Unlock()
+	if touched.Before(before) || time.Since(touched) > time.Minute {
+		h.t.Errorf("the request says the touch was at %v, want the touch's time (after %v)", touched, before)
+	}
 	h.event(Status{Ahead: 2})
 	h.expect(Waiting)
 	if text, _, _ := h.d.get(); text != "Preparing your workstation… (2 ahead of you)" {

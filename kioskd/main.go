@@ -230,9 +230,9 @@ func (d deadLink) Run(ctx context.Context, events chan<- Event) {
 	<-ctx.Done()
 }
 
-func (d deadLink) Request() error { return d.err }
-func (deadLink) End(string)       {}
-func (deadLink) Fault(string)     {}
+func (d deadLink) Request(time.Time) error { return d.err }
+func (deadLink) End(string)                {}
+func (deadLink) Fault(string)              {}
 
 // sessionUser resolves the session user: a name or a numeric uid. Visitors
 // never run as root; "" is kioskd's own user, allowed only when kioskd is

@@ -125,8 +125,14 @@ func (c *Client) Err() error {
 	return c.err
 }
 
-// Request asks for a session.
-func (c *Client) Request() error { return c.send(NewRequest()) }
+// Request asks for a session for the touch at touched (zero: now).
+func (c *Client) Request(touched time.Time) error {
+	m := NewRequest()
+	if !touched.IsZero() {
+		m.Request.TouchAgoMS = int(min(max(time.Since(touched), 0), time.Hour) / time.Millisecond)
+	}
+	return c.send(m)
+}
 
 // End ends the current session (or request) with a reason.
 func (c *Client) End(reason string) error { return c.send(NewEnd(reason)) }

@@ -61,7 +61,7 @@ func TestClientHeartbeatsAndOffers(t *testing.T) {
 	if c.Welcome().IdleLimitSeconds != 60 {
 		t.Errorf("Welcome() = %+v", c.Welcome())
 	}
-	c.Request()
+	c.Request(time.Time{})
 	if m := <-c.Messages(); m == nil || m.Type != TOffer {
 		t.Errorf("after Request: %+v, want an offer (heartbeats are not delivered)", m)
 	}

@@ -78,7 +78,11 @@ type Welcome struct {
 }
 
 // Request asks for a session: a VM for the visitor at the kiosk.
-type Request struct{}
+type Request struct {
+	// TouchAgoMS is how long ago the touch this request answers was, for
+	// the broker's touch-to-link figure (0: just now).
+	TouchAgoMS int `json:"touch_ago_ms,omitempty"`
+}
 
 // Status reports progress while a request waits.
 type Status struct {
@@ -290,6 +294,8 @@ func (m *Message) Validate() error {
 		if o.Port == 0 || o.Expires.IsZero() {
 			errs = append(errs, errors.New("port and expires are required"))
 		}
+	case TRequest:
+		num("touch_ago_ms", m.Request.TouchAgoMS, 3600*1000)
 	case THeartbeat:
 		num("idle_seconds", m.Heartbeat.IdleSeconds, 1<<30)
 		text("fault", m.Heartbeat.Fault, MaxText, false)

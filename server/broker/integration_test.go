@@ -118,7 +118,7 @@ func (k *kiosk) next(d time.Duration) *kioskproto.Message {
 
 func (k *kiosk) request() *kioskproto.Offer {
 	k.t.Helper()
-	k.c.Request()
+	k.c.Request(time.Time{})
 	for {
 		m := k.next(2 * time.Minute)
 		if m == nil {
@@ -337,7 +337,7 @@ func TestRealSessions(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				k.c.Request()
+				k.c.Request(time.Time{})
 				for m := k.next(time.Minute); m != nil; m = k.next(time.Minute) {
 					switch m.Type {
 					case kioskproto.TOffer:

@@ -185,7 +185,7 @@ func (h *harness) offer() (string, *kioskproto.Client) {
 		h.t.Fatal(err)
 	}
 	h.t.Cleanup(func() { c.Close() })
-	c.Request()
+	c.Request(time.Time{})
 	for m := range c.Messages() {
 		if m.Type == kioskproto.TOffer {
 			return m.Offer.Ticket, c

@@ -35,6 +35,7 @@ type Source struct {
 type Metrics struct {
 	reg         *prometheus.Registry
 	handoff     *prometheus.HistogramVec
+	touch       *prometheus.HistogramVec
 	ended       *prometheus.CounterVec
 	clone       prometheus.Histogram
 	cloneFailed prometheus.Counter
@@ -59,6 +60,12 @@ func New() *Metrics {
 			Help: "Sessions ended; used: the VM was linked (and is destroyed), or not (offered and never used).",
 		}, []string{"used"}),
 	}
+	m.touch = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "undervdi_touch_to_link_seconds",
+		Help: "Time from a visitor's touch, as the kiosk reports it (a legacy kiosk: its connection to the signal port), to the session's first SPICE link.",
+		// The viewer starts and links in a second or two; waiting for a clone to boot takes longer.
+		Buckets: []float64{.25, .5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300},
+	}, []string{"protocol"})
 	m.clone = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "undervdi_clone_seconds",
 		Help: "Time from a clone's creation to clean (booted, its guest agent and display checked): how fast the pool refills.",
@@ -83,11 +90,12 @@ func New() *Metrics {
 	}
 	for _, p := range []string{"kiosk", "legacy"} {
 		m.handoff.WithLabelValues(p) // present from the start, at zero
+		m.touch.WithLabelValues(p)
 	}
 	for _, u := range []string{"true", "false"} {
 		m.ended.WithLabelValues(u)
 	}
-	m.reg.MustRegister(m.handoff, m.ended, m.clone, m.cloneFailed, m.wipe, m.refused,
+	m.reg.MustRegister(m.handoff, m.touch, m.ended, m.clone, m.cloneFailed, m.wipe, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -98,13 +106,8 @@ func (m *Metrics) Watch(src Source) { m.reg.MustRegister(snapshot{src}) }
 // Hooks are the session manager's measurements, fed to m.
 func (m *Metrics) Hooks() session.Metrics {
 	return session.Metrics{
-		Handoff: func(d time.Duration, legacy bool) {
-			p := "kiosk"
-			if legacy {
-				p = "legacy"
-			}
-			m.handoff.WithLabelValues(p).Observe(d.Seconds())
-		},
+		Handoff:     func(d time.Duration, legacy bool) { m.handoff.WithLabelValues(protocol(legacy)).Observe(d.Seconds()) },
+		TouchToLink: func(d time.Duration, legacy bool) { m.touch.WithLabelValues(protocol(legacy)).Observe(d.Seconds()) },
 		Ended: func(used bool) {
 			u := "false"
 			if used {
@@ -227,6 +230,14 @@ func (s snapshot) Collect(ch chan<- prometheus.Metric) {
 	gauge(descSessions, float64(linked), "true")
 	gauge(descSessions, float64(waiting), "false")
 	gauge(descQueue, float64(s.src.Queue()))
+}
+
+// protocol is the label of a kiosk's protocol.
+func protocol(legacy bool) string {
+	if legacy {
+		return "legacy"
+	}
+	return "kiosk"
 }
 
 func bit(b bool) float64 {

@@ -123,6 +123,7 @@ func TestHooksCountWhatHappens(t *testing.T) {
 	h.Handoff(300*time.Microsecond, false)
 	h.Handoff(2*time.Millisecond, false)
 	h.Handoff(40*time.Second, true)
+	h.TouchToLink(1500*time.Millisecond, false)
 	h.Ended(true)
 	h.Ended(true)
 	h.Ended(false)
@@ -142,6 +143,9 @@ func TestHooksCountWhatHappens(t *testing.T) {
 	})
 	if n, _ := s.Count("undervdi_clone_seconds"); n != 2 {
 		t.Errorf("clones observed: %d, want 2", n)
+	}
+	if n, _ := s.Count("undervdi_touch_to_link_seconds", "protocol=kiosk"); n != 1 {
+		t.Errorf("touch-to-link on the kiosk protocol observed: %d, want 1", n)
 	}
 	if n, _ := s.Count("undervdi_wipe_seconds"); n != 1 {
 		t.Errorf("wipes observed: %d, want 1", n)

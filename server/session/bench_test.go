@@ -126,7 +126,7 @@ func runFleet(addr string, in *os.File, out *os.File) error {
 				wg.Go(func() {
 					<-start
 					t0 := time.Now()
-					c.Request()
+					c.Request(time.Time{})
 					for msg := range c.Messages() {
 						if msg.Type == kioskproto.TOffer {
 							lat[i] = strconv.FormatInt(int64(time.Since(t0)), 10)

@@ -137,7 +137,7 @@ func (k *kioskConn) readLoop(ctx context.Context) string {
 		}
 		switch msg.Type {
 		case kioskproto.TRequest:
-			if err := k.request(time.Now()); err != nil {
+			if err := k.request(time.Now(), time.Duration(msg.Request.TouchAgoMS)*time.Millisecond); err != nil {
 				k.send(err)
 			}
 		case kioskproto.THeartbeat:
@@ -166,7 +166,7 @@ func (k *kioskConn) readLoop(ctx context.Context) string {
 
 // request queues a session request; the answer comes as status and offer
 // messages from the dispatcher.
-func (k *kioskConn) request(received time.Time) *kioskproto.Message {
+func (k *kioskConn) request(received time.Time, touchAgo time.Duration) *kioskproto.Message {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.req != nil {
@@ -177,7 +177,7 @@ func (k *kioskConn) request(received time.Time) *kioskproto.Message {
 		// nobody else sits down at it until it says otherwise.
 		return kioskproto.NewError(kioskproto.CodeUnavailable, "this kiosk reported itself out of order")
 	}
-	r := &request{kiosk: k.id, addr: k.addr}
+	r := &request{kiosk: k.id, addr: k.addr, touched: received.Add(-touchAgo)}
 	r.onStatus = func(state string, ahead int, msg string) {
 		k.trySend(kioskproto.NewStatus(state, ahead, msg))
 	}

@@ -53,7 +53,7 @@ func (m *Manager) ServeLegacy(ctx context.Context, c net.Conn) {
 	}
 	status := make(chan string, 16)
 	offered := make(chan *Lease, 1)
-	r := &request{kiosk: name, addr: addr, legacy: true,
+	r := &request{kiosk: name, addr: addr, legacy: true, touched: received,
 		onStatus: func(state string, ahead int, msg string) {
 			select {
 			case status <- fmt.Sprintf("WAITING: %s", msg):

@@ -16,9 +16,10 @@ var ErrQueueFull = errors.New("too many kiosks waiting")
 
 // request is one kiosk waiting for a VM, served in arrival order.
 type request struct {
-	kiosk  string
-	addr   netip.Addr
-	legacy bool
+	kiosk   string
+	addr    netip.Addr
+	legacy  bool
+	touched time.Time // the visitor's touch, as the kiosk reported it (legacy: the connection)
 	// Callbacks into the kiosk's connection; they must not block.
 	onStatus func(state string, ahead int, msg string)
 	onOffer  func(*Lease)

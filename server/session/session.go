@@ -72,6 +72,10 @@ type Metrics struct {
 	Handoff func(d time.Duration, legacy bool)
 	// Ended is a session ending; used: its VM was linked.
 	Ended func(used bool)
+	// TouchToLink is a visitor's touch (as the kiosk reported it; for a
+	// legacy kiosk, its connection to the signal port) to the session's
+	// first SPICE link.
+	TouchToLink func(d time.Duration, legacy bool)
 }
 
 // Errors the gateway turns into refused links.
@@ -136,6 +140,7 @@ type Lease struct {
 
 	// Guarded by Manager.mu.
 	linked    time.Time
+	touched   time.Time // the touch the lease answers, for the touch-to-link figure
 	mainOpen  bool
 	conns     map[int]func() // open SPICE connections -> close
 	channels  map[string]int // open SPICE channels ("display:0") -> their connection
@@ -166,7 +171,7 @@ func (m *Manager) Reason(l *Lease) string {
 func (m *Manager) newLeaseLocked(r *request, vm pool.VM, id string) *Lease {
 	now := time.Now()
 	l := &Lease{
-		ID: id, Kiosk: r.kiosk, Addr: r.addr, Legacy: r.legacy, VM: vm,
+		ID: id, Kiosk: r.kiosk, Addr: r.addr, Legacy: r.legacy, VM: vm, touched: r.touched,
 		Offered: now, Expires: now.Add(m.cfg.ConnectWindow),
 		conns: map[int]func(){}, channels: map[string]int{}, linkedCh: make(chan struct{}), endedCh: make(chan struct{}),
 		timers: map[string]*time.Timer{}, notifyEnd: r.onEnd,
@@ -397,6 +402,9 @@ func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket, channel s
 		}
 		close(l.linkedCh)
 		m.log.Info("session linked", "lease", l.ID, "kiosk", l.Kiosk, "vm", l.VM.Name)
+		if f := m.cfg.Metrics.TouchToLink; f != nil && !l.touched.IsZero() {
+			f(l.linked.Sub(l.touched), l.Legacy)
+		}
 		if l.Legacy {
 			m.activity(l) // starts the idle clock
 		}

@@ -558,8 +558,13 @@ func TestGroupCap(t *testing.T) {
 
 func TestLegacySignalPort(t *testing.T) {
 	cfg := testConfig()
-	var legacyHandoffs, usedEnds atomic.Int32
+	var legacyHandoffs, usedEnds, legacyLinks atomic.Int32
 	cfg.Metrics = Metrics{
+		TouchToLink: func(_ time.Duration, legacy bool) {
+			if legacy {
+				legacyLinks.Add(1)
+			}
+		},
 		Handoff: func(_ time.Duration, legacy bool) {
 			if legacy {
 				legacyHandoffs.Add(1)
@@ -606,8 +611,9 @@ func TestLegacySignalPort(t *testing.T) {
 	if n := h.m.Handoffs().Count; n != 1 {
 		t.Errorf("status handoffs = %d, want the legacy offer counted", n)
 	}
-	if legacyHandoffs.Load() != 1 || usedEnds.Load() != 1 {
-		t.Errorf("metrics heard %d legacy handoffs and %d used sessions ended, want 1 and 1", legacyHandoffs.Load(), usedEnds.Load())
+	if legacyHandoffs.Load() != 1 || usedEnds.Load() != 1 || legacyLinks.Load() != 1 {
+		t.Errorf("metrics heard %d legacy handoffs, %d used sessions ended and %d legacy touch-to-link figures, want 1 of each",
+			legacyHandoffs.Load(), usedEnds.Load(), legacyLinks.Load())
 	}
 }
 
@@ -838,5 +844,45 @@ func TestFleet(t *testing.T) {
 	}
 	if len(h.m.Kiosks()) != 0 {
 		t.Errorf("Kiosks() = %+v, want no connected kiosk", h.m.Kiosks())
+	}
+}
+
+// TestTouchToLink: the touch a kiosk reports with its request is when the
+// touch-to-link figure starts; it ends at the session's first link.
+func TestTouchToLink(t *testing.T) {
+	cfg := testConfig()
+	got := make(chan time.Duration, 2)
+	cfg.Metrics.TouchToLink = func(d time.Duration, legacy bool) {
+		if !legacy {
+			got <- d
+		}
+	}
+	h := newHarness(t, 1, cfg)
+	k := h.dial("127.0.0.1")
+	k.send(kioskproto.NewHello("k1", token, "test"))
+	if m := k.next(); m == nil || m.Type != kioskproto.TWelcome {
+		t.Fatalf("hello answered with %+v", m)
+	}
+	req := kioskproto.NewRequest()
+	req.Request.TouchAgoMS = 2000 // the kiosk was busy for 2 s after the touch
+	k.send(req)
+	offer := k.until(kioskproto.TOffer).Offer
+	if _, _, _, err := h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "main:0", true, false, func() {}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-got:
+		if d < 2*time.Second || d > time.Minute {
+			t.Errorf("touch to link = %v, want the 2 s the kiosk reported and the handoff", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no touch-to-link figure at the first link")
+	}
+	// More channels of the same session are not more links.
+	h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "display:0", false, false, func() {})
+	select {
+	case d := <-got:
+		t.Errorf("a second figure, %v, for a second channel", d)
+	case <-time.After(200 * time.Millisecond):
 	}
 }

@@ -232,7 +232,7 @@ func TestKillDuringSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer k.Close()
-	k.Request()
+	k.Request(time.Time{})
 	var offer *kioskproto.Offer
 	for m := range k.Messages() {
 		if m.Type == kioskproto.TOffer {
@@ -325,6 +325,9 @@ func checkMetrics(t *testing.T, url string) {
 	}
 	if n, _ := s.Count("undervdi_handoff_seconds", "protocol=kiosk"); n != 1 {
 		t.Errorf("kiosk handoffs = %d, want the one offer", n)
+	}
+	if n, _ := s.Count("undervdi_touch_to_link_seconds", "protocol=kiosk"); n != 1 {
+		t.Errorf("touch-to-link figures = %d, want the one session's", n)
 	}
 	if n, _ := s.Count("undervdi_clone_seconds"); n != 2 {
 		t.Errorf("clones timed = %d, want 2: the first and the refill", n)

@@ -228,7 +228,7 @@ func honestSession(t *testing.T, cfg *config.Config, kioskTLS *tls.Config) *hone
 		t.Fatalf("the honest kiosk cannot connect: %v", err)
 	}
 	t.Cleanup(func() { k.Close() })
-	k.Request()
+	k.Request(time.Time{})
 	var offer *kioskproto.Offer
 	for offer == nil {
 		select {
