@@ -258,7 +258,7 @@ func (s *Server) find(bus, dev int) (kioskproto.USBDevice, string, error) {
 	devs, err := usb.Devices()
 	for _, d := range devs {
 		if d.Bus == strconv.Itoa(bus) && d.Address == strconv.Itoa(dev) {
-			desc, err := readDevice(usb.Dir(d))
+			desc, err := readDevice(usb.Dir(d), d)
 			return desc, d.Name, err
 		}
 	}
@@ -268,18 +268,23 @@ func (s *Server) find(bus, dev int) (kioskproto.USBDevice, string, error) {
 	return kioskproto.USBDevice{}, "", fmt.Errorf("no USB device %03d/%03d", bus, dev)
 }
 
-// readDevice reads a device's descriptors and its interfaces' classes.
-func readDevice(p string) (kioskproto.USBDevice, error) {
+// readDevice is what a filter looks at of dev, whose sysfs directory is
+// p: the class and IDs the listing read, its release and its interfaces'
+// classes.
+func readDevice(p string, dev logout.Device) (kioskproto.USBDevice, error) {
 	var d kioskproto.USBDevice
 	var errs []error
 	for _, a := range []struct {
-		file string
-		v    *int
-	}{{"bDeviceClass", &d.Class}, {"idVendor", &d.Vendor}, {"idProduct", &d.Product}, {"bcdDevice", &d.Version}} {
-		n, err := readHex(p, a.file)
+		hex string
+		v   *int
+	}{{dev.Class, &d.Class}, {dev.VendorID, &d.Vendor}, {dev.ProductID, &d.Product}} {
+		n, err := strconv.ParseInt(a.hex, 16, 32)
 		errs = append(errs, err)
-		*a.v = n
+		*a.v = int(n)
 	}
+	var err error
+	d.Version, err = readHex(p, "bcdDevice")
+	errs = append(errs, err)
 	ifaces, _ := filepath.Glob(filepath.Join(p, filepath.Base(p)+":*"))
 	for _, i := range ifaces {
 		var in kioskproto.USBInterface
