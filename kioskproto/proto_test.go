@@ -68,6 +68,7 @@ func TestReadMessageErrors(t *testing.T) {
 		{"no kiosk id", frame(`{"type":"hello","hello":{"version":1,"token":"x"}}`), ErrBadMessage, "kiosk is required"},
 		{"long id", frame(`{"type":"hello","hello":{"version":1,"kiosk":"` + strings.Repeat("k", 65) + `"}}`), ErrBadMessage, "kiosk is 65 bytes"},
 		{"negative idle", frame(`{"type":"heartbeat","heartbeat":{"idle_seconds":-1}}`), ErrBadMessage, "idle_seconds"},
+		{"touch long ago", frame(`{"type":"request","request":{"touch_ago_ms":3600001}}`), ErrBadMessage, "touch_ago_ms"},
 		{"negative uptime", frame(`{"type":"heartbeat","heartbeat":{"uptime_seconds":-5}}`), ErrBadMessage, "uptime_seconds"},
 		{"long kiosk state", frame(`{"type":"heartbeat","heartbeat":{"state":"` + strings.Repeat("s", 65) + `"}}`), ErrBadMessage, "state is 65 bytes"},
 		{"long screen", frame(`{"type":"heartbeat","heartbeat":{"screen":"` + strings.Repeat("9", 65) + `"}}`), ErrBadMessage, "screen is 65 bytes"},

@@ -96,6 +96,7 @@ func TestErrors(t *testing.T) {
 		{"port = 1\n", "server: required"},
 		{"server = a\nkiosk = k\n", "token: required with kiosk"},
 		{"server = a\nsession_dir = /\n", "session_dir: required, and not /"},
+		{"server = a\nusb_redirect = 0x08,-1,-1\n", "usb_redirect: rule 1"},
 		{"server = a\nusb_access = usb.sock\n", "usb_access: \"usb.sock\" must be an absolute path"},
 		{"server = a\nusb_access = /run/undervdi/session/usb.sock\n", "usb_access: \"/run/undervdi/session/usb.sock\" must not be in session_dir"},
 		{"server = a\nads_dir = relative\n", "ads_dir"},
