@@ -61,13 +61,21 @@ unit:
 # SPICE gateway, the signal port, the ads handler and mirror, the viewer's
 # file) for FUZZTIME each; make test runs each briefly. A failing input is
 # kept in the package's testdata/fuzz, where go test then replays it.
+# Go 1.26's coordinator can fail a run at its -fuzztime deadline with a bare
+# "context deadline exceeded" and no input (go.dev/issue/75804, fixed in
+# 1.27): that one outcome is reported and passed; anything else fails.
 FUZZTIME ?= 1m
 fuzz:
 	@for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
 		for target in $$(grep -h '^func Fuzz' $$pkg/*_test.go | sed 's/^func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
 			echo "fuzz $$pkg $$target ($(FUZZTIME))"; \
-			go test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg > /tmp/undervdi-fuzz.log 2>&1 || \
-				{ grep -v '^time=' /tmp/undervdi-fuzz.log | tail -30; exit 1; }; \
+			go test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg > /tmp/undervdi-fuzz.log 2>&1 && continue; \
+			if grep -q 'context deadline exceeded' /tmp/undervdi-fuzz.log && \
+				! grep -qE 'Failing input written|panic:|_test.go:[0-9]+:' /tmp/undervdi-fuzz.log; then \
+				echo "  $$target: Go's fuzzer stopped at its deadline with no failing input (go.dev/issue/75804), not a finding"; \
+				continue; \
+			fi; \
+			grep -v '^time=' /tmp/undervdi-fuzz.log | tail -30; exit 1; \
 		done; \
 	done
 
