@@ -89,6 +89,7 @@ integration:
 bench: daemons
 	go test -run '^$$' -bench . -benchtime 10x -count 6 ./server/session ./server/gateway | tee bench.out
 	go test -run '^$$' -bench TakeRelease -benchtime 3000x -count 6 ./server/pool | tee -a bench.out
+	go test -run '^$$' -bench CheckPassword -benchtime 10x -count 6 ./server/api | tee -a bench.out
 	go test -tags integration -run '^$$' -bench . -benchtime 30x -count 6 ./server/virt | tee -a bench.out
 	go test -tags integration -run '^$$' -bench 'Recycle|Refill|OfferRecord|Publish|Roll' -benchtime 1x -count 6 -timeout 90m ./server/pool | tee -a bench.out
 	go test -tags integration -run '^$$' -bench TouchToFrame -benchtime 5x -count 6 -timeout 30m ./kioskd | tee -a bench.out

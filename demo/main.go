@@ -38,7 +38,7 @@ import (
 	"undervdi/internal/testbed"
 	"undervdi/internal/xvfb"
 	"undervdi/kioskd/screen"
-	"undervdi/server/broker"
+	"undervdi/server/api"
 	"undervdi/server/config"
 	"undervdi/server/pool"
 )
@@ -125,7 +125,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer brokerProc()
-	if err := d.watchPool(ctx, func(s *broker.Status) bool { return s.Pool.Counts[pool.Clean] == *size }); err != nil {
+	if err := d.watchPool(ctx, func(s *api.Status) bool { return s.Pool.Counts[pool.Clean] == *size }); err != nil {
 		return err
 	}
 	d.say("pool full: %d clean VMs booted and waiting for visitors", *size)
@@ -155,7 +155,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	var vm string
-	if err := d.watchPool(ctx, func(s *broker.Status) bool {
+	if err := d.watchPool(ctx, func(s *api.Status) bool {
 		for _, l := range s.Sessions {
 			if l.Linked != nil {
 				vm = l.VM
@@ -174,7 +174,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if _, err := bed.L.QEMUDomainAgentCommand(mustDomain(bed, vm), `{"execute":"guest-shutdown"}`, 10, 0); !testbed.PoweredOff(err) {
 		return err
 	}
-	if err := d.watchPool(ctx, func(s *broker.Status) bool {
+	if err := d.watchPool(ctx, func(s *api.Status) bool {
 		for _, v := range s.Pool.VMs {
 			if v.Name == vm {
 				return false
@@ -212,11 +212,11 @@ func (d *demo) build(pairs ...string) (map[string]string, error) {
 }
 
 // watchPool prints the broker's status when it changes, until done holds.
-func (d *demo) watchPool(ctx context.Context, done func(*broker.Status) bool) error {
+func (d *demo) watchPool(ctx context.Context, done func(*api.Status) bool) error {
 	last := ""
 	for {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		s, err := broker.FetchStatus(qctx, d.cfg.AdminSocket)
+		s, err := api.FetchStatus(qctx, d.cfg.AdminSocket)
 		cancel()
 		if err == nil {
 			if shape := stateShape(s); shape != last {
@@ -237,7 +237,7 @@ func (d *demo) watchPool(ctx context.Context, done func(*broker.Status) bool) er
 }
 
 // stateShape is what changes in the status that is worth printing again.
-func stateShape(s *broker.Status) string {
+func stateShape(s *api.Status) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%v %q %q|", s.Pool.Connected, s.Pool.Paused, s.Pool.Degraded)
 	for _, v := range s.Pool.VMs {

@@ -122,6 +122,8 @@ func (b *Bed) Config(poolSize int) *config.Config {
 	c.Ads.Dir = filepath.Join(b.Root, "ads")
 	c.Ads.Listen = ""     // tests that want the ads open a port
 	c.Metrics.Listen = "" // and the metrics
+	c.API.Listen = ""     // and the HTTPS API
+	c.API.Accounts = filepath.Join(b.Root, "accounts.json")
 	return c
 }
 

@@ -24,6 +24,7 @@ import (
 	"undervdi/kioskproto"
 	"undervdi/server/accept"
 	"undervdi/server/ads"
+	"undervdi/server/api"
 	"undervdi/server/config"
 	"undervdi/server/domxml"
 	"undervdi/server/gateway"
@@ -55,6 +56,8 @@ type Broker struct {
 	displays *gateway.Displays
 	registry *session.Registry
 	tls      *tls.Config // the kiosk LAN's: the kiosk protocol and SPICE; nil in plaintext
+	api      *api.Server
+	apiTLS   *tls.Config // the HTTPS API's; nil where api.listen is ""
 }
 
 // New prepares a broker; it starts connecting to libvirt at once, in the
@@ -108,6 +111,29 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		return nil, err
 	}
 	b.Gateway.MaxConnsPerAddr = cfg.Gateway.MaxConnsPerAddr
+	b.api = &api.Server{Pool: b.Pool, Sessions: b.Sessions, Audit: audit, AuditLog: cfg.Sessions.AuditLog, Libvirt: host.URI(),
+		Config: func() any { return cfg.Masked() }, Log: log}
+	if cfg.API.Listen != "" {
+		if b.api.Auth, err = api.NewAuth(api.AuthConfig{Accounts: cfg.API.Accounts, LoginTTL: cfg.API.LoginTTL.D(),
+			IdleTimeout: cfg.API.IdleTimeout.D(), Log: log, Audit: func(event, user, addr, reason string) {
+				if event == "login" {
+					audit.Login(user, addr, reason)
+				} else {
+					audit.Refused("login", addr, "", "user "+strconv.Quote(user)+": "+reason)
+				}
+			}}); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrSetup, err)
+		}
+		if users, tokens, _ := b.api.Auth.Users(); users+tokens == 0 {
+			log.Warn("the HTTPS API has no accounts yet: nobody can log in; make one with `vdi-broker passwd USER`", "accounts", cfg.API.Accounts)
+		}
+		if cfg.API.Metrics {
+			b.api.Metrics = b.Metrics.Handler(log)
+		}
+		if b.apiTLS, err = b.httpsTLS(); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrSetup, err)
+		}
+	}
 	return b, nil
 }
 
@@ -202,6 +228,12 @@ func (b *Broker) Run(ctx context.Context) error {
 		})
 		serveHTTP(ctx, g, srv, ln)
 	}
+	if ln := listeners["api"]; ln != nil {
+		srv := &http.Server{Handler: b.api.Handler(false), TLSConfig: b.apiTLS, ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout: 30 * time.Second, WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10,
+			ErrorLog: slog.NewLogLogger(b.Log.Handler(), slog.LevelWarn)}
+		serveHTTP(ctx, g, srv, tls.NewListener(ln, b.apiTLS))
+	}
 	if ln := listeners["metrics"]; ln != nil {
 		srv := &http.Server{Handler: b.metricsHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 			WriteTimeout: time.Minute, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10,
@@ -209,7 +241,7 @@ func (b *Broker) Run(ctx context.Context) error {
 		serveHTTP(ctx, g, srv, ln)
 	}
 	b.Log.Info("broker ready", "pool", cfg.PoolName, "golden", cfg.Golden, "size", cfg.PoolSize,
-		"gateway", cfg.Gateway.Listen, "gateway_tls", cfg.Gateway.TLSListen, "kiosks", cfg.Sessions.Listen, "legacy", cfg.Sessions.LegacyListen, "metrics", cfg.Metrics.Listen)
+		"gateway", cfg.Gateway.Listen, "gateway_tls", cfg.Gateway.TLSListen, "kiosks", cfg.Sessions.Listen, "legacy", cfg.Sessions.LegacyListen, "metrics", cfg.Metrics.Listen, "api", cfg.API.Listen)
 	daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS=serving")
 	err = g.Wait()
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
@@ -265,6 +297,9 @@ func (b *Broker) listen() (map[string]net.Listener, error) {
 	if err == nil && cfg.Metrics.Listen != "" {
 		err = open("metrics", cfg.Metrics.Listen)
 	}
+	if err == nil && cfg.API.Listen != "" {
+		err = open("api", cfg.API.Listen)
+	}
 	if err == nil && b.tls != nil {
 		out["kiosk"] = tls.NewListener(out["kiosk"], b.tls)
 	}
@@ -314,6 +349,27 @@ func (b *Broker) kioskTLS() (*tls.Config, error) {
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
+// httpsTLS is the HTTPS API's TLS: the configured certificate, or the
+// broker's own, signed by the site CA (made if need be, also where the kiosk
+// LAN runs in plaintext).
+func (b *Broker) httpsTLS() (*tls.Config, error) {
+	a := b.Config.API
+	var cert tls.Certificate
+	if a.TLSCert != "" {
+		var err error
+		if cert, err = tls.LoadX509KeyPair(a.TLSCert, a.TLSKey); err != nil {
+			return nil, fmt.Errorf("api.tls_cert: %w", err)
+		}
+	} else {
+		site, _, err := siteca.Ensure(b.Config.SiteCADir())
+		if err != nil {
+			return nil, fmt.Errorf("the site CA in %s: %w", b.Config.SiteCADir(), err)
+		}
+		cert = site.Certificate
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}, nil
+}
+
 // serveAdmin serves the admin API on the configured unix socket.
 func (b *Broker) serveAdmin(ctx context.Context) (*http.Server, error) {
 	path := b.Config.AdminSocket
@@ -329,7 +385,7 @@ func (b *Broker) serveAdmin(ctx context.Context) (*http.Server, error) {
 		ln.Close()
 		return nil, err
 	}
-	srv := &http.Server{Handler: b.adminHandler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
+	srv := &http.Server{Handler: b.api.Handler(true), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 2 * time.Minute, IdleTimeout: time.Minute, ErrorLog: slog.NewLogLogger(b.Log.Handler(), slog.LevelWarn)}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -57,7 +57,20 @@ type Config struct {
 	Viewer   Viewer   `toml:"viewer"`
 	Ads      Ads      `toml:"ads"`
 	Metrics  Metrics  `toml:"metrics"`
+	API      API      `toml:"api"`
 	Kiosks   []Kiosk  `toml:"kiosk"`
+}
+
+// API is the REST API (and the web console) over HTTPS, for the site's
+// operators and scripts. Every request but /healthz is authenticated.
+type API struct {
+	Listen      string   `toml:"listen"`       // "": only the admin socket
+	TLSCert     string   `toml:"tls_cert"`     // "": the site CA's broker certificate
+	TLSKey      string   `toml:"tls_key"`      //
+	Accounts    string   `toml:"accounts"`     // the accounts file vdi-broker passwd and token write
+	LoginTTL    Duration `toml:"login_ttl"`    // a login ends this long after it began
+	IdleTimeout Duration `toml:"idle_timeout"` // or this long after its last request
+	Metrics     bool     `toml:"metrics"`      // also serve /metrics here, to any account
 }
 
 // Metrics is where Prometheus scrapes the broker.
@@ -176,6 +189,8 @@ func Default() *Config {
 		},
 		Ads:     Ads{Dir: "/var/lib/undervdi/ads", Listen: ":5908"},
 		Metrics: Metrics{Listen: "127.0.0.1:9107"},
+		API: API{Listen: ":8443", Accounts: "/etc/undervdi/accounts.json", LoginTTL: Duration(12 * time.Hour),
+			IdleTimeout: Duration(30 * time.Minute)},
 		Viewer: Viewer{
 			Title:              "undervdi",
 			DisableAudio:       true,
@@ -284,8 +299,8 @@ func (c *Config) Validate() error {
 	}
 	g, ss := c.Gateway, c.Sessions
 	for key, addr := range map[string]string{"gateway.listen": g.Listen, "gateway.tls_listen": g.TLSListen, "sessions.listen": ss.Listen,
-		"sessions.legacy_listen": ss.LegacyListen, "ads.listen": c.Ads.Listen, "metrics.listen": c.Metrics.Listen} {
-		if addr == "" && (key == "sessions.legacy_listen" || key == "ads.listen" || key == "gateway.tls_listen" || key == "metrics.listen") {
+		"sessions.legacy_listen": ss.LegacyListen, "ads.listen": c.Ads.Listen, "metrics.listen": c.Metrics.Listen, "api.listen": c.API.Listen} {
+		if addr == "" && (key == "sessions.legacy_listen" || key == "ads.listen" || key == "gateway.tls_listen" || key == "metrics.listen" || key == "api.listen") {
 			continue // turned off
 		}
 		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
@@ -295,6 +310,20 @@ func (c *Config) Validate() error {
 	if host, _, err := net.SplitHostPort(c.Metrics.Listen); err == nil {
 		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 			bad("metrics.listen", "%q: the metrics are not authenticated; listen on a loopback address such as 127.0.0.1:9107", c.Metrics.Listen)
+		}
+	}
+	if a := c.API; a.Listen != "" {
+		if (a.TLSCert == "") != (a.TLSKey == "") {
+			bad("api.tls_cert", "api.tls_cert and api.tls_key go together")
+		}
+		if !filepath.IsAbs(a.Accounts) {
+			bad("api.accounts", "%q: must be an absolute path", a.Accounts)
+		}
+		if a.LoginTTL < Duration(time.Minute) || a.LoginTTL > Duration(7*24*time.Hour) {
+			bad("api.login_ttl", "%v: from 1m to 168h", a.LoginTTL)
+		}
+		if a.IdleTimeout < Duration(time.Minute) || a.IdleTimeout > a.LoginTTL {
+			bad("api.idle_timeout", "%v: from 1m to api.login_ttl (%v)", a.IdleTimeout, a.LoginTTL)
 		}
 	}
 	if g.ConnectWindow < Duration(time.Second) {
@@ -445,6 +474,20 @@ func (s *ByteSize) UnmarshalText(b []byte) error {
 func (s ByteSize) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 func (s ByteSize) String() string { return humanize.IBytes(uint64(s)) }
+
+// Masked is a copy of c for people to read: the kiosks' tokens are
+// replaced by "(set)".
+func (c *Config) Masked() *Config {
+	m := *c
+	m.Kiosks = make([]Kiosk, len(c.Kiosks))
+	for i, k := range c.Kiosks {
+		if k.Token != "" {
+			k.Token = "(set)"
+		}
+		m.Kiosks[i] = k
+	}
+	return &m
+}
 
 // SiteCADir is where the broker keeps the site CA it makes, and its own
 // certificate, when the site configures none.

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -156,6 +157,27 @@ func (p *Pool) End(name, reason string) error {
 		return cerr
 	}
 	return err
+}
+
+// ErrBadSize is SetSize's error for a size out of range.
+var ErrBadSize = errors.New("bad pool size")
+
+// SetSize changes how many clean VMs the pool keeps ready, at run time (an
+// operator, the opening hours): a larger pool refills at once, a smaller
+// one destroys its surplus clean VMs. 0 keeps none ready. It lasts until
+// the broker restarts, which reads pool_size again.
+func (p *Pool) SetSize(n int) error {
+	if n < 0 || n > p.cfg.MaxVMs {
+		return fmt.Errorf("%w: %d; from 0 to max_vms (%d)", ErrBadSize, n, p.cfg.MaxVMs)
+	}
+	return p.call(func() {
+		if p.cfg.Size != n {
+			p.log.Info("pool size changed", "from", p.cfg.Size, "to", n)
+			p.cfg.Size = n
+			p.filled = false
+			p.wake()
+		}
+	})
 }
 
 // Publish publishes a new version of the golden VM. It returns once the

@@ -498,3 +498,44 @@ func TestMetricsHooks(t *testing.T) {
 		}
 	}
 }
+
+// TestSetSize grows the pool at run time, then shrinks it below what runs:
+// the surplus clean VMs go, the one in use stays, and a size beyond
+// max_vms is refused with nothing changed.
+func TestSetSize(t *testing.T) {
+	f := newFakeHV()
+	cfg := testConfig()
+	p := startPool(t, f, cfg)
+	poll.Until(t, 10*time.Second, "3 clean VMs", func() bool { return clean(p) == 3 })
+	if err := p.SetSize(cfg.MaxVMs + 1); !errors.Is(err, ErrBadSize) {
+		t.Fatalf("SetSize(max_vms+1) = %v, want ErrBadSize", err)
+	}
+	if err := p.SetSize(-1); !errors.Is(err, ErrBadSize) {
+		t.Fatalf("SetSize(-1) = %v, want ErrBadSize", err)
+	}
+	if err := p.SetSize(5); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 10*time.Second, "5 clean VMs", func() bool { return clean(p) == 5 })
+	if s := p.Status(); s.Size != 5 {
+		t.Errorf("Status().Size = %d after SetSize(5)", s.Size)
+	}
+	v, err := p.Take(anyone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.MarkUsed(context.Background(), v.Name); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SetSize(1); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 10*time.Second, "1 clean VM and the used one", func() bool {
+		s := p.Status()
+		return s.Counts[Clean] == 1 && s.Counts[InUse] == 1 && len(s.VMs) == 2
+	})
+	if err := p.SetSize(0); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 10*time.Second, "no clean VM", func() bool { return clean(p) == 0 })
+}

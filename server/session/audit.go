@@ -76,8 +76,9 @@ func NewAudit(w io.Writer, log *slog.Logger) *Audit {
 // AuditRecord is one line of the audit log.
 type AuditRecord struct {
 	Time    time.Time  `json:"time"`
-	Event   string     `json:"event"` // "session", "refused", "replaced", "out-of-order" or "in-order"
+	Event   string     `json:"event"` // "session", "refused", "replaced", "out-of-order", "in-order", "login" or "admin"
 	What    string     `json:"what,omitempty"`
+	User    string     `json:"user,omitempty"` // who logged in, or acted (admin)
 	Lease   string     `json:"lease,omitempty"`
 	Kiosk   string     `json:"kiosk,omitempty"`
 	Addr    string     `json:"addr,omitempty"`
@@ -141,6 +142,19 @@ func (a *Audit) Write(r *AuditRecord) {
 func (a *Audit) Replaced(what, addr, kiosk, reason string) {
 	a.log.Warn("replaced", "what", what, "addr", addr, "kiosk", kiosk, "reason", reason)
 	a.Write(&AuditRecord{Event: "replaced", What: what, Addr: addr, Kiosk: kiosk, Reason: reason})
+}
+
+// Login records an operator's login.
+func (a *Audit) Login(user, addr, detail string) {
+	a.log.Info("login", "user", user, "addr", addr, "detail", detail)
+	a.Write(&AuditRecord{Event: "login", What: "api", User: user, Addr: addr, Reason: detail})
+}
+
+// Admin records what an operator did through the API (what: "end",
+// "drain", "publish", ...), and to what.
+func (a *Audit) Admin(user, addr, what, kiosk, vm, detail string) {
+	a.log.Info("operator action", "user", user, "addr", addr, "action", what, "kiosk", kiosk, "vm", vm, "detail", detail)
+	a.Write(&AuditRecord{Event: "admin", What: what, User: user, Addr: addr, Kiosk: kiosk, VM: vm, Reason: detail})
 }
 
 // Fault records a kiosk reporting itself out of order (why), or back in

@@ -53,7 +53,14 @@ func (m *Manager) ServeLegacy(ctx context.Context, c net.Conn) {
 	}
 	status := make(chan string, 16)
 	offered := make(chan *Lease, 1)
+	sentAway := make(chan string, 1) // the broker was drained while it waited
 	r := &request{kiosk: name, addr: addr, legacy: true, touched: received,
+		onEnd: func(reason string) {
+			select {
+			case sentAway <- reason:
+			default:
+			}
+		},
 		onStatus: func(state string, ahead int, msg string) {
 			select {
 			case status <- fmt.Sprintf("WAITING: %s", msg):
@@ -90,6 +97,9 @@ func (m *Manager) ServeLegacy(ctx context.Context, c net.Conn) {
 				say("%s", line)
 			}
 		case l = <-offered:
+		case why := <-sentAway:
+			say("SERVICE UNAVAILABLE: %s", why)
+			return
 		case <-gone:
 			m.cancel(r, "legacy kiosk hung up while waiting")
 			return

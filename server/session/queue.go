@@ -14,6 +14,9 @@ import (
 // ErrQueueFull is returned when more kiosks wait than queue_limit allows.
 var ErrQueueFull = errors.New("too many kiosks waiting")
 
+// ErrClosed is returned while the broker is drained: no new sessions.
+var ErrClosed = errors.New("no new sessions")
+
 // request is one kiosk waiting for a VM, served in arrival order.
 type request struct {
 	kiosk   string
@@ -35,6 +38,11 @@ type request struct {
 // enqueue puts r at the end of the queue and tells it its place.
 func (m *Manager) enqueue(r *request) error {
 	m.mu.Lock()
+	if m.closed != "" {
+		why := m.closed
+		m.mu.Unlock()
+		return fmt.Errorf("%w: %s", ErrClosed, why)
+	}
 	if len(m.queue) >= m.cfg.QueueLimit {
 		m.mu.Unlock()
 		return ErrQueueFull

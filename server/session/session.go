@@ -108,6 +108,7 @@ type Manager struct {
 	conns   map[string]*kioskConn   // by kiosk id
 	offline map[string]KioskStatus  // kiosks seen since the start and gone, by id: the fleet
 	groups  map[string]int          // kiosks connected per registry entry
+	closed  string                  // why no new session starts (drained); "" serves
 
 	handoffs handoffStats
 }
@@ -304,6 +305,58 @@ func (m *Manager) EndVM(vm, reason string) bool {
 	}
 	m.end(l, reason)
 	return true
+}
+
+// EndLease ends a session by its lease ID, for an admin. It reports whether
+// there was one.
+func (m *Manager) EndLease(id, reason string) bool {
+	m.mu.Lock()
+	l := m.leases[id]
+	m.mu.Unlock()
+	if l == nil {
+		return false
+	}
+	m.end(l, reason)
+	return true
+}
+
+// Drain stops new sessions, for why (closing time, maintenance): requests
+// are refused with it, and kiosks still waiting are told and go back to
+// their slideshow. Running sessions go on until they end.
+func (m *Manager) Drain(why string) {
+	m.mu.Lock()
+	m.closed = why
+	waiting := m.queue
+	m.queue = nil
+	for _, r := range waiting {
+		r.cancelled = true
+	}
+	m.mu.Unlock()
+	for _, r := range waiting {
+		if r.onEnd != nil {
+			r.onEnd("no new sessions: " + why)
+		}
+	}
+	m.log.Info("draining: no new sessions; running ones go on", "reason", why, "waiting_sent_away", len(waiting))
+}
+
+// Resume serves new sessions again after Drain.
+func (m *Manager) Resume() {
+	m.mu.Lock()
+	was := m.closed
+	m.closed = ""
+	m.mu.Unlock()
+	if was != "" {
+		m.log.Info("serving new sessions again", "was", was)
+	}
+	m.wake()
+}
+
+// Closed says why no new session starts, "" while serving.
+func (m *Manager) Closed() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closed
 }
 
 // Lookup returns the VM a SPICE client at addr would reach, before its ticket

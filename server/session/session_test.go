@@ -886,3 +886,50 @@ func TestTouchToLink(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 }
+
+// TestDrain: once drained, a running session goes on, a waiting kiosk is
+// sent back to its slideshow, and new requests are refused with the reason
+// until Resume.
+func TestDrain(t *testing.T) {
+	h := newHarness(t, 1, testConfig())
+	running, offer := h.session("k1", "127.0.0.1")
+	waiting := h.dial("127.0.0.1")
+	waiting.send(kioskproto.NewHello("pool-1", token, ""))
+	waiting.until(kioskproto.TWelcome)
+	waiting.send(kioskproto.NewRequest())
+	waiting.until(kioskproto.TStatus)
+
+	h.m.Drain("closing time")
+	if h.m.Closed() != "closing time" {
+		t.Errorf("Closed() = %q", h.m.Closed())
+	}
+	if m := waiting.until(kioskproto.TEnd); !strings.Contains(m.End.Reason, "closing time") {
+		t.Errorf("the waiting kiosk was told %q", m.End.Reason)
+	}
+	waiting.send(kioskproto.NewRequest())
+	if m := waiting.until(kioskproto.TError); m.Error.Code != kioskproto.CodeUnavailable || !strings.Contains(m.Error.Message, "closing time") {
+		t.Errorf("request while drained = %+v, want unavailable: closing time", m.Error)
+	}
+	if ls := h.m.Leases(); len(ls) != 1 || ls[0].ID != offer.Lease {
+		t.Errorf("leases while drained = %+v, want the running one", ls)
+	}
+	select {
+	case m := <-running.msgs:
+		if m != nil && m.Type == kioskproto.TEnd {
+			t.Errorf("drain ended the running session: %+v", m.End)
+		}
+	default:
+	}
+	if !h.m.EndLease(offer.Lease, "ended by an admin") {
+		t.Fatal("EndLease found no session")
+	}
+	running.until(kioskproto.TEnd)
+	if h.m.EndLease(offer.Lease, "again") {
+		t.Error("EndLease ended a session twice")
+	}
+
+	h.m.Resume()
+	h.pool.Add()
+	waiting.send(kioskproto.NewRequest())
+	waiting.until(kioskproto.TOffer)
+}

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -142,11 +143,14 @@ func newServer(dir string, ca *x509.Certificate, caKey *ecdsa.PrivateKey) (*x509
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: ServerName, Organization: []string{"undervdi"}},
-		DNSNames:     names,
-		NotBefore:    notBefore,
-		NotAfter:     time.Now().AddDate(10, 0, 0),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     append(names, "localhost"),
+		// For an operator on the broker's own machine (vdi-broker -url
+		// https://127.0.0.1:8443).
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		NotBefore:   notBefore,
+		NotAfter:    time.Now().AddDate(10, 0, 0),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	return write(dir, certFile, keyFile, tmpl, ca, key, caKey)
 }

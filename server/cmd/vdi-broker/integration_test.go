@@ -32,7 +32,7 @@ import (
 	"undervdi/internal/syncbuf"
 	"undervdi/internal/testbed"
 	"undervdi/kioskproto"
-	"undervdi/server/broker"
+	"undervdi/server/api"
 	"undervdi/server/config"
 	"undervdi/server/qcow2"
 	"undervdi/server/session"
@@ -126,10 +126,10 @@ func startBroker(t *testing.T, cfgPath, socket string) *brokerProc {
 	return p
 }
 
-func (p *brokerProc) status() *broker.Status {
+func (p *brokerProc) status() *api.Status {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := broker.FetchStatus(ctx, p.socket)
+	s, err := api.FetchStatus(ctx, p.socket)
 	if err != nil {
 		return nil
 	}
@@ -145,9 +145,9 @@ func (p *brokerProc) kill9(t *testing.T) {
 }
 
 // waitFull waits until the broker's pool is full and holds nothing else.
-func (p *brokerProc) waitFull(t *testing.T, size int) *broker.Status {
+func (p *brokerProc) waitFull(t *testing.T, size int) *api.Status {
 	t.Helper()
-	var s *broker.Status
+	var s *api.Status
 	poll.Until(t, 5*time.Minute, fmt.Sprintf("a full pool of %d", size), func() bool {
 		s = p.status()
 		return s != nil && s.Pool.Counts[pool.Clean] == size && len(s.Pool.VMs) == size
@@ -162,7 +162,7 @@ func (p *brokerProc) waitFull(t *testing.T, size int) *broker.Status {
 
 // checkNoLeftovers checks libvirt and the overlay directory hold exactly the
 // pool's VMs and their overlays.
-func checkNoLeftovers(t *testing.T, bed *testbed.Bed, s *broker.Status) {
+func checkNoLeftovers(t *testing.T, bed *testbed.Bed, s *api.Status) {
 	t.Helper()
 	var want, wantOverlays []string
 	for _, v := range s.Pool.VMs {
@@ -353,9 +353,9 @@ func auditLines(t *testing.T, path, lease string) []session.AuditRecord {
 // checkVersions checks that the versions directory holds exactly the
 // volumes of the published versions, each complete, and that every clone
 // is backed by a version's volume.
-func checkVersions(t *testing.T, bed *testbed.Bed, p *brokerProc) *broker.Status {
+func checkVersions(t *testing.T, bed *testbed.Bed, p *brokerProc) *api.Status {
 	t.Helper()
-	var s *broker.Status
+	var s *api.Status
 	poll.Until(t, 2*time.Minute, "the versions directory to hold only published versions", func() bool {
 		s = p.status()
 		if s == nil {

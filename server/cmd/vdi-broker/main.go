@@ -7,10 +7,19 @@
 //	vdi-broker publish  [-config FILE]        publish a new version of the golden VM
 //	vdi-broker rollback [-config FILE]        make the previous version current again
 //	vdi-broker versions [-config FILE]        list the published versions
+//	vdi-broker drain  [-config FILE] [why]    start no new sessions; running ones go on
+//	vdi-broker resume [-config FILE]          start new sessions again
+//	vdi-broker resize [-config FILE] SIZE     keep SIZE clean VMs until a restart
+//	vdi-broker audit  [-config FILE] [-kiosk K] [-vm V] [-event E] [-since 2h] [-n 50]
+//	vdi-broker passwd [-config FILE] [-role viewer|operator] [-remove] USER
+//	vdi-broker token  add [-role R] [-expires 90d] NAME | list | revoke NAME
 //	vdi-broker check  [-config FILE]          validate the config and the golden VM
 //	vdi-broker ca     [-config FILE]          print the site CA kiosks verify the broker with
 //	vdi-broker example-config                 print the documented example config
 //	vdi-broker import-legacy [-o FILE] /etc/vm_manager.conf  a config from the original's
+//
+// The verbs that talk to a running broker use its API on the admin socket,
+// or with -url https://broker:8443 its HTTPS API, with $UNDERVDI_TOKEN.
 package main
 
 import (
@@ -50,6 +59,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return rollback(args, stdout, stderr)
 	case "versions":
 		return versions(args, stdout, stderr)
+	case "drain":
+		return drain(args, stdout, stderr)
+	case "resume":
+		return resume(args, stdout, stderr)
+	case "resize":
+		return resize(args, stdout, stderr)
+	case "audit":
+		return audit(args, stdout, stderr)
+	case "passwd":
+		return passwd(args, stdout, stderr)
+	case "token":
+		return token(args, stdout, stderr)
 	case "example-config":
 		return exampleConfig(stdout)
 	case "import-legacy":
@@ -69,6 +90,17 @@ const usage = `usage:
   vdi-broker publish  [-config FILE] [-no-wait]  publish a new version of the golden VM
   vdi-broker rollback [-config FILE]        make the previous version current again
   vdi-broker versions [-config FILE]        list the published versions
+  vdi-broker drain  [-config FILE] [why]    start no new sessions; running ones go on
+  vdi-broker resume [-config FILE]          start new sessions again
+  vdi-broker resize [-config FILE] SIZE     keep SIZE clean VMs ready, until a restart
+  vdi-broker audit  [-config FILE] [-kiosk K] [-vm V] [-event E] [-since 2h] [-n 50]
+                                            the audit log, newest first
+  vdi-broker passwd [-config FILE] [-role viewer|operator] [-remove] USER
+                                            set a console/API user's password
+  vdi-broker token  add [-role viewer|operator] [-expires 90d] NAME | list | revoke NAME
+                                            API tokens for scripts and Prometheus
+  (verbs that talk to the broker take -url https://host:8443 [-ca FILE] for its
+   HTTPS API, with an API token in $UNDERVDI_TOKEN, instead of the admin socket)
   vdi-broker check  [-config FILE]          validate the config and the golden VM
   vdi-broker ca     [-config FILE]          print the site CA kiosks verify the broker with
   vdi-broker example-config                 print the documented example config

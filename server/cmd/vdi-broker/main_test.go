@@ -9,7 +9,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"undervdi/server/api"
 	"undervdi/server/config"
 )
 
@@ -121,5 +123,74 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	if level, _ := strconv.ParseFloat(string(m[1]), 64); level > 2.0 {
 		t.Errorf("exposure level = %.1f, want at most 2.0:\n%s", level, out)
+	}
+}
+
+// TestAccountsVerbs: passwd sets a password read from stdin (refusing a
+// short one, changing nothing), token add prints a token the file keeps
+// only the hash of, list shows both, revoke and -remove take them away.
+func TestAccountsVerbs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "accounts.json")
+	runWith := func(input string, args ...string) (int, string, string) {
+		stdin = strings.NewReader(input)
+		defer func() { stdin = os.Stdin }()
+		var stdout, stderr bytes.Buffer
+		code := run(append(args[:1:1], append([]string{"-accounts", path}, args[1:]...)...), &stdout, &stderr)
+		return code, stdout.String(), stderr.String()
+	}
+	if code, _, errOut := runWith("short\n", "passwd", "olga"); code != exitError || !strings.Contains(errOut, "at least 12") {
+		t.Errorf("a short password: %d %q", code, errOut)
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Error("a refused password wrote the file")
+	}
+	if code, _, errOut := runWith("a long enough password\n", "passwd", "-role", "viewer", "vera"); code != exitOK {
+		t.Fatalf("passwd: %d %s", code, errOut)
+	}
+	if code, _, errOut := runWith("x\n", "passwd", "-role", "boss", "olga"); code != exitError || !strings.Contains(errOut, "viewer or operator") {
+		t.Errorf("a bad role: %d %q", code, errOut)
+	}
+	code := 0
+	var secret, errOut string
+	args := []string{"token", "add", "-role", "operator", "-expires", "90d", "ci"}
+	stdin = strings.NewReader("")
+	var so, se bytes.Buffer
+	code = run(append(args[:2:2], append([]string{"-accounts", path}, args[2:]...)...), &so, &se)
+	secret, errOut = strings.TrimSpace(so.String()), se.String()
+	if code != exitOK || !strings.HasPrefix(secret, api.TokenPrefix) {
+		t.Fatalf("token add: %d %q %q", code, secret, errOut)
+	}
+	raw, _ := os.ReadFile(path)
+	if strings.Contains(string(raw), secret) || strings.Contains(string(raw), "a long enough password") {
+		t.Errorf("the accounts file holds a secret in the clear:\n%s", raw)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm()&0o037 != 0 {
+		t.Errorf("accounts file mode %v: others read it, or the group may change it", st.Mode().Perm())
+	}
+	acc, err := api.ReadAccounts(path)
+	if err != nil || len(acc.Users) != 1 || acc.Users[0].Role != api.Viewer || len(acc.Tokens) != 1 || acc.Tokens[0].Expires.Sub(acc.Tokens[0].Created) != 90*24*time.Hour {
+		t.Errorf("accounts = %+v, %v", acc, err)
+	}
+	if !api.CheckPassword(acc.Users[0].Hash, "a long enough password") || api.CheckPassword(acc.Users[0].Hash, "a long enough passwore") {
+		t.Error("the stored hash does not check the password")
+	}
+	so.Reset()
+	run([]string{"token", "list", "-accounts", path}, &so, &se)
+	for _, want := range []string{"vera", "user", "viewer", "ci", "token", "operator"} {
+		if !strings.Contains(so.String(), want) {
+			t.Errorf("token list:\n%s\nwant %q", so.String(), want)
+		}
+	}
+	if code := run([]string{"token", "revoke", "-accounts", path, "vera"}, &so, &se); code != exitError {
+		t.Errorf("token revoke of a user = %d", code)
+	}
+	if code := run([]string{"token", "revoke", "-accounts", path, "ci"}, &so, &se); code != exitOK {
+		t.Errorf("token revoke = %d", code)
+	}
+	if code, _, _ := runWith("", "passwd", "-remove", "vera"); code != exitOK {
+		t.Errorf("passwd -remove = %d", code)
+	}
+	if acc, _ := api.ReadAccounts(path); len(acc.Users)+len(acc.Tokens) != 0 {
+		t.Errorf("after revoke and remove: %+v", acc)
 	}
 }

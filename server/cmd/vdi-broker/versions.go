@@ -9,7 +9,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
-	"undervdi/server/broker"
+	"undervdi/server/api"
 )
 
 // publish publishes a new version of the golden VM and follows the copy
@@ -109,6 +109,6 @@ func versions(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vdi-broker: %v\n", err)
 		return exitError
 	}
-	broker.WriteVersions(stdout, s.Pool.Versions, time.Now())
+	api.WriteVersions(stdout, s.Pool.Versions, time.Now())
 	return exitOK
 }

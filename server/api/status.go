@@ -1,0 +1,168 @@
+package api
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dustin/go-humanize"
+
+	"undervdi/server/pool"
+	"undervdi/server/session"
+)
+
+// Status is what GET /v1/status returns.
+type Status struct {
+	Libvirt  string                `json:"libvirt"`
+	Pool     pool.Status           `json:"pool"`
+	Sessions []session.LeaseStatus `json:"sessions"`
+	Kiosks   []session.KioskStatus `json:"kiosks"`           // the fleet: every known kiosk, online or not
+	Handoffs session.Handoffs      `json:"handoffs"`         // request to offer, latest 1000
+	Closed   string                `json:"closed,omitempty"` // why no new session starts (drained)
+}
+
+// WriteTable prints the status for people.
+func (s *Status) WriteTable(w io.Writer, now time.Time) {
+	p := s.Pool
+	conn := "connected"
+	if !p.Connected {
+		conn = "NOT CONNECTED"
+	}
+	fmt.Fprintf(w, "pool %s   golden %s   version %d   libvirt %s (%s)\n", p.Pool, p.Golden, p.Current, s.Libvirt, conn)
+	fmt.Fprintf(w, "clean %d/%d   booting %d   offered %d   in use %d   ending %d   (max %d VMs)\n",
+		p.Count("clean"), p.Size, p.Count("booting"), p.Count("offered"), p.Count("in-use"), p.Count("ending"), p.MaxVMs)
+	if j := p.Publish; j != nil && (j.Finished == nil || j.Error != "") {
+		switch {
+		case j.Finished == nil:
+			fmt.Fprintf(w, "PUBLISHING version %d: %s of %s copied (%s)\n", j.Version, humanize.IBytes(j.Written), humanize.IBytes(j.Total), j.Reason)
+		default:
+			fmt.Fprintf(w, "LAST PUBLISH FAILED (version %d, %s ago): %s\n", j.Version, now.Sub(*j.Finished).Round(time.Second), j.Error)
+		}
+	}
+	if h := s.Handoffs; h.Count > 0 {
+		fmt.Fprintf(w, "sessions %d   handoffs (latest %d): p50 %v, p99 %v\n", len(s.Sessions), h.Count,
+			h.P50.Round(10*time.Microsecond), h.P99.Round(10*time.Microsecond))
+	}
+	for _, note := range []struct{ label, text string }{
+		{"NO NEW SESSIONS", s.Closed}, {"PAUSED", p.Paused}, {"DEGRADED", p.Degraded}, {"MEMORY", p.Memory},
+	} {
+		if note.text != "" {
+			fmt.Fprintf(w, "%s: %s\n", note.label, note.text)
+		}
+	}
+	faulty, online := 0, 0
+	for _, k := range s.Kiosks {
+		if k.Online {
+			online++
+		}
+		if k.Online && k.Fault != "" {
+			faulty++
+			since := ""
+			if k.FaultSince != nil {
+				since = " for " + now.Sub(*k.FaultSince).Round(time.Second).String()
+			}
+			fmt.Fprintf(w, "OUT OF ORDER: kiosk %s (%s)%s: %s\n", k.ID, k.Addr, since, k.Fault)
+		}
+	}
+	if len(s.Kiosks) > 0 {
+		fmt.Fprintf(w, "kiosks connected %d   out of order %d", online, faulty)
+		if off := len(s.Kiosks) - online; off > 0 {
+			fmt.Fprintf(w, "   offline %d", off)
+		}
+		fmt.Fprintln(w)
+	}
+	if len(p.Versions) > 0 {
+		fmt.Fprintln(w)
+		WriteVersions(w, p.Versions, now)
+	}
+	if len(s.Kiosks) > 0 {
+		fmt.Fprintln(w)
+		writeFleet(w, s.Kiosks, now)
+	}
+	if len(p.VMs) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tSTATE\tVERSION\tFOR\tKIOSK\tOVERLAYS\tNOTE")
+	kiosks := map[string]string{}
+	for _, l := range s.Sessions {
+		kiosks[l.VM] = fmt.Sprintf("%s (%s)", l.Kiosk, l.Addr)
+	}
+	vms := append([]pool.VMStatus(nil), p.VMs...)
+	sort.Slice(vms, func(i, j int) bool { return vms[i].Name < vms[j].Name })
+	for _, v := range vms {
+		note := v.Reason
+		if v.Error != "" {
+			note = "error: " + v.Error
+		}
+		kiosk := kiosks[v.Name]
+		if kiosk == "" {
+			kiosk = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", v.Name, v.State, v.Version, now.Sub(v.Since).Round(time.Second),
+			kiosk, strings.Join(v.Overlays, ","), note)
+	}
+	tw.Flush()
+}
+
+// WriteVersions prints the published versions: each one's age, size and
+// clones, and which is current or kept for a rollback.
+func WriteVersions(w io.Writer, vs []pool.VersionStatus, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tGOLDEN\tAGE\tSIZE\tCLONES\tNOTE")
+	for _, v := range vs {
+		note := ""
+		switch {
+		case v.Current:
+			note = "current"
+		case v.Withdrawn != nil && v.Kept:
+			note = "rolled back; deleted after the next publish"
+		case v.Withdrawn != nil:
+			note = "rolled back"
+		case v.Kept:
+			note = "kept for rollback"
+		default:
+			note = "old; deleted once no clone uses it"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\n", v.Version, v.Golden, now.Sub(v.Published).Round(time.Second),
+			humanize.IBytes(v.Size), v.Clones, note)
+	}
+	tw.Flush()
+}
+
+// writeFleet is the kiosks' table: each known kiosk, online or since when
+// not, and what it last said of itself.
+func writeFleet(w io.Writer, kiosks []session.KioskStatus, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KIOSK\tADDRESS\tSEEN\tSTATE\tUPTIME\tSCREEN\tSOFTWARE\tLAST ERROR")
+	dash := func(s string) string {
+		if s == "" {
+			return "-"
+		}
+		return s
+	}
+	for _, k := range kiosks {
+		seen := "never"
+		switch {
+		case k.Online:
+			seen = "online"
+		case !k.LastSeen.IsZero():
+			seen = "offline for " + now.Sub(k.LastSeen).Round(time.Second).String()
+		}
+		state := k.State
+		if k.Online && k.Fault != "" {
+			state = "out of order"
+		}
+		uptime := ""
+		if k.UptimeSeconds > 0 {
+			uptime = (time.Duration(k.UptimeSeconds) * time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, dash(k.Addr), seen, dash(state), dash(uptime), dash(k.Screen),
+			dash(k.Software), dash(k.LastError))
+	}
+	tw.Flush()
+}
