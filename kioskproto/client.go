@@ -46,6 +46,10 @@ type Dialer struct {
 	// Report is the rest of what the kiosk says of itself in every
 	// heartbeat, for the broker's fleet view; nil says nothing.
 	Report func() Report
+	// Commands says the kiosk takes operators' commands (Command
+	// messages); Image is its image's version. Both go in the hello.
+	Commands bool
+	Image    string
 }
 
 // Report is what a kiosk tells the broker about itself besides idle time
@@ -77,7 +81,9 @@ func (d Dialer) Dial(ctx context.Context, id, token, software string) (*Client, 
 	} else {
 		conn.SetDeadline(time.Now().Add(15 * time.Second))
 	}
-	if err := WriteMessage(conn, NewHello(id, token, software)); err != nil {
+	hello := NewHello(id, token, software)
+	hello.Hello.Commands, hello.Hello.Image = d.Commands, short(d.Image)
+	if err := WriteMessage(conn, hello); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -136,6 +142,25 @@ func (c *Client) Request(touched time.Time) error {
 
 // End ends the current session (or request) with a reason.
 func (c *Client) End(reason string) error { return c.send(NewEnd(reason)) }
+
+// SendScreenshot sends the screenshot the broker asked for as id, a JPEG in
+// parts, or refuses it (refused says why).
+func (c *Client) SendScreenshot(id string, jpeg []byte, refused string) error {
+	if refused != "" {
+		return c.send(&Message{Type: TScreenshot, Screenshot: &Screenshot{ID: id, Last: true, Refused: Clip(refused)}})
+	}
+	for part := 0; ; part++ {
+		n := min(len(jpeg), ScreenshotPart)
+		last := n == len(jpeg)
+		if err := c.send(&Message{Type: TScreenshot, Screenshot: &Screenshot{ID: id, Part: part, Last: last, Data: jpeg[:n]}}); err != nil {
+			return err
+		}
+		if last {
+			return nil
+		}
+		jpeg = jpeg[n:]
+	}
+}
 
 // Beat sends a heartbeat now (heartbeats go out on their own too): the
 // kiosk calls it when its fault changes, so the broker hears at once.

@@ -41,19 +41,24 @@ const (
 	THeartbeat Type = "heartbeat"
 	TEnd       Type = "end"
 	TError     Type = "error"
+	// An operator's command to a kiosk, and a kiosk's screenshot back.
+	TCommand    Type = "command"
+	TScreenshot Type = "screenshot"
 )
 
 // Message is one frame: its type and exactly the payload of that type.
 type Message struct {
-	Type      Type       `json:"type"`
-	Hello     *Hello     `json:"hello,omitempty"`
-	Welcome   *Welcome   `json:"welcome,omitempty"`
-	Request   *Request   `json:"request,omitempty"`
-	Status    *Status    `json:"status,omitempty"`
-	Offer     *Offer     `json:"offer,omitempty"`
-	Heartbeat *Heartbeat `json:"heartbeat,omitempty"`
-	End       *End       `json:"end,omitempty"`
-	Error     *Error     `json:"error,omitempty"`
+	Type       Type        `json:"type"`
+	Hello      *Hello      `json:"hello,omitempty"`
+	Welcome    *Welcome    `json:"welcome,omitempty"`
+	Request    *Request    `json:"request,omitempty"`
+	Status     *Status     `json:"status,omitempty"`
+	Offer      *Offer      `json:"offer,omitempty"`
+	Heartbeat  *Heartbeat  `json:"heartbeat,omitempty"`
+	End        *End        `json:"end,omitempty"`
+	Error      *Error      `json:"error,omitempty"`
+	Command    *Command    `json:"command,omitempty"`
+	Screenshot *Screenshot `json:"screenshot,omitempty"`
 }
 
 // Hello opens a connection: who the kiosk is and its secret token.
@@ -62,6 +67,12 @@ type Hello struct {
 	Kiosk    string `json:"kiosk"`
 	Token    string `json:"token"`
 	Software string `json:"software,omitempty"` // e.g. "kioskd 0.1", for the broker's log
+	// Commands says the kiosk takes command messages; the broker sends
+	// none to a kiosk that does not (an older image).
+	Commands bool `json:"commands,omitempty"`
+	// Image is the kiosk image's version (its build stamp), "" where
+	// kioskd does not run from an undervdi image.
+	Image string `json:"image,omitempty"`
 }
 
 // Welcome accepts a kiosk and tells it the broker's timings.
@@ -144,6 +155,38 @@ type Heartbeat struct {
 type End struct {
 	Reason string `json:"reason"`
 }
+
+// Command is an operator's order to a kiosk, from the broker.
+type Command struct {
+	Action  string `json:"action"`            // one of the Cmd constants
+	Text    string `json:"text,omitempty"`    // the message, or why (out of order, closed)
+	Seconds int    `json:"seconds,omitempty"` // how long a message shows
+	ID      string `json:"id,omitempty"`      // a screenshot's, which its parts carry back
+}
+
+// Commands' actions.
+const (
+	CmdReboot     = "reboot"       // restart: the appliance reboots, a systemd kiosk restarts kioskd
+	CmdMessage    = "message"      // show Text for Seconds (over the slideshow, or in a session's banner)
+	CmdOutOfOrder = "out-of-order" // serve nobody, saying Text, until in-order
+	CmdInOrder    = "in-order"
+	CmdRefreshAds = "refresh-ads" // mirror the ads now
+	CmdScreenshot = "screenshot"  // send the slideshow's picture; refused during a session
+	CmdClosed     = "closed"      // the site is closed (Text says until when); "" Text: open
+)
+
+// Screenshot is one part of a kiosk's screenshot (a JPEG), or its refusal.
+type Screenshot struct {
+	ID      string `json:"id"`
+	Part    int    `json:"part"`
+	Last    bool   `json:"last,omitempty"`
+	Data    []byte `json:"data,omitempty"`
+	Refused string `json:"refused,omitempty"` // why there is none: the kiosk is in a session
+}
+
+// ScreenshotPart is the most a screenshot part carries, so that a part
+// fits a frame (base64 makes it a third larger).
+const ScreenshotPart = 8 << 10
 
 // Error reports a refused hello or request; the broker closes the
 // connection after it for the codes that say so.
@@ -233,7 +276,7 @@ func (m *Message) Validate() error {
 	payloads := map[Type]bool{
 		THello: m.Hello != nil, TWelcome: m.Welcome != nil, TRequest: m.Request != nil,
 		TStatus: m.Status != nil, TOffer: m.Offer != nil, THeartbeat: m.Heartbeat != nil,
-		TEnd: m.End != nil, TError: m.Error != nil,
+		TEnd: m.End != nil, TError: m.Error != nil, TCommand: m.Command != nil, TScreenshot: m.Screenshot != nil,
 	}
 	has, known := payloads[m.Type]
 	if !known {
@@ -270,6 +313,7 @@ func (m *Message) Validate() error {
 		text("kiosk", m.Hello.Kiosk, maxID, true)
 		text("token", m.Hello.Token, maxSecret, false)
 		text("software", m.Hello.Software, maxID, false)
+		text("image", m.Hello.Image, maxID, false)
 	case TWelcome:
 		num("version", m.Welcome.Version, 1<<16)
 		num("heartbeat_seconds", m.Welcome.HeartbeatSeconds, 3600)
@@ -308,6 +352,22 @@ func (m *Message) Validate() error {
 	case TError:
 		text("code", m.Error.Code, maxID, true)
 		text("message", m.Error.Message, MaxText, false)
+	case TCommand:
+		switch a := m.Command.Action; a {
+		case CmdReboot, CmdMessage, CmdOutOfOrder, CmdInOrder, CmdRefreshAds, CmdScreenshot, CmdClosed:
+		default:
+			errs = append(errs, fmt.Errorf("action %q unknown", clip(a)))
+		}
+		text("text", m.Command.Text, MaxText, m.Command.Action == CmdMessage)
+		num("seconds", m.Command.Seconds, 24*3600)
+		text("id", m.Command.ID, maxID, m.Command.Action == CmdScreenshot)
+	case TScreenshot:
+		text("id", m.Screenshot.ID, maxID, true)
+		num("part", m.Screenshot.Part, 1024)
+		if len(m.Screenshot.Data) > ScreenshotPart {
+			errs = append(errs, fmt.Errorf("data is %d bytes, at most %d", len(m.Screenshot.Data), ScreenshotPart))
+		}
+		text("refused", m.Screenshot.Refused, MaxText, false)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %s: %w", ErrBadMessage, m.Type, errors.Join(errs...))
@@ -384,6 +444,9 @@ func NewHeartbeat(idle time.Duration, fault string) *Message {
 
 // NewEnd returns an end with a reason.
 func NewEnd(reason string) *Message { return &Message{Type: TEnd, End: &End{Reason: reason}} }
+
+// NewCommand wraps a command.
+func NewCommand(c Command) *Message { return &Message{Type: TCommand, Command: &c} }
 
 // NewError returns an error message.
 func NewError(code, msg string) *Message {

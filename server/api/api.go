@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"undervdi/kioskproto"
 	"undervdi/server/domxml"
 	"undervdi/server/pool"
 	"undervdi/server/session"
@@ -41,9 +42,13 @@ type Sessions interface {
 	Handoffs() session.Handoffs
 	EndVM(vm, reason string) bool
 	EndLease(id, reason string) bool
-	Drain(why string)
+	Drain(why, notice string)
 	Resume()
 	Closed() string
+	Command(kiosk string, c kioskproto.Command) error
+	Broadcast(c kioskproto.Command) int
+	Screenshot(ctx context.Context, kiosk string) ([]byte, error)
+	SetOutOfOrder(kiosk, reason string) error
 }
 
 // Server holds what the handlers serve.
@@ -103,6 +108,12 @@ func (s *Server) routes() []route {
 			return reply(w, 200, s.Sessions.Fleet())
 		}},
 		{"GET", "/v1/kiosks/{id}", Viewer, s.kiosk},
+		{"GET", "/v1/kiosks/{id}/screenshot", Viewer, s.screenshot},
+		{"POST", "/v1/kiosks/{id}/reboot", Operator, s.reboot},
+		{"POST", "/v1/kiosks/{id}/message", Operator, s.message},
+		{"PUT", "/v1/kiosks/{id}/out-of-order", Operator, s.outOfOrder},
+		{"DELETE", "/v1/kiosks/{id}/out-of-order", Operator, s.inOrder},
+		{"POST", "/v1/ads/refresh", Operator, s.refreshAds},
 		{"GET", "/v1/versions", Viewer, s.versions},
 		{"POST", "/v1/versions", Operator, s.publish},
 		{"POST", "/v1/versions/rollback", Operator, s.rollback},
@@ -337,9 +348,11 @@ func (s *Server) setSize(w http.ResponseWriter, r *http.Request, id Identity) er
 	return reply(w, 200, req)
 }
 
-// DrainRequest is POST /v1/pool/drain's body.
+// DrainRequest is POST /v1/pool/drain's body: why (for the audit and the
+// operators) and what the kiosks' slideshows say meanwhile.
 type DrainRequest struct {
 	Reason string `json:"reason"`
+	Notice string `json:"notice"` // default "Closed"
 }
 
 // Drained is the answer to drain and resume.
@@ -356,10 +369,14 @@ func (s *Server) drain(w http.ResponseWriter, r *http.Request, id Identity) erro
 	if why == "" {
 		why = "drained by " + id.Name
 	}
-	if len(why) > 200 {
-		return apiErr(http.StatusBadRequest, "bad-request", "a reason holds at most 200 bytes")
+	notice := strings.TrimSpace(req.Notice)
+	if notice == "" {
+		notice = "Closed"
 	}
-	s.Sessions.Drain(why)
+	if len(why) > 200 || len(notice) > 200 {
+		return apiErr(http.StatusBadRequest, "bad-request", "a reason or a notice holds at most 200 bytes")
+	}
+	s.Sessions.Drain(why, notice)
 	s.did(r, id, "drain", "", "", why)
 	return reply(w, 200, Drained{Closed: why})
 }
@@ -559,4 +576,117 @@ func (s *Server) audit(w http.ResponseWriter, r *http.Request, _ Identity) error
 		page.Next = recs[len(recs)-1].Time.Format(time.RFC3339Nano)
 	}
 	return reply(w, 200, page)
+}
+
+// kioskError is the API's error for a refused kiosk command.
+func kioskError(err error) error {
+	switch {
+	case errors.Is(err, session.ErrUnknownKiosk):
+		return apiErr(http.StatusNotFound, "not-found", "%v", err)
+	case errors.Is(err, session.ErrKioskOffline):
+		return apiErr(http.StatusConflict, "offline", "%v", err)
+	case errors.Is(err, session.ErrNoCommands):
+		return apiErr(http.StatusConflict, "no-commands", "%v", err)
+	case errors.Is(err, session.ErrInSession):
+		return apiErr(http.StatusConflict, "in-session", "%v", err)
+	case errors.Is(err, kioskproto.ErrBadMessage):
+		return apiErr(http.StatusBadRequest, "bad-request", "%v", err)
+	}
+	return err
+}
+
+// screenshot is a kiosk's screen while it shows the slideshow, as JPEG:
+// refused (409 in-session) while a visitor is at it, by the broker and by
+// the kiosk.
+func (s *Server) screenshot(w http.ResponseWriter, r *http.Request, _ Identity) error {
+	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
+	defer cancel()
+	img, err := s.Sessions.Screenshot(ctx, r.PathValue("id"))
+	if err != nil {
+		return kioskError(err)
+	}
+	w.Header().Set("Content-Type", "image/jpeg")
+	w.Header().Set("Content-Length", strconv.Itoa(len(img)))
+	_, err = w.Write(img)
+	return err
+}
+
+// Sent is the answer to a command sent to kiosks.
+type Sent struct {
+	Kiosks int `json:"kiosks"` // how many got it
+}
+
+func (s *Server) reboot(w http.ResponseWriter, r *http.Request, id Identity) error {
+	kiosk := r.PathValue("id")
+	if err := s.Sessions.Command(kiosk, kioskproto.Command{Action: kioskproto.CmdReboot, Text: "an operator (" + id.Name + ")"}); err != nil {
+		return kioskError(err)
+	}
+	s.did(r, id, "reboot", kiosk, "", "after the session on it, if any, ends")
+	return reply(w, http.StatusAccepted, Sent{Kiosks: 1})
+}
+
+// MessageRequest is POST /v1/kiosks/{id}/message's body.
+type MessageRequest struct {
+	Text    string `json:"text"`
+	Seconds int    `json:"seconds"` // default 60, at most a day
+}
+
+func (s *Server) message(w http.ResponseWriter, r *http.Request, id Identity) error {
+	kiosk := r.PathValue("id")
+	var req MessageRequest
+	if err := decode(r, &req, false); err != nil {
+		return err
+	}
+	req.Text = strings.TrimSpace(req.Text)
+	if req.Seconds == 0 {
+		req.Seconds = 60
+	}
+	if req.Text == "" || len(req.Text) > 200 || req.Seconds < 1 || req.Seconds > 24*3600 {
+		return apiErr(http.StatusBadRequest, "bad-request", "a message has 1 to 200 bytes of text, shown 1 to 86400 seconds")
+	}
+	if err := s.Sessions.Command(kiosk, kioskproto.Command{Action: kioskproto.CmdMessage, Text: req.Text, Seconds: req.Seconds}); err != nil {
+		return kioskError(err)
+	}
+	s.did(r, id, "message", kiosk, "", fmt.Sprintf("%q for %ds", req.Text, req.Seconds))
+	return reply(w, http.StatusAccepted, Sent{Kiosks: 1})
+}
+
+// OutOfOrderRequest is PUT /v1/kiosks/{id}/out-of-order's body.
+type OutOfOrderRequest struct {
+	Reason string `json:"reason"`
+}
+
+func (s *Server) outOfOrder(w http.ResponseWriter, r *http.Request, id Identity) error {
+	kiosk := r.PathValue("id")
+	var req OutOfOrderRequest
+	if err := decode(r, &req, true); err != nil {
+		return err
+	}
+	why := strings.TrimSpace(req.Reason)
+	if why == "" {
+		why = "put out of order by " + id.Name
+	}
+	if len(why) > 200 {
+		return apiErr(http.StatusBadRequest, "bad-request", "a reason holds at most 200 bytes")
+	}
+	if err := s.Sessions.SetOutOfOrder(kiosk, why); err != nil {
+		return kioskError(err)
+	}
+	s.did(r, id, "out-of-order", kiosk, "", why)
+	return reply(w, 200, OutOfOrderRequest{Reason: why})
+}
+
+func (s *Server) inOrder(w http.ResponseWriter, r *http.Request, id Identity) error {
+	kiosk := r.PathValue("id")
+	if err := s.Sessions.SetOutOfOrder(kiosk, ""); err != nil {
+		return kioskError(err)
+	}
+	s.did(r, id, "in-order", kiosk, "", "back in order")
+	return reply(w, 200, OutOfOrderRequest{})
+}
+
+func (s *Server) refreshAds(w http.ResponseWriter, r *http.Request, id Identity) error {
+	n := s.Sessions.Broadcast(kioskproto.Command{Action: kioskproto.CmdRefreshAds})
+	s.did(r, id, "refresh-ads", "", "", fmt.Sprintf("%d kiosks told", n))
+	return reply(w, 200, Sent{Kiosks: n})
 }

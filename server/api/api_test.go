@@ -5,7 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"image"
+	"image/jpeg"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -20,6 +23,7 @@ import (
 
 	"undervdi/internal/syncbuf"
 	"undervdi/internal/testlog"
+	"undervdi/kioskproto"
 	"undervdi/server/pool"
 	"undervdi/server/session"
 )
@@ -70,9 +74,12 @@ func (p *fakePool) SetSize(n int) error {
 }
 
 type fakeSessions struct {
-	mu     sync.Mutex
-	closed string
-	ended  []string
+	mu       sync.Mutex
+	closed   string
+	notice   string
+	ended    []string
+	commands []string // "kiosk action text"
+	disabled map[string]string
 }
 
 func (s *fakeSessions) Leases() []session.LeaseStatus {
@@ -80,7 +87,7 @@ func (s *fakeSessions) Leases() []session.LeaseStatus {
 }
 func (s *fakeSessions) Fleet() []session.KioskStatus {
 	return []session.KioskStatus{{ID: "lobby-1", Addr: "169.254.24.11", Connected: time.Now(), Online: true, Session: true, State: "in-session"},
-		{ID: "lobby-2"}}
+		{ID: "lobby-2"}, {ID: "lobby-3", Addr: "169.254.24.13", Connected: time.Now(), Online: true, State: "idle", Commands: true}}
 }
 func (s *fakeSessions) Handoffs() session.Handoffs {
 	return session.Handoffs{Count: 1, P50: time.Millisecond}
@@ -100,9 +107,70 @@ func (s *fakeSessions) EndLease(id, reason string) bool {
 	}
 	return s.EndVM("undervdi-bbbb", reason)
 }
-func (s *fakeSessions) Drain(why string) { s.mu.Lock(); s.closed = why; s.mu.Unlock() }
-func (s *fakeSessions) Resume()          { s.mu.Lock(); s.closed = ""; s.mu.Unlock() }
-func (s *fakeSessions) Closed() string   { s.mu.Lock(); defer s.mu.Unlock(); return s.closed }
+func (s *fakeSessions) Drain(why, notice string) {
+	s.mu.Lock()
+	s.closed, s.notice = why, notice
+	s.mu.Unlock()
+}
+
+func (s *fakeSessions) kiosk(id string) error {
+	switch id {
+	case "lobby-1", "lobby-3":
+		return nil
+	case "lobby-2":
+		return fmt.Errorf("%w: lobby-2", session.ErrKioskOffline)
+	}
+	return fmt.Errorf("%w: %s", session.ErrUnknownKiosk, id)
+}
+
+func (s *fakeSessions) Command(id string, c kioskproto.Command) error {
+	if err := s.kiosk(id); err != nil {
+		return err
+	}
+	if err := kioskproto.NewCommand(c).Validate(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.commands = append(s.commands, id+" "+c.Action+" "+c.Text)
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *fakeSessions) Broadcast(c kioskproto.Command) int {
+	s.Command("lobby-3", c)
+	return 1
+}
+
+func (s *fakeSessions) Screenshot(_ context.Context, id string) ([]byte, error) {
+	if err := s.kiosk(id); err != nil {
+		return nil, err
+	}
+	if id == "lobby-1" {
+		return nil, fmt.Errorf("%w (kiosk lobby-1)", session.ErrInSession)
+	}
+	var b bytes.Buffer
+	jpeg.Encode(&b, image.NewGray(image.Rect(0, 0, 16, 9)), nil)
+	return b.Bytes(), nil
+}
+
+func (s *fakeSessions) SetOutOfOrder(id, reason string) error {
+	if err := s.kiosk(id); err != nil && !errors.Is(err, session.ErrKioskOffline) {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.disabled == nil {
+		s.disabled = map[string]string{}
+	}
+	if reason == "" {
+		delete(s.disabled, id)
+	} else {
+		s.disabled[id] = reason
+	}
+	return nil
+}
+func (s *fakeSessions) Resume()        { s.mu.Lock(); s.closed = ""; s.mu.Unlock() }
+func (s *fakeSessions) Closed() string { s.mu.Lock(); defer s.mu.Unlock(); return s.closed }
 
 // rig is an API server over HTTPS with two users and two tokens.
 type rig struct {
@@ -492,5 +560,58 @@ func TestSecurityHeaders(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || resp.Header.Get("Strict-Transport-Security") == "" || resp.Header.Get("Cache-Control") != "no-store" {
 		t.Errorf("healthz: %d, headers %v", resp.StatusCode, resp.Header)
+	}
+}
+
+// TestKioskActions: an operator reboots a kiosk, shows it a message, puts
+// it out of order and back, and refreshes the ads; a viewer may only look
+// at the slideshow's screenshot, which is refused for a kiosk in session;
+// bad input and offline or unknown kiosks are told apart.
+func TestKioskActions(t *testing.T) {
+	r := newRig(t)
+	viewer, op := r.client(r.tokens[Viewer]), r.client(r.tokens[Operator])
+	for _, a := range []struct {
+		method, path string
+		body         any
+	}{
+		{"POST", "/v1/kiosks/lobby-3/reboot", nil}, {"POST", "/v1/kiosks/lobby-3/message", MessageRequest{Text: "hi"}},
+		{"PUT", "/v1/kiosks/lobby-3/out-of-order", nil}, {"DELETE", "/v1/kiosks/lobby-3/out-of-order", nil},
+		{"POST", "/v1/ads/refresh", nil},
+	} {
+		code(t, viewer.want(a.method, a.path, a.body, http.StatusForbidden))
+	}
+	if len(r.sessions.commands) != 0 || len(r.sessions.disabled) != 0 {
+		t.Fatalf("a viewer's commands went through: %v %v", r.sessions.commands, r.sessions.disabled)
+	}
+	status, body := viewer.do("GET", "/v1/kiosks/lobby-3/screenshot", nil)
+	if status != 200 || !bytes.HasPrefix(body, []byte{0xff, 0xd8}) {
+		t.Errorf("screenshot = %d, %d bytes", status, len(body))
+	}
+	if c := code(t, viewer.want("GET", "/v1/kiosks/lobby-1/screenshot", nil, 409)); c != "in-session" {
+		t.Errorf("a screenshot during a session: code %q", c)
+	}
+	if c := code(t, op.want("POST", "/v1/kiosks/lobby-2/reboot", nil, 409)); c != "offline" {
+		t.Errorf("reboot of an offline kiosk: code %q", c)
+	}
+	code(t, op.want("POST", "/v1/kiosks/nowhere/reboot", nil, 404))
+	op.want("POST", "/v1/kiosks/lobby-3/reboot", nil, 202)
+	op.want("POST", "/v1/kiosks/lobby-3/message", MessageRequest{Text: "Back at 2 pm", Seconds: 600}, 202)
+	code(t, op.want("POST", "/v1/kiosks/lobby-3/message", MessageRequest{Text: ""}, 400))
+	code(t, op.want("POST", "/v1/kiosks/lobby-3/message", MessageRequest{Text: "x", Seconds: 90000}, 400))
+	op.want("PUT", "/v1/kiosks/lobby-2/out-of-order", OutOfOrderRequest{Reason: "screen cracked"}, 200) // offline: kept for its return
+	op.want("PUT", "/v1/kiosks/lobby-3/out-of-order", nil, 200)
+	op.want("DELETE", "/v1/kiosks/lobby-3/out-of-order", nil, 200)
+	code(t, op.want("PUT", "/v1/kiosks/nowhere/out-of-order", nil, 404))
+	op.want("POST", "/v1/ads/refresh", nil, 200)
+	op.want("POST", "/v1/pool/drain", DrainRequest{Reason: "maintenance", Notice: "Closed for maintenance"}, 200)
+	if r.sessions.notice != "Closed for maintenance" {
+		t.Errorf("drain notice %q", r.sessions.notice)
+	}
+	want := []string{"lobby-3 reboot an operator (olga-script)", "lobby-3 message Back at 2 pm", "lobby-3 refresh-ads "}
+	if !slices.Equal(r.sessions.commands, want) {
+		t.Errorf("commands %q, want %q", r.sessions.commands, want)
+	}
+	if d := r.sessions.disabled; len(d) != 1 || d["lobby-2"] != "screen cracked" {
+		t.Errorf("out of order: %v", d)
 	}
 }

@@ -104,7 +104,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		SpiceSubject:     subject,
 		Viewer: kioskproto.Viewer{Title: v.Title, DisableAudio: v.DisableAudio, DisableEffects: v.DisableEffects,
 			Compression: v.Compression, USBAutoRedirect: v.USBAutoRedirect, USBRedirectConnect: v.USBRedirectConnect},
-		Metrics: b.Metrics.Hooks(),
+		Metrics:        b.Metrics.Hooks(),
+		OutOfOrderFile: filepath.Join(cfg.StateDir, "out-of-order.json"),
 	}, b.Pool, registry, audit, log)
 	b.Metrics.Watch(metrics.Source{Pool: b.Pool.Status, Kiosks: b.Sessions.Fleet, Leases: b.Sessions.Leases, Queue: b.Sessions.QueueLen})
 	if b.Gateway, err = gateway.New(b.Sessions, b.displays, audit, log); err != nil {

@@ -40,12 +40,15 @@ type kioskConn struct {
 	once   sync.Once
 
 	software string // what its hello said
+	image    string
+	commands bool // it takes operators' commands
 
 	mu         sync.Mutex
 	req        *request             // the current request or session, if any
 	fault      string               // why the kiosk says it is out of order; "": in order
 	faultSince time.Time            // when it first said so
 	report     kioskproto.Heartbeat // its latest heartbeat: state, uptime, last error
+	shots      map[string]*shot     // screenshots asked of it, by id
 }
 
 // KioskPort is the kiosk protocol's port: at most max_conns_per_addr
@@ -94,7 +97,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 		host = accept.LocalAddr(c).String()
 	}
 	k := &kioskConn{m: m, c: c, r: r, id: h.Kiosk, addr: addr, host: host, group: group, since: time.Now(),
-		software: h.Software, out: make(chan outMsg, 32), closed: make(chan struct{})}
+		software: h.Software, image: h.Image, commands: h.Commands, out: make(chan outMsg, 32), closed: make(chan struct{})}
 	k.heard()
 	if err := m.admitConn(k); err != nil {
 		m.audit.Refused("kiosk", addr.String(), h.Kiosk, err.Error())
@@ -107,6 +110,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 
 	go k.writeLoop()
 	k.send(kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker", m.cfg.Viewer).WithSpiceSubject(m.cfg.SpiceSubject))
+	m.greet(k)
 	go k.heartbeatLoop()
 	reason := k.readLoop(ctx)
 	k.close()
@@ -149,6 +153,8 @@ func (k *kioskConn) readLoop(ctx context.Context) string {
 			if r != nil {
 				k.m.heartbeat(k.m.leaseOf(r), time.Duration(msg.Heartbeat.IdleSeconds)*time.Second)
 			}
+		case kioskproto.TScreenshot:
+			k.gotShot(msg.Screenshot)
 		case kioskproto.TEnd:
 			k.mu.Lock()
 			r := k.req
@@ -373,7 +379,8 @@ func (k *kioskConn) status() KioskStatus {
 	defer k.mu.Unlock()
 	s := KioskStatus{ID: k.id, Addr: k.addr.String(), Connected: k.since, Fault: k.fault, Session: k.req != nil,
 		Online: true, LastSeen: time.Unix(0, k.last.Load()), Software: k.software, Screen: k.report.Screen,
-		State: k.report.State, UptimeSeconds: k.report.UptimeSeconds, LastError: k.report.LastError}
+		State: k.report.State, UptimeSeconds: k.report.UptimeSeconds, LastError: k.report.LastError, Image: k.image,
+		Commands: k.commands}
 	if k.fault != "" {
 		s.FaultSince = timePtr(k.faultSince)
 	}

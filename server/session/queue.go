@@ -17,6 +17,9 @@ var ErrQueueFull = errors.New("too many kiosks waiting")
 // ErrClosed is returned while the broker is drained: no new sessions.
 var ErrClosed = errors.New("no new sessions")
 
+// ErrOutOfOrder is returned for a kiosk an operator put out of order.
+var ErrOutOfOrder = errors.New("an operator put this kiosk out of order")
+
 // request is one kiosk waiting for a VM, served in arrival order.
 type request struct {
 	kiosk   string
@@ -42,6 +45,10 @@ func (m *Manager) enqueue(r *request) error {
 		why := m.closed
 		m.mu.Unlock()
 		return fmt.Errorf("%w: %s", ErrClosed, why)
+	}
+	if why := m.disabled[r.kiosk]; why != "" {
+		m.mu.Unlock()
+		return fmt.Errorf("%w: %s", ErrOutOfOrder, why)
 	}
 	if len(m.queue) >= m.cfg.QueueLimit {
 		m.mu.Unlock()

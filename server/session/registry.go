@@ -92,6 +92,20 @@ func (r *Registry) Legacy(addr netip.Addr) (string, bool) {
 	return "", false
 }
 
+// Configured reports whether id is a kiosk configured by its id or one
+// its group's pattern admits.
+func (r *Registry) Configured(id string) bool {
+	if _, ok := r.exact[id]; ok {
+		return true
+	}
+	for _, p := range r.patterns {
+		if m, _ := path.Match(p.id, id); m {
+			return true
+		}
+	}
+	return false
+}
+
 // IDs are the kiosks configured by exact id (not groups, not legacy ones).
 func (r *Registry) IDs() []string {
 	ids := make([]string, 0, len(r.exact))

@@ -63,6 +63,9 @@ type Config struct {
 	SpiceSubject     string // the TLS port's certificate subject, for viewers' host-subject
 	Viewer           kioskproto.Viewer
 	Metrics          Metrics
+	// OutOfOrderFile keeps the kiosks operators put out of order across
+	// restarts; "": in memory only.
+	OutOfOrderFile string
 }
 
 // Metrics hears what the manager measures, for the broker's metrics; nil
@@ -109,6 +112,11 @@ type Manager struct {
 	offline map[string]KioskStatus  // kiosks seen since the start and gone, by id: the fleet
 	groups  map[string]int          // kiosks connected per registry entry
 	closed  string                  // why no new session starts (drained); "" serves
+	notice  string                  // what kiosks say while closed
+	// disabled holds the kiosks operators put out of order, by id, with
+	// why; saved in cfg.OutOfOrderFile.
+	disabled map[string]string
+	saveMu   sync.Mutex
 
 	handoffs handoffStats
 }
@@ -124,6 +132,11 @@ func New(cfg Config, p Pool, reg *Registry, audit *Audit, log *slog.Logger) *Man
 		conns:   map[string]*kioskConn{},
 		offline: map[string]KioskStatus{},
 		groups:  map[string]int{},
+	}
+	var err error
+	if m.disabled, err = loadDisabled(cfg.OutOfOrderFile); err != nil {
+		log.Error("cannot read which kiosks operators put out of order; all are in order", "err", err)
+		m.disabled = map[string]string{}
 	}
 	return m
 }
@@ -322,10 +335,11 @@ func (m *Manager) EndLease(id, reason string) bool {
 
 // Drain stops new sessions, for why (closing time, maintenance): requests
 // are refused with it, and kiosks still waiting are told and go back to
-// their slideshow. Running sessions go on until they end.
-func (m *Manager) Drain(why string) {
+// their slideshow, which says notice (if not "") until Resume. Running
+// sessions go on until they end.
+func (m *Manager) Drain(why, notice string) {
 	m.mu.Lock()
-	m.closed = why
+	m.closed, m.notice = why, notice
 	waiting := m.queue
 	m.queue = nil
 	for _, r := range waiting {
@@ -337,15 +351,21 @@ func (m *Manager) Drain(why string) {
 			r.onEnd("no new sessions: " + why)
 		}
 	}
+	if notice != "" {
+		m.Broadcast(kioskproto.Command{Action: kioskproto.CmdClosed, Text: kioskproto.Clip(notice)})
+	}
 	m.log.Info("draining: no new sessions; running ones go on", "reason", why, "waiting_sent_away", len(waiting))
 }
 
 // Resume serves new sessions again after Drain.
 func (m *Manager) Resume() {
 	m.mu.Lock()
-	was := m.closed
-	m.closed = ""
+	was, notice := m.closed, m.notice
+	m.closed, m.notice = "", ""
 	m.mu.Unlock()
+	if notice != "" {
+		m.Broadcast(kioskproto.Command{Action: kioskproto.CmdClosed})
+	}
 	if was != "" {
 		m.log.Info("serving new sessions again", "was", was)
 	}
@@ -559,6 +579,7 @@ func (m *Manager) Kiosks() []KioskStatus {
 func (m *Manager) Fleet() []KioskStatus {
 	online := m.Kiosks()
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	out := online
 	seen := map[string]bool{}
 	for _, s := range online {
@@ -570,11 +591,13 @@ func (m *Manager) Fleet() []KioskStatus {
 			seen[id] = true
 		}
 	}
-	m.mu.Unlock()
 	for _, id := range m.registry.IDs() {
 		if !seen[id] {
 			out = append(out, KioskStatus{ID: id})
 		}
+	}
+	for i := range out {
+		out[i].Disabled = m.disabled[out[i].ID]
 	}
 	slices.SortFunc(out, func(a, b KioskStatus) int { return cmp.Compare(a.ID, b.ID) })
 	return out
@@ -598,6 +621,10 @@ type KioskStatus struct {
 	State         string    `json:"state,omitempty"`
 	UptimeSeconds int       `json:"uptime_seconds,omitempty"`
 	LastError     string    `json:"last_error,omitempty"`
+	Image         string    `json:"image,omitempty"`    // the kiosk image's version
+	Commands      bool      `json:"commands,omitempty"` // it takes operators' commands
+	// Disabled is why an operator put the kiosk out of order.
+	Disabled string `json:"disabled,omitempty"`
 }
 
 // LeaseStatus is one lease in the broker's status; it carries no ticket.

@@ -7,9 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"image"
+	"image/jpeg"
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -899,7 +902,7 @@ func TestDrain(t *testing.T) {
 	waiting.send(kioskproto.NewRequest())
 	waiting.until(kioskproto.TStatus)
 
-	h.m.Drain("closing time")
+	h.m.Drain("closing time", "Closed until 8 am")
 	if h.m.Closed() != "closing time" {
 		t.Errorf("Closed() = %q", h.m.Closed())
 	}
@@ -932,4 +935,141 @@ func TestDrain(t *testing.T) {
 	h.pool.Add()
 	waiting.send(kioskproto.NewRequest())
 	waiting.until(kioskproto.TOffer)
+}
+
+// commandKiosk connects as id taking commands, and returns it welcomed.
+func (h *harness) commandKiosk(id string) *kiosk {
+	h.t.Helper()
+	k := h.dial("127.0.0.1")
+	hello := kioskproto.NewHello(id, token, "kioskd")
+	hello.Hello.Commands = true
+	k.send(hello)
+	k.until(kioskproto.TWelcome)
+	return k
+}
+
+// TestKioskCommands: a command reaches a kiosk that takes them, not one
+// that does not; a screenshot comes back in parts while the kiosk is idle,
+// and is refused, at the broker, once it has a session; a part out of
+// order fails it.
+func TestKioskCommands(t *testing.T) {
+	h := newHarness(t, 1, testConfig())
+	old := h.dial("127.0.0.1")
+	old.send(kioskproto.NewHello("pool-old", token, "kioskd 0"))
+	old.until(kioskproto.TWelcome)
+	if err := h.m.Command("pool-old", kioskproto.Command{Action: kioskproto.CmdReboot}); !errors.Is(err, ErrNoCommands) {
+		t.Errorf("a command to a kiosk that takes none: %v", err)
+	}
+	if err := h.m.Command("pool-gone", kioskproto.Command{Action: kioskproto.CmdReboot}); !errors.Is(err, ErrKioskOffline) {
+		t.Errorf("a command to a kiosk not connected: %v", err)
+	}
+	k := h.commandKiosk("k1")
+	if err := h.m.Command("k1", kioskproto.Command{Action: kioskproto.CmdMessage, Text: "Back at 2 pm", Seconds: 60}); err != nil {
+		t.Fatal(err)
+	}
+	if c := k.until(kioskproto.TCommand).Command; c.Action != kioskproto.CmdMessage || c.Text != "Back at 2 pm" {
+		t.Errorf("command = %+v", c)
+	}
+	if n := h.m.Broadcast(kioskproto.Command{Action: kioskproto.CmdRefreshAds}); n != 1 {
+		t.Errorf("Broadcast reached %d kiosks, want 1 (the other takes no commands)", n)
+	}
+	k.until(kioskproto.TCommand)
+
+	// The kiosk answers a screenshot in two parts.
+	var want bytes.Buffer
+	jpeg.Encode(&want, image.NewGray(image.Rect(0, 0, 200, 100)), nil)
+	go func() {
+		c := k.until(kioskproto.TCommand).Command
+		pic := want.Bytes()
+		half := len(pic) / 2
+		k.send(&kioskproto.Message{Type: kioskproto.TScreenshot, Screenshot: &kioskproto.Screenshot{ID: c.ID, Part: 0, Data: pic[:half]}})
+		k.send(&kioskproto.Message{Type: kioskproto.TScreenshot, Screenshot: &kioskproto.Screenshot{ID: c.ID, Part: 1, Last: true, Data: pic[half:]}})
+	}()
+	got, err := h.m.Screenshot(context.Background(), "k1")
+	if err != nil || !bytes.Equal(got, want.Bytes()) {
+		t.Fatalf("screenshot: %v, %d bytes, want %d", err, len(got), want.Len())
+	}
+	// Parts out of order fail it.
+	go func() {
+		c := k.until(kioskproto.TCommand).Command
+		k.send(&kioskproto.Message{Type: kioskproto.TScreenshot, Screenshot: &kioskproto.Screenshot{ID: c.ID, Part: 1, Last: true, Data: want.Bytes()}})
+	}()
+	if _, err := h.m.Screenshot(context.Background(), "k1"); err == nil {
+		t.Error("a screenshot whose parts came out of order was taken")
+	}
+	// The kiosk's own refusal.
+	go func() {
+		c := k.until(kioskproto.TCommand).Command
+		k.send(&kioskproto.Message{Type: kioskproto.TScreenshot, Screenshot: &kioskproto.Screenshot{ID: c.ID, Last: true, Refused: "a visitor is here"}})
+	}()
+	if _, err := h.m.Screenshot(context.Background(), "k1"); !errors.Is(err, ErrInSession) {
+		t.Errorf("a refused screenshot: %v", err)
+	}
+	// In a session, the broker refuses without asking.
+	k.send(kioskproto.NewRequest())
+	k.until(kioskproto.TOffer)
+	if _, err := h.m.Screenshot(context.Background(), "k1"); !errors.Is(err, ErrInSession) {
+		t.Errorf("a screenshot during a session: %v", err)
+	}
+	select {
+	case m := <-k.msgs:
+		if m != nil && m.Type == kioskproto.TCommand {
+			t.Errorf("the kiosk in session was asked: %+v", m.Command)
+		}
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// TestOperatorOutOfOrder: a kiosk put out of order is told at once and at
+// every hello, its requests are refused, it stays so across a broker
+// restart (the file), and back in order it is served again.
+func TestOperatorOutOfOrder(t *testing.T) {
+	cfg := testConfig()
+	cfg.OutOfOrderFile = filepath.Join(t.TempDir(), "out-of-order.json")
+	h := newHarness(t, 1, cfg)
+	if err := h.m.SetOutOfOrder("nobody", "x"); !errors.Is(err, ErrUnknownKiosk) {
+		t.Errorf("an unknown kiosk: %v", err)
+	}
+	if err := h.m.SetOutOfOrder("pool-7", "card reader broken"); err != nil {
+		t.Fatalf("a group's kiosk never seen: %v", err)
+	}
+	k := h.commandKiosk("k1")
+	if err := h.m.SetOutOfOrder("k1", "screen cracked"); err != nil {
+		t.Fatal(err)
+	}
+	if c := k.until(kioskproto.TCommand).Command; c.Action != kioskproto.CmdOutOfOrder || c.Text != "screen cracked" {
+		t.Errorf("command = %+v", c)
+	}
+	k.send(kioskproto.NewRequest())
+	if m := k.until(kioskproto.TError); m.Error.Code != kioskproto.CodeUnavailable || !strings.Contains(m.Error.Message, "out of order") {
+		t.Errorf("request from a kiosk out of order = %+v", m.Error)
+	}
+	var fleet KioskStatus
+	for _, s := range h.m.Fleet() {
+		if s.ID == "k1" {
+			fleet = s
+		}
+	}
+	if fleet.Disabled != "screen cracked" || !fleet.Commands {
+		t.Errorf("fleet entry = %+v", fleet)
+	}
+
+	// Another broker on the same file: the kiosk is told at its hello.
+	h2 := newHarness(t, 1, cfg)
+	k2 := h2.commandKiosk("k1")
+	if c := k2.until(kioskproto.TCommand).Command; c.Action != kioskproto.CmdOutOfOrder || c.Text != "screen cracked" {
+		t.Errorf("at hello after a restart: %+v", c)
+	}
+	if err := h2.m.SetOutOfOrder("k1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if c := k2.until(kioskproto.TCommand).Command; c.Action != kioskproto.CmdInOrder {
+		t.Errorf("back in order: %+v", c)
+	}
+	k2.send(kioskproto.NewRequest())
+	k2.until(kioskproto.TOffer)
+	d, _ := loadDisabled(cfg.OutOfOrderFile)
+	if len(d) != 1 || d["pool-7"] != "card reader broken" {
+		t.Errorf("the file holds %v", d)
+	}
 }
