@@ -152,7 +152,14 @@ type Image struct {
 	KernelVersion string           // e.g. 6.1.0-56-amd64
 	Packages      []string         // name=version of every Debian package used
 	Sizes         map[string]int64 // uncompressed bytes by part (see Part)
+	// Version names this image's content ("kiosk-" and 16 hex digits of
+	// its inputs' hash); the image says it in /etc/undervdi-image, and
+	// kioskd in its hello, so the broker can flag kiosks on older images.
+	Version string
 }
+
+// VersionFile is where the image keeps its version.
+const VersionFile = "/etc/undervdi-image"
 
 // Build returns the kiosk image, building it if its inputs changed.
 func (b *Builder) Build(ctx context.Context) (*Image, error) {
@@ -245,7 +252,10 @@ func (b *Builder) Build(ctx context.Context) (*Image, error) {
 	for _, k := range sortedKeys(files) {
 		fmt.Fprintln(key, k, files[k])
 	}
-	out := filepath.Join(b.CacheDir, "kiosk-"+hex.EncodeToString(key.Sum(nil))[:16])
+	version := "kiosk-" + hex.EncodeToString(key.Sum(nil))[:16]
+	img.Version = version
+	gen[VersionFile] = []byte(version + "\n")
+	out := filepath.Join(b.CacheDir, version)
 	img.Kernel = filepath.Join(out, "vmlinuz")
 	img.Initramfs = filepath.Join(out, "initramfs.img")
 	if b, err := os.ReadFile(filepath.Join(out, "image.json")); err == nil {
@@ -306,7 +316,7 @@ func (b *Builder) Build(ctx context.Context) (*Image, error) {
 }
 
 // buildRev changes whenever the image's layout changes, to invalidate caches.
-const buildRev = "kiosk-3"
+const buildRev = "kiosk-4"
 
 type built struct {
 	path string

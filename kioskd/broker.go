@@ -104,6 +104,8 @@ func (b *ProtocolLink) Run(ctx context.Context, events chan<- Event) {
 				events <- End{Reason: m.End.Reason}
 			case kioskproto.TError:
 				events <- Refuse{Message: errorText(m.Error)}
+			case kioskproto.TCommand:
+				events <- Command{Command: *m.Command}
 			}
 		}
 		stop()
@@ -143,6 +145,18 @@ func (b *ProtocolLink) End(reason string) {
 	b.mu.Unlock()
 	if c != nil {
 		c.End(reason)
+	}
+}
+
+// Screenshot implements Broker.
+func (b *ProtocolLink) Screenshot(id string, jpeg []byte, refused string) {
+	b.mu.Lock()
+	c := b.client
+	b.mu.Unlock()
+	if c != nil {
+		if err := c.SendScreenshot(id, jpeg, refused); err != nil {
+			b.Log.Warn("could not send the screenshot the broker asked for", "err", err)
+		}
 	}
 }
 
@@ -258,3 +272,6 @@ func (b *LegacyLink) End(reason string) {
 // kiosk's own screen and log are all there is (the kiosk asks for nothing
 // while out of order).
 func (b *LegacyLink) Fault(string) {}
+
+// Screenshot implements Broker: the signal port asks for none.
+func (b *LegacyLink) Screenshot(string, []byte, string) {}

@@ -5,9 +5,11 @@ package kioskd_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"image"
 	"image/color"
+	"image/jpeg"
 	"image/png"
 	"os"
 	"os/exec"
@@ -19,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"undervdi/kioskproto"
+	"undervdi/server/session"
 	"undervdi/server/siteca"
 
 	"undervdi/internal/freeport"
@@ -63,6 +67,9 @@ type rig struct {
 	mu     sync.Mutex
 	state  kioskd.State
 	states []kioskd.State
+
+	done   chan error // kioskd.Run's end
+	exited bool       // a test took it
 }
 
 func startKiosk(t testing.TB, bed *testbed.Bed, kioskPort int) *rig {
@@ -111,6 +118,7 @@ func startKiosk(t testing.TB, bed *testbed.Bed, kioskPort int) *rig {
 	log := testlog.Logger()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	r.done = done
 	go func() {
 		done <- kioskd.Run(ctx, cfg, log, kioskd.Hooks{OnState: func(s kioskd.State) {
 			r.mu.Lock()
@@ -121,6 +129,9 @@ func startKiosk(t testing.TB, bed *testbed.Bed, kioskPort int) *rig {
 	}()
 	t.Cleanup(func() {
 		cancel()
+		if r.exited {
+			return
+		}
 		if err := <-done; err != nil {
 			t.Errorf("kioskd.Run = %v", err)
 		}
@@ -283,11 +294,14 @@ func (r *rig) session(name string) string {
 // other process of the session user are gone (but for the next visitor's
 // viewer, fresh and waiting), and nothing in the session's tmpfs is older
 // than the logout.
-func (r *rig) loggedOut(vm string) {
+func (r *rig) loggedOut(vm string) { r.t.Helper(); r.loggedOutTo(vm, kioskd.Idle) }
+
+// loggedOutTo is loggedOut for a kiosk that goes to state after it.
+func (r *rig) loggedOutTo(vm string, state kioskd.State) {
 	r.t.Helper()
 	r.waitState(kioskd.Ending, time.Minute)
 	ending := time.Now()
-	r.waitState(kioskd.Idle, time.Minute)
+	r.waitState(state, time.Minute)
 	r.slideshowShown()
 	poll.Until(r.t, time.Minute, vm+" destroyed with its disk", func() bool {
 		_, err := r.bed.L.DomainLookupByName(vm)
@@ -473,4 +487,90 @@ func TestKiosk(t *testing.T) {
 			t.Errorf("the wipe left %s once it could remove it: %v", stuck, err)
 		}
 	})
+
+	t.Run("an operator's commands: screenshot of the slideshow only, message, out of order, reboot", func(t *testing.T) {
+		r.waitState(kioskd.Idle, time.Minute)
+		r.slideshowShown()
+		sessions := r.broker.Sessions
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		pic, err := sessions.Screenshot(ctx, "k1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := jpeg.Decode(bytes.NewReader(pic))
+		if err != nil {
+			t.Fatalf("the screenshot is no JPEG: %v", err)
+		}
+		if b := img.Bounds(); b.Dx() != 640 || b.Dy() != 480 {
+			t.Errorf("screenshot %v, want 640x480 (the 800x600 screen scaled)", b)
+		}
+		if cr, cg, cb, _ := img.At(320, 240).RGBA(); !near(cr>>8, slideColor.R) || !near(cg>>8, slideColor.G) || !near(cb>>8, slideColor.B) {
+			t.Errorf("the screenshot's centre is %d,%d,%d, not the slideshow's %v", cr>>8, cg>>8, cb>>8, slideColor)
+		}
+
+		before, _ := r.x.Screenshot()
+		if err := sessions.Command("k1", kioskproto.Command{Action: kioskproto.CmdMessage, Text: "Back at 2 pm", Seconds: 60}); err != nil {
+			t.Fatal(err)
+		}
+		poll.Until(t, 30*time.Second, "the message on the slideshow", func() bool {
+			after, err := r.x.Screenshot()
+			return err == nil && differing(before, after) > 200
+		})
+
+		vm := r.session("screenshot")
+		if _, err := sessions.Screenshot(ctx, "k1"); !errors.Is(err, session.ErrInSession) {
+			t.Errorf("a screenshot during a session: %v, want refused", err)
+		}
+		// Out of order while the visitor is there: the session goes on,
+		// and after it the kiosk serves nobody.
+		if err := sessions.SetOutOfOrder("k1", "the card reader is broken"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		if len(sessions.Leases()) != 1 {
+			t.Errorf("putting the kiosk out of order ended its session")
+		}
+		syscall.Kill(r.viewerPID(), syscall.SIGKILL)
+		r.loggedOutTo(vm, kioskd.Closed)
+		r.touch()
+		time.Sleep(2 * time.Second)
+		if len(sessions.Leases()) != 0 {
+			t.Errorf("a kiosk out of order got a session")
+		}
+		if err := sessions.SetOutOfOrder("k1", ""); err != nil {
+			t.Fatal(err)
+		}
+		r.waitState(kioskd.Idle, time.Minute)
+
+		if err := sessions.Command("k1", kioskproto.Command{Action: kioskproto.CmdReboot, Text: "the test"}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-r.done:
+			r.exited = true
+			if !errors.Is(err, kioskd.ErrRestart) {
+				t.Errorf("kioskd.Run after a reboot command = %v, want ErrRestart (systemd starts it again)", err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("kioskd did not restart")
+		}
+	})
+}
+
+// near reports whether a JPEG's channel is close to want.
+func near(got uint32, want uint8) bool { return got+24 >= uint32(want) && got <= uint32(want)+24 }
+
+// differing counts the pixels that differ between two screenshots.
+func differing(a, b *image.RGBA) int {
+	if a == nil || b == nil || a.Bounds() != b.Bounds() {
+		return 1 << 30
+	}
+	n := 0
+	for i := 0; i+3 < len(a.Pix); i += 4 {
+		if a.Pix[i] != b.Pix[i] || a.Pix[i+1] != b.Pix[i+1] || a.Pix[i+2] != b.Pix[i+2] {
+			n++
+		}
+	}
+	return n
 }

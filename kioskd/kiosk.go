@@ -9,6 +9,7 @@
 package kioskd
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -35,10 +36,11 @@ const (
 	Ending                   // logging the visitor out
 	Starting                 // kioskd just started: wiping what a crash may have left
 	OutOfOrder               // a logout did not complete: nobody is served until one does
+	Closed                   // an operator put the kiosk out of order, or the site is closed: the slideshow says so
 )
 
 var stateNames = [...]string{"idle", "unreachable", "requesting", "waiting", "connecting", "in-session", "ending",
-	"starting", "out-of-order"}
+	"starting", "out-of-order", "closed"}
 
 func (s State) String() string { return stateNames[s] }
 
@@ -81,6 +83,8 @@ type Broker interface {
 	// Fault tells the broker this kiosk is out of order, and why; ""
 	// says it is in order again.
 	Fault(reason string)
+	// Screenshot answers the broker's screenshot id: a JPEG, or why not.
+	Screenshot(id string, jpeg []byte, refused string)
 }
 
 // Session is one visitor's session on this kiosk: the viewer, and what the
@@ -121,6 +125,8 @@ type (
 	}
 	End    struct{ Reason string }
 	Refuse struct{ Message string } // the broker refused a request
+	// Command is an operator's, through the broker.
+	Command struct{ kioskproto.Command }
 )
 
 type (
@@ -130,9 +136,10 @@ type (
 		v   *viewer.Viewer
 		err error
 	}
-	idleTick   struct{}
-	logoutDone struct{ err error }
-	timeout    struct{ state State }
+	idleTick    struct{}
+	logoutDone  struct{ err error }
+	timeout     struct{ state State }
+	messageOver struct{ until time.Time }
 )
 
 func (BrokerUp) event()     {}
@@ -147,6 +154,8 @@ func (viewerExited) event() {}
 func (idleTick) event()     {}
 func (logoutDone) event()   {}
 func (timeout) event()      {}
+func (Command) event()      {}
+func (messageOver) event()  {}
 
 // Kiosk runs the kiosk.
 type Kiosk struct {
@@ -171,6 +180,16 @@ type Kiosk struct {
 	Reboot      func(reason string)
 	// ScreenSize is the display's size ("1920x1080"), for heartbeats.
 	ScreenSize string
+	// Capture takes a picture of the screen as JPEG, for an operator's
+	// screenshot; it is only called while the slideshow shows and no
+	// visitor is at the kiosk. Nil: screenshots are refused.
+	Capture func() ([]byte, error)
+	// RefreshAds mirrors the ads now (an operator's refresh); nil: none.
+	RefreshAds func()
+	// Restart is an operator's reboot, done once no visitor is at the
+	// kiosk: the appliance reboots, a systemd kiosk restarts kioskd. Nil:
+	// refused.
+	Restart func(reason string)
 
 	state     State
 	down      bool              // the broker link said it is down, and has not come back
@@ -187,6 +206,11 @@ type Kiosk struct {
 	timer     *time.Timer
 	failures  int    // logouts failed in a row
 	fault     string // why the kiosk is out of order; "": it is not
+	disabled  string // why an operator put the kiosk out of order; "": they did not
+	closed    string // what the slideshow says while the site is closed; "": open
+	message   string // an operator's message, shown until messageUntil
+	messageAt time.Time
+	restart   string // an operator's reboot waiting for the visitor to leave
 	ctx       context.Context
 	onState   func(State) // tests observe transitions
 }
@@ -271,9 +295,14 @@ func (k *Kiosk) handle(ev Event) {
 		if e.Viewer != nil {
 			k.settings = *e.Viewer
 		}
+		// The broker says again at once what operators set: out of
+		// order, closed. What was set before may have been undone meanwhile.
+		k.disabled, k.closed = "", ""
 		switch k.state {
+		case Closed:
+			k.rest("the broker is back")
 		case Unreachable:
-			k.to(Idle, "the broker is back")
+			k.rest("the broker is back")
 		case Idle:
 			k.Session.Prepare(k.settings)
 		}
@@ -281,7 +310,7 @@ func (k *Kiosk) handle(ev Event) {
 		k.down = true
 		k.Log.Warn("lost the broker", "err", e.Err)
 		switch k.state {
-		case Idle, Requesting, Waiting:
+		case Idle, Requesting, Waiting, Closed:
 			k.to(Unreachable, "broker unreachable")
 		case Connecting, InSession:
 			k.notice = TextUnavailable
@@ -340,7 +369,7 @@ func (k *Kiosk) handle(ev Event) {
 	case End:
 		switch k.state {
 		case Requesting, Waiting:
-			k.to(Idle, "the broker ended the request: "+e.Reason)
+			k.rest("the broker ended the request: " + e.Reason)
 		case Connecting, InSession:
 			k.to(Ending, "the broker ended the session: "+e.Reason)
 		}
@@ -353,8 +382,22 @@ func (k *Kiosk) handle(ev Event) {
 			k.Broker.End("the viewer did not show up")
 			k.to(Ending, fmt.Sprintf("no viewer window within %v", k.ConnectTimeout))
 		}
+	case Command:
+		k.command(e.Command)
+	case messageOver:
+		if e.until.Equal(k.messageAt) {
+			k.message = ""
+			k.showLine()
+		}
 	case logoutDone:
 		if k.state != Ending && k.state != Starting && k.state != OutOfOrder {
+			return
+		}
+		if k.restart != "" {
+			// An operator's reboot waited for the visitor to leave; a
+			// reboot also undoes what a failed logout left.
+			k.Log.Warn("rebooting, as an operator asked, now that the visitor has left", "logout_err", e.err)
+			k.Restart(k.restart)
 			return
 		}
 		if e.err != nil {
@@ -381,12 +424,126 @@ func (k *Kiosk) handle(ev Event) {
 		if k.notice == TextStarting {
 			k.notice = ""
 		}
-		if !k.down {
-			k.to(Idle, "logged out")
-		} else {
-			k.to(Unreachable, "logged out; the broker is unreachable")
+		k.rest("logged out")
+	}
+}
+
+// rest is where the kiosk goes when no visitor is at it: the slideshow,
+// which says the broker is unreachable, or the kiosk closed, or invites a
+// touch.
+func (k *Kiosk) rest(why string) {
+	switch {
+	case k.down:
+		k.to(Unreachable, why+"; the broker is unreachable")
+	case k.disabled != "" || k.closed != "":
+		k.to(Closed, why)
+	default:
+		k.to(Idle, why)
+	}
+}
+
+// command carries out an operator's command.
+func (k *Kiosk) command(c kioskproto.Command) {
+	k.Log.Info("operator's command", "action", c.Action, "text", c.Text, "state", k.state)
+	switch c.Action {
+	case kioskproto.CmdReboot:
+		if k.Restart == nil {
+			k.Log.Error("an operator asked for a reboot, which this kiosk cannot do")
+			return
+		}
+		k.restart = "an operator asked (" + c.Text + ")"
+		switch k.state {
+		case Requesting, Waiting:
+			k.Broker.End("the kiosk reboots")
+			k.Restart(k.restart)
+		case Connecting, InSession, Ending, Starting:
+			// After the visitor: the logout's end reboots.
+		default:
+			k.Restart(k.restart)
+		}
+	case kioskproto.CmdMessage:
+		k.message = c.Text
+		k.messageAt = time.Now().Add(time.Duration(max(c.Seconds, 1)) * time.Second)
+		until := k.messageAt
+		time.AfterFunc(time.Until(until), func() { k.events <- messageOver{until: until} })
+		k.showLine()
+	case kioskproto.CmdOutOfOrder, kioskproto.CmdInOrder, kioskproto.CmdClosed:
+		switch c.Action {
+		case kioskproto.CmdOutOfOrder:
+			k.disabled = cmp.Or(c.Text, "out of order")
+		case kioskproto.CmdInOrder:
+			k.disabled = ""
+		default:
+			k.closed = c.Text
+		}
+		held := k.disabled != "" || k.closed != ""
+		switch {
+		case held && (k.state == Requesting || k.state == Waiting):
+			k.Broker.End("the kiosk is " + k.holdText())
+			k.to(Closed, k.holdText())
+		case held && k.state == Idle:
+			k.to(Closed, k.holdText())
+		case k.state == Closed && !held:
+			k.rest("open again")
+		case k.state == Closed:
+			k.showLine()
+		}
+	case kioskproto.CmdRefreshAds:
+		if k.RefreshAds != nil {
+			go k.RefreshAds()
+		}
+	case kioskproto.CmdScreenshot:
+		switch {
+		case k.state != Idle && k.state != Closed:
+			// Only ever the slideshow: never a visitor's screen, nor a
+			// kiosk whose last visitor may not be gone.
+			k.Broker.Screenshot(c.ID, nil, "the kiosk is "+k.state.String()+": it shows no screenshot but of its slideshow")
+		case k.Capture == nil:
+			k.Broker.Screenshot(c.ID, nil, "this kiosk takes no screenshots")
+		default:
+			pic, err := k.Capture()
+			if err != nil {
+				k.Log.Warn("cannot take the screenshot an operator asked for", "err", err)
+				k.Broker.Screenshot(c.ID, nil, "the kiosk could not take it: "+err.Error())
+				return
+			}
+			k.Broker.Screenshot(c.ID, pic, "")
 		}
 	}
+}
+
+// holdText is what a closed kiosk's slideshow says.
+func (k *Kiosk) holdText() string {
+	if k.disabled != "" {
+		return TextOutOfOrder
+	}
+	return k.closed
+}
+
+// showLine sets the slideshow's line for the state, or an operator's
+// message over it while one lasts; in a session, the message is the banner.
+func (k *Kiosk) showLine() {
+	msg := ""
+	if k.message != "" && time.Now().Before(k.messageAt) {
+		msg = k.message
+	}
+	line := ""
+	switch k.state {
+	case Idle:
+		line = TextTouch
+	case Closed:
+		line = k.holdText()
+	case Unreachable:
+		line = k.notice
+	case OutOfOrder:
+		line = TextOutOfOrder
+	case InSession:
+		k.Display.Warn(msg)
+		return
+	default:
+		return
+	}
+	k.Display.SetText(cmp.Or(msg, line))
 }
 
 // checkIdle warns the visitor before the idle limit and ends the session
@@ -410,7 +567,7 @@ func (k *Kiosk) checkIdle() {
 	case !k.ends.IsZero() && time.Until(k.ends) <= max(k.IdleWarning, time.Minute):
 		k.Display.Warn(fmt.Sprintf(textMaxWarning, seconds(max(time.Until(k.ends), 0))))
 	default:
-		k.Display.Warn("")
+		k.showLine() // an operator's message, or no banner
 	}
 }
 
@@ -442,14 +599,18 @@ func (k *Kiosk) enter(s State) {
 	switch s {
 	case Idle:
 		k.notice = ""
-		k.Display.SetText(TextTouch)
+		k.showLine()
 		k.Display.SetVisible(true)
 		k.Session.Prepare(k.settings)
+	case Closed:
+		k.notice = ""
+		k.showLine()
+		k.Display.SetVisible(true)
 	case Unreachable:
 		if k.notice == "" {
 			k.notice = TextUnavailable
 		}
-		k.Display.SetText(k.notice)
+		k.showLine()
 		k.Display.SetVisible(true)
 	case Requesting:
 		k.Display.SetText(TextPreparing)
@@ -485,7 +646,7 @@ func (k *Kiosk) enter(s State) {
 	case OutOfOrder:
 		// The slideshow may run (it shows nothing of a visitor), but it
 		// says the kiosk is out of order and a touch does nothing.
-		k.Display.SetText(TextOutOfOrder)
+		k.showLine()
 		k.Display.SetVisible(true)
 		k.timer = time.AfterFunc(k.FaultRetry, func() { k.logout(nil) })
 	}

@@ -3,6 +3,7 @@ package kioskd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,6 +60,26 @@ type fakeBroker struct {
 	touched  time.Time // the touch the latest request said it answers
 	ends     []string
 	faults   []string
+	shots    []string // "id: refusal" or "id: N bytes"
+}
+
+func (b *fakeBroker) Screenshot(id string, jpeg []byte, refused string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if refused != "" {
+		b.shots = append(b.shots, id+": "+refused)
+		return
+	}
+	b.shots = append(b.shots, fmt.Sprintf("%s: %d bytes", id, len(jpeg)))
+}
+
+func (b *fakeBroker) lastShot() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.shots) == 0 {
+		return ""
+	}
+	return b.shots[len(b.shots)-1]
 }
 
 func (b *fakeBroker) Run(ctx context.Context, events chan<- Event) {
@@ -427,5 +448,157 @@ func TestFailingLogoutReboots(t *testing.T) {
 	}
 	if n := h.sess.logoutCount(); n != 3 {
 		t.Errorf("%d logouts before the reboot, want 3 (the start and 2 retries)", n)
+	}
+}
+
+func cmd(action, text string) Command {
+	return Command{kioskproto.Command{Action: action, Text: text}}
+}
+
+// waitFor polls until cond holds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never: %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestOperatorOutOfOrder: out of order, the kiosk's slideshow says so, a
+// touch asks for nothing; a waiting request is given up; back in order
+// it serves again; a session running when the order comes goes on, and
+// the kiosk is closed after it.
+func TestOperatorOutOfOrderKiosk(t *testing.T) {
+	h := newHarness(t)
+	h.event(cmd(kioskproto.CmdOutOfOrder, "screen cracked"))
+	h.expect(Closed)
+	if text, visible, _ := h.d.get(); text != TextOutOfOrder || !visible {
+		t.Errorf("closed: %q visible=%v", text, visible)
+	}
+	h.touchTaken()
+	h.b.mu.Lock()
+	n := h.b.requests
+	h.b.mu.Unlock()
+	if n != 0 {
+		t.Errorf("a touch on a kiosk out of order asked the broker")
+	}
+	h.event(cmd(kioskproto.CmdInOrder, ""))
+	h.expect(Idle)
+
+	h.touch()
+	h.expect(Requesting)
+	h.event(cmd(kioskproto.CmdClosed, "Closed — opens at 8:00"))
+	h.expect(Closed)
+	if r := h.b.endReasons(); !strings.Contains(r, "Closed — opens at 8:00") {
+		t.Errorf("the request was not given up: %q", r)
+	}
+	if text, _, _ := h.d.get(); text != "Closed — opens at 8:00" {
+		t.Errorf("closed text %q", text)
+	}
+	h.event(cmd(kioskproto.CmdClosed, ""))
+	h.expect(Idle)
+
+	h.startSession()
+	h.event(cmd(kioskproto.CmdOutOfOrder, "card reader"))
+	select {
+	case s := <-h.states:
+		t.Fatalf("the session left %v for %v on an out-of-order order", InSession, s)
+	case <-time.After(100 * time.Millisecond):
+	}
+	h.sess.started()[0].Stop(time.Second) // the visitor leaves
+	h.expect(Ending, Closed)
+	// A broker that comes back says again what is set; until it does,
+	// what was set before is forgotten.
+	h.event(BrokerUp{})
+	h.expect(Idle)
+}
+
+// TestOperatorMessage: a message shows on the slideshow for its time, and
+// in a session's banner.
+func TestOperatorMessage(t *testing.T) {
+	h := newHarness(t)
+	h.event(Command{kioskproto.Command{Action: kioskproto.CmdMessage, Text: "Back at 2 pm", Seconds: 1}})
+	waitFor(t, "the message on the slideshow", func() bool { text, _, _ := h.d.get(); return text == "Back at 2 pm" })
+	waitFor(t, "the message gone after its second", func() bool { text, _, _ := h.d.get(); return text == TextTouch })
+	h.startSession()
+	h.event(Command{kioskproto.Command{Action: kioskproto.CmdMessage, Text: "Closing in 10 minutes", Seconds: 60}})
+	waitFor(t, "the message in the banner", func() bool { _, _, warn := h.d.get(); return warn == "Closing in 10 minutes" })
+	time.Sleep(1500 * time.Millisecond) // idle ticks keep it
+	if _, _, warn := h.d.get(); warn != "Closing in 10 minutes" {
+		t.Errorf("banner after idle ticks = %q", warn)
+	}
+}
+
+// TestScreenshotOnlyOfTheSlideshow: the kiosk captures its screen while
+// idle or closed, and refuses while a visitor is at it.
+func TestScreenshotOnlyOfTheSlideshow(t *testing.T) {
+	var captures int
+	h := newHarness(t, func(h *harness) {
+		h.k.Capture = func() ([]byte, error) { captures++; return []byte{0xff, 0xd8, 0xff}, nil }
+	})
+	h.expect(Starting, Idle)
+	shot := func(id string) {
+		h.event(Command{kioskproto.Command{Action: kioskproto.CmdScreenshot, ID: id}})
+		waitFor(t, "an answer to "+id, func() bool { return strings.HasPrefix(h.b.lastShot(), id+":") })
+	}
+	shot("s1")
+	if got := h.b.lastShot(); got != "s1: 3 bytes" {
+		t.Errorf("idle: %q", got)
+	}
+	h.startSession()
+	shot("s2")
+	if got := h.b.lastShot(); !strings.Contains(got, "in-session") {
+		t.Errorf("in session: %q", got)
+	}
+	h.sess.started()[0].Stop(time.Second)
+	h.expect(Ending, Idle)
+	h.event(cmd(kioskproto.CmdOutOfOrder, "x"))
+	h.expect(Closed)
+	shot("s3")
+	if got := h.b.lastShot(); got != "s3: 3 bytes" {
+		t.Errorf("closed: %q", got)
+	}
+	if captures != 2 {
+		t.Errorf("captured %d times, want 2 (never in the session)", captures)
+	}
+}
+
+// TestOperatorReboot: a reboot waits for the visitor to leave; an idle
+// kiosk reboots at once.
+func TestOperatorReboot(t *testing.T) {
+	reboots := make(chan string, 4)
+	h := newHarness(t, func(h *harness) { h.k.Restart = func(why string) { reboots <- why } })
+	h.expect(Starting, Idle)
+	h.startSession()
+	h.event(cmd(kioskproto.CmdReboot, "olga"))
+	select {
+	case <-reboots:
+		t.Fatal("rebooted in the middle of a session")
+	case <-time.After(100 * time.Millisecond):
+	}
+	h.sess.started()[0].Stop(time.Second)
+	h.expect(Ending)
+	select {
+	case why := <-reboots:
+		if !strings.Contains(why, "olga") {
+			t.Errorf("reboot reason %q", why)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reboot after the session")
+	}
+	if n := h.sess.logoutCount(); n < 2 {
+		t.Errorf("rebooted before the logout (logouts: %d)", n)
+	}
+
+	idle := newHarness(t, func(h *harness) { h.k.Restart = func(why string) { reboots <- why } })
+	idle.expect(Starting, Idle)
+	idle.event(cmd(kioskproto.CmdReboot, "vera"))
+	select {
+	case <-reboots:
+	case <-time.After(10 * time.Second):
+		t.Fatal("an idle kiosk did not reboot")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -44,10 +45,37 @@ type Hooks struct {
 	// whose image is read-only); nil: the kiosk stays out of order and
 	// keeps retrying.
 	Reboot func(reason string)
+	// Restart is an operator's reboot; Run sets it: Reboot where there is
+	// one, else kioskd's exit with ErrRestart.
+	Restart func(reason string)
+	refresh func() // the ads mirror's Refresh; nil: no ads
 }
+
+// ErrRestart is Run's error when an operator asked for a reboot of a
+// kiosk that is not the appliance: kioskd exits, and systemd starts it
+// again (the unit's Restart=on-failure), wiping at its start.
+var ErrRestart = errors.New("restarting, as an operator asked")
 
 // Run is Main with hooks.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks Hooks) error {
+	ctx, restart := context.WithCancelCause(ctx)
+	defer restart(nil)
+	if hooks.Reboot != nil {
+		hooks.Restart = hooks.Reboot
+	} else {
+		hooks.Restart = func(reason string) {
+			log.Warn("kioskd restarts: an operator asked for a reboot", "reason", reason)
+			restart(ErrRestart)
+		}
+	}
+	err := run(ctx, cfg, log, hooks)
+	if errors.Is(context.Cause(ctx), ErrRestart) {
+		return ErrRestart
+	}
+	return err
+}
+
+func run(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks Hooks) error {
 	uid, gid, err := sessionUser(cfg.SessionUser)
 	if err != nil {
 		return err
@@ -63,6 +91,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks Hooks)
 	if url := cfg.Ads(); url != "" {
 		m := &adsync.Mirror{URL: url, Dir: cfg.AdsDir, Log: log}
 		go m.Run(ctx, cfg.AdsEvery)
+		hooks.refresh = m.Refresh
 	}
 	var current atomic.Pointer[Kiosk] // for what heartbeats say
 	link, err := newLink(cfg, log, func() time.Duration {
@@ -173,7 +202,7 @@ func runDisplay(ctx context.Context, cfg *config.Config, log *slog.Logger, link 
 	w, h := scr.Size()
 	k := &Kiosk{Display: show, Screen: scr, Broker: link, Session: sess, Log: log,
 		IdleLimit: limit, IdleLimitFixed: cfg.IdleLimit != 0, IdleWarning: cfg.IdleWarning, Reboot: hooks.Reboot,
-		ScreenSize: fmt.Sprintf("%dx%d", w, h)}
+		ScreenSize: fmt.Sprintf("%dx%d", w, h), Capture: scr.Screenshot, RefreshAds: hooks.refresh, Restart: hooks.Restart}
 	k.OnState(hooks.OnState)
 	current.Store(k)
 	k.Run(dctx)
@@ -190,7 +219,7 @@ func newLink(cfg *config.Config, log *slog.Logger, idle func() time.Duration, re
 		log.Info("no kiosk id and token: speaking the original signal port", "server", cfg.Server, "port", cfg.LegacyPort)
 		return &LegacyLink{Server: cfg.Server, SignalPort: cfg.LegacyPort, SpicePort: cfg.SpicePort, Log: log, Retry: 10 * time.Second}, nil
 	}
-	d := kioskproto.Dialer{Addr: cfg.BrokerAddr(), Idle: idle, Report: report}
+	d := kioskproto.Dialer{Addr: cfg.BrokerAddr(), Idle: idle, Report: report, Commands: true, Image: appliance.ImageVersion()}
 	link := &ProtocolLink{Dialer: d, ID: cfg.Kiosk, Token: cfg.Token, Software: "kioskd", Log: log, Server: cfg.Server}
 	if !cfg.TLS {
 		log.Warn("the kiosk protocol is in plaintext (tls = false): the token and the session's messages cross the LAN in clear")
@@ -230,9 +259,10 @@ func (d deadLink) Run(ctx context.Context, events chan<- Event) {
 	<-ctx.Done()
 }
 
-func (d deadLink) Request(time.Time) error { return d.err }
-func (deadLink) End(string)                {}
-func (deadLink) Fault(string)              {}
+func (d deadLink) Request(time.Time) error         { return d.err }
+func (deadLink) End(string)                        {}
+func (deadLink) Fault(string)                      {}
+func (deadLink) Screenshot(string, []byte, string) {}
 
 // sessionUser resolves the session user: a name or a numeric uid. Visitors
 // never run as root; "" is kioskd's own user, allowed only when kioskd is

@@ -110,28 +110,9 @@ func (s *Server) Screenshot() (*image.RGBA, error) {
 	return Capture(c, xproto.Drawable(xproto.Setup(c).DefaultScreen(c).Root))
 }
 
-// Capture reads a drawable's pixels over an X connection (24/32-bit
-// TrueColor, as Xvfb and real kiosk screens run).
-func Capture(c *xgb.Conn, d xproto.Drawable) (*image.RGBA, error) {
-	geo, err := xproto.GetGeometry(c, d).Reply()
-	if err != nil {
-		return nil, err
-	}
-	w, h := int(geo.Width), int(geo.Height)
-	img, err := xproto.GetImage(c, xproto.ImageFormatZPixmap, d, 0, 0, geo.Width, geo.Height, 0xffffffff).Reply()
-	if err != nil {
-		return nil, err
-	}
-	if len(img.Data) < w*h*4 {
-		return nil, fmt.Errorf("screenshot: %d bytes for %dx%d at depth %d", len(img.Data), w, h, img.Depth)
-	}
-	out := image.NewRGBA(image.Rect(0, 0, w, h))
-	for i := 0; i < w*h; i++ {
-		b, g, r := img.Data[4*i], img.Data[4*i+1], img.Data[4*i+2]
-		out.Pix[4*i], out.Pix[4*i+1], out.Pix[4*i+2], out.Pix[4*i+3] = r, g, b, 0xff
-	}
-	return out, nil
-}
+// Capture reads a drawable's pixels over an X connection (what kioskd's
+// screenshots read).
+func Capture(c *xgb.Conn, d xproto.Drawable) (*image.RGBA, error) { return screen.Pixels(c, d) }
 
 // Colors counts the distinct colors in img, up to max (a blank screen has 1).
 func Colors(img image.Image, max int) int {

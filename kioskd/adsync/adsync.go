@@ -61,6 +61,25 @@ type Mirror struct {
 	etag    string               // of the index Dir fully matches; "" after any failure
 	local   map[string]localFile // what is known of Dir's images, by name
 	refused map[string]string    // content (sha256) fetched and refused, and why: not fetched again
+	kick    chan struct{}        // Refresh: sync now
+}
+
+// Refresh makes Run sync now rather than at its next turn (an operator
+// added ads). It never blocks.
+func (m *Mirror) Refresh() {
+	select {
+	case m.kicks() <- struct{}{}:
+	default:
+	}
+}
+
+func (m *Mirror) kicks() chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.kick == nil {
+		m.kick = make(chan struct{}, 1)
+	}
+	return m.kick
 }
 
 // localFile is a file of Dir, with the sha256 of its content when it had
@@ -209,11 +228,14 @@ func (m *Mirror) Run(ctx context.Context, every time.Duration) {
 	var last string // the last error's message, "" if the last Sync worked
 	t := time.NewTimer(0)
 	defer t.Stop()
+	kick := m.kicks()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-kick:
+			t.Stop()
 		}
 		changed, err := m.Sync(ctx)
 		if ctx.Err() != nil {

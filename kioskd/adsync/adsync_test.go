@@ -603,3 +603,17 @@ func TestJitter(t *testing.T) {
 		t.Errorf("jitter(0) = %v, want > 0", got)
 	}
 }
+
+// TestRefresh: Run syncs at once on Refresh, not at its next turn an hour
+// away.
+func TestRefresh(t *testing.T) {
+	b := newBroker(t)
+	m := newMirror(t, b)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go m.Run(ctx, time.Hour)
+	poll.Until(t, 10*time.Second, "the first sync", func() bool { return len(b.requests()["/ads/"]) > 0 })
+	write(t, b.dir, "new.png", "a new ad")
+	m.Refresh()
+	poll.Until(t, 10*time.Second, "the new ad mirrored", func() bool { return contents(t, m.Dir)["new.png"] == "a new ad" })
+}

@@ -243,3 +243,13 @@ func Reboot(after time.Duration) {
 	fmt.Fprintln(os.Stderr, "kioskd: reboot:", err)
 	os.Exit(1)
 }
+
+// ImageVersion is the kiosk image's version, as the image build wrote it
+// (initramfs.VersionFile); "" where kioskd does not run from the image.
+func ImageVersion() string {
+	b, err := os.ReadFile("/etc/undervdi-image")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}

@@ -85,6 +85,35 @@ func (c *Client) Call(ctx context.Context, method, path string, body, out any) e
 	return nil
 }
 
+// Get reads a resource that is not JSON (a kiosk's screenshot) whole, up to
+// 16 MiB.
+func (c *Client) Get(ctx context.Context, path string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("broker not reachable on %s (is vdi-broker running?): %w", c.where, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		e := &Error{Status: resp.StatusCode}
+		if json.Unmarshal(body, e) != nil || e.Code == "" {
+			e.Code, e.Message = "http", resp.Status
+		}
+		return nil, fmt.Errorf("broker: %w", e)
+	}
+	return body, nil
+}
+
 // IsCode reports whether err is an API error with code.
 func IsCode(err error, code string) bool {
 	var e *Error

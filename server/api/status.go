@@ -66,6 +66,9 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 			}
 			fmt.Fprintf(w, "OUT OF ORDER: kiosk %s (%s)%s: %s\n", k.ID, k.Addr, since, k.Fault)
 		}
+		if k.Disabled != "" {
+			fmt.Fprintf(w, "OUT OF ORDER (an operator's): kiosk %s: %s\n", k.ID, k.Disabled)
+		}
 	}
 	if len(s.Kiosks) > 0 {
 		fmt.Fprintf(w, "kiosks connected %d   out of order %d", online, faulty)
@@ -138,7 +141,7 @@ func WriteVersions(w io.Writer, vs []pool.VersionStatus, now time.Time) {
 // not, and what it last said of itself.
 func writeFleet(w io.Writer, kiosks []session.KioskStatus, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "KIOSK\tADDRESS\tSEEN\tSTATE\tUPTIME\tSCREEN\tSOFTWARE\tLAST ERROR")
+	fmt.Fprintln(tw, "KIOSK\tADDRESS\tSEEN\tSTATE\tUPTIME\tSCREEN\tSOFTWARE\tIMAGE\tLAST ERROR")
 	dash := func(s string) string {
 		if s == "" {
 			return "-"
@@ -154,15 +157,18 @@ func writeFleet(w io.Writer, kiosks []session.KioskStatus, now time.Time) {
 			seen = "offline for " + now.Sub(k.LastSeen).Round(time.Second).String()
 		}
 		state := k.State
-		if k.Online && k.Fault != "" {
+		switch {
+		case k.Online && k.Fault != "":
 			state = "out of order"
+		case k.Disabled != "":
+			state = "out of order (operator)"
 		}
 		uptime := ""
 		if k.UptimeSeconds > 0 {
 			uptime = (time.Duration(k.UptimeSeconds) * time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, dash(k.Addr), seen, dash(state), dash(uptime), dash(k.Screen),
-			dash(k.Software), dash(k.LastError))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, dash(k.Addr), seen, dash(state), dash(uptime), dash(k.Screen),
+			dash(k.Software), dash(k.Image), dash(k.LastError))
 	}
 	tw.Flush()
 }

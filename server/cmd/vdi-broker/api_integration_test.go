@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -104,7 +105,11 @@ func TestHTTPSAPI(t *testing.T) {
 	cli := func(args ...string) string {
 		t.Helper()
 		var stdout, stderr bytes.Buffer
-		full := append([]string{args[0], "-url", base, "-ca", caFile}, args[1:]...)
+		verb := 1
+		if args[0] == "kiosk" {
+			verb = 2 // kiosk SUB [flags] ...
+		}
+		full := append(append(slices.Clip(args[:verb]), "-url", base, "-ca", caFile), args[verb:]...)
 		if code := run(full, &stdout, &stderr); code != exitOK {
 			t.Fatalf("vdi-broker %s = %d: %s", strings.Join(full, " "), code, stderr.String())
 		}
@@ -137,6 +142,25 @@ func TestHTTPSAPI(t *testing.T) {
 		t.Errorf("status while drained:\n%s", out)
 	}
 	cli("resume")
+	// Kiosk commands: this kiosk (a bare protocol client) takes none, so a
+	// screenshot is refused as such; out of order holds across its requests.
+	if status, body := call("GET", "/v1/kiosks/k1/screenshot", login.Token, nil); status != 409 || !strings.Contains(string(body), "no-commands") {
+		t.Errorf("a screenshot of a kiosk that takes no commands = %d %s", status, body)
+	}
+	cli("kiosk", "out-of-order", "k1", "screen", "cracked")
+	k.Request(time.Time{})
+	for m := range k.Messages() {
+		if m.Type == kioskproto.TError {
+			if !strings.Contains(m.Error.Message, "out of order") {
+				t.Errorf("a request from a kiosk out of order was refused with %q", m.Error.Message)
+			}
+			break
+		}
+	}
+	if out := cli("status"); !strings.Contains(out, "screen cracked") {
+		t.Errorf("status does not show the kiosk out of order:\n%s", out)
+	}
+	cli("kiosk", "in-order", "k1")
 	s := p.status()
 	victim := s.Pool.VMs[0].Name
 	if status, body := call("POST", "/v1/vms/"+victim+"/end", opToken, api.EndRequest{Reason: "test"}); status != 202 {
@@ -155,7 +179,7 @@ func TestHTTPSAPI(t *testing.T) {
 		return true
 	})
 	out := cli("audit", "-event", "admin")
-	for _, want := range []string{"resize", "drain", "resume", "end", "ops-script", victim} {
+	for _, want := range []string{"resize", "drain", "resume", "end", "out-of-order", "in-order", "ops-script", victim} {
 		if !strings.Contains(out, want) {
 			t.Errorf("vdi-broker audit -event admin:\n%s\nwant %q", out, want)
 		}

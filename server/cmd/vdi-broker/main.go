@@ -13,6 +13,7 @@
 //	vdi-broker audit  [-config FILE] [-kiosk K] [-vm V] [-event E] [-since 2h] [-n 50]
 //	vdi-broker passwd [-config FILE] [-role viewer|operator] [-remove] USER
 //	vdi-broker token  add [-role R] [-expires 90d] NAME | list | revoke NAME
+//	vdi-broker kiosk  reboot|message|out-of-order|in-order|screenshot ID ... | refresh-ads
 //	vdi-broker check  [-config FILE]          validate the config and the golden VM
 //	vdi-broker ca     [-config FILE]          print the site CA kiosks verify the broker with
 //	vdi-broker example-config                 print the documented example config
@@ -71,6 +72,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return passwd(args, stdout, stderr)
 	case "token":
 		return token(args, stdout, stderr)
+	case "kiosk":
+		return kiosk(args, stdout, stderr)
 	case "example-config":
 		return exampleConfig(stdout)
 	case "import-legacy":
@@ -99,6 +102,8 @@ const usage = `usage:
                                             set a console/API user's password
   vdi-broker token  add [-role viewer|operator] [-expires 90d] NAME | list | revoke NAME
                                             API tokens for scripts and Prometheus
+  vdi-broker kiosk  reboot|message|out-of-order|in-order|screenshot ID ... | refresh-ads
+                                            an operator's commands to kiosks (vdi-broker kiosk for more)
   (verbs that talk to the broker take -url https://host:8443 [-ca FILE] for its
    HTTPS API, with an API token in $UNDERVDI_TOKEN, instead of the admin socket)
   vdi-broker check  [-config FILE]          validate the config and the golden VM
