@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/renameio/v2"
 
+	"undervdi/initramfs"
 	"undervdi/internal/bootlayout"
 	"undervdi/internal/debpkg"
 )
@@ -145,6 +146,10 @@ func (b *Builder) All(ctx context.Context, in Inputs, outDir string) (*Manifest,
 	m, err := newManifest(outDir, written, packages, b.Epoch, in.Cmdline)
 	if err != nil {
 		return nil, err
+	}
+	if m.Image, err = initramfs.ReadVersion(in.Initramfs); err != nil || m.Image == "" {
+		// Not an initramfs initramfs.Builder made: it boots all the same.
+		b.log().Warn("the initramfs names no image version: the broker cannot tell kiosks on it from older ones", "err", err)
 	}
 	if err := m.write(filepath.Join(outDir, ManifestName)); err != nil {
 		return nil, err

@@ -22,6 +22,10 @@ type Manifest struct {
 	// Packages are Debian packages as "name=version": the kernel's and
 	// initramfs's (given by the caller), GRUB's and iPXE's.
 	Packages []string `json:"packages"`
+	// Image is the kiosk image's version, as its initramfs says it
+	// (/etc/undervdi-image); kiosks report it, and the broker flags those
+	// not on the image its manifests name. "": the initramfs has none.
+	Image string `json:"image,omitempty"`
 }
 
 // ManifestFile is one file of the build, Path relative to the output

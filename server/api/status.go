@@ -69,6 +69,9 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 		if k.Disabled != "" {
 			fmt.Fprintf(w, "OUT OF ORDER (an operator's): kiosk %s: %s\n", k.ID, k.Disabled)
 		}
+		if k.Online && k.OldImage {
+			fmt.Fprintf(w, "OLD IMAGE: kiosk %s runs %s, which the site no longer serves: rewrite its SD card, or reboot it from PXE\n", k.ID, k.Image)
+		}
 	}
 	if len(s.Kiosks) > 0 {
 		fmt.Fprintf(w, "kiosks connected %d   out of order %d", online, faulty)
@@ -163,12 +166,16 @@ func writeFleet(w io.Writer, kiosks []session.KioskStatus, now time.Time) {
 		case k.Disabled != "":
 			state = "out of order (operator)"
 		}
+		image := k.Image
+		if k.OldImage {
+			image += " (old)"
+		}
 		uptime := ""
 		if k.UptimeSeconds > 0 {
 			uptime = (time.Duration(k.UptimeSeconds) * time.Second).String()
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, dash(k.Addr), seen, dash(state), dash(uptime), dash(k.Screen),
-			dash(k.Software), dash(k.Image), dash(k.LastError))
+			dash(k.Software), dash(image), dash(k.LastError))
 	}
 	tw.Flush()
 }

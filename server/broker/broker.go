@@ -106,6 +106,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 			Compression: v.Compression, USBAutoRedirect: v.USBAutoRedirect, USBRedirectConnect: v.USBRedirectConnect},
 		Metrics:        b.Metrics.Hooks(),
 		OutOfOrderFile: filepath.Join(cfg.StateDir, "out-of-order.json"),
+		CurrentImages:  (&images{paths: cfg.Images.Manifests, log: log}).Current,
 	}, b.Pool, registry, audit, log)
 	b.Metrics.Watch(metrics.Source{Pool: b.Pool.Status, Kiosks: b.Sessions.Fleet, Leases: b.Sessions.Leases, Queue: b.Sessions.QueueLen})
 	if b.Gateway, err = gateway.New(b.Sessions, b.displays, audit, log); err != nil {

@@ -58,7 +58,14 @@ type Config struct {
 	Ads      Ads      `toml:"ads"`
 	Metrics  Metrics  `toml:"metrics"`
 	API      API      `toml:"api"`
+	Images   Images   `toml:"images"`
 	Kiosks   []Kiosk  `toml:"kiosk"`
+}
+
+// Images says which kiosk image is current: the manifests image-build
+// wrote for what the site's PXE server serves and its SD cards carry.
+type Images struct {
+	Manifests []string `toml:"manifests"` // manifest.json files; none: kiosks' images are not checked
 }
 
 // API is the REST API (and the web console) over HTTPS, for the site's
@@ -310,6 +317,11 @@ func (c *Config) Validate() error {
 	if host, _, err := net.SplitHostPort(c.Metrics.Listen); err == nil {
 		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 			bad("metrics.listen", "%q: the metrics are not authenticated; listen on a loopback address such as 127.0.0.1:9107", c.Metrics.Listen)
+		}
+	}
+	for i, m := range c.Images.Manifests {
+		if !filepath.IsAbs(m) {
+			bad(fmt.Sprintf("images.manifests[%d]", i), "%q: must be an absolute path", m)
 		}
 	}
 	if a := c.API; a.Listen != "" {

@@ -168,6 +168,10 @@ var (
 		"Kiosks the broker knows (configured by id, or seen since it started) that are not connected.", nil, nil)
 	descOutOfOrder = prometheus.NewDesc("undervdi_kiosks_out_of_order",
 		"Connected kiosks that say they are out of order (a logout they could not complete).", nil, nil)
+	descDisabled = prometheus.NewDesc("undervdi_kiosks_disabled",
+		"Kiosks an operator put out of order.", nil, nil)
+	descOldImage = prometheus.NewDesc("undervdi_kiosks_old_image",
+		"Connected kiosks running a kiosk image the site no longer serves (images.manifests).", nil, nil)
 	descSessions = prometheus.NewDesc("undervdi_sessions",
 		"Open sessions by whether their VM is linked yet.", []string{"linked"}, nil)
 	descQueue = prometheus.NewDesc("undervdi_queue_length",
@@ -176,7 +180,7 @@ var (
 
 func (snapshot) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVMs, descSize, descMax, descDegraded, descPaused, descFailures, descLibvirt,
-		descVersion, descClones, descPublish, descKiosks, descOffline, descOutOfOrder, descSessions, descQueue} {
+		descVersion, descClones, descPublish, descKiosks, descOffline, descOutOfOrder, descDisabled, descOldImage, descSessions, descQueue} {
 		ch <- d
 	}
 }
@@ -204,8 +208,14 @@ func (s snapshot) Collect(ch chan<- prometheus.Metric) {
 	if j := p.Publish; j != nil && j.Finished == nil && j.Total > 0 {
 		gauge(descPublish, float64(j.Written)/float64(j.Total))
 	}
-	kiosks, offline, out := 0, 0, 0
+	kiosks, offline, out, disabled, old := 0, 0, 0, 0, 0
 	for _, k := range s.src.Kiosks() {
+		if k.Disabled != "" {
+			disabled++
+		}
+		if k.Online && k.OldImage {
+			old++
+		}
 		switch {
 		case !k.Online:
 			offline++
@@ -219,6 +229,8 @@ func (s snapshot) Collect(ch chan<- prometheus.Metric) {
 	gauge(descKiosks, float64(kiosks))
 	gauge(descOffline, float64(offline))
 	gauge(descOutOfOrder, float64(out))
+	gauge(descDisabled, float64(disabled))
+	gauge(descOldImage, float64(old))
 	linked, waiting := 0, 0
 	for _, l := range s.src.Leases() {
 		if l.Linked != nil {

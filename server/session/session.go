@@ -66,6 +66,9 @@ type Config struct {
 	// OutOfOrderFile keeps the kiosks operators put out of order across
 	// restarts; "": in memory only.
 	OutOfOrderFile string
+	// CurrentImages are the kiosk image versions the site serves; a
+	// kiosk that reports another is flagged in the fleet. Nil: none.
+	CurrentImages func() []string
 }
 
 // Metrics hears what the manager measures, for the broker's metrics; nil
@@ -596,8 +599,13 @@ func (m *Manager) Fleet() []KioskStatus {
 			out = append(out, KioskStatus{ID: id})
 		}
 	}
+	var current []string
+	if m.cfg.CurrentImages != nil {
+		current = m.cfg.CurrentImages()
+	}
 	for i := range out {
 		out[i].Disabled = m.disabled[out[i].ID]
+		out[i].OldImage = len(current) > 0 && out[i].Image != "" && !slices.Contains(current, out[i].Image)
 	}
 	slices.SortFunc(out, func(a, b KioskStatus) int { return cmp.Compare(a.ID, b.ID) })
 	return out
@@ -625,6 +633,8 @@ type KioskStatus struct {
 	Commands      bool      `json:"commands,omitempty"` // it takes operators' commands
 	// Disabled is why an operator put the kiosk out of order.
 	Disabled string `json:"disabled,omitempty"`
+	// OldImage: the kiosk runs an image the site no longer serves.
+	OldImage bool `json:"old_image,omitempty"`
 }
 
 // LeaseStatus is one lease in the broker's status; it carries no ticket.

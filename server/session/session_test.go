@@ -1073,3 +1073,25 @@ func TestOperatorOutOfOrder(t *testing.T) {
 		t.Errorf("the file holds %v", d)
 	}
 }
+
+// TestOldImageFlagged: a kiosk on an image the site no longer serves is
+// flagged in the fleet; one on the current image, or on none, is not.
+func TestOldImageFlagged(t *testing.T) {
+	cfg := testConfig()
+	cfg.CurrentImages = func() []string { return []string{"kiosk-bbbb", "kiosk-cccc"} }
+	h := newHarness(t, 0, cfg)
+	for id, image := range map[string]string{"pool-1": "kiosk-aaaa", "pool-2": "kiosk-cccc", "pool-3": ""} {
+		k := h.dial("127.0.0.1")
+		hello := kioskproto.NewHello(id, token, "kioskd")
+		hello.Hello.Image = image
+		k.send(hello)
+		k.until(kioskproto.TWelcome)
+	}
+	got := map[string]bool{}
+	for _, k := range h.m.Fleet() {
+		got[k.ID] = k.OldImage
+	}
+	if !got["pool-1"] || got["pool-2"] || got["pool-3"] {
+		t.Errorf("old image by kiosk = %v, want only pool-1", got)
+	}
+}
