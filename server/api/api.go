@@ -23,6 +23,7 @@ import (
 	"undervdi/kioskproto"
 	"undervdi/server/domxml"
 	"undervdi/server/pool"
+	"undervdi/server/schedule"
 	"undervdi/server/session"
 )
 
@@ -61,6 +62,8 @@ type Server struct {
 	Libvirt  string         // the libvirt URI, for the status
 	Config   func() any     // the configuration with its secrets masked
 	Metrics  http.Handler   // /metrics for viewers on the HTTPS port; nil: not there
+	// Schedule is the opening hours' state; nil: always open.
+	Schedule func() *schedule.State
 	Log      *slog.Logger
 }
 
@@ -325,8 +328,12 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request, id Identity) err
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request, _ Identity) error {
-	return reply(w, 200, Status{Libvirt: s.Libvirt, Pool: s.Pool.Status(), Sessions: s.Sessions.Leases(),
-		Kiosks: s.Sessions.Fleet(), Handoffs: s.Sessions.Handoffs(), Closed: s.Sessions.Closed()})
+	st := Status{Libvirt: s.Libvirt, Pool: s.Pool.Status(), Sessions: s.Sessions.Leases(),
+		Kiosks: s.Sessions.Fleet(), Handoffs: s.Sessions.Handoffs(), Closed: s.Sessions.Closed()}
+	if s.Schedule != nil {
+		st.Schedule = s.Schedule()
+	}
+	return reply(w, 200, st)
 }
 
 // SizeRequest is PUT /v1/pool/size's body.

@@ -25,6 +25,7 @@ import (
 	"undervdi/internal/testlog"
 	"undervdi/kioskproto"
 	"undervdi/server/pool"
+	"undervdi/server/schedule"
 	"undervdi/server/session"
 )
 
@@ -232,7 +233,10 @@ func newRig(t *testing.T) *rig {
 	os.WriteFile(log, []byte(`{"time":"2026-12-01T09:00:00Z","event":"session","kiosk":"lobby-1","vm":"undervdi-cccc","reason":"the visitor finished","wiped":true}`+"\n"), 0o600)
 	s := &Server{Pool: r.pool, Sessions: r.sessions, Auth: auth, Audit: audit, AuditLog: log, Libvirt: "qemu:///system",
 		Config: func() any { return map[string]any{"pool_size": 2} }, Log: testlog.Logger(),
-		Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "undervdi_up 1\n") })}
+		Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "undervdi_up 1\n") }),
+		Schedule: func() *schedule.State {
+			return &schedule.State{Size: 0, Opens: time.Now().Add(time.Hour), Notice: "Closed — opens at 08:00"}
+		}}
 	r.spec.routes = s.routes()
 	r.srv = httptest.NewTLSServer(s.Handler(false))
 	t.Cleanup(r.srv.Close)

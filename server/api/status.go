@@ -11,6 +11,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"undervdi/server/pool"
+	"undervdi/server/schedule"
 	"undervdi/server/session"
 )
 
@@ -19,9 +20,10 @@ type Status struct {
 	Libvirt  string                `json:"libvirt"`
 	Pool     pool.Status           `json:"pool"`
 	Sessions []session.LeaseStatus `json:"sessions"`
-	Kiosks   []session.KioskStatus `json:"kiosks"`           // the fleet: every known kiosk, online or not
-	Handoffs session.Handoffs      `json:"handoffs"`         // request to offer, latest 1000
-	Closed   string                `json:"closed,omitempty"` // why no new session starts (drained)
+	Kiosks   []session.KioskStatus `json:"kiosks"`             // the fleet: every known kiosk, online or not
+	Handoffs session.Handoffs      `json:"handoffs"`           // request to offer, latest 1000
+	Closed   string                `json:"closed,omitempty"`   // why no new session starts (drained)
+	Schedule *schedule.State       `json:"schedule,omitempty"` // the opening hours, where the site has them
 }
 
 // WriteTable prints the status for people.
@@ -45,6 +47,16 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 	if h := s.Handoffs; h.Count > 0 {
 		fmt.Fprintf(w, "sessions %d   handoffs (latest %d): p50 %v, p99 %v\n", len(s.Sessions), h.Count,
 			h.P50.Round(10*time.Microsecond), h.P99.Round(10*time.Microsecond))
+	}
+	if sc := s.Schedule; sc != nil {
+		switch {
+		case sc.Open:
+			fmt.Fprintf(w, "open until %s (opening hours)\n", sc.Closes.Format("Mon 15:04"))
+		case !sc.Opens.IsZero():
+			fmt.Fprintf(w, "CLOSED (opening hours) until %s; the pool keeps %d\n", sc.Opens.Format("Mon 15:04"), sc.Size)
+		default:
+			fmt.Fprintln(w, "CLOSED (opening hours): no opening within a month")
+		}
 	}
 	for _, note := range []struct{ label, text string }{
 		{"NO NEW SESSIONS", s.Closed}, {"PAUSED", p.Paused}, {"DEGRADED", p.Degraded}, {"MEMORY", p.Memory},

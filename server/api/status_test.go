@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"undervdi/server/schedule"
 	"undervdi/server/session"
 )
 
@@ -53,6 +54,20 @@ func TestStatusTableShowsOutOfOrderKiosks(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("status table has no line for kiosk %s:\n%s", want[0], b.String())
+		}
+	}
+}
+
+// TestStatusTableShowsSchedule: the status says when a closed site opens.
+func TestStatusTableShowsSchedule(t *testing.T) {
+	now := time.Date(2026, 12, 1, 20, 0, 0, 0, time.UTC)
+	s := &Status{Closed: "closing time (opening hours)",
+		Schedule: &schedule.State{Opens: now.Add(12 * time.Hour), Notice: "Closed — opens tomorrow 08:00"}}
+	var b strings.Builder
+	s.WriteTable(&b, now)
+	for _, want := range []string{"CLOSED (opening hours) until Wed 08:00; the pool keeps 0", "NO NEW SESSIONS: closing time (opening hours)"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status table:\n%s\nwant %q", b.String(), want)
 		}
 	}
 }

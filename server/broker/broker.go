@@ -30,6 +30,7 @@ import (
 	"undervdi/server/gateway"
 	"undervdi/server/metrics"
 	"undervdi/server/pool"
+	"undervdi/server/schedule"
 	"undervdi/server/session"
 	"undervdi/server/siteca"
 	"undervdi/server/virt"
@@ -57,7 +58,8 @@ type Broker struct {
 	registry *session.Registry
 	tls      *tls.Config // the kiosk LAN's: the kiosk protocol and SPICE; nil in plaintext
 	api      *api.Server
-	apiTLS   *tls.Config // the HTTPS API's; nil where api.listen is ""
+	apiTLS   *tls.Config      // the HTTPS API's; nil where api.listen is ""
+	schedule *schedule.Runner // the opening hours; nil: always open
 }
 
 // New prepares a broker; it starts connecting to libvirt at once, in the
@@ -115,6 +117,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	b.Gateway.MaxConnsPerAddr = cfg.Gateway.MaxConnsPerAddr
 	b.api = &api.Server{Pool: b.Pool, Sessions: b.Sessions, Audit: audit, AuditLog: cfg.Sessions.AuditLog, Libvirt: host.URI(),
 		Config: func() any { return cfg.Masked() }, Log: log}
+	if s, _ := schedule.Parse(cfg.Schedule, cfg.MaxVMs); s != nil { // config.Validate checked it
+		b.schedule = &schedule.Runner{Schedule: s, Site: site{b.Pool, b.Sessions}, Log: log}
+		b.api.Schedule = func() *schedule.State { st := b.schedule.State(); return &st }
+	}
 	if cfg.API.Listen != "" {
 		if b.api.Auth, err = api.NewAuth(api.AuthConfig{Accounts: cfg.API.Accounts, LoginTTL: cfg.API.LoginTTL.D(),
 			IdleTimeout: cfg.API.IdleTimeout.D(), Log: log, Audit: func(event, user, addr, reason string) {
@@ -210,6 +216,9 @@ func (b *Broker) Run(ctx context.Context) error {
 	g.Go(func() error { return b.Pool.Run(ctx) })
 	g.Go(func() error { b.announce(ctx); return nil })
 	g.Go(func() error { b.Sessions.Run(ctx); return nil })
+	if b.schedule != nil {
+		g.Go(func() error { b.schedule.Run(ctx); return nil })
+	}
 	g.Go(func() error { return b.Gateway.Serve(ctx, listeners["gateway"]) })
 	if ln := listeners["gateway-tls"]; ln != nil {
 		g.Go(func() error { return b.Gateway.ServeTLS(ctx, ln) })
@@ -251,6 +260,12 @@ func (b *Broker) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// site is what the opening hours act on.
+type site struct {
+	*pool.Pool
+	*session.Manager
 }
 
 // serveHTTP runs srv on ln in g until ctx ends.

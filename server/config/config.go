@@ -22,6 +22,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"undervdi/kioskproto"
+	"undervdi/server/schedule"
 )
 
 // Example is the documented example configuration shipped with the broker.
@@ -52,14 +53,15 @@ type Config struct {
 	StateDir          string   `toml:"state_dir"`
 	LogLevel          string   `toml:"log_level"`
 
-	Gateway  Gateway  `toml:"gateway"`
-	Sessions Sessions `toml:"sessions"`
-	Viewer   Viewer   `toml:"viewer"`
-	Ads      Ads      `toml:"ads"`
-	Metrics  Metrics  `toml:"metrics"`
-	API      API      `toml:"api"`
-	Images   Images   `toml:"images"`
-	Kiosks   []Kiosk  `toml:"kiosk"`
+	Gateway  Gateway         `toml:"gateway"`
+	Sessions Sessions        `toml:"sessions"`
+	Viewer   Viewer          `toml:"viewer"`
+	Ads      Ads             `toml:"ads"`
+	Metrics  Metrics         `toml:"metrics"`
+	API      API             `toml:"api"`
+	Images   Images          `toml:"images"`
+	Schedule schedule.Config `toml:"schedule"`
+	Kiosks   []Kiosk         `toml:"kiosk"`
 }
 
 // Images says which kiosk image is current: the manifests image-build
@@ -194,8 +196,9 @@ func Default() *Config {
 			AuditMaxSize:     ByteSize(100 << 20),
 			AuditKeep:        10,
 		},
-		Ads:     Ads{Dir: "/var/lib/undervdi/ads", Listen: ":5908"},
-		Metrics: Metrics{Listen: "127.0.0.1:9107"},
+		Ads:      Ads{Dir: "/var/lib/undervdi/ads", Listen: ":5908"},
+		Metrics:  Metrics{Listen: "127.0.0.1:9107"},
+		Schedule: schedule.Config{TimeZone: "Local", Warmup: "15m"},
 		API: API{Listen: ":8443", Accounts: "/etc/undervdi/accounts.json", LoginTTL: Duration(12 * time.Hour),
 			IdleTimeout: Duration(30 * time.Minute)},
 		Viewer: Viewer{
@@ -318,6 +321,9 @@ func (c *Config) Validate() error {
 		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 			bad("metrics.listen", "%q: the metrics are not authenticated; listen on a loopback address such as 127.0.0.1:9107", c.Metrics.Listen)
 		}
+	}
+	if _, err := schedule.Parse(c.Schedule, c.MaxVMs); err != nil {
+		errs = append(errs, err)
 	}
 	for i, m := range c.Images.Manifests {
 		if !filepath.IsAbs(m) {

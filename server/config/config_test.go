@@ -122,3 +122,16 @@ legacy = true
 		}
 	}
 }
+
+// TestScheduleValidated: the opening hours are checked with the rest, and
+// their errors name their keys.
+func TestScheduleValidated(t *testing.T) {
+	_, err := Parse([]byte("golden = \"g\"\n[schedule]\ntime_zone = \"Europe/Berlin\"\n[[schedule.open]]\ndays = \"mon-fri\"\nhours = \"08:00-18:00\"\nsize = 40\n"))
+	if err == nil || !strings.Contains(err.Error(), "schedule.open[0].size: 40: from 0 to max_vms (8)") {
+		t.Errorf("Parse = %v", err)
+	}
+	c, err := Parse([]byte("golden = \"g\"\n[schedule]\ntime_zone = \"Europe/Berlin\"\nholidays = [\"2026-12-25\"]\n[[schedule.open]]\ndays = \"mon-fri\"\nhours = \"08:00-18:00\"\nsize = 4\n"))
+	if err != nil || len(c.Schedule.Open) != 1 || c.Schedule.Open[0].Size != 4 {
+		t.Errorf("Parse = %+v, %v", c, err)
+	}
+}
