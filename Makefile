@@ -7,7 +7,7 @@ SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)
 
 # Debian packages the tests, the demo and the image builds need.
-DEBS := libvirt-daemon-system qemu-system-x86 qemu-utils qemu-guest-agent tini virt-viewer xvfb \
+DEBS := libvirt-daemon-system qemu-system-x86 qemu-utils qemu-guest-agent tini virt-viewer xvfb chromium \
         netcat-openbsd psmisc feh iproute2 dbus gstreamer1.0-tools \
         systemd dpkg-dev ca-certificates ovmf dnsmasq-base curl zstd cpio
 

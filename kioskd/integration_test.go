@@ -72,7 +72,9 @@ type rig struct {
 	exited bool       // a test took it
 }
 
-func startKiosk(t testing.TB, bed *testbed.Bed, kioskPort int) *rig {
+// startKiosk starts kioskd for the broker to come on kioskPort; mutate, if
+// given, changes its configuration first.
+func startKiosk(t testing.TB, bed *testbed.Bed, kioskPort int, mutate ...func(*config.Config)) *rig {
 	r := &rig{t: t, bed: bed}
 	var err error
 	if r.x, err = xvfb.Start(context.Background(), 800, 600); err != nil {
@@ -110,6 +112,9 @@ func startKiosk(t testing.TB, bed *testbed.Bed, kioskPort int) *rig {
 	// The host's USB devices stay the host's; each has tests of its own
 	// (kioskd/logout, kioskd/usbaccess, image-build's TestKioskUSB).
 	cfg.USBSysfs, cfg.USBAccess, cfg.Logind = "", "", "no"
+	for _, m := range mutate {
+		m(cfg)
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"undervdi/kioskproto"
+	"undervdi/server/ads"
 	"undervdi/server/domxml"
 	"undervdi/server/pool"
 	"undervdi/server/schedule"
@@ -62,8 +64,12 @@ type Server struct {
 	Libvirt  string         // the libvirt URI, for the status
 	Config   func() any     // the configuration with its secrets masked
 	Metrics  http.Handler   // /metrics for viewers on the HTTPS port; nil: not there
+	Ads      *ads.Library   // the ads folder; nil: the broker serves no ads
 	// Schedule is the opening hours' state; nil: always open.
 	Schedule func() *schedule.State
+	// Console is the web console, served under /console/ on the HTTPS
+	// port (never on the admin socket); nil: none.
+	Console http.Handler
 	Log      *slog.Logger
 }
 
@@ -85,49 +91,54 @@ type route struct {
 	method, path string
 	need         Role // "" : no authentication (the health check, the login)
 	handle       func(w http.ResponseWriter, r *http.Request, id Identity) error
+	body         int64 // the largest request body; 0: 64 KiB
 }
 
 func (s *Server) routes() []route {
 	rs := []route{
-		{"GET", "/healthz", "", s.health},
-		{"POST", "/v1/login", "", s.login},
-		{"POST", "/v1/logout", Viewer, s.logout},
-		{"GET", "/v1/whoami", Viewer, func(w http.ResponseWriter, r *http.Request, id Identity) error { return reply(w, 200, id) }},
-		{"GET", "/v1/status", Viewer, s.status},
-		{"GET", "/v1/pool", Viewer, func(w http.ResponseWriter, r *http.Request, _ Identity) error { return reply(w, 200, s.Pool.Status()) }},
-		{"PUT", "/v1/pool/size", Operator, s.setSize},
-		{"POST", "/v1/pool/drain", Operator, s.drain},
-		{"POST", "/v1/pool/resume", Operator, s.resume},
+		{"GET", "/healthz", "", s.health, 0},
+		{"POST", "/v1/login", "", s.login, 0},
+		{"POST", "/v1/logout", Viewer, s.logout, 0},
+		{"GET", "/v1/whoami", Viewer, func(w http.ResponseWriter, r *http.Request, id Identity) error { return reply(w, 200, id) }, 0},
+		{"GET", "/v1/status", Viewer, s.status, 0},
+		{"GET", "/v1/pool", Viewer, func(w http.ResponseWriter, r *http.Request, _ Identity) error { return reply(w, 200, s.Pool.Status()) }, 0},
+		{"PUT", "/v1/pool/size", Operator, s.setSize, 0},
+		{"POST", "/v1/pool/drain", Operator, s.drain, 0},
+		{"POST", "/v1/pool/resume", Operator, s.resume, 0},
 		{"GET", "/v1/vms", Viewer, func(w http.ResponseWriter, r *http.Request, _ Identity) error {
 			return reply(w, 200, s.Pool.Status().VMs)
-		}},
-		{"GET", "/v1/vms/{name}", Viewer, s.vm},
-		{"POST", "/v1/vms/{name}/end", Operator, s.endVM},
+		}, 0},
+		{"GET", "/v1/vms/{name}", Viewer, s.vm, 0},
+		{"POST", "/v1/vms/{name}/end", Operator, s.endVM, 0},
 		{"GET", "/v1/sessions", Viewer, func(w http.ResponseWriter, r *http.Request, _ Identity) error {
 			return reply(w, 200, s.Sessions.Leases())
-		}},
-		{"POST", "/v1/sessions/{id}/end", Operator, s.endSession},
+		}, 0},
+		{"POST", "/v1/sessions/{id}/end", Operator, s.endSession, 0},
 		{"GET", "/v1/kiosks", Viewer, func(w http.ResponseWriter, r *http.Request, _ Identity) error {
 			return reply(w, 200, s.Sessions.Fleet())
-		}},
-		{"GET", "/v1/kiosks/{id}", Viewer, s.kiosk},
-		{"GET", "/v1/kiosks/{id}/screenshot", Viewer, s.screenshot},
-		{"POST", "/v1/kiosks/{id}/reboot", Operator, s.reboot},
-		{"POST", "/v1/kiosks/{id}/message", Operator, s.message},
-		{"PUT", "/v1/kiosks/{id}/out-of-order", Operator, s.outOfOrder},
-		{"DELETE", "/v1/kiosks/{id}/out-of-order", Operator, s.inOrder},
-		{"POST", "/v1/ads/refresh", Operator, s.refreshAds},
-		{"GET", "/v1/versions", Viewer, s.versions},
-		{"POST", "/v1/versions", Operator, s.publish},
-		{"POST", "/v1/versions/rollback", Operator, s.rollback},
-		{"GET", "/v1/audit", Viewer, s.audit},
-		{"GET", "/v1/config", Viewer, func(w http.ResponseWriter, r *http.Request, _ Identity) error { return reply(w, 200, s.Config()) }},
+		}, 0},
+		{"GET", "/v1/kiosks/{id}", Viewer, s.kiosk, 0},
+		{"GET", "/v1/kiosks/{id}/screenshot", Viewer, s.screenshot, 0},
+		{"POST", "/v1/kiosks/{id}/reboot", Operator, s.reboot, 0},
+		{"POST", "/v1/kiosks/{id}/message", Operator, s.message, 0},
+		{"PUT", "/v1/kiosks/{id}/out-of-order", Operator, s.outOfOrder, 0},
+		{"DELETE", "/v1/kiosks/{id}/out-of-order", Operator, s.inOrder, 0},
+		{"POST", "/v1/ads/refresh", Operator, s.refreshAds, 0},
+		{"GET", "/v1/ads", Viewer, s.listAds, 0},
+		{"GET", "/v1/ads/{name}", Viewer, s.getAd, 0},
+		{"PUT", "/v1/ads/{name}", Operator, s.putAd, ads.MaxUpload + 1},
+		{"DELETE", "/v1/ads/{name}", Operator, s.removeAd, 0},
+		{"GET", "/v1/versions", Viewer, s.versions, 0},
+		{"POST", "/v1/versions", Operator, s.publish, 0},
+		{"POST", "/v1/versions/rollback", Operator, s.rollback, 0},
+		{"GET", "/v1/audit", Viewer, s.audit, 0},
+		{"GET", "/v1/config", Viewer, func(w http.ResponseWriter, r *http.Request, _ Identity) error { return reply(w, 200, s.Config()) }, 0},
 	}
 	if s.Metrics != nil {
 		rs = append(rs, route{"GET", "/metrics", Viewer, func(w http.ResponseWriter, r *http.Request, _ Identity) error {
 			s.Metrics.ServeHTTP(w, r)
 			return nil
-		}})
+		}, 0})
 	}
 	return rs
 }
@@ -141,7 +152,7 @@ func (s *Server) Handler(local bool) http.Handler {
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
 		mux.HandleFunc(rt.method+" "+rt.path, func(w http.ResponseWriter, r *http.Request) {
-			r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+			r.Body = http.MaxBytesReader(w, r.Body, cmp.Or(rt.body, 64<<10))
 			id := Socket
 			if !local && rt.need != "" {
 				var err error
@@ -158,6 +169,10 @@ func (s *Server) Handler(local bool) http.Handler {
 				s.fail(w, r, err)
 			}
 		})
+	}
+	if !local && s.Console != nil {
+		mux.Handle("/console/", s.Console)
+		mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusSeeOther))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, apiErr(http.StatusNotFound, "not-found", "no %s %s in the API (docs/openapi.yaml lists it)", r.Method, r.URL.Path))
@@ -238,8 +253,16 @@ func decode(r *http.Request, v any, optional bool) error {
 	return nil
 }
 
-// addrOf is the caller's address, for the audit: the connection's, never
-// a header a client could set.
+// LoginCookie is the console's cookie for a login.
+func LoginCookie(token string, expires time.Time) *http.Cookie {
+	return &http.Cookie{Name: SessionCookie, Value: token, Path: "/", Expires: expires, Secure: true, HttpOnly: true,
+		SameSite: http.SameSiteStrictMode}
+}
+
+// ClientAddr is the caller's address, for the audit and the login limits:
+// the connection's, never a header a client could set.
+func ClientAddr(r *http.Request) string { return addrOf(r) }
+
 func addrOf(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil || host == "" {
@@ -311,8 +334,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, _ Identity) error
 	case err != nil:
 		return err
 	}
-	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: token, Path: "/", Expires: id.Expires,
-		Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	http.SetCookie(w, LoginCookie(token, id.Expires))
 	return reply(w, http.StatusOK, LoginReply{Token: token, CSRF: csrf, User: id.Name, Role: id.Role, Expires: id.Expires})
 }
 
@@ -696,4 +718,86 @@ func (s *Server) refreshAds(w http.ResponseWriter, r *http.Request, id Identity)
 	n := s.Sessions.Broadcast(kioskproto.Command{Action: kioskproto.CmdRefreshAds})
 	s.did(r, id, "refresh-ads", "", "", fmt.Sprintf("%d kiosks told", n))
 	return reply(w, 200, Sent{Kiosks: n})
+}
+
+func (s *Server) library() (*ads.Library, error) {
+	if s.Ads == nil {
+		return nil, apiErr(http.StatusNotFound, "not-found", "this broker serves no ads (ads.dir is empty)")
+	}
+	return s.Ads, nil
+}
+
+func adError(err error) error {
+	switch {
+	case errors.Is(err, ads.ErrNoAd):
+		return apiErr(http.StatusNotFound, "not-found", "%v", err)
+	case errors.Is(err, ads.ErrBadAd):
+		return apiErr(http.StatusBadRequest, "bad-request", "%v", err)
+	}
+	var mb *http.MaxBytesError
+	if errors.As(err, &mb) {
+		return apiErr(http.StatusRequestEntityTooLarge, "too-large", "an ad holds at most %d MiB", ads.MaxUpload>>20)
+	}
+	return err
+}
+
+func (s *Server) listAds(w http.ResponseWriter, r *http.Request, _ Identity) error {
+	lib, err := s.library()
+	if err != nil {
+		return err
+	}
+	list, err := lib.List()
+	if err != nil {
+		return err
+	}
+	return reply(w, 200, list)
+}
+
+func (s *Server) getAd(w http.ResponseWriter, r *http.Request, _ Identity) error {
+	lib, err := s.library()
+	if err != nil {
+		return err
+	}
+	f, typ, err := lib.Open(r.PathValue("name"))
+	if err != nil {
+		return adError(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", typ)
+	http.ServeContent(w, r, "", st.ModTime(), f)
+	return nil
+}
+
+// putAd stores the request's body as an ad; every kiosk mirrors it at once.
+func (s *Server) putAd(w http.ResponseWriter, r *http.Request, id Identity) error {
+	lib, err := s.library()
+	if err != nil {
+		return err
+	}
+	ad, err := lib.Put(r.PathValue("name"), r.Body)
+	if err != nil {
+		return adError(err)
+	}
+	n := s.Sessions.Broadcast(kioskproto.Command{Action: kioskproto.CmdRefreshAds})
+	s.did(r, id, "ad", "", "", fmt.Sprintf("added %s (%dx%d, %d bytes); %d kiosks told", ad.Name, ad.Width, ad.Height, ad.Size, n))
+	return reply(w, http.StatusCreated, ad)
+}
+
+func (s *Server) removeAd(w http.ResponseWriter, r *http.Request, id Identity) error {
+	lib, err := s.library()
+	if err != nil {
+		return err
+	}
+	name := r.PathValue("name")
+	if err := lib.Remove(name); err != nil {
+		return adError(err)
+	}
+	n := s.Sessions.Broadcast(kioskproto.Command{Action: kioskproto.CmdRefreshAds})
+	s.did(r, id, "ad", "", "", fmt.Sprintf("removed %s; %d kiosks told", name, n))
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }

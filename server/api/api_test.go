@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"image"
 	"image/jpeg"
+	"image/png"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -24,6 +25,7 @@ import (
 	"undervdi/internal/syncbuf"
 	"undervdi/internal/testlog"
 	"undervdi/kioskproto"
+	"undervdi/server/ads"
 	"undervdi/server/pool"
 	"undervdi/server/schedule"
 	"undervdi/server/session"
@@ -231,7 +233,10 @@ func newRig(t *testing.T) *rig {
 	r.auth = auth
 	log := filepath.Join(dir, "audit.log")
 	os.WriteFile(log, []byte(`{"time":"2026-12-01T09:00:00Z","event":"session","kiosk":"lobby-1","vm":"undervdi-cccc","reason":"the visitor finished","wiped":true}`+"\n"), 0o600)
+	adsDir := filepath.Join(dir, "ads")
+	os.Mkdir(adsDir, 0o755)
 	s := &Server{Pool: r.pool, Sessions: r.sessions, Auth: auth, Audit: audit, AuditLog: log, Libvirt: "qemu:///system",
+		Ads:    &ads.Library{Dir: adsDir},
 		Config: func() any { return map[string]any{"pool_size": 2} }, Log: testlog.Logger(),
 		Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "undervdi_up 1\n") }),
 		Schedule: func() *schedule.State {
@@ -263,12 +268,17 @@ func (r *rig) client(token string) *client {
 func (c *client) do(method, path string, body any) (int, []byte) {
 	c.r.t.Helper()
 	var raw []byte
-	if body != nil {
+	ctype := "application/json"
+	switch b := body.(type) {
+	case nil:
+	case rawBody:
+		raw, ctype = b.data, b.ctype
+	default:
 		raw, _ = json.Marshal(body)
 	}
 	req, _ := http.NewRequest(method, c.r.srv.URL+path, bytes.NewReader(raw))
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", ctype)
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
@@ -617,5 +627,46 @@ func TestKioskActions(t *testing.T) {
 	}
 	if d := r.sessions.disabled; len(d) != 1 || d["lobby-2"] != "screen cracked" {
 		t.Errorf("out of order: %v", d)
+	}
+}
+
+// rawBody is a request body that is not JSON.
+type rawBody struct {
+	ctype string
+	data  []byte
+}
+
+// TestAds: an operator uploads, replaces and removes ads, each time telling
+// the kiosks; a viewer lists and previews them and may not change them;
+// what is no ad is refused.
+func TestAds(t *testing.T) {
+	r := newRig(t)
+	viewer, op := r.client(r.tokens[Viewer]), r.client(r.tokens[Operator])
+	var pic bytes.Buffer
+	png.Encode(&pic, image.NewRGBA(image.Rect(0, 0, 64, 36)))
+	body := rawBody{"image/png", pic.Bytes()}
+	code(t, viewer.want("PUT", "/v1/ads/sale.png", body, 403))
+	var ad ads.Ad
+	json.Unmarshal(op.want("PUT", "/v1/ads/sale.png", body, 201), &ad)
+	if ad.Width != 64 || ad.Height != 36 {
+		t.Errorf("ad = %+v", ad)
+	}
+	var list []ads.Ad
+	json.Unmarshal(viewer.want("GET", "/v1/ads", nil, 200), &list)
+	if len(list) != 1 || list[0].Name != "sale.png" {
+		t.Errorf("list = %+v", list)
+	}
+	if got := viewer.want("GET", "/v1/ads/sale.png", nil, 200); !bytes.Equal(got, pic.Bytes()) {
+		t.Errorf("preview: %d bytes, want %d", len(got), pic.Len())
+	}
+	if c := code(t, op.want("PUT", "/v1/ads/sale.jpg", body, 400)); c != "bad-request" {
+		t.Errorf("a PNG named .jpg: code %q", c)
+	}
+	code(t, op.want("PUT", "/v1/ads/notes.txt", rawBody{"image/png", []byte("hello")}, 400))
+	code(t, op.want("GET", "/v1/ads/missing.png", nil, 404))
+	op.want("DELETE", "/v1/ads/sale.png", nil, 204)
+	code(t, op.want("DELETE", "/v1/ads/sale.png", nil, 404))
+	if n := strings.Count(strings.Join(r.sessions.commands, ","), "refresh-ads"); n != 2 {
+		t.Errorf("kiosks told %d times to refresh, want 2 (an upload, a removal): %v", n, r.sessions.commands)
 	}
 }

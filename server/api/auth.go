@@ -21,6 +21,7 @@ type Identity struct {
 	// "socket" (root on the broker's machine, through the admin socket).
 	Via     string    `json:"via"`
 	Expires time.Time `json:"expires,omitzero"`
+	CSRF    string    `json:"-"` // a login's, for the console's pages
 }
 
 // Errors of authentication; each is a JSON error with its code.
@@ -226,7 +227,17 @@ func (a *Auth) Logout(token string) {
 
 // Authenticate says who sent r: a bearer token (an API token or a login's)
 // or the console's cookie, whose changes must carry the login's CSRF token.
-func (a *Auth) Authenticate(r *http.Request) (Identity, string, error) {
+// The request counts as activity: it keeps a login from its idle timeout.
+func (a *Auth) Authenticate(r *http.Request) (Identity, string, error) { return a.authenticate(r, true) }
+
+// Still says who sent r, like Authenticate, without counting it as
+// activity: the console's live updates, which run while nobody looks.
+func (a *Auth) Still(r *http.Request) (Identity, error) {
+	id, _, err := a.authenticate(r, false)
+	return id, err
+}
+
+func (a *Auth) authenticate(r *http.Request, active bool) (Identity, string, error) {
 	secret, cookie := bearer(r), false
 	if secret == "" {
 		if c, err := r.Cookie(SessionCookie); err == nil {
@@ -262,8 +273,12 @@ func (a *Auth) Authenticate(r *http.Request) (Identity, string, error) {
 	case cookie && !safeMethod(r.Method) && r.Header.Get("X-CSRF-Token") != l.csrf:
 		return Identity{}, "", ErrCSRF
 	}
-	l.seen = now
-	return l.Identity, secret, nil
+	if active {
+		l.seen = now
+	}
+	id := l.Identity
+	id.CSRF = l.csrf
+	return id, secret, nil
 }
 
 func bearer(r *http.Request) string {

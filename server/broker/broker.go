@@ -26,6 +26,7 @@ import (
 	"undervdi/server/ads"
 	"undervdi/server/api"
 	"undervdi/server/config"
+	"undervdi/server/console"
 	"undervdi/server/domxml"
 	"undervdi/server/gateway"
 	"undervdi/server/metrics"
@@ -117,6 +118,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	b.Gateway.MaxConnsPerAddr = cfg.Gateway.MaxConnsPerAddr
 	b.api = &api.Server{Pool: b.Pool, Sessions: b.Sessions, Audit: audit, AuditLog: cfg.Sessions.AuditLog, Libvirt: host.URI(),
 		Config: func() any { return cfg.Masked() }, Log: log}
+	if cfg.Ads.Dir != "" {
+		if err := os.MkdirAll(cfg.Ads.Dir, 0o755); err != nil {
+			return nil, fmt.Errorf("%w: ads.dir: %w", ErrSetup, err)
+		}
+		b.api.Ads = &ads.Library{Dir: cfg.Ads.Dir}
+	}
 	if s, _ := schedule.Parse(cfg.Schedule, cfg.MaxVMs); s != nil { // config.Validate checked it
 		b.schedule = &schedule.Runner{Schedule: s, Site: site{b.Pool, b.Sessions}, Log: log}
 		b.api.Schedule = func() *schedule.State { st := b.schedule.State(); return &st }
@@ -141,6 +148,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		if b.apiTLS, err = b.httpsTLS(); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 		}
+		web, err := console.New(b.api, cfg.Schedule.Open, log)
+		if err != nil {
+			return nil, err
+		}
+		b.api.Console = web.Handler()
 	}
 	return b, nil
 }
