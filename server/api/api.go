@@ -70,7 +70,7 @@ type Server struct {
 	// Console is the web console, served under /console/ on the HTTPS
 	// port (never on the admin socket); nil: none.
 	Console http.Handler
-	Log      *slog.Logger
+	Log     *slog.Logger
 }
 
 // Error is every error the API answers, as JSON.

@@ -228,7 +228,9 @@ func (a *Auth) Logout(token string) {
 // Authenticate says who sent r: a bearer token (an API token or a login's)
 // or the console's cookie, whose changes must carry the login's CSRF token.
 // The request counts as activity: it keeps a login from its idle timeout.
-func (a *Auth) Authenticate(r *http.Request) (Identity, string, error) { return a.authenticate(r, true) }
+func (a *Auth) Authenticate(r *http.Request) (Identity, string, error) {
+	return a.authenticate(r, true)
+}
 
 // Still says who sent r, like Authenticate, without counting it as
 // activity: the console's live updates, which run while nobody looks.

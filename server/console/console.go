@@ -10,9 +10,9 @@ import (
 	"cmp"
 	"crypto/sha256"
 	"embed"
-	"errors"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html/template"
 	"io/fs"
@@ -89,8 +89,8 @@ var funcs = template.FuncMap{
 		}
 		return int(100 * a / b)
 	},
-	"json": func(v any) string { b, _ := json.Marshal(v); return string(b) },
-	"path": url.PathEscape,
+	"json":  func(v any) string { b, _ := json.Marshal(v); return string(b) },
+	"path":  url.PathEscape,
 	"list":  func(s ...string) []string { return s },
 	"count": func(p pool.Status, state string) int { return p.Counts[pool.State(state)] },
 	"online": func(ks []session.KioskStatus) int {
@@ -102,7 +102,7 @@ var funcs = template.FuncMap{
 		}
 		return n
 	},
-	"dur":  func(s int) string { return (time.Duration(s) * time.Second).String() },
+	"dur": func(s int) string { return (time.Duration(s) * time.Second).String() },
 }
 
 // New parses the pages.
