@@ -10,6 +10,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"image"
@@ -34,6 +36,10 @@ import (
 	"github.com/jezek/xgb"
 	"github.com/jezek/xgb/xproto"
 	"github.com/jezek/xgb/xtest"
+	xdraw "golang.org/x/image/draw"
+	"golang.org/x/image/font"
+	"golang.org/x/image/font/basicfont"
+	"golang.org/x/image/math/fixed"
 
 	"undervdi/internal/testbed"
 	"undervdi/internal/xvfb"
@@ -99,7 +105,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	// The broker.
 	d.cfg = bed.Config(*size)
 	d.cfg.LogLevel = "info"
-	ports, err := freeport.Get(5)
+	ports, err := freeport.Get(6)
 	if err != nil {
 		return err
 	}
@@ -110,6 +116,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 	d.cfg.Ads.Listen = fmt.Sprintf("127.0.0.1:%d", ports[3])
 	d.cfg.Sessions.AuditLog = filepath.Join(bed.Root, "sessions.jsonl")
 	d.cfg.Kiosks = []config.Kiosk{{ID: "demo-kiosk", Address: "127.0.0.1", Token: token}}
+	// The console, with a login for this run only.
+	d.cfg.API.Listen = fmt.Sprintf("127.0.0.1:%d", ports[5])
+	d.cfg.API.Accounts = filepath.Join(bed.Root, "accounts.json")
+	password, err := oneTimeLogin(d.cfg.API.Accounts)
+	if err != nil {
+		return err
+	}
 	if err := writeAds(d.cfg.Ads.Dir); err != nil {
 		return err
 	}
@@ -129,6 +142,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	d.say("pool full: %d clean VMs booted and waiting for visitors", *size)
+	d.say("the web console: https://localhost:%d/console/\n"+
+		"    user demo, password %s (this run's only; the certificate is the demo's site CA, %s)",
+		ports[5], password, filepath.Join(d.cfg.SiteCADir(), siteca.CAFile))
 
 	// The kiosk.
 	closeDisplay, err := d.openDisplay(ctx)
@@ -361,18 +377,47 @@ func start(ctx context.Context, w io.Writer, prefix, bin string, args ...string)
 }
 
 // writeAds makes a few colourful ad images for the kiosk's slideshow.
+// oneTimeLogin makes the demo's operator account, with a random password.
+func oneTimeLogin(path string) (string, error) {
+	b := make([]byte, 12)
+	rand.Read(b)
+	password := base64.RawURLEncoding.EncodeToString(b)
+	var acc api.Accounts
+	if err := acc.SetPassword("demo", api.Operator, password); err != nil {
+		return "", err
+	}
+	return password, acc.Write(path)
+}
+
+// sampleAds are what the demo's slideshow shows: a library's notices.
+var sampleAds = []struct {
+	bg          color.RGBA
+	title, line string
+}{
+	{color.RGBA{0x1f, 0x4e, 0x8c, 0xff}, "Open late on Thursdays", "The library stays open until 21:00"},
+	{color.RGBA{0xb0, 0x3a, 0x2e, 0xff}, "Scan and print here", "Bring your USB stick: nothing of yours stays here"},
+	{color.RGBA{0x2e, 0x7d, 0x4f, 0xff}, "Free Wi-Fi", "Ask at the desk for a guest pass"},
+}
+
+// writeAds writes the sample ads: a gradient with a title and a line of
+// text, drawn with the Go fonts' fixed bitmap face and scaled up.
 func writeAds(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	for i, c := range []color.RGBA{{0x20, 0x60, 0xc0, 0xff}, {0xc0, 0x40, 0x30, 0xff}, {0x30, 0xa0, 0x50, 0xff}} {
-		img := image.NewRGBA(image.Rect(0, 0, 640, 480))
-		for y := 0; y < 480; y++ {
-			for x := 0; x < 640; x++ {
-				f := float64(x+y) / 1120
-				img.Set(x, y, color.RGBA{uint8(float64(c.R) * (0.5 + f/2)), uint8(float64(c.G) * (0.5 + f/2)), uint8(float64(c.B) * (0.5 + f/2)), 0xff})
+	for i, ad := range sampleAds {
+		const w, h = 960, 540
+		img := image.NewRGBA(image.Rect(0, 0, w, h))
+		c := ad.bg
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				f := 0.6 + 0.4*float64(x+y)/float64(w+h)
+				img.Set(x, y, color.RGBA{uint8(float64(c.R) * f), uint8(float64(c.G) * f), uint8(float64(c.B) * f), 0xff})
 			}
 		}
+		text(img, ad.title, 140, 6)
+		text(img, ad.line, 300, 3)
+		text(img, "undervdi demo", 470, 2)
 		var b bytes.Buffer
 		png.Encode(&b, img)
 		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("ad-%d.png", i+1)), b.Bytes(), 0o644); err != nil {
@@ -380,6 +425,17 @@ func writeAds(dir string) error {
 		}
 	}
 	return nil
+}
+
+// text draws s in white, centred, its baseline at y, scale times the
+// bitmap face's size.
+func text(img *image.RGBA, s string, y, scale int) {
+	face := basicfont.Face7x13
+	small := image.NewRGBA(image.Rect(0, 0, font.MeasureString(face, s).Ceil(), 13))
+	(&font.Drawer{Dst: small, Src: image.White, Face: face, Dot: fixed.P(0, 10)}).DrawString(s)
+	w, h := small.Bounds().Dx()*scale, small.Bounds().Dy()*scale
+	x := (img.Bounds().Dx() - w) / 2
+	xdraw.NearestNeighbor.Scale(img, image.Rect(x, y-h, x+w, y), small, small.Bounds(), xdraw.Over, nil)
 }
 
 func writeTOML(path string, v any) error {

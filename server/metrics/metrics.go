@@ -57,8 +57,8 @@ func New() *Metrics {
 		}, []string{"protocol"}),
 		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "undervdi_sessions_ended_total",
-			Help: "Sessions ended; used: the VM was linked (and is destroyed), or not (offered and never used).",
-		}, []string{"used"}),
+			Help: "Sessions ended; used: the VM was linked (and is destroyed), or not (offered and never used); cause: why (visitor, idle, max-session, admin, guest, not-linked, disconnected, kiosk, broker, other).",
+		}, []string{"used", "cause"}),
 	}
 	m.touch = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "undervdi_touch_to_link_seconds",
@@ -83,9 +83,9 @@ func New() *Metrics {
 	})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "undervdi_refused_total",
-		Help: "Connections and requests refused, by port: kiosk, legacy, spice-link, ads (the audit log says who and why).",
+		Help: "Connections and requests refused, by port: kiosk, legacy, spice-link, ads, login (the API's; the audit log says who and why).",
 	}, []string{"what"})
-	for _, w := range []string{"kiosk", "legacy", "spice-link", "ads"} {
+	for _, w := range []string{"kiosk", "legacy", "spice-link", "ads", "login"} {
 		m.refused.WithLabelValues(w)
 	}
 	for _, p := range []string{"kiosk", "legacy"} {
@@ -93,7 +93,9 @@ func New() *Metrics {
 		m.touch.WithLabelValues(p)
 	}
 	for _, u := range []string{"true", "false"} {
-		m.ended.WithLabelValues(u)
+		for _, c := range session.Causes {
+			m.ended.WithLabelValues(u, c)
+		}
 	}
 	m.reg.MustRegister(m.handoff, m.touch, m.ended, m.clone, m.cloneFailed, m.wipe, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -108,12 +110,12 @@ func (m *Metrics) Hooks() session.Metrics {
 	return session.Metrics{
 		Handoff:     func(d time.Duration, legacy bool) { m.handoff.WithLabelValues(protocol(legacy)).Observe(d.Seconds()) },
 		TouchToLink: func(d time.Duration, legacy bool) { m.touch.WithLabelValues(protocol(legacy)).Observe(d.Seconds()) },
-		Ended: func(used bool) {
+		Ended: func(used bool, cause string) {
 			u := "false"
 			if used {
 				u = "true"
 			}
-			m.ended.WithLabelValues(u).Inc()
+			m.ended.WithLabelValues(u, cause).Inc()
 		},
 	}
 }

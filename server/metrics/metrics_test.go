@@ -108,7 +108,7 @@ func TestHooksCountWhatHappens(t *testing.T) {
 	if n, ok := s.Count("undervdi_handoff_seconds", "protocol=legacy"); !ok || n != 0 {
 		t.Errorf("legacy handoffs before any: %d, %v; want 0, present", n, ok)
 	}
-	check(t, s, []want{{name: "undervdi_sessions_ended_total", labels: []string{"used=true"}, value: 0}})
+	check(t, s, []want{{name: "undervdi_sessions_ended_total", labels: []string{"used=true", "cause=idle"}, value: 0}})
 
 	check(t, s, []want{{name: "undervdi_refused_total", labels: []string{"what=spice-link"}, value: 0}})
 
@@ -124,9 +124,9 @@ func TestHooksCountWhatHappens(t *testing.T) {
 	h.Handoff(2*time.Millisecond, false)
 	h.Handoff(40*time.Second, true)
 	h.TouchToLink(1500*time.Millisecond, false)
-	h.Ended(true)
-	h.Ended(true)
-	h.Ended(false)
+	h.Ended(true, session.CauseVisitor)
+	h.Ended(true, session.CauseVisitor)
+	h.Ended(false, session.CauseNotLinked)
 	s = scrape(t, m)
 	for p, want := range map[string]uint64{"kiosk": 2, "legacy": 1} {
 		if n, _ := s.Count("undervdi_handoff_seconds", "protocol="+p); n != want {
@@ -134,8 +134,9 @@ func TestHooksCountWhatHappens(t *testing.T) {
 		}
 	}
 	check(t, s, []want{
-		{name: "undervdi_sessions_ended_total", labels: []string{"used=true"}, value: 2},
-		{name: "undervdi_sessions_ended_total", labels: []string{"used=false"}, value: 1},
+		{name: "undervdi_sessions_ended_total", labels: []string{"used=true", "cause=visitor"}, value: 2},
+		{name: "undervdi_sessions_ended_total", labels: []string{"used=false", "cause=not-linked"}, value: 1},
+		{name: "undervdi_sessions_ended_total", labels: []string{"used=true", "cause=idle"}, value: 0},
 		{name: "undervdi_clone_failures_total", value: 1},
 		{name: "undervdi_refused_total", labels: []string{"what=kiosk"}, value: 2},
 		{name: "undervdi_refused_total", labels: []string{"what=spice-link"}, value: 1},

@@ -76,8 +76,9 @@ type Config struct {
 type Metrics struct {
 	// Handoff is a request read to its offer written, at the broker.
 	Handoff func(d time.Duration, legacy bool)
-	// Ended is a session ending; used: its VM was linked.
-	Ended func(used bool)
+	// Ended is a session ending; used: its VM was linked; cause: Cause
+	// of its reason.
+	Ended func(used bool, cause string)
 	// TouchToLink is a visitor's touch (as the kiosk reported it; for a
 	// legacy kiosk, its connection to the signal port) to the session's
 	// first SPICE link.
@@ -255,7 +256,7 @@ func (m *Manager) endWith(l *Lease, reason string, wiped *pool.Ended) {
 
 	m.log.Info("session ended", "lease", l.ID, "kiosk", l.Kiosk, "vm", l.VM.Name, "reason", reason, "used", used)
 	if f := m.cfg.Metrics.Ended; f != nil {
-		f(used)
+		f(used, Cause(reason))
 	}
 	switch {
 	case wiped != nil:

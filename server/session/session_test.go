@@ -573,7 +573,7 @@ func TestLegacySignalPort(t *testing.T) {
 				legacyHandoffs.Add(1)
 			}
 		},
-		Ended: func(used bool) {
+		Ended: func(used bool, _ string) {
 			if used {
 				usedEnds.Add(1)
 			}
