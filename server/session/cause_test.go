@@ -5,8 +5,8 @@ import "testing"
 // TestCause sorts the reasons the manager, the pool and kioskd give.
 func TestCause(t *testing.T) {
 	for reason, want := range map[string]string{
-		"the kiosk ended the session: the viewer exited":                 CauseVisitor,
-		"the kiosk ended the session: idle for 5m0s":                     CauseIdle,
+		"the kiosk ended the session: the viewer exited": CauseVisitor,
+		"the kiosk ended the session: idle for 5m0s":     CauseIdle,
 		"idle for 5m0s":                                                  CauseIdle,
 		"maximum session time (4h0m0s) reached":                          CauseMaxSession,
 		"ended by an admin (olga): stuck":                                CauseAdmin,
@@ -22,7 +22,7 @@ func TestCause(t *testing.T) {
 		"the kiosk ended the session: the kiosk is Out of order":         CauseKiosk,
 		"broker stopping":                                                CauseBroker,
 		"could not record the VM as used: libvirt: connection is closed": CauseBroker,
-		"something new": CauseOther,
+		"something new":                                                  CauseOther,
 	} {
 		if got := Cause(reason); got != want {
 			t.Errorf("Cause(%q) = %s, want %s", reason, got, want)
