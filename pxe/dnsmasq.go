@@ -36,7 +36,7 @@ const (
 	DefaultLeaseTime = time.Hour
 	// DefaultHTTPPort is the boot HTTP server's port, after the broker's
 	// 5905-5908.
-	DefaultHTTPPort = 5909
+	DefaultHTTPPort = 5910
 )
 
 // maxOptionText is the most a DHCP option can carry (without RFC 3396
@@ -468,7 +468,7 @@ const (
 //	dhcp-match=set:efi64,option:client-arch,9
 //	dhcp-boot=tag:!ipxe,tag:bios,undionly.kpxe,,169.254.24.1
 //	dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,169.254.24.1
-//	dhcp-boot=tag:ipxe,http://169.254.24.1:5909/boot.ipxe,,169.254.24.1
+//	dhcp-boot=tag:ipxe,http://169.254.24.1:5910/boot.ipxe,,169.254.24.1
 //	dhcp-option-force=224,"undervdi.server=169.254.24.1"
 //	dhcp-host=52:54:00:12:34:56,set:kiosk1,169.254.24.11
 //	dhcp-option-force=tag:kiosk1,224,"undervdi.server=169.254.24.1 undervdi.kiosk=lobby-1"

@@ -71,7 +71,7 @@ dhcp-match=set:efi64,option:client-arch,9
 dhcp-boot=tag:!ipxe,tag:bios,undionly.kpxe,,169.254.24.1
 dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,169.254.24.1
 # The last field, the next server, matters to a proxy: iPXE ignores its answer without one.
-dhcp-boot=tag:ipxe,http://169.254.24.1:5909/boot.ipxe,,169.254.24.1
+dhcp-boot=tag:ipxe,http://169.254.24.1:5910/boot.ipxe,,169.254.24.1
 
 # Kiosk settings, in option 224; a kiosk's own follow the site's.
 dhcp-option-force=224,"undervdi.server=169.254.24.1"
@@ -125,7 +125,7 @@ func TestDnsmasqChoices(t *testing.T) {
 			`pxe-service=tag:!ipxe,x86PC,"undervdi",undionly.kpxe`,
 			`pxe-service=tag:!ipxe,7,"undervdi",ipxe.efi`,
 			`pxe-service=tag:!ipxe,9,"undervdi",ipxe.efi`,
-			"dhcp-boot=tag:ipxe,http://192.168.1.5:5909/boot.ipxe,,192.168.1.5",
+			"dhcp-boot=tag:ipxe,http://192.168.1.5:5910/boot.ipxe,,192.168.1.5",
 		}, []string{"dhcp-authoritative", "dhcp-option=option:router",
 			"dhcp-boot=tag:!ipxe,tag:bios,undionly.kpxe,,192.168.1.5"}},
 		{"custom isolated", custom, []string{
@@ -423,7 +423,7 @@ func FuzzSettings(f *testing.F) {
 }
 
 func TestBootURL(t *testing.T) {
-	if got, want := proxy().BootURL(), "http://192.168.1.5:5909/boot.ipxe"; got != want {
+	if got, want := proxy().BootURL(), "http://192.168.1.5:5910/boot.ipxe"; got != want {
 		t.Errorf("BootURL() = %q, want %q", got, want)
 	}
 }

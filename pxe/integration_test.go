@@ -426,7 +426,7 @@ func TestIsolated(t *testing.T) {
 			{"kiosk", "52:54:00:12:34:99", probeResult{Settings: site, HasSettings: true}},
 			{"bios", "52:54:00:00:00:01", probeResult{File: UndiLoader, NextServer: "169.254.24.1"}},
 			{"uefi", "52:54:00:00:00:02", probeResult{File: EFILoader, NextServer: "169.254.24.1"}},
-			{"ipxe", "52:54:00:00:00:03", probeResult{File: "http://169.254.24.1:5909/boot.ipxe", NextServer: "169.254.24.1"}},
+			{"ipxe", "52:54:00:00:00:03", probeResult{File: "http://169.254.24.1:5910/boot.ipxe", NextServer: "169.254.24.1"}},
 		} {
 			t.Run(tc.kind+" "+tc.mac, func(t *testing.T) {
 				got := probe(t, clientNS, probeRequest{Kind: tc.kind, MAC: tc.mac})
@@ -479,7 +479,7 @@ func TestProxy(t *testing.T) {
 			// dot, gets no ".0"), UEFI firmware directly.
 			{"bios", probeResult{File: UndiLoader, NextServer: "192.168.77.2", Via4011: true}},
 			{"uefi", probeResult{File: EFILoader, NextServer: "192.168.77.2", Via4011: true}},
-			{"ipxe", probeResult{File: "http://192.168.77.2:5909/boot.ipxe", NextServer: "192.168.77.2"}},
+			{"ipxe", probeResult{File: "http://192.168.77.2:5910/boot.ipxe", NextServer: "192.168.77.2"}},
 			// A client that is not PXE (kioskd) hears only the site.
 			{"plain", probeResult{ProxySilent: true}},
 		} {
