@@ -35,7 +35,7 @@ const (
 	// DefaultLeaseTime is how long an isolated network's addresses are lent.
 	DefaultLeaseTime = time.Hour
 	// DefaultHTTPPort is the boot HTTP server's port, after the broker's
-	// 5905-5908.
+	// 5905-5909 (the same server runs both).
 	DefaultHTTPPort = 5910
 )
 
