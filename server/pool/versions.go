@@ -339,8 +339,16 @@ func (p *Pool) startPublish(reason string) <-chan error {
 	p.publish = j
 	p.log.Info("publishing a new version of the golden VM", "golden", p.cfg.Golden, "reason", reason)
 	p.submit("publish", func(ctx context.Context) func() {
-		ver, err := p.publishVersion(ctx, j, preflight)
-		return func() { p.published(j, ver, err) }
+		began := false
+		ver, err := p.publishVersion(ctx, j, func() { began = true; preflight <- nil })
+		return func() {
+			p.published(j, ver, err)
+			if !began {
+				// Refused before the copy: the caller hears it once the
+				// job is over, so that a retry is not told one runs.
+				preflight <- err
+			}
+		}
 	})
 	return preflight
 }
@@ -350,11 +358,10 @@ func (p *Pool) startPublish(reason string) <-chan error {
 // verifies the copies and defines the template. A failure deletes what it
 // copied; a crash leaves volumes without a template, which the next
 // reconcile deletes.
-func (p *Pool) publishVersion(ctx context.Context, j *publishJob, preflight chan<- error) (ver *domxml.Version, err error) {
+func (p *Pool) publishVersion(ctx context.Context, j *publishJob, began func()) (ver *domxml.Version, err error) {
 	var copies []string
 	defer func() {
 		if err != nil {
-			preflight <- err
 			for _, c := range copies {
 				// Best effort: a copy left here has no template, and the
 				// next reconcile deletes it.
@@ -392,7 +399,7 @@ func (p *Pool) publishVersion(ctx context.Context, j *publishJob, preflight chan
 			ErrNoSpace, store, p.cfg.VersionDir, humanize.IBytes(need), seq, p.cfg.Golden, humanize.IBytes(free))
 	}
 	p.post(func() { j.Seq, j.Total = seq, total; p.logPublish(j) })
-	preflight <- nil
+	began()
 
 	disks := map[string]string{}
 	var sources []domxml.Source
