@@ -24,6 +24,7 @@ build:
 	go build -o bin/kioskd ./kioskd/cmd/kioskd
 	go build -o bin/image-build ./image-build/cmd/image-build
 	go build -o bin/undervdi-pxe ./pxe/cmd/undervdi-pxe
+	go build -o bin/undervdi-kickstart ./kickstart/cmd/undervdi-kickstart
 
 # image builds the kiosk appliance: out/kiosk.img (SD card / USB stick),
 # out/pxe/ (network boot) and out/manifest.json. See docs/appliance.md.
