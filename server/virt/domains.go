@@ -238,3 +238,41 @@ func (h *Host) AvailableMemory(ctx context.Context) (uint64, error) {
 	}
 	return kib << 10, nil
 }
+
+// HostInfo is what libvirt says of the host, for vdi-broker check-host.
+type HostInfo struct {
+	LibvirtVersion    string // "9.0.0"
+	HypervisorVersion string // QEMU's, "7.2.0"
+	Hypervisor        string // "QEMU"
+	CPUs              int
+	Memory            uint64 // bytes
+}
+
+// Info reads the host's libvirt and QEMU versions, CPUs and memory.
+func (h *Host) Info(ctx context.Context) (HostInfo, error) {
+	l, err := h.conn(ctx)
+	if err != nil {
+		return HostInfo{}, err
+	}
+	var out HostInfo
+	lib, err := l.ConnectGetLibVersion()
+	if err != nil {
+		return out, wrap(l, err, "reading libvirt's version")
+	}
+	out.LibvirtVersion = version(lib)
+	if hv, err := l.ConnectGetVersion(); err == nil {
+		out.HypervisorVersion = version(hv)
+	}
+	if t, err := l.ConnectGetType(); err == nil {
+		out.Hypervisor = t
+	}
+	_, mem, cpus, _, _, _, _, _, err := l.NodeGetInfo()
+	if err != nil {
+		return out, wrap(l, err, "reading the host's CPUs and memory")
+	}
+	out.CPUs, out.Memory = int(cpus), mem<<10
+	return out, nil
+}
+
+// version spells libvirt's major*1e6+minor*1e3+micro.
+func version(v uint64) string { return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000) }

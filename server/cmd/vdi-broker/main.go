@@ -15,6 +15,7 @@
 //	vdi-broker token  add [-role R] [-expires 90d] NAME | list | revoke NAME
 //	vdi-broker kiosk  reboot|message|out-of-order|in-order|screenshot ID ... | refresh-ads
 //	vdi-broker check  [-config FILE]          validate the config and the golden VM
+//	vdi-broker check-host [-config FILE] [-json] [-allow-tcg]  can this server run the pool?
 //	vdi-broker ca     [-config FILE]          print the site CA kiosks verify the broker with
 //	vdi-broker example-config                 print the documented example config
 //	vdi-broker import-legacy [-o FILE] /etc/vm_manager.conf  a config from the original's
@@ -50,6 +51,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return status(args, stdout, stderr)
 	case "check":
 		return check(args, stdout, stderr)
+	case "check-host":
+		return checkHost(args, stdout, stderr)
 	case "ca":
 		return ca(args, stdout, stderr)
 	case "end":
@@ -107,6 +110,8 @@ const usage = `usage:
   (verbs that talk to the broker take -url https://host:8443 [-ca FILE] for its
    HTTPS API, with an API token in $UNDERVDI_TOKEN, instead of the admin socket)
   vdi-broker check  [-config FILE]          validate the config and the golden VM
+  vdi-broker check-host [-config FILE] [-json] [-allow-tcg]
+                                            KVM, libvirt, storage, memory, ports, firewall, time, SELinux
   vdi-broker ca     [-config FILE]          print the site CA kiosks verify the broker with
   vdi-broker example-config                 print the documented example config
   vdi-broker import-legacy [-o FILE] /etc/vm_manager.conf

@@ -1,0 +1,350 @@
+// Package hostcheck is vdi-broker check-host: whether the KVM server can
+// run the configured pool. Each check says PASS, WARN or FAIL and, unless
+// it passed, what to do.
+package hostcheck
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/dustin/go-humanize"
+	"golang.org/x/sys/unix"
+
+	"undervdi/server/config"
+	"undervdi/server/domxml"
+	"undervdi/server/virt"
+)
+
+// Verdicts.
+const (
+	Pass = "PASS"
+	Warn = "WARN"
+	Fail = "FAIL"
+)
+
+// Result is one check's outcome.
+type Result struct {
+	Check  string `json:"check"`
+	Result string `json:"result"`
+	Detail string `json:"detail"`
+	Hint   string `json:"hint,omitempty"` // what to do, unless it passed
+}
+
+// Libvirt is what the checks ask libvirt; *virt.Host has it.
+type Libvirt interface {
+	Info(ctx context.Context) (virt.HostInfo, error)
+	Golden(ctx context.Context, name string) (*domxml.Golden, error)
+}
+
+// Env is the host as the checks see it; tests give another.
+type Env struct {
+	Root     string // prefix of /proc, /dev, /sys: "" on a real host
+	Libvirt  Libvirt
+	LibErr   error // why libvirt could not be reached, if Libvirt is nil
+	AllowTCG bool  // without KVM, run under emulation: a warning, not a failure
+	// Listen tries a port; nil: net.Listen.
+	Listen func(network, addr string) (net.Listener, error)
+	// Synced says whether the clock is synchronised; nil: adjtimex(2).
+	Synced func() (bool, error)
+	// Firewall describes the packet filter; nil: firewalld, then nftables.
+	Firewall func() (string, bool)
+}
+
+// Run runs every check for cfg.
+func Run(ctx context.Context, cfg *config.Config, env Env) []Result {
+	var out []Result
+	add := func(check, result, detail, hint string) {
+		if result == Pass {
+			hint = ""
+		}
+		out = append(out, Result{check, result, detail, hint})
+	}
+	env.kvm(add)
+	g := env.libvirt(ctx, cfg, add)
+	env.storage(cfg, g, add)
+	env.capacity(ctx, cfg, g, add)
+	env.ports(cfg, add)
+	env.firewall(add)
+	env.clock(add)
+	env.lsm(add)
+	return out
+}
+
+func (e Env) path(p string) string { return filepath.Join(e.Root, p) }
+
+// kvm: the CPU's virtualisation extensions and a usable /dev/kvm.
+func (e Env) kvm(add func(string, string, string, string)) {
+	info, _ := os.ReadFile(e.path("/proc/cpuinfo"))
+	flags := ""
+	for _, line := range strings.Split(string(info), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "flags" {
+			flags = " " + v + " "
+			break
+		}
+	}
+	ext := strings.Contains(flags, " vmx ") || strings.Contains(flags, " svm ")
+	f, err := os.OpenFile(e.path("/dev/kvm"), os.O_RDWR, 0)
+	if err == nil {
+		f.Close()
+	}
+	verdict := Fail
+	if e.AllowTCG {
+		verdict = Warn
+	}
+	switch {
+	case ext && err == nil:
+		add("kvm", Pass, "hardware virtualisation, /dev/kvm usable", "")
+	case !ext:
+		add("kvm", verdict, "the CPU shows no virtualisation extensions (vmx, svm): VMs would run under emulation (TCG), many times slower",
+			"turn on VT-x / AMD-V in the server's firmware; for a test bench only, vdi-broker check-host -allow-tcg")
+	default:
+		add("kvm", verdict, "the CPU has the extensions, but /dev/kvm is not usable: "+err.Error(),
+			"load kvm_intel or kvm_amd (modprobe), and check /dev/kvm's group (kvm) and libvirt's")
+	}
+}
+
+// libvirt: reachable, its version, and the golden VM.
+func (e Env) libvirt(ctx context.Context, cfg *config.Config, add func(string, string, string, string)) *domxml.Golden {
+	if e.Libvirt == nil {
+		add("libvirt", Fail, fmt.Sprintf("not reachable at %s: %v", cfg.LibvirtURI, e.LibErr),
+			"start libvirt (systemctl start virtqemud.socket, or libvirtd) and check the broker's group (libvirt)")
+		return nil
+	}
+	info, err := e.Libvirt.Info(ctx)
+	if err != nil {
+		add("libvirt", Fail, err.Error(), "check libvirt's log (journalctl -u virtqemud)")
+		return nil
+	}
+	add("libvirt", Pass, fmt.Sprintf("libvirt %s, %s %s, at %s", info.LibvirtVersion, info.Hypervisor, info.HypervisorVersion, cfg.LibvirtURI), "")
+	g, err := e.Libvirt.Golden(ctx, cfg.Golden)
+	switch {
+	case errors.Is(err, virt.ErrRunning):
+		add("golden", Warn, fmt.Sprintf("%s is running", cfg.Golden), "shut it down before the next vdi-broker publish")
+	case err != nil:
+		add("golden", Fail, err.Error(), "define the golden VM in libvirt (docs/install.md, the golden VM)")
+	default:
+		add("golden", Pass, fmt.Sprintf("%s: %s of memory, %d disk(s) to clone, %s allocated", g.Name, humanize.IBytes(g.Memory),
+			len(g.WritableDisks()), humanize.IBytes(allocated(g))), "")
+		return g
+	}
+	return nil
+}
+
+func allocated(g *domxml.Golden) uint64 {
+	var n uint64
+	for _, d := range g.WritableDisks() {
+		n += d.Allocation
+	}
+	return n
+}
+
+// storage: the overlay and version directories' filesystems and room.
+func (e Env) storage(cfg *config.Config, g *domxml.Golden, add func(string, string, string, string)) {
+	for _, s := range []struct{ key, dir string }{{"overlay_dir", cfg.OverlayDir}, {"versions_dir", cfg.VersionDir}} {
+		dir := existing(e.path(s.dir))
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err != nil {
+			add("storage "+s.key, Fail, fmt.Sprintf("%s: %v", s.dir, err), "make the directory's parent, on the volume for undervdi")
+			continue
+		}
+		free := st.Bavail * uint64(st.Bsize)
+		fs := fsName(st.Type)
+		detail := fmt.Sprintf("%s on %s, %s free", s.dir, fs, humanize.IBytes(free))
+		var need uint64
+		if g != nil {
+			if s.key == "versions_dir" {
+				need = allocated(g) * uint64(cfg.KeepVersions+2) // kept ones, the current, one being published
+			} else {
+				need = uint64(cfg.MaxVMs) << 30 // a clone's overlay grows with its visitor: a GiB each, at least
+			}
+			detail += fmt.Sprintf(", needs about %s", humanize.IBytes(need))
+		}
+		switch {
+		case fs == "tmpfs" || fs == "overlayfs":
+			add("storage "+s.key, Warn, detail+": a RAM or layered filesystem", "put it on a disk volume (xfs or ext4), as the kickstart does")
+		case need > 0 && free < need:
+			add("storage "+s.key, Fail, detail, "give the volume more room, or lower keep_versions / max_vms")
+		default:
+			add("storage "+s.key, Pass, detail, "")
+		}
+	}
+}
+
+// existing is dir, or its nearest parent that exists.
+func existing(dir string) string {
+	for {
+		if _, err := os.Stat(dir); err == nil || dir == "/" || dir == "." {
+			return dir
+		}
+		dir = filepath.Dir(dir)
+	}
+}
+
+func fsName(t int64) string {
+	switch uint32(t) {
+	case unix.XFS_SUPER_MAGIC:
+		return "xfs"
+	case unix.EXT4_SUPER_MAGIC:
+		return "ext4"
+	case unix.BTRFS_SUPER_MAGIC:
+		return "btrfs"
+	case unix.TMPFS_MAGIC:
+		return "tmpfs"
+	case unix.OVERLAYFS_SUPER_MAGIC:
+		return "overlayfs"
+	case unix.NFS_SUPER_MAGIC:
+		return "nfs"
+	}
+	return fmt.Sprintf("filesystem 0x%x", uint32(t))
+}
+
+// capacity: memory and CPUs against max_vms clones of the golden.
+func (e Env) capacity(ctx context.Context, cfg *config.Config, g *domxml.Golden, add func(string, string, string, string)) {
+	if e.Libvirt == nil || g == nil {
+		add("capacity", Warn, "not checked: libvirt or the golden VM is not there", "run check-host again once they are")
+		return
+	}
+	info, err := e.Libvirt.Info(ctx)
+	if err != nil {
+		return
+	}
+	need := uint64(cfg.MaxVMs)*g.Memory + uint64(cfg.MemoryReserve)
+	poolNeed := uint64(cfg.PoolSize)*g.Memory + uint64(cfg.MemoryReserve)
+	detail := fmt.Sprintf("%s of memory, %d CPUs; max_vms %d × %s + memory_reserve %s = %s", humanize.IBytes(info.Memory), info.CPUs,
+		cfg.MaxVMs, humanize.IBytes(g.Memory), cfg.MemoryReserve, humanize.IBytes(need))
+	switch {
+	case info.Memory < poolNeed:
+		add("capacity", Fail, detail+fmt.Sprintf("; even pool_size %d does not fit", cfg.PoolSize),
+			"add memory, or lower pool_size and the golden's memory")
+	case info.Memory < need:
+		add("capacity", Warn, detail+": the pool fits, max_vms does not; the broker stops cloning at memory_reserve",
+			"lower max_vms, or add memory")
+	default:
+		add("capacity", Pass, detail, "")
+	}
+}
+
+// ports: the broker's listen addresses are free (or the broker has them).
+func (e Env) ports(cfg *config.Config, add func(string, string, string, string)) {
+	listen := e.Listen
+	if listen == nil {
+		listen = net.Listen
+	}
+	var busy []string
+	n := 0
+	for _, a := range []string{cfg.Gateway.Listen, cfg.Gateway.TLSListen, cfg.Sessions.Listen, cfg.Sessions.LegacyListen,
+		cfg.Ads.Listen, cfg.Metrics.Listen, cfg.API.Listen} {
+		if a == "" {
+			continue
+		}
+		n++
+		ln, err := listen("tcp", a)
+		if err != nil {
+			busy = append(busy, a)
+			continue
+		}
+		ln.Close()
+	}
+	running := false
+	if c, err := net.Dial("unix", cfg.AdminSocket); err == nil {
+		c.Close()
+		running = true
+	}
+	switch {
+	case len(busy) == 0:
+		add("ports", Pass, fmt.Sprintf("the broker's %d ports are free", n), "")
+	case running:
+		add("ports", Pass, fmt.Sprintf("%s in use by the running broker (its admin socket answers)", strings.Join(busy, ", ")), "")
+	default:
+		add("ports", Fail, strings.Join(busy, ", ")+" in use by something else", "find it (ss -ltnp) and stop it, or move the broker's port")
+	}
+}
+
+// firewall: a packet filter is on.
+func (e Env) firewall(add func(string, string, string, string)) {
+	probe := e.Firewall
+	if probe == nil {
+		probe = hostFirewall
+	}
+	what, on := probe()
+	if on {
+		add("firewall", Pass, what, "")
+		return
+	}
+	add("firewall", Warn, what, "turn firewalld on, with the kiosk card in a zone that opens only the broker's kiosk ports (the kickstart's undervdi-kiosks)")
+}
+
+func hostFirewall() (string, bool) {
+	if out, err := exec.Command("firewall-cmd", "--state").Output(); err == nil && strings.TrimSpace(string(out)) == "running" {
+		zones, _ := exec.Command("firewall-cmd", "--get-active-zones").Output()
+		return "firewalld running; active zones: " + strings.Join(strings.Fields(string(zones)), " "), true
+	}
+	if out, err := exec.Command("nft", "list", "ruleset").Output(); err == nil {
+		if bytes.Contains(out, []byte("hook input")) {
+			return "nftables has an input chain (firewalld is not running)", true
+		}
+		return "no packet filter: nftables has no input chain, firewalld is not running", false
+	}
+	return "no packet filter found (neither firewalld nor nft answer)", false
+}
+
+// clock: synchronised, for TLS certificates, tickets and the audit's times.
+func (e Env) clock(add func(string, string, string, string)) {
+	synced := e.Synced
+	if synced == nil {
+		synced = adjtimexSynced
+	}
+	ok, err := synced()
+	switch {
+	case err != nil:
+		add("time", Warn, "cannot tell whether the clock is synchronised: "+err.Error(), "run chronyd (timesource in the kickstart)")
+	case ok:
+		add("time", Pass, "the clock is synchronised (NTP)", "")
+	default:
+		add("time", Warn, "the clock is not synchronised", "start chronyd, with time servers the server reaches (chronyc sources)")
+	}
+}
+
+func adjtimexSynced() (bool, error) {
+	var tx unix.Timex
+	state, err := unix.Adjtimex(&tx)
+	if err != nil {
+		return false, err
+	}
+	return state != unix.TIME_ERROR && tx.Status&unix.STA_UNSYNC == 0, nil
+}
+
+// lsm: SELinux enforcing (the kickstart's), or AppArmor.
+func (e Env) lsm(add func(string, string, string, string)) {
+	if b, err := os.ReadFile(e.path("/sys/fs/selinux/enforce")); err == nil {
+		if strings.TrimSpace(string(b)) == "1" {
+			add("security", Pass, "SELinux enforcing", "")
+		} else {
+			add("security", Warn, "SELinux permissive", "setenforce 1, and SELINUX=enforcing in /etc/selinux/config")
+		}
+		return
+	}
+	if _, err := os.Stat(e.path("/sys/kernel/security/apparmor/profiles")); err == nil {
+		add("security", Pass, "AppArmor on (libvirt confines each VM with its own profile)", "")
+		return
+	}
+	add("security", Warn, "neither SELinux nor AppArmor is on: a VM that escapes QEMU is not confined",
+		"install the server with the kickstart (SELinux enforcing)")
+}
+
+// Failed reports whether any check failed.
+func Failed(rs []Result) bool {
+	for _, r := range rs {
+		if r.Result == Fail {
+			return true
+		}
+	}
+	return false
+}

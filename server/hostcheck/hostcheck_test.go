@@ -1,0 +1,147 @@
+package hostcheck
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"undervdi/server/config"
+	"undervdi/server/domxml"
+	"undervdi/server/virt"
+)
+
+type fakeLibvirt struct {
+	mem uint64
+	err error
+}
+
+func (f fakeLibvirt) Info(context.Context) (virt.HostInfo, error) {
+	return virt.HostInfo{LibvirtVersion: "9.0.0", Hypervisor: "QEMU", HypervisorVersion: "8.2.0", CPUs: 16, Memory: f.mem}, nil
+}
+func (f fakeLibvirt) Golden(context.Context, string) (*domxml.Golden, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	return &domxml.Golden{Name: "win10", Memory: 4 << 30}, nil
+}
+
+// host is a fake root: /proc/cpuinfo with flags, /dev/kvm, SELinux's state.
+func host(t *testing.T, flags, enforce string) string {
+	t.Helper()
+	root := t.TempDir()
+	for path, content := range map[string]string{
+		"proc/cpuinfo": "processor\t: 0\nflags\t\t: " + flags + "\n", "dev/kvm": "", "sys/fs/selinux/enforce": enforce,
+	} {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(path)), 0o755)
+		os.WriteFile(filepath.Join(root, path), []byte(content), 0o644)
+	}
+	return root
+}
+
+func verdicts(rs []Result) map[string]Result {
+	out := map[string]Result{}
+	for _, r := range rs {
+		out[r.Check] = r
+	}
+	return out
+}
+
+func cfg(t *testing.T) *config.Config {
+	c := config.Default()
+	c.Golden = "win10"
+	c.OverlayDir, c.VersionDir = t.TempDir(), t.TempDir()
+	c.AdminSocket = filepath.Join(t.TempDir(), "admin.sock")
+	c.PoolSize, c.MaxVMs = 2, 4
+	for _, p := range []*string{&c.Gateway.Listen, &c.Gateway.TLSListen, &c.Sessions.Listen, &c.Sessions.LegacyListen, &c.Ads.Listen,
+		&c.Metrics.Listen, &c.API.Listen} {
+		*p = "127.0.0.1:0"
+	}
+	return c
+}
+
+func env(t *testing.T, root string) Env {
+	return Env{Root: root, Libvirt: fakeLibvirt{mem: 64 << 30},
+		Synced:   func() (bool, error) { return true, nil },
+		Firewall: func() (string, bool) { return "firewalld running", true }}
+}
+
+// TestAllPass: a server that can run the pool passes every check.
+func TestAllPass(t *testing.T) {
+	c := cfg(t)
+	rs := Run(context.Background(), c, env(t, host(t, "fpu vmx sse2", "1")))
+	for _, r := range rs {
+		if r.Result != Pass {
+			t.Errorf("%s: %s %s (%s)", r.Check, r.Result, r.Detail, r.Hint)
+		}
+	}
+	if len(rs) < 9 || Failed(rs) {
+		t.Errorf("%d results: %+v", len(rs), rs)
+	}
+}
+
+// TestWhatFails: each problem is named, with what to do.
+func TestWhatFails(t *testing.T) {
+	c := cfg(t)
+	e := env(t, host(t, "fpu sse2", "0"))
+	v := verdicts(Run(context.Background(), c, e))
+	if r := v["kvm"]; r.Result != Fail || !strings.Contains(r.Detail, "emulation") || !strings.Contains(r.Hint, "firmware") {
+		t.Errorf("no vmx: %+v", r)
+	}
+	if r := v["security"]; r.Result != Warn || !strings.Contains(r.Detail, "permissive") {
+		t.Errorf("SELinux permissive: %+v", r)
+	}
+	e.AllowTCG = true
+	if r := verdicts(Run(context.Background(), c, e))["kvm"]; r.Result != Warn {
+		t.Errorf("no vmx, -allow-tcg: %+v", r)
+	}
+
+	e = env(t, host(t, "vmx", "1"))
+	e.Libvirt = fakeLibvirt{mem: 6 << 30} // two 4 GiB clones and the reserve do not fit
+	if r := verdicts(Run(context.Background(), c, e))["capacity"]; r.Result != Fail || !strings.Contains(r.Detail, "pool_size 2 does not fit") {
+		t.Errorf("too little memory: %+v", r)
+	}
+	e.Libvirt = fakeLibvirt{mem: 12 << 30} // the pool fits, max_vms does not
+	if r := verdicts(Run(context.Background(), c, e))["capacity"]; r.Result != Warn {
+		t.Errorf("max_vms does not fit: %+v", r)
+	}
+	e.Libvirt = fakeLibvirt{mem: 64 << 30, err: errors.New(`golden VM unusable: "win10" does not exist`)}
+	if r := verdicts(Run(context.Background(), c, e))["golden"]; r.Result != Fail {
+		t.Errorf("no golden: %+v", r)
+	}
+	e.Libvirt = nil
+	e.LibErr = errors.New("dial unix /run/libvirt/libvirt-sock: connect: no such file or directory")
+	if r := verdicts(Run(context.Background(), c, e))["libvirt"]; r.Result != Fail || !strings.Contains(r.Hint, "start libvirt") {
+		t.Errorf("no libvirt: %+v", r)
+	}
+
+	e = env(t, host(t, "vmx", "1"))
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	c.Sessions.Listen = held.Addr().String()
+	if r := verdicts(Run(context.Background(), c, e))["ports"]; r.Result != Fail || !strings.Contains(r.Detail, held.Addr().String()) {
+		t.Errorf("a port in use: %+v", r)
+	}
+	// The same port, held by a running broker (its admin socket answers).
+	sock, err := net.Listen("unix", c.AdminSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	if r := verdicts(Run(context.Background(), c, e))["ports"]; r.Result != Pass || !strings.Contains(r.Detail, "running broker") {
+		t.Errorf("ports of a running broker: %+v", r)
+	}
+
+	e.Synced = func() (bool, error) { return false, nil }
+	e.Firewall = func() (string, bool) { return "no packet filter", false }
+	v = verdicts(Run(context.Background(), c, e))
+	if v["time"].Result != Warn || v["firewall"].Result != Warn {
+		t.Errorf("time %+v, firewall %+v", v["time"], v["firewall"])
+	}
+}
