@@ -73,7 +73,7 @@ func TestAll(t *testing.T) {
 			t.Errorf("pxe/%s differs from what was given", name)
 		}
 	}
-	if err := pxe.CheckBootDir(filepath.Join(out, "pxe")); err != nil {
+	if err := pxe.CheckBootDir(filepath.Join(out, "pxe"), true); err != nil {
 		t.Errorf("pxe.CheckBootDir() = %v", err)
 	}
 

@@ -30,7 +30,8 @@ var bootFiles = []struct {
 // CheckBootDir reports every file of the network-boot directory dir that is
 // missing or unusable: the kernel and initramfs (from the image builder),
 // the boot script (IPXEScript) and the iPXE loaders (InstallLoaders).
-func CheckBootDir(dir string) error {
+// Without kiosk, only the loaders (a server install alone).
+func CheckBootDir(dir string, kiosk bool) error {
 	st, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("boot directory: %w", err)
@@ -43,6 +44,9 @@ func CheckBootDir(dir string) error {
 		errs = append(errs, fmt.Errorf("boot directory %s is not searchable by others: dnsmasq's TFTP server, which runs unprivileged, cannot enter it", dir))
 	}
 	for _, f := range bootFiles {
+		if !kiosk && !f.tftp {
+			continue
+		}
 		path := filepath.Join(dir, f.name)
 		st, err := os.Stat(path)
 		switch {

@@ -84,6 +84,8 @@ type Config struct {
 	// LogDHCP makes dnsmasq log every DHCP exchange in detail; without it
 	// dnsmasq logs only problems.
 	LogDHCP bool
+	// Install, if set, also serves a server install (see ServerInstall).
+	Install *ServerInstall
 }
 
 // Kiosk is the settings text of one kiosk, known by its MAC address. It
@@ -204,6 +206,9 @@ func (c Config) Validate() error {
 			add(fieldErr("lease-time", "%s is not a whole number of seconds", c.LeaseTime))
 		}
 		errs = append(errs, c.checkKiosks()...)
+	}
+	if c.Install != nil {
+		errs = append(errs, c.checkInstall()...)
 	}
 	if c.Mode == Proxy {
 		// In proxy mode dnsmasq answers only PXE clients, with boot
@@ -535,7 +540,20 @@ func (c Config) Dnsmasq() (string, error) {
 		line(`pxe-service=tag:!%s,9,"undervdi",%s`, tagIPXE, EFILoader)
 	}
 	line("# The last field, the next server, matters to a proxy: iPXE ignores its answer without one.")
-	line("dhcp-boot=tag:%s,%s,,%s", tagIPXE, c.BootURL(), server)
+	switch {
+	case c.installOnly():
+		line("# A server install: every client boots the EL9 installer with the kickstart.")
+		line("dhcp-boot=tag:%s,%s,,%s", tagIPXE, c.InstallURL(), server)
+	case c.Install != nil:
+		line("# A server install for the machines named; the others boot the kiosk image.")
+		for _, m := range c.Install.MACs {
+			line("dhcp-host=%s,set:%s", m, tagInstall)
+		}
+		line("dhcp-boot=tag:%s,tag:%s,%s,,%s", tagIPXE, tagInstall, c.InstallURL(), server)
+		line("dhcp-boot=tag:%s,tag:!%s,%s,,%s", tagIPXE, tagInstall, c.BootURL(), server)
+	default:
+		line("dhcp-boot=tag:%s,%s,,%s", tagIPXE, c.BootURL(), server)
+	}
 
 	if c.Mode == Isolated && (c.Settings != "" || len(c.Kiosks) > 0) {
 		line("")

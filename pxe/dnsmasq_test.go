@@ -315,7 +315,9 @@ func TestDnsmasqAccepts(t *testing.T) {
 	logged := isolated(t)
 	logged.LogDHCP = true
 	logged.LeaseFile = "/tmp/pxe-leases"
-	for name, cfg := range map[string]Config{"isolated": isolated(t), "proxy": proxy(), "nasty": nasty, "logged": logged} {
+	install := isolated(t)
+	install.Install = &ServerInstall{Dir: installDir(t), MACs: []net.HardwareAddr{mac(t, "52:54:00:aa:bb:cc")}}
+	for name, cfg := range map[string]Config{"isolated": isolated(t), "proxy": proxy(), "nasty": nasty, "logged": logged, "install": install} {
 		t.Run(name, func(t *testing.T) {
 			conf, err := cfg.Dnsmasq()
 			if err != nil {

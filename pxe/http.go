@@ -21,6 +21,8 @@ import (
 type Handler struct {
 	Dir string
 	Log *slog.Logger // access log at Debug; nil for none
+	// Prefix is what a caller stripped from the path, for the log.
+	Prefix string
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -30,7 +32,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.Log != nil {
 		h.Log.LogAttrs(r.Context(), slog.LevelDebug, "http",
 			slog.String("remote", r.RemoteAddr), slog.String("method", r.Method),
-			slog.String("path", r.URL.Path), slog.String("range", r.Header.Get("Range")),
+			slog.String("path", h.Prefix+r.URL.Path), slog.String("range", r.Header.Get("Range")),
 			slog.Int("status", lw.status()), slog.Int64("bytes", lw.bytes),
 			slog.Duration("took", time.Since(start)), slog.String("agent", r.UserAgent()))
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,7 +39,7 @@ func Run(ctx context.Context, cfg Config, ln net.Listener, log *slog.Logger) err
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if err := CheckBootDir(cfg.BootDir); err != nil {
+	if err := CheckBootDir(cfg.BootDir, !cfg.installOnly()); err != nil {
 		return err
 	}
 	dir, err := os.MkdirTemp("", "undervdi-pxe-")
@@ -64,7 +65,13 @@ func Run(ctx context.Context, cfg Config, ln net.Listener, log *slog.Logger) err
 	// cancels ctx for the other.
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return RunDnsmasq(ctx, confFile, log) })
-	g.Go(func() error { return Serve(ctx, ln, &Handler{Dir: cfg.BootDir, Log: log}, log) })
+	var h http.Handler = &Handler{Dir: cfg.BootDir, Log: log}
+	if cfg.Install != nil {
+		h = &installHandler{cfg: d, next: h, log: log}
+		log.Info("server install", "boot_script", d.InstallURL(), "kickstart", d.KickstartURL(), "files", d.FilesURL(),
+			"machines", len(cfg.Install.MACs))
+	}
+	g.Go(func() error { return Serve(ctx, ln, h, log) })
 	return g.Wait()
 }
 

@@ -63,7 +63,7 @@ func TestCheckBootDir(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	err := CheckBootDir(dir)
+	err := CheckBootDir(dir, true)
 	for _, name := range []string{bootlayout.Kernel, bootlayout.Initramfs, bootlayout.IPXEScript, UndiLoader, EFILoader} {
 		if err == nil || !strings.Contains(err.Error(), "has no "+name) {
 			t.Errorf("CheckBootDir(empty) = %v, want it to name %s", err, name)
@@ -74,21 +74,21 @@ func TestCheckBootDir(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := CheckBootDir(dir); err != nil {
+	if err := CheckBootDir(dir, true); err != nil {
 		t.Errorf("CheckBootDir(complete) = %v", err)
 	}
 	os.Chmod(filepath.Join(dir, UndiLoader), 0o600)
 	os.WriteFile(filepath.Join(dir, bootlayout.Initramfs), nil, 0o644)
-	err = CheckBootDir(dir)
+	err = CheckBootDir(dir, true)
 	if err == nil || !strings.Contains(err.Error(), UndiLoader+" is not readable by others") ||
 		!strings.Contains(err.Error(), bootlayout.Initramfs+" is empty") {
 		t.Errorf("CheckBootDir(private loader, empty initramfs) = %v", err)
 	}
 	os.Chmod(dir, 0o700)
-	if err := CheckBootDir(dir); err == nil || !strings.Contains(err.Error(), "not searchable") {
+	if err := CheckBootDir(dir, true); err == nil || !strings.Contains(err.Error(), "not searchable") {
 		t.Errorf("CheckBootDir(private directory) = %v", err)
 	}
-	if err := CheckBootDir(filepath.Join(dir, "nonexistent")); err == nil {
+	if err := CheckBootDir(filepath.Join(dir, "nonexistent"), true); err == nil {
 		t.Errorf("CheckBootDir(nonexistent) = nil")
 	}
 }

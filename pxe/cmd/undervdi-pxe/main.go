@@ -31,6 +31,7 @@ import (
 
 	"undervdi/internal/bootlayout"
 	"undervdi/internal/debpkg"
+	"undervdi/kickstart"
 	"undervdi/pxe"
 )
 
@@ -89,8 +90,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		logger.Info("installed the iPXE loaders", "package", p.String(), "dir", o.cfg.BootDir)
 	}
-	if err := pxe.CheckBootDir(o.cfg.BootDir); err != nil {
+	kiosks := o.cfg.Install == nil || len(o.cfg.Install.MACs) > 0
+	if err := pxe.CheckBootDir(o.cfg.BootDir, kiosks); err != nil {
 		return err
+	}
+	if in := o.cfg.Install; in != nil {
+		// The kickstart is checked before any server boots with it.
+		ks, err := os.ReadFile(filepath.Join(in.Dir, pxe.InstallKickstart))
+		if err != nil {
+			return err
+		}
+		if err := kickstart.Check(ks); err != nil {
+			return fmt.Errorf("-install: %s does not pass undervdi-kickstart check:\n%w", filepath.Join(in.Dir, pxe.InstallKickstart), err)
+		}
 	}
 	ln, err := net.Listen("tcp", o.httpAddr)
 	if err != nil {
@@ -141,6 +153,16 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		o.cfg.Kiosks = append(o.cfg.Kiosks, k)
 		return nil
 	})
+	install := fs.String("install", "", "also serve a server install from `DIR`: the EL9 installer's vmlinuz and initrd.img, the ks.cfg undervdi-kickstart wrote, and undervdi/ (what its %post fetches)")
+	repo := fs.String("install-repo", "", "inst.repo for the installer, where the kickstart names no url")
+	var installMACs []net.HardwareAddr
+	fs.Func("install-mac", "`MAC` of a machine that boots the installer (repeatable); none: every client does", func(s string) error {
+		hw, err := net.ParseMAC(s)
+		if err == nil {
+			installMACs = append(installMACs, hw)
+		}
+		return err
+	})
 	fs.BoolVar(&o.cfg.LogDHCP, "log-dhcp", false, "have dnsmasq log every DHCP exchange in detail")
 	fs.BoolVar(&o.printConfig, "print-config", false, "only print the dnsmasq configuration")
 	fs.BoolVar(&o.verbose, "v", false, "log more, including every HTTP request")
@@ -189,6 +211,15 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		if o.cfg.BootDir, err = filepath.Abs(o.cfg.BootDir); err != nil {
 			return nil, err
 		}
+	}
+	if *install != "" {
+		dir, err := filepath.Abs(*install)
+		if err != nil {
+			return nil, err
+		}
+		o.cfg.Install = &pxe.ServerInstall{Dir: dir, Repo: *repo, MACs: installMACs}
+	} else if *repo != "" || len(installMACs) > 0 {
+		return nil, errors.New("-install-repo and -install-mac go with -install")
 	}
 	return o, nil
 }
