@@ -152,17 +152,19 @@ func WriteVersions(w io.Writer, vs []pool.VersionStatus, now time.Time) {
 	tw.Flush()
 }
 
+// Dash is s, or "-" for nothing, in the tables people read.
+func Dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
 // writeFleet is the kiosks' table: each known kiosk, online or since when
 // not, and what it last said of itself.
 func writeFleet(w io.Writer, kiosks []session.KioskStatus, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "KIOSK\tADDRESS\tSEEN\tSTATE\tUPTIME\tSCREEN\tSOFTWARE\tIMAGE\tLAST ERROR")
-	dash := func(s string) string {
-		if s == "" {
-			return "-"
-		}
-		return s
-	}
 	for _, k := range kiosks {
 		seen := "never"
 		switch {
@@ -186,8 +188,8 @@ func writeFleet(w io.Writer, kiosks []session.KioskStatus, now time.Time) {
 		if k.UptimeSeconds > 0 {
 			uptime = (time.Duration(k.UptimeSeconds) * time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, dash(k.Addr), seen, dash(state), dash(uptime), dash(k.Screen),
-			dash(k.Software), dash(image), dash(k.LastError))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, Dash(k.Addr), seen, Dash(state), Dash(uptime), Dash(k.Screen),
+			Dash(k.Software), Dash(image), Dash(k.LastError))
 	}
 	tw.Flush()
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"undervdi/server/api"
 )
 
 // drain stops new sessions; running ones go on.
@@ -102,12 +103,6 @@ func audit(args []string, stdout, stderr io.Writer) int {
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tEVENT\tWHAT\tWHO\tKIOSK\tVM\tREASON")
-	dash := func(s string) string {
-		if s == "" {
-			return "-"
-		}
-		return s
-	}
 	for _, r := range page.Records {
 		who := r.User
 		if who == "" {
@@ -117,8 +112,8 @@ func audit(args []string, stdout, stderr io.Writer) int {
 		if r.Count > 0 {
 			reason = fmt.Sprintf("%s (and %d more)", reason, r.Count)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Local().Format(time.DateTime), r.Event, dash(r.What), dash(who),
-			dash(r.Kiosk), dash(r.VM), reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Local().Format(time.DateTime), r.Event, api.Dash(r.What), api.Dash(who),
+			api.Dash(r.Kiosk), api.Dash(r.VM), reason)
 	}
 	tw.Flush()
 	if page.Next != "" {
