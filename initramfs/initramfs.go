@@ -241,21 +241,30 @@ func (b *Builder) Build(ctx context.Context) (*Image, error) {
 		gen[k] = v
 	}
 
-	key := sha256.New()
-	fmt.Fprintln(key, buildRev, kioskd.sum, xsh.sum)
+	// The version names the content, wherever it was built: what the
+	// image holds (its packages' versions, the generated files, the paths
+	// it takes from the packages, kioskd's and xsh's builds). The cache
+	// key adds where on this host each file comes from.
+	ver := sha256.New()
+	fmt.Fprintln(ver, buildRev, kioskd.sum, xsh.sum)
 	for _, p := range img.Packages {
-		fmt.Fprintln(key, p)
+		fmt.Fprintln(ver, p)
 	}
 	for _, k := range sortedKeys(gen) {
-		fmt.Fprintf(key, "%s %x\n", k, sha256.Sum256(gen[k]))
+		fmt.Fprintf(ver, "%s %x\n", k, sha256.Sum256(gen[k]))
 	}
+	for _, k := range sortedKeys(files) {
+		fmt.Fprintln(ver, k)
+	}
+	version := "kiosk-" + hex.EncodeToString(ver.Sum(nil))[:16]
+	key := sha256.New()
+	fmt.Fprintln(key, version)
 	for _, k := range sortedKeys(files) {
 		fmt.Fprintln(key, k, files[k])
 	}
-	version := "kiosk-" + hex.EncodeToString(key.Sum(nil))[:16]
 	img.Version = version
 	gen[VersionFile] = []byte(version + "\n")
-	out := filepath.Join(b.CacheDir, version)
+	out := filepath.Join(b.CacheDir, "kiosk-"+hex.EncodeToString(key.Sum(nil))[:16])
 	img.Kernel = filepath.Join(out, "vmlinuz")
 	img.Initramfs = filepath.Join(out, "initramfs.img")
 	if b, err := os.ReadFile(filepath.Join(out, "image.json")); err == nil {

@@ -30,8 +30,11 @@ type Status struct {
 func (s *Status) WriteTable(w io.Writer, now time.Time) {
 	p := s.Pool
 	conn := "connected"
-	if !p.Connected {
+	switch {
+	case !p.Connected:
 		conn = "NOT CONNECTED"
+	case p.Reconciling:
+		conn = "connected, reconciling"
 	}
 	fmt.Fprintf(w, "pool %s   golden %s   version %d   libvirt %s (%s)\n", p.Pool, p.Golden, p.Current, s.Libvirt, conn)
 	fmt.Fprintf(w, "clean %d/%d   booting %d   offered %d   in use %d   ending %d   (max %d VMs)\n",

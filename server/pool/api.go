@@ -228,22 +228,25 @@ func (p *Pool) Rollback(ctx context.Context) (from, to int, err error) {
 
 // Status is the pool's state for people: the admin API and `vdi-broker status`.
 type Status struct {
-	Pool      string          `json:"pool"`
-	Golden    string          `json:"golden"`
-	Connected bool            `json:"connected"`
-	Size      int             `json:"size"`
-	MaxVMs    int             `json:"max_vms"`
-	Counts    map[State]int   `json:"counts"`
-	Paused    string          `json:"paused,omitempty"`
-	Degraded  string          `json:"degraded,omitempty"`
-	Memory    string          `json:"memory,omitempty"` // why no clone can start now
-	Failures  int             `json:"consecutive_failures"`
-	Current   int             `json:"current_version,omitempty"`
-	Versions  []VersionStatus `json:"versions"`
-	Publish   *PublishStatus  `json:"publish,omitempty"`
-	VMs       []VMStatus      `json:"vms"`
-	Recorded  map[string]int  `json:"recorded"` // VMs by the state libvirt records: booting, clean, offered, in-use, ending
-	Clones    map[int]int     `json:"clones_by_version"`
+	Pool      string `json:"pool"`
+	Golden    string `json:"golden"`
+	Connected bool   `json:"connected"`
+	// Reconciling: connected, and the table is not yet checked against
+	// libvirt (at the start, after a reconnect); no VM is handed out.
+	Reconciling bool            `json:"reconciling,omitempty"`
+	Size        int             `json:"size"`
+	MaxVMs      int             `json:"max_vms"`
+	Counts      map[State]int   `json:"counts"`
+	Paused      string          `json:"paused,omitempty"`
+	Degraded    string          `json:"degraded,omitempty"`
+	Memory      string          `json:"memory,omitempty"` // why no clone can start now
+	Failures    int             `json:"consecutive_failures"`
+	Current     int             `json:"current_version,omitempty"`
+	Versions    []VersionStatus `json:"versions"`
+	Publish     *PublishStatus  `json:"publish,omitempty"`
+	VMs         []VMStatus      `json:"vms"`
+	Recorded    map[string]int  `json:"recorded"` // VMs by the state libvirt records: booting, clean, offered, in-use, ending
+	Clones      map[int]int     `json:"clones_by_version"`
 }
 
 // Count returns how many VMs are recorded in libvirt as rec (booting,
@@ -298,7 +301,8 @@ func (p *Pool) Status() Status {
 
 func (p *Pool) status() Status {
 	s := Status{
-		Pool: p.cfg.Name, Golden: p.cfg.Golden, Connected: p.connected, Size: p.cfg.Size, MaxVMs: p.cfg.MaxVMs,
+		Pool: p.cfg.Name, Golden: p.cfg.Golden, Connected: p.connected, Reconciling: p.connected && !p.reconciled,
+		Size: p.cfg.Size, MaxVMs: p.cfg.MaxVMs,
 		Counts: map[State]int{}, Recorded: map[string]int{}, Clones: map[int]int{},
 		Paused: p.paused, Degraded: p.degraded, Memory: p.memShort, Failures: p.fails,
 	}

@@ -470,7 +470,7 @@ func TestRealLibvirtdRestart(t *testing.T) {
 	restartLibvirtd(t)
 	poll.Until(t, 2*time.Minute, "reconnected and full", func() bool {
 		s := rp.Status()
-		return s.Connected && s.Counts[pool.Clean] == 1
+		return s.Connected && !s.Reconciling && s.Counts[pool.Clean] == 1
 	})
 	v, err := rp.Take(testClaim)
 	if err != nil {
