@@ -23,6 +23,9 @@ type ServerInstall struct {
 	// Repo, if set, is the installer's inst.repo (where it finds EL9's
 	// packages and its own runtime), for a kickstart without url.
 	Repo string
+	// Cmdline is more for the installer's kernel command line
+	// (console=ttyS0 for a server with a serial console, say).
+	Cmdline string
 	// MACs are the machines that boot the installer; every other client
 	// boots the kiosk image. None: every client boots the installer (an
 	// install network of its own).
@@ -70,7 +73,11 @@ func (c Config) InstallIPXE() string {
 	if c.Install.Repo != "" {
 		fmt.Fprintf(&b, " inst.repo=%s", c.Install.Repo)
 	}
-	b.WriteString(" inst.text rd.neednet=1 BOOTIF=01-${netX/mac:hexhyp}\n")
+	b.WriteString(" inst.text rd.neednet=1")
+	if f := strings.Fields(c.Install.Cmdline); len(f) > 0 {
+		b.WriteString(" " + strings.Join(f, " "))
+	}
+	b.WriteString(" BOOTIF=01-${netX/mac:hexhyp}\n")
 	fmt.Fprintf(&b, "initrd %s%s\nboot\n", strings.TrimPrefix(InstallPrefix, "/"), InstallInitrd)
 	return b.String()
 }

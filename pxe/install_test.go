@@ -63,10 +63,10 @@ func TestInstallDnsmasq(t *testing.T) {
 // served, nothing else of the directory; the kiosk's files still are.
 func TestInstallScriptAndFiles(t *testing.T) {
 	c := isolated(t)
-	c.Install = &ServerInstall{Dir: installDir(t), Repo: "http://192.0.2.5/almalinux/9/BaseOS/x86_64/os/"}
+	c.Install = &ServerInstall{Dir: installDir(t), Repo: "http://192.0.2.5/almalinux/9/BaseOS/x86_64/os/", Cmdline: " console=ttyS0 "}
 	script := c.InstallIPXE()
 	for _, want := range []string{"#!ipxe\n", "kernel install/vmlinuz initrd=initrd.img inst.ks=http://169.254.24.1:5910/install/ks.cfg",
-		"inst.repo=http://192.0.2.5/almalinux/9/BaseOS/x86_64/os/", "BOOTIF=01-${netX/mac:hexhyp}", "\ninitrd install/initrd.img\nboot\n"} {
+		"inst.repo=http://192.0.2.5/almalinux/9/BaseOS/x86_64/os/", " inst.text rd.neednet=1 console=ttyS0 BOOTIF=01-${netX/mac:hexhyp}\n", "\ninitrd install/initrd.img\nboot\n"} {
 		if !strings.Contains(script, want) {
 			t.Errorf("install.ipxe lacks %q:\n%s", want, script)
 		}

@@ -892,7 +892,7 @@ func TestServerInstall(t *testing.T) {
 
 	const serverMAC, kioskMAC = "52:54:00:00:0c:01", "52:54:00:00:0c:02"
 	pxe := startPXE(t, ns, "-interface", "br0", "-boot-dir", bootDir, "-settings", "undervdi.server=169.254.24.1",
-		"-install", install, "-install-mac", serverMAC)
+		"-install", install, "-install-mac", serverMAC, "-install-cmdline", "console=ttyS0")
 
 	t.Run("dhcp", func(t *testing.T) {
 		for mac, want := range map[string]string{serverMAC: "http://169.254.24.1:5910/install.ipxe", kioskMAC: "http://169.254.24.1:5910/boot.ipxe"} {

@@ -155,6 +155,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	})
 	install := fs.String("install", "", "also serve a server install from `DIR`: the EL9 installer's vmlinuz and initrd.img, the ks.cfg undervdi-kickstart wrote, and undervdi/ (what its %post fetches)")
 	repo := fs.String("install-repo", "", "inst.repo for the installer, where the kickstart names no url")
+	installCmdline := fs.String("install-cmdline", "", "more for the installer's kernel command line, such as console=ttyS0")
 	var installMACs []net.HardwareAddr
 	fs.Func("install-mac", "`MAC` of a machine that boots the installer (repeatable); none: every client does", func(s string) error {
 		hw, err := net.ParseMAC(s)
@@ -217,9 +218,9 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		if err != nil {
 			return nil, err
 		}
-		o.cfg.Install = &pxe.ServerInstall{Dir: dir, Repo: *repo, MACs: installMACs}
-	} else if *repo != "" || len(installMACs) > 0 {
-		return nil, errors.New("-install-repo and -install-mac go with -install")
+		o.cfg.Install = &pxe.ServerInstall{Dir: dir, Repo: *repo, MACs: installMACs, Cmdline: *installCmdline}
+	} else if *repo != "" || len(installMACs) > 0 || *installCmdline != "" {
+		return nil, errors.New("-install-repo, -install-mac and -install-cmdline go with -install")
 	}
 	return o, nil
 }
