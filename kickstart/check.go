@@ -96,7 +96,7 @@ func Check(ks []byte) error {
 	}
 	seen := map[string]int{}
 	section, sectionLine := "", 0
-	for i, raw := range strings.Split(string(ks), "\n") {
+	for i, raw := range splitLines(string(ks)) {
 		n := i + 1
 		line := strings.TrimSpace(raw)
 		if section != "" {
@@ -165,6 +165,28 @@ func Check(ks []byte) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// isLineBreak reports whether r ends a line for pykickstart, which splits
+// a file as Python's str.splitlines does.
+func isLineBreak(r rune) bool {
+	switch r {
+	case '\n', '\r', '\v', '\f', 0x1c, 0x1d, 0x1e, 0x85, 0x2028, 0x2029:
+		return true
+	}
+	return false
+}
+
+// splitLines splits as the installer does (a \r\n is one break).
+func splitLines(s string) []string {
+	s = strings.ReplaceAll(s, "\r\n", "\n")
+	s = strings.Map(func(r rune) rune {
+		if isLineBreak(r) {
+			return '\n'
+		}
+		return r
+	}, s)
+	return strings.Split(s, "\n")
 }
 
 func isSection(word string) bool {

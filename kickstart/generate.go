@@ -2,6 +2,7 @@ package kickstart
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -81,7 +82,20 @@ func Generate(s *Site, name string) ([]byte, error) {
 	if err := ksTemplate.Execute(&out, d); err != nil {
 		return nil, err
 	}
+	// A value that carries a character kickstart breaks lines on would
+	// start a line of its own there: a command, or a section.
+	if i := bytes.IndexFunc(out.Bytes(), func(r rune) bool { return r != '\n' && isLineBreak(r) }); i >= 0 {
+		return nil, fmt.Errorf("a value of the site file holds a line break kickstart splits on (%q), near %q", out.Bytes()[i:i+1],
+			clipText(out.String()[max(0, i-40):i]))
+	}
 	return out.Bytes(), nil
+}
+
+func clipText(s string) string {
+	if j := strings.LastIndexByte(s, '\n'); j >= 0 {
+		return s[j+1:]
+	}
+	return s
 }
 
 // networkLine is the network command for one interface.

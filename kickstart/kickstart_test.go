@@ -174,3 +174,31 @@ func FuzzCheck(f *testing.F) {
 	f.Add([]byte("%post\n%end\n%packages --ignoremissing\n\"'\\"))
 	f.Fuzz(func(t *testing.T, ks []byte) { Check(ks) })
 }
+
+// TestNoInjection: values the site file carries cannot start a kickstart
+// line of their own (Unicode line breaks, which the installer splits on)
+// nor run in %post's shell (a listen port, a URL).
+func TestNoInjection(t *testing.T) {
+	good, _ := os.ReadFile("examples/branch.toml")
+	for _, tc := range []struct{ from, to, want string }{
+		{`golden = "win10"`, `golden = "w\u2028%end\u2028%pre\u2028reboot\u2028%end"`, "line break"},
+		{`golden = "win10"`, `golden = "w\u0085%pre"`, "line break"},
+		{`pool_size = 4`, "pool_size = 4\n[broker.sessions]\nlisten = \":5907$(reboot)\"", "broker.sessions.listen"},
+		{`url = "http://192.0.2.5:5910/undervdi/"`, `url = "http://192.0.2.5/\t--proxy=x/"`, "install.url"},
+		{`url = "http://192.0.2.5:5910/undervdi/"`, `url = "http://192.0.2.5/$(reboot)/"`, "install.url"},
+	} {
+		site := strings.Replace(string(good), tc.from, tc.to, 1)
+		s, err := Parse([]byte(site))
+		if err == nil {
+			_, err = Generate(s, "x")
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want an error naming %s", tc.to, err, tc.want)
+		}
+	}
+	// And Check reads such a break as the installer does.
+	ks := "lang en_US.UTF-8\nkeyboard us\ntimezone UTC\nrootpw --lock\nbootloader\nautopart\n%packages\n%end\nskipx\u2028bogus-command\n"
+	if err := Check([]byte(ks)); err == nil || !strings.Contains(err.Error(), `"bogus-command" is not`) {
+		t.Errorf("Check with a U+2028: %v", err)
+	}
+}

@@ -300,7 +300,10 @@ func (s *Site) applyBroker(kiosk netip.Addr) {
 }
 
 func isHTTP(u string) bool {
-	return (strings.HasPrefix(u, "http://") || strings.HasPrefix(u, "https://")) && !strings.ContainsAny(u, " \"'`$\\\n")
+	return (strings.HasPrefix(u, "http://") || strings.HasPrefix(u, "https://")) &&
+		!strings.ContainsFunc(u, func(r rune) bool {
+			return r <= ' ' || r == 0x7f || r > 0x7e || strings.ContainsRune("\"'`$\\;<>|&(){}", r)
+		})
 }
 
 func unjoin(err error) []error {

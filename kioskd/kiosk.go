@@ -478,6 +478,10 @@ func (k *Kiosk) command(c kioskproto.Command) {
 		}
 		held := k.disabled != "" || k.closed != ""
 		switch {
+		case k.state == Unreachable && !k.down:
+			// Refused while the broker's order was on its way (a drain
+			// begun, a greeting not yet heard): the order settles it.
+			k.rest("an operator's order")
 		case held && (k.state == Requesting || k.state == Waiting):
 			k.Broker.End("the kiosk is " + k.holdText())
 			k.to(Closed, k.holdText())

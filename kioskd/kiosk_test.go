@@ -602,3 +602,24 @@ func TestOperatorReboot(t *testing.T) {
 		t.Fatal("an idle kiosk did not reboot")
 	}
 }
+
+// TestRefusedThenOrder: a kiosk the broker refused while its order was on
+// the way (a drain begun) takes the order when it comes: closed, then
+// open again.
+func TestRefusedThenOrder(t *testing.T) {
+	h := newHarness(t)
+	h.touch()
+	h.expect(Requesting)
+	h.event(Refuse{Message: TextUnavailable})
+	h.expect(Unreachable)
+	h.event(cmd(kioskproto.CmdClosed, "Closed — opens at 8:00"))
+	h.expect(Closed)
+	h.event(cmd(kioskproto.CmdClosed, ""))
+	h.expect(Idle)
+	h.touch()
+	h.expect(Requesting)
+	h.event(Refuse{Message: TextUnavailable})
+	h.expect(Unreachable)
+	h.event(cmd(kioskproto.CmdClosed, "")) // the resume's, after a refusal in the drain's last moment
+	h.expect(Idle)
+}

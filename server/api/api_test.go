@@ -670,3 +670,47 @@ func TestAds(t *testing.T) {
 		t.Errorf("kiosks told %d times to refresh, want 2 (an upload, a removal): %v", n, r.sessions.commands)
 	}
 }
+
+// TestLoginLimitHoldsUnderConcurrency: guesses sent at once get the
+// allowance and no more; a name no account can have is not kept.
+func TestLoginLimitHoldsUnderConcurrency(t *testing.T) {
+	r := newRig(t)
+	var mu sync.Mutex
+	results := map[error]int{}
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, _, _, err := r.auth.Login("olga", "guess guess guess", "10.0.0.8")
+			mu.Lock()
+			results[err]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if results[ErrBadLogin] != 5 || results[ErrRateLimited] != 15 {
+		t.Errorf("20 guesses at once: %v, want 5 checked and 15 refused", results)
+	}
+	long := strings.Repeat("x", 5000)
+	r.auth.Login(long, "p", "10.0.0.9")
+	if strings.Contains(r.audit.String(), long) {
+		t.Error("a user name no account can have went into the audit")
+	}
+}
+
+// TestNewPasswordEndsLogins: setting a user's password again ends the
+// logins made with the old one.
+func TestNewPasswordEndsLogins(t *testing.T) {
+	r := newRig(t)
+	token, _, _, _, err := r.auth.Login("vera", password, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.client(token).want("GET", "/v1/whoami", nil, 200)
+	acc, _ := ReadAccounts(r.accounts)
+	acc.SetPassword("vera", Viewer, "a new long password")
+	time.Sleep(10 * time.Millisecond)
+	acc.Write(r.accounts)
+	r.client(token).want("GET", "/v1/whoami", nil, 401)
+}

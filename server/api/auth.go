@@ -64,6 +64,7 @@ type login struct {
 	Identity
 	csrf string
 	seen time.Time
+	hash string // the password's when it logged in: a new password ends the login
 }
 
 type fileStamp struct {
@@ -121,9 +122,10 @@ func (a *Auth) reloadLocked() error {
 		return fmt.Errorf("accounts file: %w", err)
 	}
 	a.accounts, a.stamp = acc, s
-	// A user removed, or demoted, loses the logins made before.
+	// A user removed, demoted, or given a new password loses the logins
+	// made before.
 	for k, l := range a.logins {
-		if u, ok := acc.user(l.Name); !ok || u.Role != l.Role {
+		if u, ok := acc.user(l.Name); !ok || u.Role != l.Role || u.Hash != l.hash {
 			delete(a.logins, k)
 		}
 	}
@@ -145,19 +147,37 @@ var dummyHash = sync.OnceValue(func() string { return HashPassword("not a passwo
 // Login checks a user's password and opens a login: its bearer token (also
 // the console's cookie) and the CSRF token the console sends with changes.
 func (a *Auth) Login(user, password, addr string) (token, csrf string, id Identity, retry time.Duration, err error) {
+	if CheckName(user) != nil {
+		// No account has such a name: nothing to check, and nothing of
+		// it is kept (a name is the audit's, and a flood's, to repeat).
+		user = ""
+	}
 	a.mu.Lock()
 	if err := a.reloadLocked(); err != nil {
 		a.mu.Unlock()
 		return "", "", Identity{}, 0, err
 	}
 	now := a.now()
+	// A try costs an allowance before the password is checked, so that
+	// guesses sent at once cannot all pass the check while they wait for
+	// the KDF; a login that succeeds gets it back.
+	var held []*rate.Reservation
 	for _, key := range []string{"addr " + addr, "user " + user} {
-		if lim := a.limitLocked(key); lim.TokensAt(now) < 1 {
+		lim := a.limitLocked(key)
+		r := lim.ReserveN(now, 1)
+		if d := r.DelayFrom(now); !r.OK() || d > 0 {
+			r.CancelAt(now)
+			for _, h := range held {
+				h.CancelAt(now)
+			}
+			a.pruneLocked(now)
 			a.mu.Unlock()
-			wait := time.Duration((1 - lim.TokensAt(now)) * float64(a.cfg.Refill))
-			a.cfg.Audit("refused", user, addr, "login rate-limited after failed attempts")
-			return "", "", Identity{}, wait.Round(time.Second) + time.Second, ErrRateLimited
+			// The refusal's reason names no user: a flood of names must
+			// not become a flood of audit lines.
+			a.cfg.Audit("refused", "", addr, "login rate-limited after failed attempts")
+			return "", "", Identity{}, d.Round(time.Second) + time.Second, ErrRateLimited
 		}
+		held = append(held, r)
 	}
 	u, known := a.accounts.user(user)
 	a.mu.Unlock()
@@ -173,14 +193,16 @@ func (a *Auth) Login(user, password, addr string) (token, csrf string, id Identi
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if !ok {
-		a.limitLocked("addr "+addr).AllowN(now, 1)
-		a.limitLocked("user "+user).AllowN(now, 1)
+		a.pruneLocked(now)
 		a.cfg.Audit("refused", user, addr, "wrong user name or password")
 		return "", "", Identity{}, 0, ErrBadLogin
 	}
+	for _, h := range held {
+		h.CancelAt(now)
+	}
 	token, csrf = randomText(32), randomText(18)
 	id = Identity{Name: u.Name, Role: u.Role, Via: "password", Expires: now.Add(a.cfg.LoginTTL)}
-	a.logins[tokenHash(token)] = &login{Identity: id, csrf: csrf, seen: now}
+	a.logins[tokenHash(token)] = &login{Identity: id, csrf: csrf, seen: now, hash: u.Hash}
 	a.pruneLocked(now)
 	a.cfg.Audit("login", u.Name, addr, "logged in as "+string(u.Role))
 	return token, csrf, id, 0, nil

@@ -15,6 +15,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -313,7 +314,9 @@ func (c *Config) Validate() error {
 		if addr == "" && (key == "sessions.legacy_listen" || key == "ads.listen" || key == "gateway.tls_listen" || key == "metrics.listen" || key == "api.listen") {
 			continue // turned off
 		}
-		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+		host, port, err := net.SplitHostPort(addr)
+		n, perr := strconv.Atoi(port)
+		if err != nil || perr != nil || n < 1 || n > 65535 || strings.ContainsAny(host, " \t\n\"'$`\\;") {
 			bad(key, "%q is not a listen address such as :5906 or 169.254.24.1:5906", addr)
 		}
 	}

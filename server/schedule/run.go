@@ -14,7 +14,8 @@ type Site interface {
 	SetSize(n int) error
 	Drain(why, notice string)
 	Resume()
-	Broadcast(c kioskproto.Command) int
+	// BroadcastSessions sends to the kiosks with a visitor at them.
+	BroadcastSessions(c kioskproto.Command) int
 }
 
 // ClosingMessage is what kiosks with a visitor show at closing time.
@@ -85,7 +86,7 @@ func (r *Runner) Step() {
 		r.Log.Info("schedule: closed; no new sessions, running ones go on", "opens", st.Opens)
 		r.Site.Drain("closing time (opening hours)", st.Notice)
 		if began {
-			r.Site.Broadcast(kioskproto.Command{Action: kioskproto.CmdMessage, Text: ClosingMessage, Seconds: 600})
+			r.Site.BroadcastSessions(kioskproto.Command{Action: kioskproto.CmdMessage, Text: ClosingMessage, Seconds: 600})
 		}
 	case !st.Open && st.Notice != last.Notice:
 		r.Site.Drain("closing time (opening hours)", st.Notice) // "opens tomorrow" became "opens at 08:00"

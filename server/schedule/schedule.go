@@ -203,8 +203,7 @@ type State struct {
 func (s *Schedule) At(t time.Time) State {
 	t = t.In(s.loc)
 	if p, ok := s.openAt(t); ok {
-		day := time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, s.loc)
-		return State{Open: true, Size: p.size, Closes: day.Add(time.Duration(p.end) * time.Minute)}
+		return State{Open: true, Size: p.size, Closes: s.clock(t.Year(), t.Month(), t.Day(), p.end)}
 	}
 	st := State{Size: s.closedSize, Notice: "Closed"}
 	opens, size, ok := s.nextOpening(t)
@@ -240,16 +239,22 @@ func (s *Schedule) nextOpening(t time.Time) (time.Time, int, bool) {
 		}
 		var best *period
 		for j, p := range s.periods {
-			start := day.Add(time.Duration(p.start) * time.Minute)
+			start := s.clock(day.Year(), day.Month(), day.Day(), p.start)
 			if p.days[day.Weekday()] && start.After(t) && (best == nil || p.start < best.start) {
 				best = &s.periods[j]
 			}
 		}
 		if best != nil {
-			return day.Add(time.Duration(best.start) * time.Minute), best.size, true
+			return s.clock(day.Year(), day.Month(), day.Day(), best.start), best.size, true
 		}
 	}
 	return time.Time{}, 0, false
+}
+
+// clock is a wall-clock time of a day (minutes since midnight), right on
+// the days the clocks change too.
+func (s *Schedule) clock(y int, m time.Month, d, minutes int) time.Time {
+	return time.Date(y, m, d, minutes/60, minutes%60, 0, 0, s.loc)
 }
 
 // when says an opening time for the slideshow: "at 14:00" today,

@@ -132,7 +132,7 @@ func (f *fakeSite) Drain(why, notice string) {
 	f.log = append(f.log, "drain: "+notice)
 }
 func (f *fakeSite) Resume() { f.log = append(f.log, "resume") }
-func (f *fakeSite) Broadcast(c kioskproto.Command) int {
+func (f *fakeSite) BroadcastSessions(c kioskproto.Command) int {
 	f.log = append(f.log, c.Action+": "+c.Text)
 	return 1
 }
@@ -168,3 +168,19 @@ func TestRunner(t *testing.T) {
 }
 
 func siteSchedule(t *testing.T) *Schedule { return site(t) }
+
+// TestClockChange: on the day the clocks go forward, 08:00 is 08:00.
+func TestClockChange(t *testing.T) {
+	s := site(t)
+	st := s.At(at(t, "2027-03-29 06:00")) // the Monday after Berlin's clocks went forward (Sunday the 28th)
+	if want := at(t, "2027-03-29 08:00"); !st.Opens.Equal(want) {
+		t.Errorf("opens %v, want %v", st.Opens, want)
+	}
+	s2, _ := Parse(Config{TimeZone: "Europe/Berlin", Open: []Period{{Days: "sun", Hours: "09:00-17:00", Size: 1}}}, 4)
+	if st := s2.At(at(t, "2027-03-28 12:00")); !st.Open || !st.Closes.Equal(at(t, "2027-03-28 17:00")) {
+		t.Errorf("on the day itself: %+v", st)
+	}
+	if st := s2.At(at(t, "2027-03-28 01:00")); !st.Opens.Equal(at(t, "2027-03-28 09:00")) {
+		t.Errorf("before opening on the day itself: %+v", st)
+	}
+}

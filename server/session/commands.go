@@ -68,6 +68,31 @@ func (m *Manager) Broadcast(c kioskproto.Command) int {
 	return len(conns)
 }
 
+// BroadcastSessions sends a command to every connected kiosk that takes
+// commands and has a session open (the closing time's warning), and says
+// how many got it.
+func (m *Manager) BroadcastSessions(c kioskproto.Command) int {
+	m.mu.Lock()
+	var conns []*kioskConn
+	for _, k := range m.conns {
+		if k.commands {
+			conns = append(conns, k)
+		}
+	}
+	m.mu.Unlock()
+	n := 0
+	for _, k := range conns {
+		k.mu.Lock()
+		r := k.req
+		k.mu.Unlock()
+		if r != nil && m.leaseOf(r) != nil {
+			k.send(kioskproto.NewCommand(c))
+			n++
+		}
+	}
+	return n
+}
+
 func (m *Manager) commandable(id string) (*kioskConn, error) {
 	m.mu.Lock()
 	k := m.conns[id]
@@ -161,6 +186,8 @@ func (k *kioskConn) gotShot(p *kioskproto.Screenshot) {
 // requests, across its reconnects and the broker's restarts. A session
 // running on it goes on.
 func (m *Manager) SetOutOfOrder(id, reason string) error {
+	m.saveMu.Lock() // one change at a time, written in the order made
+	defer m.saveMu.Unlock()
 	m.mu.Lock()
 	_, known := m.conns[id]
 	_, seen := m.offline[id]
@@ -225,8 +252,6 @@ func (m *Manager) saveDisabled(d map[string]string) error {
 	if path == "" {
 		return nil
 	}
-	m.saveMu.Lock()
-	defer m.saveMu.Unlock()
 	b, _ := json.MarshalIndent(disabledFile{OutOfOrder: d}, "", "  ")
 	tmp := path + ".tmp"
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {

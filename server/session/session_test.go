@@ -974,6 +974,9 @@ func TestKioskCommands(t *testing.T) {
 		t.Errorf("Broadcast reached %d kiosks, want 1 (the other takes no commands)", n)
 	}
 	k.until(kioskproto.TCommand)
+	if n := h.m.BroadcastSessions(kioskproto.Command{Action: kioskproto.CmdMessage, Text: "closing"}); n != 0 {
+		t.Errorf("BroadcastSessions reached %d kiosks, none has a session", n)
+	}
 
 	// The kiosk answers a screenshot in two parts.
 	var want bytes.Buffer
@@ -1017,6 +1020,12 @@ func TestKioskCommands(t *testing.T) {
 			t.Errorf("the kiosk in session was asked: %+v", m.Command)
 		}
 	case <-time.After(100 * time.Millisecond):
+	}
+	if n := h.m.BroadcastSessions(kioskproto.Command{Action: kioskproto.CmdMessage, Text: "closing", Seconds: 60}); n != 1 {
+		t.Errorf("BroadcastSessions reached %d kiosks, want the one in session", n)
+	}
+	if c := k.until(kioskproto.TCommand).Command; c.Text != "closing" {
+		t.Errorf("the kiosk in session got %+v", c)
 	}
 }
 
