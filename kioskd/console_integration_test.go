@@ -9,9 +9,7 @@ package kioskd_test
 import (
 	"context"
 	"fmt"
-	"image"
 	"image/color"
-	"image/png"
 	"os"
 	"path/filepath"
 	"strings"
@@ -153,7 +151,7 @@ func TestConsole(t *testing.T) {
 	// An ad uploaded in the console shows on the kiosk.
 	r.slideshowShown()
 	ad := filepath.Join(t.TempDir(), "green.png")
-	writeAd(t, ad)
+	writePNG(t, ad, adColor)
 	run("upload an ad",
 		chromedp.Navigate(base+"/console/ads"),
 		chromedp.WaitVisible(chromedp.CSS(`form[data-upload]`)),
@@ -195,22 +193,6 @@ func browserFail(t *testing.T, ctx context.Context, what string, err error) {
 	loc, _ := chromedp.Run(ctx, chromedp.Location())
 	html, _ := chromedp.Run(ctx, chromedp.OuterHTML(chromedp.CSS("body")))
 	t.Fatalf("%s: %v\nat %s:\n%.3000s", what, err, loc, html)
-}
-
-func writeAd(t *testing.T, path string) {
-	t.Helper()
-	img := image.NewRGBA(image.Rect(0, 0, 160, 90))
-	for i := 0; i < len(img.Pix); i += 4 {
-		img.Pix[i], img.Pix[i+1], img.Pix[i+2], img.Pix[i+3] = adColor.R, adColor.G, adColor.B, 0xff
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := png.Encode(f, img); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // findChromium is Debian's chromium (the chromium package).
