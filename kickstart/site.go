@@ -80,7 +80,7 @@ type Admin struct {
 }
 
 // Install is where %post fetches undervdi's files: an HTTP directory
-// (undervdi-pxe -install-files serves one) holding vdi-broker, and for
+// (undervdi-pxe -install serves one, as /undervdi/) holding vdi-broker, and for
 // network-booted kiosks undervdi-pxe and the kiosk image's pxe/ files.
 type Install struct {
 	URL          string `toml:"url"`           // "http://192.0.2.5:5910/undervdi/"
