@@ -1,11 +1,9 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 
-	"undervdi/server/config"
 	"undervdi/server/siteca"
 )
 
@@ -13,16 +11,9 @@ import (
 // broker's first start would, if there is none yet): image-build -ca takes
 // it onto the kiosks' boot media.
 func ca(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("ca", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", config.DefaultPath, "configuration file")
-	if err := fs.Parse(args); err != nil {
-		return exitSetup
-	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
-		return exitSetup
+	cfg, _, code := configCommand("ca", args, stderr, nil)
+	if cfg == nil {
+		return code
 	}
 	if cfg.Sessions.TLSCert != "" || cfg.Sessions.Plaintext {
 		fmt.Fprintln(stderr, "vdi-broker: this site names its own certificate (or none): give kiosks its CA, not the broker's")

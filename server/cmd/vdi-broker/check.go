@@ -14,19 +14,33 @@ import (
 	"undervdi/server/virt"
 )
 
-// check validates the configuration and the golden VM without touching the
-// pool: what an operator runs after editing either.
-func check(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+// configCommand parses a verb's -config and its own flags (flags adds them,
+// if not nil) and loads the configuration. It returns the configuration and
+// its path, or nil and the exit status.
+func configCommand(name string, args []string, stderr io.Writer, flags func(*flag.FlagSet)) (*config.Config, string, int) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", config.DefaultPath, "configuration file")
+	if flags != nil {
+		flags(fs)
+	}
 	if err := fs.Parse(args); err != nil {
-		return exitSetup
+		return nil, "", exitSetup
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
 		fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
-		return exitSetup
+		return nil, "", exitSetup
+	}
+	return cfg, *path, exitOK
+}
+
+// check validates the configuration and the golden VM without touching the
+// pool: what an operator runs after editing either.
+func check(args []string, stdout, stderr io.Writer) int {
+	cfg, path, code := configCommand("check", args, stderr, nil)
+	if cfg == nil {
+		return code
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -45,7 +59,7 @@ func check(args []string, stdout, stderr io.Writer) int {
 		return exitError
 	}
 	cur := pool.Current(vs, cfg.PoolName, cfg.Golden)
-	fmt.Fprintf(stdout, "config %s: ok\n", *path)
+	fmt.Fprintf(stdout, "config %s: ok\n", path)
 	g, err := host.Golden(ctx, cfg.Golden)
 	switch {
 	case errors.Is(err, virt.ErrRunning) && cur != nil:

@@ -10,7 +10,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"undervdi/server/config"
 	"undervdi/server/hostcheck"
 	"undervdi/server/virt"
 )
@@ -19,18 +18,13 @@ import (
 // libvirt, storage, memory and CPUs, ports, firewall, time, SELinux. The
 // unit runs it before the broker starts, as a warning.
 func checkHost(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check-host", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", config.DefaultPath, "configuration file")
-	asJSON := fs.Bool("json", false, "print JSON")
-	allowTCG := fs.Bool("allow-tcg", false, "without KVM, run VMs under emulation (a test bench): a warning, not a failure")
-	if err := fs.Parse(args); err != nil {
-		return exitSetup
-	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
-		return exitSetup
+	var asJSON, allowTCG *bool
+	cfg, _, code := configCommand("check-host", args, stderr, func(fs *flag.FlagSet) {
+		asJSON = fs.Bool("json", false, "print JSON")
+		allowTCG = fs.Bool("allow-tcg", false, "without KVM, run VMs under emulation (a test bench): a warning, not a failure")
+	})
+	if cfg == nil {
+		return code
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

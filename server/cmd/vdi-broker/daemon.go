@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -12,20 +10,12 @@ import (
 	"syscall"
 
 	"undervdi/server/broker"
-	"undervdi/server/config"
 )
 
 func runDaemon(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", config.DefaultPath, "configuration file")
-	if err := fs.Parse(args); err != nil {
-		return exitSetup
-	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		fmt.Fprintf(stderr, "vdi-broker: config: %v\n", err)
-		return exitSetup
+	cfg, _, code := configCommand("run", args, stderr, nil)
+	if cfg == nil {
+		return code
 	}
 	log := newLogger(stderr, cfg.LogLevel)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
