@@ -350,12 +350,17 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request, id Identity) err
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request, _ Identity) error {
+	return reply(w, 200, s.Snapshot())
+}
+
+// Snapshot is the whole status: GET /v1/status's, and the console's.
+func (s *Server) Snapshot() Status {
 	st := Status{Libvirt: s.Libvirt, Pool: s.Pool.Status(), Sessions: s.Sessions.Leases(),
 		Kiosks: s.Sessions.Fleet(), Handoffs: s.Sessions.Handoffs(), Closed: s.Sessions.Closed()}
 	if s.Schedule != nil {
 		st.Schedule = s.Schedule()
 	}
-	return reply(w, 200, st)
+	return st
 }
 
 // SizeRequest is PUT /v1/pool/size's body.

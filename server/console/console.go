@@ -237,11 +237,7 @@ type vmRow struct {
 
 func (c *Console) page(r *http.Request, id api.Identity, title, path string) (*page, error) {
 	a := c.API
-	st := api.Status{Libvirt: a.Libvirt, Pool: a.Pool.Status(), Sessions: a.Sessions.Leases(), Kiosks: a.Sessions.Fleet(),
-		Handoffs: a.Sessions.Handoffs(), Closed: a.Sessions.Closed()}
-	if a.Schedule != nil {
-		st.Schedule = a.Schedule()
-	}
+	st := a.Snapshot()
 	pg := &page{Title: title, Path: path, Nav: nav, User: id, Operator: id.Role == api.Operator, CSRF: id.CSRF,
 		Now: time.Now(), Status: st, Alerts: alerts(st), Query: r.URL.Query(), Periods: c.Periods}
 	leases := map[string]*session.LeaseStatus{}
@@ -386,26 +382,19 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 // digest sums what the pages show, leaving out what changes at every
 // heartbeat.
 func (c *Console) digest() string {
-	a := c.API
-	fleet := a.Sessions.Fleet()
-	for i := range fleet {
-		fleet[i].LastSeen, fleet[i].UptimeSeconds = time.Time{}, 0
+	st := c.API.Snapshot()
+	for i := range st.Kiosks {
+		st.Kiosks[i].LastSeen, st.Kiosks[i].UptimeSeconds = time.Time{}, 0
 	}
+	st.Handoffs = session.Handoffs{} // a handoff shows as the session it opened
+	slices.SortFunc(st.Sessions, func(x, y session.LeaseStatus) int { return strings.Compare(x.ID, y.ID) })
 	v := struct {
-		Pool   pool.Status
-		Leases []session.LeaseStatus
-		Fleet  []session.KioskStatus
-		Closed string
+		Status api.Status
 		Ads    []ads.Ad
-		Sched  *schedule.State
-	}{a.Pool.Status(), a.Sessions.Leases(), fleet, a.Sessions.Closed(), nil, nil}
-	if a.Ads != nil {
-		v.Ads, _ = a.Ads.List()
+	}{Status: st}
+	if c.API.Ads != nil {
+		v.Ads, _ = c.API.Ads.List()
 	}
-	if a.Schedule != nil {
-		v.Sched = a.Schedule()
-	}
-	slices.SortFunc(v.Leases, func(x, y session.LeaseStatus) int { return strings.Compare(x.ID, y.ID) })
 	b, _ := json.Marshal(v)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
