@@ -155,5 +155,5 @@ func withPath(r *http.Request, p string) *http.Request {
 	return r2
 }
 
-// installMode says whether every PXE client boots the installer.
+// installOnly says whether every PXE client boots the installer.
 func (c Config) installOnly() bool { return c.Install != nil && len(c.Install.MACs) == 0 }
