@@ -135,3 +135,26 @@ func TestScheduleValidated(t *testing.T) {
 		t.Errorf("Parse = %+v, %v", c, err)
 	}
 }
+
+// TestAPIAndImagesValidated: the [api] and [images] keys, and listen
+// ports, are checked with the rest, each error naming its key.
+func TestAPIAndImagesValidated(t *testing.T) {
+	for _, tc := range []struct{ file, want string }{
+		{"[api]\nlogin_ttl = \"10s\"\n", "api.login_ttl"},
+		{"[api]\nidle_timeout = \"24h\"\n", "api.idle_timeout"},
+		{"[api]\naccounts = \"accounts.json\"\n", "api.accounts"},
+		{"[api]\ntls_cert = \"/etc/c.pem\"\n", "api.tls_cert"},
+		{"[api]\nlisten = \"8443\"\n", "api.listen"},
+		{"[sessions]\nlisten = \":5907$(reboot)\"\n", "sessions.listen"},
+		{"[gateway]\nlisten = \":99999\"\n", "gateway.listen"},
+		{"[images]\nmanifests = [\"out/manifest.json\"]\n", "images.manifests[0]"},
+	} {
+		_, err := Parse([]byte("golden = \"g\"\n" + tc.file))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want an error naming %s", tc.file, err, tc.want)
+		}
+	}
+	if _, err := Parse([]byte("golden = \"g\"\n[api]\nlisten = \"\"\nlogin_ttl = \"1s\"\n")); err != nil {
+		t.Errorf("with the API off its other keys are not checked: %v", err)
+	}
+}
