@@ -9,7 +9,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	_ "embed"
+	"embed"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -40,8 +40,10 @@ var modules = []string{"virtio_pci", "virtio_blk", "virtio_console", "virtio_net
 // buildRev changes whenever the image layout changes, to invalidate caches.
 const buildRev = "5"
 
-//go:embed guest/main.go
-var guestSource []byte
+// guestSource is the guest program's source: a change rebuilds the image.
+//
+//go:embed guest/*.go
+var guestSource embed.FS
 
 // Artifacts are the boot files of the tiny VM.
 type Artifacts struct {
@@ -80,7 +82,13 @@ func (b *Builder) Build(ctx context.Context) (*Artifacts, error) {
 	}
 
 	key := sha256.New()
-	for _, part := range [][]byte{[]byte(buildRev), []byte(kpkg.String()), []byte(strings.Join(modules, ",")), guestSource, ga} {
+	parts := [][]byte{[]byte(buildRev), []byte(kpkg.String()), []byte(strings.Join(modules, ",")), ga}
+	entries, _ := guestSource.ReadDir("guest")
+	for _, e := range entries {
+		b, _ := guestSource.ReadFile("guest/" + e.Name())
+		parts = append(parts, []byte(e.Name()), b)
+	}
+	for _, part := range parts {
 		key.Write(part)
 		key.Write([]byte{0})
 	}

@@ -162,6 +162,9 @@ func (b *Bed) Close() error {
 			l.StoragePoolUndefine(p)
 		}
 	}
+	for _, k := range b.keys(l) {
+		l.SecretUndefine(k)
+	}
 	if err := os.RemoveAll(b.Root); err != nil {
 		errs = append(errs, err.Error())
 	}
@@ -183,7 +186,21 @@ func (b *Bed) IsClone(name string) bool {
 	return err == nil
 }
 
-// Leftovers lists the clone domains and overlay files of the bed's pool:
+// keys returns the libvirt secrets of volumes under the bed's root: the
+// keys of encrypted overlays.
+func (b *Bed) keys(l *libvirt.Libvirt) []libvirt.Secret {
+	secrets, _, _ := l.ConnectListAllSecrets(1, 0)
+	var out []libvirt.Secret
+	for _, s := range secrets {
+		if s.UsageType == int32(libvirt.SecretUsageTypeVolume) && strings.HasPrefix(s.UsageID, b.Root+"/") {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Leftovers lists the clone domains and overlay files of the bed's pool,
+// and the overlay keys ("key:" and the volume's path) libvirt still holds:
 // what a crash could leak.
 func (b *Bed) Leftovers(l *libvirt.Libvirt) (domains []string, overlays []string, err error) {
 	doms, _, err := l.ConnectListAllDomains(1, 0)
@@ -196,6 +213,9 @@ func (b *Bed) Leftovers(l *libvirt.Libvirt) (domains []string, overlays []string
 		}
 	}
 	overlays, _ = filepath.Glob(filepath.Join(b.OverlayDir, "*"))
+	for _, k := range b.keys(l) {
+		overlays = append(overlays, "key:"+k.UsageID)
+	}
 	return domains, overlays, nil
 }
 

@@ -176,6 +176,7 @@ func PoolConfig(cfg *config.Config, ready func(context.Context, pool.VM) error) 
 		KeepVersions:      cfg.KeepVersions,
 		AutoPublish:       cfg.AutoPublish,
 		MemoryReserve:     uint64(cfg.MemoryReserve),
+		EncryptDisks:      cfg.EncryptDisks,
 		ReadyTimeout:      cfg.ReadyTimeout.D(),
 		RefillConcurrency: cfg.RefillConcurrency,
 		FailureLimit:      cfg.FailureLimit,

@@ -45,6 +45,7 @@ type Config struct {
 	VersionDir        string   `toml:"versions_dir"`
 	KeepVersions      int      `toml:"keep_versions"`
 	AutoPublish       bool     `toml:"auto_publish"`
+	EncryptDisks      bool     `toml:"encrypt_disks"`
 	MemoryReserve     ByteSize `toml:"memory_reserve"`
 	ReadyTimeout      Duration `toml:"ready_timeout"`
 	RefillConcurrency int      `toml:"refill_concurrency"`
@@ -169,6 +170,7 @@ func Default() *Config {
 		OverlayDir:        "/var/lib/undervdi/overlays",
 		VersionDir:        "/var/lib/undervdi/versions",
 		KeepVersions:      1,
+		EncryptDisks:      true,
 		MemoryReserve:     ByteSize(1 << 30),
 		ReadyTimeout:      Duration(5 * time.Minute),
 		RefillConcurrency: 2,

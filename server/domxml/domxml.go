@@ -39,6 +39,8 @@ type Disk struct {
 	Format    string // driver type, e.g. qcow2, raw
 	ReadOnly  bool
 	Shareable bool
+	Encrypted bool   // the image is encrypted (an <encryption> on the disk or its source)
+	Secret    string // the UUID of the libvirt secret holding its key, if named
 	Capacity  uint64 // virtual size in bytes; filled in by the host's golden check
 	// Allocation and Modified are filled in by the host's golden check:
 	// the bytes the image holds on the host (what a copy of it costs) and
@@ -107,6 +109,9 @@ func ParseGolden(text string) (*Golden, error) {
 		case d.Format != "qcow2" && d.Format != "raw":
 			problem("disk %s has format %q: only qcow2 or raw can be cloned (set <driver type=...>)", d.Target, d.Format)
 		}
+		if d.Encrypted {
+			problem("disk %s is encrypted: a golden holds no visitor data, and each clone's overlay is encrypted with a key of its own (encrypt_disks)", d.Target)
+		}
 		if d.Shareable {
 			problem("disk %s is shareable: a writable disk shared between visitors' VMs would leak their data", d.Target)
 		}
@@ -135,7 +140,25 @@ type Clone struct {
 	Meta          Metadata
 	MAC           func() string        // returns a fresh MAC address per call
 	USBFilter     []kioskproto.USBRule // the site's USB policy, enforced by QEMU too
+	// Secrets names, per disk target, the libvirt secret holding the key
+	// of that disk's encrypted (LUKS) overlay; a target not named is plain.
+	Secrets map[string]string
+	// NIC, if set, replaces every network interface of the golden with the
+	// one the broker's guest network gives this clone.
+	NIC *NIC
 }
+
+// NIC is a clone's one network interface on the broker's guest network:
+// a port of a libvirt network, guarded by a libvirt network filter.
+type NIC struct {
+	Network string
+	MAC     string
+	Filter  string
+	Params  []FilterParam // the filter's variables, in order; a name given twice is a list
+}
+
+// FilterParam is one <parameter> of a <filterref>.
+type FilterParam struct{ Name, Value string }
 
 // CloneXML derives the clone's domain XML from the golden's:
 //   - new name, UUID and VM generation ID; a fresh MAC per NIC;
@@ -171,17 +194,22 @@ func (g *Golden) CloneXML(c Clone) (string, error) {
 	if devices == nil {
 		return "", fmt.Errorf("%w: %q has no <devices>", ErrGolden, g.Name)
 	}
-	if err := pointWritableDisks(root, c.Overlays, "overlay"); err != nil {
+	if err := pointWritableDisks(root, c.Overlays, c.Secrets, "overlay"); err != nil {
 		return "", err
 	}
-	for _, nic := range devices.SelectElements("interface") {
-		for _, name := range []string{"mac", "target", "alias"} {
-			for _, e := range nic.SelectElements(name) {
-				nic.RemoveChild(e)
+	if c.NIC != nil {
+		setNIC(devices, *c.NIC)
+	} else {
+		for _, nic := range devices.SelectElements("interface") {
+			for _, name := range []string{"mac", "target", "alias"} {
+				for _, e := range nic.SelectElements(name) {
+					nic.RemoveChild(e)
+				}
 			}
+			nic.InsertChildAt(0, newElement("mac", "address", c.MAC()))
 		}
-		nic.InsertChildAt(0, newElement("mac", "address", c.MAC()))
 	}
+	keepMemoryOffDisk(root)
 	setSpiceSocket(devices, c.SpicePassword)
 	setRedirFilter(devices, c.USBFilter)
 	for _, tag := range []string{"serial", "console", "parallel", "channel"} {
@@ -195,8 +223,10 @@ func (g *Golden) CloneXML(c Clone) (string, error) {
 
 // pointWritableDisks makes every writable disk a qcow2 file at the path
 // paths gives for its target (an overlay, a version's copy), with no backing
-// chain of its own in the XML: libvirt reads that from the image.
-func pointWritableDisks(root *etree.Element, paths map[string]string, what string) error {
+// chain of its own in the XML: libvirt reads that from the image. A target
+// secrets names is a LUKS-encrypted image whose key is that libvirt secret;
+// the golden's own encryption settings never carry over.
+func pointWritableDisks(root *etree.Element, paths, secrets map[string]string, what string) error {
 	for _, el := range root.FindElements("./devices/disk") {
 		d := diskOf(el)
 		if !d.Writable() {
@@ -210,9 +240,19 @@ func pointWritableDisks(root *etree.Element, paths map[string]string, what strin
 		for _, s := range el.SelectElements("source") {
 			el.RemoveChild(s)
 		}
-		el.InsertChildAt(0, newElement("source", "file", path))
-		for _, b := range el.SelectElements("backingStore") {
-			el.RemoveChild(b)
+		src := newElement("source", "file", path)
+		if secret, ok := secrets[d.Target]; ok {
+			enc := src.CreateElement("encryption")
+			enc.CreateAttr("format", "luks")
+			sec := enc.CreateElement("secret")
+			sec.CreateAttr("type", "passphrase")
+			sec.CreateAttr("uuid", secret)
+		}
+		el.InsertChildAt(0, src)
+		for _, tag := range []string{"backingStore", "encryption"} {
+			for _, b := range el.SelectElements(tag) {
+				el.RemoveChild(b)
+			}
 		}
 		drv := el.SelectElement("driver")
 		if drv == nil {
@@ -222,6 +262,44 @@ func pointWritableDisks(root *etree.Element, paths map[string]string, what strin
 		drv.CreateAttr("type", "qcow2")
 	}
 	return nil
+}
+
+// setNIC replaces the golden's interfaces with the clone's one port on the
+// guest network. The golden's first interface gives the model (a guest
+// without virtio drivers keeps its e1000); nothing else of it is kept: its
+// network, addresses and filters are the golden's, not the clone's.
+func setNIC(devices *etree.Element, n NIC) {
+	model := newElement("model", "type", "virtio")
+	for i, old := range devices.SelectElements("interface") {
+		if m := old.SelectElement("model"); i == 0 && m != nil {
+			model = m.Copy()
+		}
+		devices.RemoveChild(old)
+	}
+	nic := devices.CreateElement("interface")
+	nic.CreateAttr("type", "network")
+	nic.AddChild(newElement("mac", "address", n.MAC))
+	nic.AddChild(newElement("source", "network", n.Network))
+	nic.AddChild(model)
+	ref := nic.CreateElement("filterref")
+	ref.CreateAttr("filter", n.Filter)
+	for _, p := range n.Params {
+		el := ref.CreateElement("parameter")
+		el.CreateAttr("name", p.Name)
+		el.CreateAttr("value", p.Value)
+	}
+}
+
+// keepMemoryOffDisk keeps the guest's RAM out of files on the host: no
+// core dump holds it, and memory a golden backs by a file is anonymous
+// (memfd, which still allows sharing with virtiofs) in the clone.
+func keepMemoryOffDisk(root *etree.Element) {
+	if mem := root.SelectElement("memory"); mem != nil {
+		mem.CreateAttr("dumpCore", "off")
+	}
+	for _, src := range root.FindElements("./memoryBacking/source[@type='file']") {
+		src.CreateAttr("type", "memfd")
+	}
 }
 
 // nvramFromTemplate turns the golden's own UEFI variables file into the
@@ -291,6 +369,7 @@ type Domain struct {
 	Meta          *Metadata // nil when the domain is not one of the broker's clones
 	Disks         []Disk
 	MACs          []string
+	GuestIP       string // the address the guest network's filter holds the clone to; "" off that network
 	SpiceSocket   string // path of the SPICE unix socket, when running
 	SpicePassword string // only present in XML read with the secure flag
 	AgentState    string // "connected", "disconnected" or "" (no channel or not running)
@@ -312,6 +391,9 @@ func ParseDomain(text string) (*Domain, error) {
 	}
 	for _, m := range root.FindElements("./devices/interface/mac") {
 		d.MACs = append(d.MACs, m.SelectAttrValue("address", ""))
+	}
+	if p := root.FindElement("./devices/interface/filterref/parameter[@name='IP']"); p != nil {
+		d.GuestIP = p.SelectAttrValue("value", "")
 	}
 	if gr := root.FindElement("./devices/graphics[@type='spice']"); gr != nil {
 		d.SpicePassword = gr.SelectAttrValue("passwd", "")
@@ -352,8 +434,18 @@ func diskOf(el *etree.Element) Disk {
 	if t := el.SelectElement("target"); t != nil {
 		d.Target = t.SelectAttrValue("dev", "")
 	}
+	encryption := el.SelectElement("encryption")
 	if s := el.SelectElement("source"); s != nil {
 		d.Path = s.SelectAttrValue("file", "")
+		if e := s.SelectElement("encryption"); e != nil {
+			encryption = e
+		}
+	}
+	if encryption != nil {
+		d.Encrypted = true
+		if s := encryption.SelectElement("secret"); s != nil {
+			d.Secret = s.SelectAttrValue("uuid", "")
+		}
 	}
 	if drv := el.SelectElement("driver"); drv != nil {
 		d.Format = drv.SelectAttrValue("type", "")

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -311,5 +312,70 @@ func TestRedirFilter(t *testing.T) {
     </redirfilter>`
 	if !strings.Contains(out, want) {
 		t.Errorf("clone XML lacks the site's USB filter:\n%s", out)
+	}
+}
+
+// A clone on the guest network with encrypted overlays: one interface, on
+// the broker's network behind its filter (the golden's two are gone, the
+// first one's model kept), each overlay's key named by its secret, and the
+// guest's memory kept out of core dumps and files.
+func TestCloneXMLGuestNetworkAndEncryption(t *testing.T) {
+	g := readGolden(t)
+	out, err := g.CloneXML(Clone{
+		Name: "undervdi-0a1b2c3d", UUID: "11111111-2222-4333-8444-555555555555",
+		Overlays: map[string]string{"sda": "/o/sda.qcow2", "vdb": "/o/vdb.qcow2"},
+		Secrets:  map[string]string{"sda": "aaaaaaaa-0000-4000-8000-000000000001", "vdb": "aaaaaaaa-0000-4000-8000-000000000002"},
+		NIC: &NIC{Network: "undervdi-guests", MAC: "52:54:00:12:34:56", Filter: "undervdi-guest",
+			Params: []FilterParam{{"IP", "10.213.0.10"}, {"GATEWAY", "10.213.0.1"}, {"PORT", "80"}, {"PORT", "443"}}},
+		SpicePassword: "p", Meta: Metadata{Pool: "undervdi", State: "booting"},
+		MAC: func() string { t.Error("MAC called for a clone with a NIC"); return "" },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := ParseDomain(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(d.MACs) != "[52:54:00:12:34:56]" || d.GuestIP != "10.213.0.10" {
+		t.Errorf("MACs %v, guest IP %q: want the one NIC on 10.213.0.10", d.MACs, d.GuestIP)
+	}
+	for _, disk := range d.Disks {
+		if want := map[string]string{"sda": "aaaaaaaa-0000-4000-8000-000000000001", "vdb": "aaaaaaaa-0000-4000-8000-000000000002"}[disk.Target]; want != "" {
+			if !disk.Encrypted || disk.Secret != want {
+				t.Errorf("disk %s: encrypted %v with secret %q, want %s", disk.Target, disk.Encrypted, disk.Secret, want)
+			}
+		} else if disk.Encrypted {
+			t.Errorf("disk %s is encrypted, want plain", disk.Target)
+		}
+	}
+	for _, must := range []string{
+		`<source network="undervdi-guests"/>`,
+		`<model type="virtio"/>`,
+		`<filterref filter="undervdi-guest">`,
+		`<parameter name="PORT" value="443"/>`,
+		`<memory unit="GiB" dumpCore="off">`,
+		`<encryption format="luks"><secret type="passphrase" uuid="aaaaaaaa-0000-4000-8000-000000000002"/></encryption>`,
+	} {
+		if compact := regexp.MustCompile(`>\s+<`).ReplaceAllString(out, "><"); !strings.Contains(compact, must) {
+			t.Errorf("clone XML lacks %s", must)
+		}
+	}
+	if n := strings.Count(out, "<interface"); n != 1 {
+		t.Errorf("clone has %d interfaces, want 1", n)
+	}
+	for _, mustNot := range []string{"br0", `network="default"`} {
+		if strings.Contains(out, mustNot) {
+			t.Errorf("clone XML still contains %q", mustNot)
+		}
+	}
+}
+
+func TestParseGoldenRefusesEncryptedDisk(t *testing.T) {
+	_, err := ParseGolden(`<domain><name>g</name><memory>1024</memory><devices>
+<disk type='file' device='disk'><driver type='qcow2'/><source file='/g.qcow2'><encryption format='luks'><secret type='passphrase' uuid='x'/></encryption></source><target dev='vda'/></disk>
+</devices></domain>`)
+	if err == nil || !strings.Contains(err.Error(), "disk vda is encrypted") {
+		t.Errorf("ParseGolden(encrypted disk) = %v", err)
 	}
 }

@@ -115,7 +115,7 @@ func (g *Golden) TemplateXML(t Template) (string, error) {
 		return "", err
 	}
 	nvramFromTemplate(root)
-	if err := pointWritableDisks(root, t.Disks, "copy"); err != nil {
+	if err := pointWritableDisks(root, t.Disks, nil, "copy"); err != nil {
 		return "", err
 	}
 	doc.Indent(2)

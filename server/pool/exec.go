@@ -166,19 +166,22 @@ func (p *Pool) create(ctx context.Context, ver *version, name string, meta domxm
 	if ver == nil {
 		return input{kind: resCreateFailed, err: fmt.Errorf("version %d is gone", meta.Version)}
 	}
-	overlays := map[string]string{}
+	overlays, secrets := map[string]string{}, map[string]string{}
 	var paths []string
 	for _, d := range ver.WritableDisks() {
-		path, err := p.hv.CreateOverlay(ctx, name+"-"+d.Target+".qcow2", d)
+		path, secret, err := p.hv.CreateOverlay(ctx, name+"-"+d.Target+".qcow2", d, p.cfg.EncryptDisks)
 		if err != nil {
 			return input{kind: resCreateFailed, err: err, paths: paths}
 		}
 		overlays[d.Target] = path
+		if secret != "" {
+			secrets[d.Target] = secret
+		}
 		paths = append(paths, path)
 	}
 	password := spice.NewPassword()
 	xml, err := ver.CloneXML(domxml.Clone{
-		Name: name, UUID: uuid.NewString(), Overlays: overlays, SpicePassword: password, Meta: meta, MAC: randomMAC,
+		Name: name, UUID: uuid.NewString(), Overlays: overlays, Secrets: secrets, SpicePassword: password, Meta: meta, MAC: randomMAC,
 		USBFilter: p.cfg.USBFilter,
 	})
 	if err != nil {

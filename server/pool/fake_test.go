@@ -260,19 +260,19 @@ func (f *fakeHV) Overlays(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-func (f *fakeHV) CreateOverlay(ctx context.Context, name string, backing domxml.Disk) (string, error) {
+func (f *fakeHV) CreateOverlay(ctx context.Context, name string, backing domxml.Disk, encrypt bool) (string, string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := ctx.Err(); err != nil {
-		return "", err // a killed broker does nothing more
+		return "", "", err // a killed broker does nothing more
 	}
 	p := filepath.Join(f.dir, name)
 	if f.overlays[p] {
-		return "", fmt.Errorf("volume %s exists", name)
+		return "", "", fmt.Errorf("volume %s exists", name)
 	}
 	f.overlays[p] = true
 	f.backing[p] = backing.Path
-	return p, nil
+	return p, "", nil
 }
 
 func (f *fakeHV) DeleteOverlay(ctx context.Context, path string) error {

@@ -10,9 +10,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -244,7 +246,7 @@ func TestRealPool(t *testing.T) {
 		}
 	})
 
-	t.Run("writes go to the overlay, never the golden", func(t *testing.T) {
+	t.Run("writes go to the encrypted overlay, never the golden, and are crypto-erased", func(t *testing.T) {
 		v, err := rp.Take(testClaim)
 		if err != nil {
 			t.Fatal(err)
@@ -252,15 +254,22 @@ func TestRealPool(t *testing.T) {
 		if err := rp.MarkUsed(ctx, v.Name); err != nil {
 			t.Fatal(err)
 		}
+		secret := overlayKey(t, bed.L, v.Overlays[0])
+		if secret == "" {
+			t.Fatalf("overlay %s has no key: encrypt_disks is on by default", v.Overlays[0])
+		}
 		marker := []byte("undervdi-visitor-data-" + strconv.FormatInt(time.Now().UnixNano(), 36))
 		before := fileSum(t, v.Overlays[0])
 		writeDisk(t, rp.host, v.Name, marker)
+		if got := readDiskAt(t, rp.host, v.Name, 0, len(marker)); !bytes.Equal(got, marker) {
+			t.Fatalf("the guest reads back %q, want %q", got, marker)
+		}
 		overlay, err := os.ReadFile(v.Overlays[0])
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Contains(overlay, marker) {
-			t.Errorf("the guest's write is not in its overlay %s", v.Overlays[0])
+		if bytes.Contains(overlay, marker) {
+			t.Errorf("the guest's write is in clear in its overlay %s", v.Overlays[0])
 		}
 		if sha256.Sum256(overlay) == before {
 			t.Errorf("overlay unchanged by the guest's write")
@@ -270,6 +279,15 @@ func TestRealPool(t *testing.T) {
 		}
 		rp.End(v.Name, "test done")
 		waitEnded(t, rp, v.Name)
+		if _, err := os.Stat(v.Overlays[0]); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("overlay %s after the session: %v, want it gone", v.Overlays[0], err)
+		}
+		if key := overlayKey(t, bed.L, v.Overlays[0]); key != "" {
+			t.Errorf("the key of %s after the session: %s, want none", v.Overlays[0], key)
+		}
+		if found := scanFor(t, bed.Root, marker); len(found) > 0 {
+			t.Errorf("the visitor's data is still in %v", found)
+		}
 	})
 
 	t.Run("guest power-off ends the VM and wipes its disk", func(t *testing.T) {
@@ -333,6 +351,71 @@ func TestRealPool(t *testing.T) {
 	if fileSum(t, bed.Golden.DiskPath) != goldenSum {
 		t.Errorf("the golden disk changed during the test")
 	}
+}
+
+// overlayKey returns the UUID of the libvirt secret that holds the key of
+// the overlay at path, or "".
+func overlayKey(t *testing.T, l *libvirt.Libvirt, path string) string {
+	t.Helper()
+	s, err := l.SecretLookupByUsage(int32(libvirt.SecretUsageTypeVolume), path)
+	if e := (libvirt.Error{}); errors.As(err, &e) && e.Code == uint32(libvirt.ErrNoSecret) {
+		return ""
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", s.UUID)
+}
+
+// scanFor returns the files under root that contain data.
+func scanFor(t *testing.T, root string, data []byte) []string {
+	t.Helper()
+	var found []string
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(b, data) {
+			found = append(found, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// TestRealPlainOverlay is the control of the crypto-erase checks above:
+// with encrypt_disks off, the same write is there in clear in the overlay
+// for the same scan to find, and the overlay has no key.
+func TestRealPlainOverlay(t *testing.T) {
+	bed := testbed.New(t)
+	cfg := bed.Config(1)
+	cfg.EncryptDisks = false
+	rp := startRealPoolC(t, cfg)
+	rp.waitFull(t, 1)
+	v, err := rp.Take(testClaim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rp.MarkUsed(context.Background(), v.Name); err != nil {
+		t.Fatal(err)
+	}
+	if key := overlayKey(t, bed.L, v.Overlays[0]); key != "" {
+		t.Errorf("plain overlay %s has a key %s", v.Overlays[0], key)
+	}
+	marker := []byte("undervdi-plain-data-" + strconv.FormatInt(time.Now().UnixNano(), 36))
+	writeDisk(t, rp.host, v.Name, marker)
+	if found := scanFor(t, bed.Root, marker); len(found) != 1 || found[0] != v.Overlays[0] {
+		t.Errorf("the guest's write found in %v, want in its plain overlay %s only", found, v.Overlays[0])
+	}
+	rp.End(v.Name, "test done")
+	waitEnded(t, rp, v.Name)
 }
 
 func waitEnded(t *testing.T, rp *realPool, vm string) pool.Ended {

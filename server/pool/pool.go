@@ -43,7 +43,10 @@ type Hypervisor interface {
 	Golden(ctx context.Context, name string) (*domxml.Golden, error)
 	PrepareStorage(ctx context.Context, poolName, overlayDir, versionDir string) error
 	Overlays(ctx context.Context) ([]string, error)
-	CreateOverlay(ctx context.Context, name string, backing domxml.Disk) (string, error)
+	// CreateOverlay makes a clone's overlay of backing; encrypted, it is
+	// LUKS with a key of its own, whose libvirt secret is returned.
+	CreateOverlay(ctx context.Context, name string, backing domxml.Disk, encrypt bool) (path, secret string, err error)
+	// DeleteOverlay deletes an overlay and its key (the key first).
 	DeleteOverlay(ctx context.Context, path string) error
 	Domains(ctx context.Context, prefix string) ([]*domxml.Domain, error)
 	DefineAndStart(ctx context.Context, xml string) (*domxml.Domain, error)
@@ -79,15 +82,18 @@ type VersionStore interface {
 
 // Config is the pool's part of the broker configuration.
 type Config struct {
-	Name              string // prefix of VM, version and overlay names
-	Golden            string
-	Size              int // clean VMs to keep ready
-	MaxVMs            int // VMs of this pool in any state
-	OverlayDir        string
-	VersionDir        string
-	KeepVersions      int  // versions kept besides the current one, for rollback
-	AutoPublish       bool // publish when the golden is shut off after it ran or changed
-	MemoryReserve     uint64
+	Name          string // prefix of VM, version and overlay names
+	Golden        string
+	Size          int // clean VMs to keep ready
+	MaxVMs        int // VMs of this pool in any state
+	OverlayDir    string
+	VersionDir    string
+	KeepVersions  int  // versions kept besides the current one, for rollback
+	AutoPublish   bool // publish when the golden is shut off after it ran or changed
+	MemoryReserve uint64
+	// EncryptDisks makes each clone's overlays LUKS-encrypted with keys of
+	// their own, undefined when the VM ends: a crypto-erase.
+	EncryptDisks      bool
 	ReadyTimeout      time.Duration
 	RefillConcurrency int
 	FailureLimit      int

@@ -49,7 +49,7 @@ func BenchmarkCloneDefine(b *testing.B) {
 		b.Run(size.name, func(b *testing.B) {
 			for i := 0; b.Loop(); i++ {
 				name := fmt.Sprintf("%s-%08x", bed.Prefix, i)
-				path, err := host.CreateOverlay(ctx, name+"-vda.qcow2", g.WritableDisks()[0])
+				path, _, err := host.CreateOverlay(ctx, name+"-vda.qcow2", g.WritableDisks()[0], false)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -62,6 +62,7 @@ type Host struct {
 	l           *libvirt.Libvirt // nil while disconnected
 	overlayPool string           // storage pool holding the overlays
 	versionPool string           // storage pool holding the published versions
+	overlayDir  string           // the overlay pool's directory
 }
 
 // Open starts connecting to uri and keeps the connection up until ctx ends.

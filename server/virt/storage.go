@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"html"
 	"path/filepath"
+	"slices"
+
+	"github.com/google/uuid"
 
 	"github.com/digitalocean/go-libvirt"
 
@@ -34,7 +37,7 @@ func (h *Host) PrepareStorage(ctx context.Context, poolName, overlayDir, version
 		return err
 	}
 	h.mu.Lock()
-	h.overlayPool, h.versionPool = overlays, versions
+	h.overlayPool, h.versionPool, h.overlayDir = overlays, versions, filepath.Clean(overlayDir)
 	h.mu.Unlock()
 	return nil
 }
@@ -94,7 +97,9 @@ func (h *Host) store(ctx context.Context, name, what string) (*libvirt.Libvirt, 
 }
 
 // Overlays returns the paths of all volumes in the overlay pool, after a
-// refresh so that files libvirt has not seen yet are included.
+// refresh so that files libvirt has not seen yet are included, and the
+// volume paths of overlay keys (libvirt secrets) whose volume is there or
+// was: DeleteOverlay removes both.
 func (h *Host) Overlays(ctx context.Context) ([]string, error) {
 	l, pool, err := h.overlayStore(ctx)
 	if err != nil {
@@ -103,35 +108,123 @@ func (h *Host) Overlays(ctx context.Context) ([]string, error) {
 	if err := l.StoragePoolRefresh(pool, 0); err != nil {
 		return nil, wrap(l, err, "refreshing storage pool %s", pool.Name)
 	}
-	return volumePaths(l, pool)
+	paths, err := volumePaths(l, pool)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := h.overlayKeys(l)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range keys {
+		if !slices.Contains(paths, k.UsageID) {
+			paths = append(paths, k.UsageID)
+		}
+	}
+	return paths, nil
+}
+
+// overlayKeys returns the libvirt secrets of volumes in the overlay
+// directory: the keys of encrypted overlays.
+func (h *Host) overlayKeys(l *libvirt.Libvirt) ([]libvirt.Secret, error) {
+	h.mu.RLock()
+	dir := h.overlayDir
+	h.mu.RUnlock()
+	secrets, _, err := l.ConnectListAllSecrets(1, 0)
+	if err != nil {
+		return nil, wrap(l, err, "listing libvirt secrets")
+	}
+	var out []libvirt.Secret
+	for _, s := range secrets {
+		if s.UsageType == int32(libvirt.SecretUsageTypeVolume) && dir != "" && filepath.Dir(s.UsageID) == dir {
+			out = append(out, s)
+		}
+	}
+	return out, nil
 }
 
 // CreateOverlay creates a qcow2 volume named name in the overlay pool whose
 // backing file is the golden disk, and returns its path. The golden disk is
-// opened read-only from then on.
-func (h *Host) CreateOverlay(ctx context.Context, name string, backing domxml.Disk) (string, error) {
+// opened read-only from then on. With encrypt, the overlay is LUKS-encrypted
+// with a key made for it alone, held by a private, ephemeral libvirt secret
+// (never written to disk, never readable through the API) whose UUID is
+// returned; DeleteOverlay undefines it first, which crypto-erases the
+// overlay's blocks wherever they still lie.
+func (h *Host) CreateOverlay(ctx context.Context, name string, backing domxml.Disk, encrypt bool) (path, secret string, err error) {
 	l, pool, err := h.overlayStore(ctx)
 	if err != nil {
-		return "", err
+		return "", "", err
+	}
+	var enc string
+	if encrypt {
+		h.mu.RLock()
+		path := filepath.Join(h.overlayDir, name)
+		h.mu.RUnlock()
+		if secret, err = h.createKey(l, path); err != nil {
+			return "", "", err
+		}
+		enc = fmt.Sprintf(`<encryption format='luks'><secret type='passphrase' uuid='%s'/></encryption>`, secret)
 	}
 	xml := fmt.Sprintf(`<volume type='file'><name>%s</name><capacity unit='bytes'>%d</capacity>`+
-		`<target><format type='qcow2'/><permissions><mode>0600</mode></permissions></target>`+
+		`<target><format type='qcow2'/><permissions><mode>0600</mode></permissions>%s</target>`+
 		`<backingStore><path>%s</path><format type='%s'/></backingStore></volume>`,
-		html.EscapeString(name), backing.Capacity, html.EscapeString(backing.Path), html.EscapeString(backing.Format))
+		html.EscapeString(name), backing.Capacity, enc, html.EscapeString(backing.Path), html.EscapeString(backing.Format))
 	vol, err := l.StorageVolCreateXML(pool, xml, 0)
 	if err != nil {
-		return "", wrap(l, err, "creating overlay %s", name)
+		if secret != "" {
+			h.deleteKey(l, filepath.Join(h.overlayDir, name))
+		}
+		return "", "", wrap(l, err, "creating overlay %s", name)
 	}
-	p, err := l.StorageVolGetPath(vol)
-	return p, wrap(l, err, "overlay %s", name)
+	path, err = l.StorageVolGetPath(vol)
+	return path, secret, wrap(l, err, "overlay %s", name)
+}
+
+// createKey defines the secret for the overlay at path and gives it a fresh
+// random passphrase (qemu-img takes UTF-8 only: 52 base32 characters, 260
+// bits). A key left for that path by a crash is undefined first.
+func (h *Host) createKey(l *libvirt.Libvirt, path string) (string, error) {
+	if err := h.deleteKey(l, path); err != nil {
+		return "", err
+	}
+	xml := fmt.Sprintf(`<secret ephemeral='yes' private='yes'><description>undervdi: the key of one clone's overlay; undefined when the VM ends</description>`+
+		`<usage type='volume'><volume>%s</volume></usage></secret>`, html.EscapeString(path))
+	s, err := l.SecretDefineXML(xml, 0)
+	if err != nil {
+		return "", wrap(l, err, "defining the key of %s", path)
+	}
+	if err := l.SecretSetValue(s, []byte(rand.Text()+rand.Text()), 0); err != nil {
+		l.SecretUndefine(s)
+		return "", wrap(l, err, "setting the key of %s", path)
+	}
+	return uuid.UUID(s.UUID).String(), nil
+}
+
+// deleteKey undefines the secret of the volume at path, if there is one.
+func (h *Host) deleteKey(l *libvirt.Libvirt, path string) error {
+	s, err := l.SecretLookupByUsage(int32(libvirt.SecretUsageTypeVolume), path)
+	if hasCode(err, libvirt.ErrNoSecret) {
+		return nil
+	}
+	if err != nil {
+		return wrap(l, err, "looking up the key of %s", path)
+	}
+	if err := l.SecretUndefine(s); err != nil && !hasCode(err, libvirt.ErrNoSecret) {
+		return wrap(l, err, "undefining the key of %s", path)
+	}
+	return nil
 }
 
 // DeleteOverlay deletes the overlay at path and verifies, after refreshing
-// the pool from disk, that it is gone. An overlay already gone is not an
-// error.
+// the pool from disk, that it is gone. Its key, if it is encrypted, is
+// undefined first: from then on its blocks are unreadable, whatever becomes
+// of the file. An overlay already gone is not an error.
 func (h *Host) DeleteOverlay(ctx context.Context, path string) error {
 	l, pool, err := h.overlayStore(ctx)
 	if err != nil {
+		return err
+	}
+	if err := h.deleteKey(l, path); err != nil {
 		return err
 	}
 	vol, err := l.StorageVolLookupByPath(path)

@@ -1,7 +1,8 @@
 // Command guest is the uinit of the tiny golden VM: once u-root's init has
 // loaded the virtio modules (from /lib/modules-load.d), it runs Debian's
 // qemu-guest-agent on the agent's virtio port so the broker's readiness check
-// is the real one. Installed as /sbin/shutdown it
+// is the real one. Run with arguments, it is the guest's test tools (tool.go).
+// Installed as /sbin/shutdown it
 // powers the VM off, which is what qemu-ga runs for guest-shutdown.
 package main
 
@@ -27,6 +28,9 @@ func main() {
 	switch filepath.Base(os.Args[0]) {
 	case "shutdown", "poweroff", "halt", "reboot":
 		powerOff()
+	}
+	if len(os.Args) > 1 {
+		os.Exit(tool(os.Args[1:]))
 	}
 	if err := run(); err != nil {
 		log.Fatal(err)
