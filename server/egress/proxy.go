@@ -1,0 +1,245 @@
+package egress
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// blockedPage is what a visitor's browser shows for a site the kiosk does
+// not offer.
+const blockedPage = `<!doctype html><meta charset="utf-8"><title>Not available here</title>
+<body style="font-family:sans-serif;margin:3em"><h1>This site is not available at this kiosk</h1>
+<p>Only the sites this service offers can be opened here.</p></body>`
+
+// ServeHTTP is both the transparent HTTP proxy (port 80: a request for a
+// name the guest resolved to the gateway; the Host header says where to)
+// and the explicit proxy (absolute URLs and CONNECT). Only ports 80 and 443
+// are reached, and only on allowed hosts.
+func (g *Guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c, ok := g.client(stringAddr(r.RemoteAddr))
+	if !ok {
+		http.Error(w, "not a guest of this network", http.StatusForbidden)
+		return
+	}
+	if r.Method == http.MethodConnect {
+		g.connect(w, r, c)
+		return
+	}
+	hostport := r.Host
+	if r.URL.IsAbs() {
+		if r.URL.Scheme != "http" {
+			http.Error(w, "only http:// URLs and CONNECT", http.StatusBadRequest)
+			return
+		}
+		hostport = r.URL.Host
+	}
+	host, port := splitHostPort(hostport, PortHTTP)
+	if host == "" || port != PortHTTP {
+		g.refuse(c, "http", cmp.Or(host, "(no host)"))
+		refuse(w)
+		return
+	}
+	if !g.decide(c, "http", host) {
+		refuse(w)
+		return
+	}
+	release, ok := g.hold(c.ip)
+	if !ok {
+		http.Error(w, "too many connections", http.StatusTooManyRequests)
+		return
+	}
+	defer release()
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host, pr.Out.Host = "http", host, host
+			pr.Out.Header.Del("Proxy-Authorization")
+			pr.Out.Header.Del("Proxy-Connection")
+		},
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return g.dial(ctx, host, PortHTTP) },
+			// One request, one upstream connection: a kept-alive
+			// connection must not carry a later request for another host.
+			DisableKeepAlives:     true,
+			ResponseHeaderTimeout: 30 * time.Second,
+		},
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			g.log.Debug("upstream failed", "vm", c.vm, "host", host, "err", err)
+			if errors.Is(err, errForbidden) {
+				refuse(w)
+				return
+			}
+			http.Error(w, "the site did not answer", http.StatusBadGateway)
+		},
+	}
+	rp.ServeHTTP(w, r)
+}
+
+// connect is the explicit proxy's CONNECT: a tunnel to port 443 (or 80) of
+// an allowed host.
+func (g *Guard) connect(w http.ResponseWriter, r *http.Request, c client) {
+	host, port := splitHostPort(r.Host, 0)
+	if host == "" || (port != PortHTTPS && port != PortHTTP) {
+		g.refuse(c, "connect", cmp.Or(host, "(no host)"))
+		refuse(w)
+		return
+	}
+	if !g.decide(c, "connect", host) {
+		refuse(w)
+		return
+	}
+	release, ok := g.hold(c.ip)
+	if !ok {
+		http.Error(w, "too many connections", http.StatusTooManyRequests)
+		return
+	}
+	defer release()
+	up, err := g.dial(r.Context(), host, port)
+	if err != nil {
+		g.log.Debug("upstream failed", "vm", c.vm, "host", host, "err", err)
+		if errors.Is(err, errForbidden) {
+			refuse(w)
+		} else {
+			http.Error(w, "the site did not answer", http.StatusBadGateway)
+		}
+		return
+	}
+	defer up.Close()
+	conn, buf, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Time{})
+	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		return
+	}
+	if n := buf.Reader.Buffered(); n > 0 {
+		b, _ := buf.Reader.Peek(n)
+		if _, err := up.Write(b); err != nil {
+			return
+		}
+	}
+	splice(conn, up)
+}
+
+// ServeTLS is the transparent HTTPS proxy (port 443): it reads the TLS
+// ClientHello's server name (SNI), never decrypting anything, and passes the
+// connection on to that name's port 443 if it is allowed.
+func (g *Guard) ServeTLS(conn net.Conn) {
+	defer conn.Close()
+	c, ok := g.client(conn.RemoteAddr())
+	if !ok {
+		return
+	}
+	release, ok := g.hold(c.ip)
+	if !ok {
+		return
+	}
+	defer release()
+	conn.SetReadDeadline(time.Now().Add(handshakeWindow))
+	name, hello, err := peekSNI(conn)
+	if err != nil || name == "" {
+		g.refuse(c, "tls", "(no server name)")
+		return
+	}
+	if !g.decide(c, "tls", name) {
+		return
+	}
+	conn.SetReadDeadline(time.Time{})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	up, err := g.dial(ctx, name, PortHTTPS)
+	cancel()
+	if err != nil {
+		g.log.Debug("upstream failed", "vm", c.vm, "host", name, "err", err)
+		return
+	}
+	defer up.Close()
+	if _, err := up.Write(hello); err != nil {
+		return
+	}
+	splice(conn, up)
+}
+
+// peekSNI reads a TLS ClientHello from conn, with crypto/tls's own parser,
+// and returns its server name and the bytes read, to be replayed upstream.
+func peekSNI(conn net.Conn) (string, []byte, error) {
+	var seen bytes.Buffer
+	var name string
+	errGot := errors.New("got the ClientHello")
+	err := tls.Server(readOnly{io.TeeReader(conn, &seen)}, &tls.Config{
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			name = h.ServerName
+			return nil, errGot
+		},
+	}).Handshake()
+	if !errors.Is(err, errGot) {
+		return "", nil, fmt.Errorf("not a TLS ClientHello: %w", err)
+	}
+	return name, seen.Bytes(), nil
+}
+
+// readOnly is a net.Conn that can only be read: the TLS server above must
+// never answer the client.
+type readOnly struct{ r io.Reader }
+
+func (c readOnly) Read(p []byte) (int, error)     { return c.r.Read(p) }
+func (readOnly) Write([]byte) (int, error)        { return 0, io.ErrClosedPipe }
+func (readOnly) Close() error                     { return nil }
+func (readOnly) LocalAddr() net.Addr              { return stringAddr("") }
+func (readOnly) RemoteAddr() net.Addr             { return stringAddr("") }
+func (readOnly) SetDeadline(time.Time) error      { return nil }
+func (readOnly) SetReadDeadline(time.Time) error  { return nil }
+func (readOnly) SetWriteDeadline(time.Time) error { return nil }
+
+// stringAddr is an address known by its text: an http.Request's RemoteAddr.
+type stringAddr string
+
+func (a stringAddr) Network() string { return "tcp" }
+func (a stringAddr) String() string  { return string(a) }
+
+// splitHostPort splits host[:port]; def is the port when none is given.
+func splitHostPort(hostport string, def int) (string, int) {
+	host, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return strings.Trim(hostport, "[]"), def
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0
+	}
+	return host, n
+}
+
+// splice copies both ways until either side ends, then closes both.
+func splice(a, b net.Conn) {
+	var once sync.Once
+	closeBoth := func() { once.Do(func() { a.Close(); b.Close() }) }
+	done := make(chan struct{})
+	go func() {
+		io.Copy(a, b)
+		closeBoth()
+		close(done)
+	}()
+	io.Copy(b, a)
+	closeBoth()
+	<-done
+}
+
+func refuse(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusForbidden)
+	io.WriteString(w, blockedPage)
+}

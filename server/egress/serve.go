@@ -1,0 +1,99 @@
+package egress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/sync/errgroup"
+)
+
+// Listeners are the Guard's sockets on the gateway address.
+type Listeners struct {
+	dnsUDP                net.PacketConn
+	dnsTCP, http, tls, px net.Listener
+}
+
+// Listen opens the gateway's ports: DNS (UDP and TCP), 80, 443 and the
+// explicit proxy's. The guest network must be up: the address is its
+// bridge's. Ports under 1024 need CAP_NET_BIND_SERVICE (the unit grants it).
+func (g *Guard) Listen() (*Listeners, error) {
+	gw := g.cfg.Plan.Gateway().String()
+	at := func(port int) string { return net.JoinHostPort(gw, strconv.Itoa(port)) }
+	var ls Listeners
+	var err error
+	fail := func(what string, err error) (*Listeners, error) {
+		ls.Close()
+		return nil, fmt.Errorf("guest network: listening for %s: %w", what, err)
+	}
+	if ls.dnsUDP, err = net.ListenPacket("udp4", at(53)); err != nil {
+		return fail("DNS", err)
+	}
+	if ls.dnsTCP, err = net.Listen("tcp4", at(53)); err != nil {
+		return fail("DNS", err)
+	}
+	if ls.http, err = net.Listen("tcp4", at(PortHTTP)); err != nil {
+		return fail("HTTP", err)
+	}
+	if ls.tls, err = net.Listen("tcp4", at(PortHTTPS)); err != nil {
+		return fail("HTTPS", err)
+	}
+	if ls.px, err = net.Listen("tcp4", at(g.cfg.Plan.ProxyPort)); err != nil {
+		return fail("the explicit proxy", err)
+	}
+	return &ls, nil
+}
+
+// Close closes every socket opened.
+func (ls *Listeners) Close() {
+	for _, c := range []interface{ Close() error }{ls.dnsUDP, ls.dnsTCP, ls.http, ls.tls, ls.px} {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+// Serve serves on ls until ctx ends.
+func (g *Guard) Serve(ctx context.Context, ls *Listeners) error {
+	eg, ctx := errgroup.WithContext(ctx)
+	udp := &dns.Server{PacketConn: ls.dnsUDP, Handler: g}
+	tcp := &dns.Server{Listener: ls.dnsTCP, Handler: g, ReadTimeout: 5 * time.Second}
+	srv := func() *http.Server {
+		return &http.Server{Handler: g, ReadHeaderTimeout: handshakeWindow, IdleTimeout: time.Minute,
+			ErrorLog: nil, BaseContext: func(net.Listener) context.Context { return ctx }}
+	}
+	web, proxy := srv(), srv()
+	eg.Go(func() error { return ignoreClosed(udp.ActivateAndServe()) })
+	eg.Go(func() error { return ignoreClosed(tcp.ActivateAndServe()) })
+	eg.Go(func() error { return ignoreClosed(web.Serve(ls.http)) })
+	eg.Go(func() error { return ignoreClosed(proxy.Serve(ls.px)) })
+	eg.Go(func() error {
+		for {
+			c, err := ls.tls.Accept()
+			if err != nil {
+				return ignoreClosed(err)
+			}
+			go g.ServeTLS(c)
+		}
+	})
+	eg.Go(func() error {
+		<-ctx.Done()
+		ls.Close() // the DNS servers end on their closed sockets, started or not
+		web.Close()
+		proxy.Close()
+		return nil
+	})
+	return eg.Wait()
+}
+
+func ignoreClosed(err error) error {
+	if err == nil || errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
