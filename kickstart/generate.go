@@ -32,6 +32,7 @@ func Generate(s *Site, name string) ([]byte, error) {
 		UplinkLine, KioskLine, AdminLine      string
 		KioskIface                            string
 		KioskPorts                            []string
+		GuestPorts                            []string // the broker's on the guest network's gateway
 		APIPort                               string
 		FirewallUplink                        string
 		SudoNoPassword                        bool
@@ -63,6 +64,9 @@ func Generate(s *Site, name string) ([]byte, error) {
 	d.KioskPorts = slices.Compact(d.KioskPorts)
 	if b.API.Listen != "" {
 		d.APIPort = port(b.API.Listen)
+	}
+	if b.Network.Isolated() {
+		d.GuestPorts = []string{"80/tcp", "443/tcp", strconv.Itoa(b.Network.ProxyPort) + "/tcp"}
 	}
 	// The uplink's zone is the default one: SSH and the console there,
 	// unless a separate admin network takes them.
@@ -174,7 +178,7 @@ sshkey --username={{$.Admin.User}} "{{.}}"
 {{- end}}
 selinux --enforcing
 {{.FirewallUplink}}
-services --enabled=chronyd,sshd,firewalld,virtqemud,virtstoraged
+services --enabled=chronyd,sshd,firewalld,virtqemud,virtstoraged,virtnetworkd,virtnwfilterd,virtsecretd
 
 # Disk: LVM, with a volume of its own for golden versions and overlays.
 ignoredisk --only-use={{.Disk.Device}}
@@ -188,6 +192,7 @@ logvol / --vgname=` + VolumeGroup + ` --name=root --fstype=xfs --size={{call .Mi
 {{- if .Disk.Swap}}
 logvol swap --vgname=` + VolumeGroup + ` --name=swap --fstype=swap --size={{call .MiB .Disk.Swap}}
 {{- end}}
+{{- /* No swap by default: what is swapped out is visitors' VMs' memory. */}}
 logvol /var/lib/undervdi --vgname=` + VolumeGroup + ` --name=undervdi --fstype=xfs {{.UndervdiSize}}
 
 %packages
@@ -240,6 +245,20 @@ cat > /etc/systemd/system/undervdi-pxe.service <<'UNDERVDI_END'
 {{.PXEUnit}}
 UNDERVDI_END
 {{- end}}
+# Nothing of a visitor's VM's memory on disk: no core dumps (the broker's
+# unit sets LimitCORE=0 too, and each clone's memory is marked dumpCore=off),
+{{- if .Disk.Swap}}
+# and swap encrypted with a key made anew at every boot (dm-crypt, plain,
+# from /dev/urandom): nothing swapped out survives a restart.
+echo 'swap /dev/mapper/` + VolumeGroup + `-swap /dev/urandom swap,cipher=aes-xts-plain64,size=512' >> /etc/crypttab
+sed -i -E 's|^[^#[:space:]]+([[:space:]]+none[[:space:]]+swap[[:space:]])|/dev/mapper/swap\1|' /etc/fstab
+{{- else}}
+# and no swap.
+{{- end}}
+install -d -m 0755 /etc/systemd/coredump.conf.d
+printf '[Coredump]\nStorage=none\nProcessSizeMax=0\n' > /etc/systemd/coredump.conf.d/undervdi.conf
+echo 'fs.suid_dumpable = 0' > /etc/sysctl.d/50-undervdi.conf
+printf '\n# undervdi: no QEMU core dumps, never guest memory in one\nmax_core = 0\ndump_guest_core = 0\n' >> /etc/libvirt/qemu.conf
 semanage fcontext -a -t virt_image_t '/var/lib/undervdi/(overlays|versions)(/.*)?'
 restorecon -R /usr/local/bin /etc/undervdi /etc/systemd/system /var/lib/undervdi
 firewall-offline-cmd --new-zone=undervdi-kiosks
@@ -249,6 +268,15 @@ firewall-offline-cmd --zone=undervdi-kiosks --add-port={{.}}
 {{- end}}
 {{- if .Kiosks.PXE}}
 firewall-offline-cmd --zone=undervdi-kiosks --add-service=dhcp --add-service=tftp
+{{- end}}
+{{- if .GuestPorts}}
+# The visitors' VMs' network: libvirt puts its bridge in the libvirt zone;
+# there the broker's DNS, proxies and DHCP only (the broker's network
+# filters allow nothing else either).
+firewall-offline-cmd --zone=libvirt --remove-service=ssh
+{{- range .GuestPorts}}
+firewall-offline-cmd --zone=libvirt --add-port={{.}}
+{{- end}}
 {{- end}}
 {{- if .AdminNet}}
 firewall-offline-cmd --new-zone=undervdi-admin

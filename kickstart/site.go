@@ -50,7 +50,7 @@ type Site struct {
 type Disk struct {
 	Device   string          `toml:"device"`   // "sda", "nvme0n1", "vda"
 	Root     config.ByteSize `toml:"root"`     // default 20 GiB
-	Swap     config.ByteSize `toml:"swap"`     // default 4 GiB
+	Swap     config.ByteSize `toml:"swap"`     // default none; any is encrypted with a key made at each boot
 	Undervdi config.ByteSize `toml:"undervdi"` // /var/lib/undervdi: golden versions and overlays; 0: the rest of the disk
 }
 
@@ -94,7 +94,7 @@ const DefaultKioskAddress = "169.254.24.1/24"
 // Parse reads and validates a site file. Every error names its key.
 func Parse(data []byte) (*Site, error) {
 	s := &Site{Lang: "en_US.UTF-8", Keyboard: "us", Source: "cdrom", TimeZone: "UTC",
-		Disk:   Disk{Root: 20 << 30, Swap: 4 << 30},
+		Disk:   Disk{Root: 20 << 30},
 		Uplink: Iface{Address: "dhcp"}, Kiosks: KioskNet{Address: DefaultKioskAddress}, Broker: *config.Default()}
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(s)
 	if err != nil {
@@ -199,6 +199,13 @@ func (s *Site) Validate() error {
 	}
 	if uplink.IsValid() && kioskNet.IsValid() && uplink.Overlaps(kioskNet) {
 		bad("kiosk_network.address", "%s overlaps the uplink's %s", kioskNet, uplink.Masked())
+	}
+	if guest, err := s.Broker.Plan(); err == nil && guest != nil {
+		for key, p := range map[string]netip.Prefix{"uplink.address": uplink, "kiosk_network.address": kioskNet} {
+			if p.IsValid() && p.Masked().Overlaps(guest.Subnet) {
+				bad(key, "%s overlaps the visitors' VMs' network broker.network.subnet (%s)", p.Masked(), guest.Subnet)
+			}
+		}
 	}
 	if a := s.AdminNet; a != nil {
 		admin := a.check("admin_network", false, bad)

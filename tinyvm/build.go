@@ -34,7 +34,10 @@ const qemuGA = "/usr/sbin/qemu-ga"
 // controller and drivers that devices redirected from a kiosk meet: mass
 // storage (a flash drive is /dev/sda) and HID (a keyboard would be in
 // /proc/bus/input/devices; the tests check none ever is).
-var modules = []string{"virtio_pci", "virtio_blk", "virtio_console", "virtio_net", "xhci_pci", "usb_storage", "sd_mod",
+// virtio_rng feeds the guest's kernel random pool from the host: without
+// it, under emulation, a guest program reading crypto/rand (a DHCP
+// client's transaction ID) can wait for minutes.
+var modules = []string{"virtio_pci", "virtio_blk", "virtio_console", "virtio_net", "virtio_rng", "xhci_pci", "usb_storage", "sd_mod",
 	"usbhid", "hid_generic"}
 
 // buildRev changes whenever the image layout changes, to invalidate caches.

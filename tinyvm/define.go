@@ -70,7 +70,8 @@ func (g *Golden) Remove(l *libvirt.Libvirt) error {
 }
 
 // DomainXML is the tiny golden's definition: direct kernel boot under TCG,
-// a virtio disk, user-mode networking (nothing on the host's network), the
+// a virtio disk, user-mode networking (nothing on the host's network; a
+// broker puts its clones on its guest network instead), a virtio RNG, the
 // guest agent channel, SPICE with a USB controller and two USB redirection
 // slots, as a real golden for kiosks has.
 func DomainXML(name, disk string, art *Artifacts, memMiB int) string {
@@ -106,6 +107,7 @@ func DomainXML(name, disk string, art *Artifacts, memMiB int) string {
     <controller type='usb' model='qemu-xhci'/>
     <redirdev bus='usb' type='spicevmc'/>
     <redirdev bus='usb' type='spicevmc'/>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
     <memballoon model='none'/>
   </devices>
 </domain>`, e(name), memMiB, e(art.Kernel), e(art.Initramfs), e(disk))

@@ -39,6 +39,9 @@ type Broker struct {
 	t      testing.TB
 	cancel context.CancelFunc
 	done   chan error
+	// stopped is closed when Run has returned runErr.
+	stopped chan struct{}
+	runErr  error
 }
 
 // Start runs a broker with a pool of size on the bed. Kiosk "k1" and the
@@ -78,8 +81,13 @@ func (b *Broker) Restart() {
 		cancel()
 		b.t.Fatal(err)
 	}
-	b.Broker, b.cancel, b.done = bb, cancel, make(chan error, 1)
-	go func() { b.done <- bb.Run(ctx) }()
+	b.Broker, b.cancel, b.done, b.stopped = bb, cancel, make(chan error, 1), make(chan struct{})
+	go func() {
+		err := bb.Run(ctx)
+		b.runErr = err
+		close(b.stopped)
+		b.done <- err
+	}()
 }
 
 // Stop stops the broker as a crash would: VMs are left to the next start.
@@ -99,6 +107,11 @@ func (b *Broker) Stop() {
 func (b *Broker) WaitFull() {
 	b.t.Helper()
 	poll.Until(b.t, 5*time.Minute, "a full pool", func() bool {
+		select {
+		case <-b.stopped:
+			b.t.Fatalf("the broker stopped: %v", b.runErr)
+		default:
+		}
 		return b.Pool.Status().Counts[pool.Clean] == b.Config.PoolSize
 	})
 }

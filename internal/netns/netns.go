@@ -23,6 +23,7 @@ type NS struct {
 	HostIP string // the host's end, e.g. 10.213.7.1
 	NSIP   string // the namespace's end, e.g. 10.213.7.2
 	host   string // host-side interface
+	routes []string
 }
 
 // New creates a namespace; subnet picks 10.213.<subnet>.0/30 for the link.
@@ -51,8 +52,49 @@ func New(subnet int) (*NS, error) {
 	return n, nil
 }
 
-// Close removes the namespace and its link.
+// Route makes the namespace the host's way to prefix, whose addresses
+// AddAddr gives it: a stand-in for a network beyond the host (the
+// internet, say) that no packet of the test ever leaves the machine for.
+func (n *NS) Route(prefix string, addrs ...string) error {
+	for _, a := range addrs {
+		if out, err := exec.Command("ip", "-n", n.Name, "addr", "add", a+"/32", "dev", "lo").CombinedOutput(); err != nil {
+			return fmt.Errorf("ip -n %s addr add %s: %v: %s", n.Name, a, err, out)
+		}
+	}
+	if out, err := exec.Command("ip", "route", "replace", prefix, "via", n.NSIP).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip route replace %s: %v: %s", prefix, err, out)
+	}
+	n.routes = append(n.routes, prefix)
+	return nil
+}
+
+// Listen opens a listening socket inside the namespace.
+func (n *NS) Listen(network, addr string) (net.Listener, error) {
+	var ln net.Listener
+	err := n.do(func() error {
+		var err error
+		ln, err = net.Listen(network, addr)
+		return err
+	})
+	return ln, err
+}
+
+// ListenPacket opens a packet socket inside the namespace.
+func (n *NS) ListenPacket(network, addr string) (net.PacketConn, error) {
+	var pc net.PacketConn
+	err := n.do(func() error {
+		var err error
+		pc, err = net.ListenPacket(network, addr)
+		return err
+	})
+	return pc, err
+}
+
+// Close removes the namespace, its link and its routes.
 func (n *NS) Close() error {
+	for _, r := range n.routes {
+		exec.Command("ip", "route", "del", r, "via", n.NSIP).Run()
+	}
 	exec.Command("ip", "link", "del", n.host).Run()
 	if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
 		return fmt.Errorf("ip netns del %s: %v: %s", n.Name, err, out)

@@ -8,12 +8,16 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -48,6 +52,10 @@ type Bed struct {
 	Art        *tinyvm.Artifacts
 	Golden     *tinyvm.Golden
 	Log        *slog.Logger
+	// Subnet is the guest network the bed's broker config gets: a /24
+	// of 10.214.0.0/16 no other bed on the machine holds.
+	Subnet     string
+	subnetLock string
 }
 
 // supervise starts, once per test binary, the stand-in for systemd's
@@ -95,6 +103,10 @@ func Setup(ctx context.Context, namePrefix string, log *slog.Logger) (*Bed, erro
 	}
 	b := &Bed{Prefix: prefix, Root: root, OverlayDir: filepath.Join(root, "overlays"), VersionDir: filepath.Join(root, "versions"),
 		L: l, Art: art, Log: log}
+	if b.Subnet, b.subnetLock, err = claimSubnet(prefix); err != nil {
+		l.Disconnect()
+		return nil, err
+	}
 	g, err := tinyvm.Define(l, prefix+"-golden", filepath.Join(root, "golden"), art, 160, tinyvm.DiskSize)
 	if err != nil {
 		b.Close()
@@ -124,12 +136,61 @@ func (b *Bed) Config(poolSize int) *config.Config {
 	c.Metrics.Listen = "" // and the metrics
 	c.API.Listen = ""     // and the HTTPS API
 	c.API.Accounts = filepath.Join(b.Root, "accounts.json")
+	c.Network.Subnet = b.Subnet
 	return c
+}
+
+// subnetDir holds one file per claimed guest subnet, naming its bed.
+const subnetDir = "/var/lib/undervdi-test/.subnets"
+
+// claimSubnet claims a 10.214.X.0/24 for prefix: one no bed of a running
+// test holds (a file of its own in subnetDir) and no interface of the
+// machine is on. A claim whose bed is gone for an hour is stale.
+func claimSubnet(prefix string) (subnet, lock string, err error) {
+	if err := os.MkdirAll(subnetDir, 0o755); err != nil {
+		return "", "", err
+	}
+	addrs, _ := net.InterfaceAddrs()
+	inUse := func(x int) bool {
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && n.IP.To4()[0] == 10 && n.IP.To4()[1] == 214 && int(n.IP.To4()[2]) == x {
+				return true
+			}
+		}
+		return false
+	}
+	for x := 1; x < 255; x++ {
+		if inUse(x) {
+			continue
+		}
+		lock = filepath.Join(subnetDir, strconv.Itoa(x))
+		f, err := os.OpenFile(lock, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if errors.Is(err, os.ErrExist) {
+			owner, _ := os.ReadFile(lock)
+			fi, serr := os.Stat(lock)
+			if _, gone := os.Stat(filepath.Join("/var/lib/undervdi-test", string(owner))); errors.Is(gone, os.ErrNotExist) &&
+				serr == nil && time.Since(fi.ModTime()) > time.Hour {
+				os.Remove(lock)
+				x--
+			}
+			continue
+		}
+		if err != nil {
+			return "", "", err
+		}
+		f.WriteString(prefix)
+		f.Close()
+		return fmt.Sprintf("10.214.%d.0/24", x), lock, nil
+	}
+	return "", "", errors.New("testbed: every 10.214.X.0/24 guest subnet is claimed")
 }
 
 // Close removes everything carrying the prefix: clone domains, the golden,
 // overlays, storage pools, files. It reconnects if libvirt was restarted.
 func (b *Bed) Close() error {
+	if b.subnetLock != "" {
+		defer os.Remove(b.subnetLock)
+	}
 	l := b.L
 	if !l.IsConnected() {
 		var err error
@@ -164,6 +225,26 @@ func (b *Bed) Close() error {
 	}
 	for _, k := range b.keys(l) {
 		l.SecretUndefine(k)
+	}
+	if nets, _, err := l.ConnectListAllNetworks(1, 0); err == nil {
+		for _, n := range nets {
+			if strings.HasPrefix(n.Name, b.Prefix+"-") {
+				l.NetworkDestroy(n)
+				l.NetworkUndefine(n)
+			}
+		}
+	}
+	// Filters after the domains that used them, the root filter before the
+	// chain it references.
+	if filters, _, err := l.ConnectListAllNwfilters(1, 0); err == nil {
+		slices.SortFunc(filters, func(a, b libvirt.Nwfilter) int { return len(a.Name) - len(b.Name) })
+		for _, f := range filters {
+			if strings.HasPrefix(f.Name, b.Prefix+"-") {
+				if err := l.NwfilterUndefine(f); err != nil {
+					errs = append(errs, err.Error())
+				}
+			}
+		}
 	}
 	if err := os.RemoveAll(b.Root); err != nil {
 		errs = append(errs, err.Error())

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -28,6 +29,7 @@ import (
 	"undervdi/server/config"
 	"undervdi/server/console"
 	"undervdi/server/domxml"
+	"undervdi/server/egress"
 	"undervdi/server/gateway"
 	"undervdi/server/metrics"
 	"undervdi/server/pool"
@@ -61,6 +63,7 @@ type Broker struct {
 	api      *api.Server
 	apiTLS   *tls.Config      // the HTTPS API's; nil where api.listen is ""
 	schedule *schedule.Runner // the opening hours; nil: always open
+	guard    *egress.Guard    // the guest network's gateway; nil in network mode golden
 }
 
 // New prepares a broker; it starts connecting to libvirt at once, in the
@@ -91,6 +94,13 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	pcfg := PoolConfig(cfg, b.displays.Prepare)
 	pcfg.Metrics = b.Metrics.PoolHooks()
 	b.Pool = pool.New(pcfg, host, log)
+	var blocked func(string) (int, []session.BlockedName)
+	if plan, _ := cfg.Plan(); plan != nil { // config.Validate checked it
+		allow, _ := egress.ParseAllowlist(cfg.Network.Allow)
+		b.guard = egress.New(egress.Config{Plan: plan, Allow: allow, Resolver: cfg.Network.Resolver, Log: log,
+			Metrics: b.Metrics.GuestRequest, Who: b.guestAt})
+		blocked = b.blocked
+	}
 	v := cfg.Viewer
 	b.Sessions = session.New(session.Config{
 		ConnectWindow:    cfg.Gateway.ConnectWindow.D(),
@@ -110,6 +120,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		Metrics:        b.Metrics.Hooks(),
 		OutOfOrderFile: filepath.Join(cfg.StateDir, "out-of-order.json"),
 		CurrentImages:  (&images{paths: cfg.Images.Manifests, log: log}).Current,
+		Blocked:        blocked,
 	}, b.Pool, registry, audit, log)
 	b.Metrics.Watch(metrics.Source{Pool: b.Pool.Status, Kiosks: b.Sessions.Fleet, Leases: b.Sessions.Leases, Queue: b.Sessions.QueueLen})
 	if b.Gateway, err = gateway.New(b.Sessions, b.displays, audit, log); err != nil {
@@ -163,9 +174,30 @@ func portOf(addr string) int {
 	return n
 }
 
+// guestAt says which VM holds a guest network address, and whether a
+// visitor's session is on it.
+func (b *Broker) guestAt(ip netip.Addr) (vm string, inSession, ok bool) {
+	v, ok := b.Pool.AtAddress(ip)
+	return v.Name, v.State == pool.Offered || v.State == pool.InUse, ok
+}
+
+// blocked is the guest network's refusals for a session's audit line.
+func (b *Broker) blocked(vm string) (int, []session.BlockedName) {
+	n, top := b.guard.Take(vm, 5)
+	var names []session.BlockedName
+	for _, t := range top {
+		names = append(names, session.BlockedName{Name: t.Name, Count: t.Count})
+	}
+	return n, names
+}
+
 // PoolConfig is the pool's part of cfg; ready is its last readiness check.
 func PoolConfig(cfg *config.Config, ready func(context.Context, pool.VM) error) pool.Config {
 	usb, _ := kioskproto.ParseUSBFilter(cfg.Viewer.USBAutoRedirect) // config.Validate checked it
+	var network pool.GuestNet
+	if plan, _ := cfg.Plan(); plan != nil { // config.Validate checked it
+		network = plan
+	}
 	return pool.Config{
 		Name:              cfg.PoolName,
 		Golden:            cfg.Golden,
@@ -183,6 +215,7 @@ func PoolConfig(cfg *config.Config, ready func(context.Context, pool.VM) error) 
 		ReconcileInterval: cfg.ReconcileInterval.D(),
 		ReadyCheck:        ready,
 		USBFilter:         usb,
+		Network:           network,
 	}
 }
 
@@ -195,6 +228,9 @@ func (b *Broker) announce(ctx context.Context) {
 		case e := <-b.Pool.Ended():
 			b.displays.Forget(e.VM)
 			b.Sessions.VMEnded(e)
+			if b.guard != nil {
+				b.guard.Forget(e.VM)
+			}
 		case <-ctx.Done():
 			return
 		}
@@ -225,7 +261,20 @@ func (b *Broker) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	var guest *egress.Listeners
+	if b.guard != nil {
+		// The guest network is up now: the pool's start made it.
+		if guest, err = b.guard.Listen(); err != nil {
+			for _, ln := range listeners {
+				ln.Close()
+			}
+			return fmt.Errorf("%w: %w", ErrSetup, err)
+		}
+	}
 	g, ctx := errgroup.WithContext(ctx)
+	if guest != nil {
+		g.Go(func() error { return b.guard.Serve(ctx, guest) })
+	}
 	g.Go(func() error { return b.Pool.Run(ctx) })
 	g.Go(func() error { b.announce(ctx); return nil })
 	g.Go(func() error { b.Sessions.Run(ctx); return nil })

@@ -23,6 +23,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"undervdi/kioskproto"
+	"undervdi/server/egress"
 	"undervdi/server/schedule"
 )
 
@@ -62,8 +63,38 @@ type Config struct {
 	Metrics  Metrics         `toml:"metrics"`
 	API      API             `toml:"api"`
 	Images   Images          `toml:"images"`
+	Network  Network         `toml:"network"`
 	Schedule schedule.Config `toml:"schedule"`
 	Kiosks   []Kiosk         `toml:"kiosk"`
+}
+
+// Network is the guest network: what visitors' VMs may reach.
+type Network struct {
+	// Mode "isolated": each clone gets one interface on the broker's
+	// libvirt network, behind the broker's filters; "golden": clones keep
+	// the golden's interfaces, and the site's own network design must keep
+	// visitors apart (nothing of this section applies).
+	Mode      string   `toml:"mode"`
+	Subnet    string   `toml:"subnet"`     // IPv4, /16 to /27; the gateway is its first address
+	Bridge    string   `toml:"bridge"`     // "": uvdi-<pool_name>
+	Allow     []string `toml:"allow"`      // names, *.name patterns, IPv4 addresses and ranges
+	Resolver  string   `toml:"resolver"`   // host:port of the DNS server allowed names are resolved with; "": the host's
+	ProxyPort int      `toml:"proxy_port"` // the explicit proxy, on the gateway
+}
+
+// Isolated reports whether the broker manages the guest network.
+func (n Network) Isolated() bool { return n.Mode == "isolated" }
+
+// Plan is the guest network's layout for pool; nil unless Isolated.
+func (c *Config) Plan() (*egress.Plan, error) {
+	if !c.Network.Isolated() {
+		return nil, nil
+	}
+	subnet, err := netip.ParsePrefix(c.Network.Subnet)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not an IPv4 range such as 10.213.0.0/24", c.Network.Subnet)
+	}
+	return egress.NewPlan(c.PoolName, subnet, c.Network.Bridge, c.Network.ProxyPort)
 }
 
 // Images says which kiosk image is current: the manifests image-build
@@ -200,6 +231,7 @@ func Default() *Config {
 			AuditKeep:        10,
 		},
 		Ads:      Ads{Dir: "/var/lib/undervdi/ads", Listen: ":5908"},
+		Network:  Network{Mode: "isolated", Subnet: "10.213.0.0/24", Allow: []string{}, ProxyPort: 3128},
 		Metrics:  Metrics{Listen: "127.0.0.1:9107"},
 		Schedule: schedule.Config{TimeZone: "Local", Warmup: "15m"},
 		API: API{Listen: ":8443", Accounts: "/etc/undervdi/accounts.json", LoginTTL: Duration(12 * time.Hour),
@@ -330,6 +362,7 @@ func (c *Config) Validate() error {
 	if _, err := schedule.Parse(c.Schedule, c.MaxVMs); err != nil {
 		errs = append(errs, err)
 	}
+	c.validateNetwork(bad)
 	for i, m := range c.Images.Manifests {
 		if !filepath.IsAbs(m) {
 			bad(fmt.Sprintf("images.manifests[%d]", i), "%q: must be an absolute path", m)
@@ -510,6 +543,44 @@ func (c *Config) Masked() *Config {
 		m.Kiosks[i] = k
 	}
 	return &m
+}
+
+// validateNetwork checks the [network] section.
+func (c *Config) validateNetwork(bad func(key, format string, args ...any)) {
+	n := c.Network
+	switch n.Mode {
+	case "golden":
+		return
+	case "isolated":
+	default:
+		bad("network.mode", "%q: must be isolated (the broker's guest network and allowlist) or golden (the golden's own interfaces)", n.Mode)
+		return
+	}
+	if n.ProxyPort < 1 || n.ProxyPort > 65535 || n.ProxyPort == 53 || n.ProxyPort == egress.PortHTTP || n.ProxyPort == egress.PortHTTPS {
+		bad("network.proxy_port", "%d: a port from 1 to 65535 other than 53, 80 and 443 (the gateway's DNS and transparent proxies)", n.ProxyPort)
+	}
+	plan, err := c.Plan()
+	if err != nil {
+		bad("network.subnet", "%v", err)
+	} else {
+		if plan.Slots() < c.MaxVMs {
+			bad("network.subnet", "%s has %d addresses for clones, fewer than max_vms (%d)", plan.Subnet, plan.Slots(), c.MaxVMs)
+		}
+		for i, k := range c.Kiosks {
+			if p, err := k.Prefix(); err == nil && p.Overlaps(plan.Subnet) {
+				bad("network.subnet", "%s overlaps kiosk[%d]'s address %s: visitors' VMs and the kiosk LAN must not share addresses", plan.Subnet, i, k.Address)
+			}
+		}
+	}
+	if _, err := egress.ParseAllowlist(n.Allow); err != nil {
+		bad("network.allow", "%v", err)
+	}
+	if n.Resolver != "" {
+		host, port, err := net.SplitHostPort(n.Resolver)
+		if _, perr := strconv.Atoi(port); err != nil || perr != nil || net.ParseIP(host) == nil {
+			bad("network.resolver", "%q is not an address and port such as 192.0.2.53:53", n.Resolver)
+		}
+	}
 }
 
 // SiteCADir is where the broker keeps the site CA it makes, and its own

@@ -158,3 +158,43 @@ func TestAPIAndImagesValidated(t *testing.T) {
 		t.Errorf("with the API off its other keys are not checked: %v", err)
 	}
 }
+
+func TestNetworkValidated(t *testing.T) {
+	for _, tc := range []struct {
+		text string
+		want []string
+	}{
+		{"[network]\nmode = \"bridged\"", []string{"network.mode", `"bridged"`}},
+		{"[network]\nsubnet = \"10.213.0.0/29\"", []string{"network.subnet", "/16 to /27"}},
+		{"[network]\nsubnet = \"10.213.0.0\"", []string{"network.subnet", "not an IPv4 range"}},
+		{"max_vms = 30\n[network]\nsubnet = \"10.213.0.0/27\"", []string{"network.subnet", "21 addresses for clones, fewer than max_vms (30)"}},
+		{"[network]\nallow = [\"*\", \"ok.org\", \"*.com\"]", []string{"network.allow", `"*": not a host`, `"*.com"`}},
+		{"[network]\nproxy_port = 80", []string{"network.proxy_port"}},
+		{"[network]\nresolver = \"dns.example:53\"", []string{"network.resolver"}},
+		{"[network]\nbridge = \"a-bridge-name-too-long\"", []string{"network.subnet", "bridge"}},
+		{"[network]\nsubnet = \"169.254.24.0/24\"\n[[kiosk]]\nid = \"k\"\naddress = \"169.254.24.10\"\ntoken = \"0123456789abcdef\"",
+			[]string{"network.subnet", "overlaps kiosk[0]"}},
+	} {
+		_, err := Parse([]byte("golden = \"g\"\n" + tc.text))
+		if err == nil {
+			t.Errorf("%q: no error", tc.text)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%q: error %q lacks %q", tc.text, err, w)
+			}
+		}
+	}
+	c, err := Parse([]byte("golden = \"g\"\n[network]\nmode = \"golden\"\nsubnet = \"nonsense\""))
+	if err != nil || c.Network.Isolated() {
+		t.Errorf("mode golden: %v, isolated %v; want the rest of the section ignored", err, c.Network.Isolated())
+	}
+	c, err = Parse([]byte("golden = \"g\"\n[network]\nallow = [\"*.gosuslugi.ru\", \"203.0.113.0/24\"]\nresolver = \"192.0.2.53:53\""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := c.Plan(); err != nil || p.Gateway().String() != "10.213.0.1" || p.Network != "undervdi-guests" {
+		t.Errorf("Plan() = %+v, %v", p, err)
+	}
+}

@@ -271,8 +271,10 @@ func TestGuard(t *testing.T) {
 	if r := w.query(t, "ALLOWED.test", dns.TypeAAAA); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 0 {
 		t.Errorf("allowed.test AAAA = %v, want no records", r)
 	}
-	if r := w.query(t, "blocked.test", dns.TypeA); r.Rcode != dns.RcodeNameError || len(r.Answer) != 0 {
-		t.Errorf("blocked.test A = %v, want NXDOMAIN", r)
+	for _, q := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeHTTPS} { // one attempt
+		if r := w.query(t, "blocked.test", q); r.Rcode != dns.RcodeNameError || len(r.Answer) != 0 {
+			t.Errorf("blocked.test %s = %v, want NXDOMAIN", dns.TypeToString[q], r)
+		}
 	}
 
 	for _, tc := range []struct {

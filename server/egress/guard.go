@@ -53,7 +53,13 @@ type Guard struct {
 type tally struct {
 	count int
 	names map[string]int
+	dns   map[string]time.Time // when a name's last DNS refusal was counted
 }
+
+// dnsRepeat is how long a guest's queries for one refused name count as
+// one attempt: a resolver asks for A and AAAA (and HTTPS) records at once,
+// and again when the visitor retries.
+const dnsRepeat = 3 * time.Second
 
 const (
 	maxNames        = 64
@@ -159,8 +165,17 @@ func (g *Guard) refuse(c client, kind, host string) {
 	defer g.mu.Unlock()
 	t := g.tallies[c.vm]
 	if t == nil {
-		t = &tally{names: map[string]int{}}
+		t = &tally{names: map[string]int{}, dns: map[string]time.Time{}}
 		g.tallies[c.vm] = t
+	}
+	if kind == "dns" {
+		now := time.Now()
+		if last, ok := t.dns[host]; ok && now.Sub(last) < dnsRepeat {
+			return
+		}
+		if len(t.dns) < maxNames {
+			t.dns[host] = now
+		}
 	}
 	t.count++
 	if _, seen := t.names[host]; seen || len(t.names) < maxNames {

@@ -168,8 +168,8 @@ func (p *Plan) FilterXML() (chain, root string) {
   <rule action='accept' direction='in' priority='200'><ip srcipaddr='$GATEWAY' protocol='udp' srcportstart='53'/></rule>
   <rule action='accept' direction='out' priority='200'><ip dstipaddr='$GATEWAY' protocol='tcp' dstportstart='53'/></rule>
   <rule action='accept' direction='in' priority='200'><ip srcipaddr='$GATEWAY' protocol='tcp' srcportstart='53'/></rule>
-  <rule action='accept' direction='out' priority='300'><ip dstipaddr='$GATEWAY' protocol='tcp' dstportstart='$PORT'/></rule>
-  <rule action='accept' direction='in' priority='300'><ip srcipaddr='$GATEWAY' protocol='tcp' srcportstart='$PORT'/></rule>
+  <rule action='accept' direction='out' priority='300'><ip dstipaddr='$GATEWAY' protocol='tcp' dstportstart='$PORT[@1]'/></rule>
+  <rule action='accept' direction='in' priority='300'><ip srcipaddr='$GATEWAY' protocol='tcp' srcportstart='$PORT[@1]'/></rule>
   <rule action='drop' direction='inout' priority='1000'/>
 </filter>
 `, html.EscapeString(chainName))

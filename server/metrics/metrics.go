@@ -41,6 +41,7 @@ type Metrics struct {
 	cloneFailed prometheus.Counter
 	wipe        prometheus.Histogram
 	refused     *prometheus.CounterVec
+	guest       *prometheus.CounterVec
 }
 
 // New registers the broker's counters, and Go's and the process's; Watch
@@ -85,6 +86,14 @@ func New() *Metrics {
 		Name: "undervdi_refused_total",
 		Help: "Connections and requests refused, by port: kiosk, legacy, spice-link, ads, login (the API's; the audit log says who and why).",
 	}, []string{"what"})
+	m.guest = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "undervdi_guest_requests_total",
+		Help: "Visitors' VMs' requests at the guest network's gateway, by kind (dns, http, tls, connect) and result (allowed, refused: not in network.allow, or a port or address visitors may not reach).",
+	}, []string{"kind", "result"})
+	for _, k := range []string{"dns", "http", "tls", "connect"} {
+		m.guest.WithLabelValues(k, "allowed")
+		m.guest.WithLabelValues(k, "refused")
+	}
 	for _, w := range []string{"kiosk", "legacy", "spice-link", "ads", "login"} {
 		m.refused.WithLabelValues(w)
 	}
@@ -97,7 +106,7 @@ func New() *Metrics {
 			m.ended.WithLabelValues(u, c)
 		}
 	}
-	m.reg.MustRegister(m.handoff, m.touch, m.ended, m.clone, m.cloneFailed, m.wipe, m.refused,
+	m.reg.MustRegister(m.handoff, m.touch, m.ended, m.clone, m.cloneFailed, m.wipe, m.refused, m.guest,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -131,6 +140,15 @@ func (m *Metrics) PoolHooks() pool.Metrics {
 
 // Refused counts a refusal on port what (the audit's OnRefused).
 func (m *Metrics) Refused(what string) { m.refused.WithLabelValues(what).Inc() }
+
+// GuestRequest counts a request at the guest network's gateway.
+func (m *Metrics) GuestRequest(kind string, allowed bool) {
+	result := "refused"
+	if allowed {
+		result = "allowed"
+	}
+	m.guest.WithLabelValues(kind, result).Inc()
+}
 
 // Handler serves the metrics in Prometheus' formats.
 func (m *Metrics) Handler(log *slog.Logger) http.Handler {

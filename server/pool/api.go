@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -34,11 +35,40 @@ type VM struct {
 	Version  int
 	Spice    SpiceTarget
 	Overlays []string
+	IP       string // its address on the guest network; "": none
 }
 
-func (v *vm) export() VM {
+func (p *Pool) export(v *vm) VM {
 	return VM{Name: v.name, State: v.state, Since: v.since, Version: v.version, Spice: v.spice,
-		Overlays: append([]string(nil), v.overlays...)}
+		Overlays: append([]string(nil), v.overlays...), IP: p.ip(v)}
+}
+
+// ip is v's address on the guest network, or "".
+func (p *Pool) ip(v *vm) string {
+	if p.cfg.Network == nil || v.slot < 0 {
+		return ""
+	}
+	return p.cfg.Network.Addr(v.slot).String()
+}
+
+// AtAddress returns the VM that holds a guest network address: the egress
+// guard's way to tell whose request it is.
+func (p *Pool) AtAddress(ip netip.Addr) (VM, bool) {
+	var out VM
+	var found bool
+	p.call(func() {
+		if p.cfg.Network == nil {
+			return
+		}
+		slot := p.cfg.Network.Slot(ip.String())
+		for _, v := range p.vms {
+			if slot >= 0 && v.slot == slot {
+				out, found = p.export(v), true
+				return
+			}
+		}
+	})
+	return out, found
 }
 
 // Take hands out one clean VM to c: of the current version if there is one,
@@ -74,7 +104,7 @@ func (p *Pool) take(c Claim) (VM, error) {
 	if err := p.apply(input{kind: apiTake, vm: pick.name, claim: c, at: now}); err != nil {
 		return VM{}, err
 	}
-	return pick.export(), nil
+	return p.export(pick), nil
 }
 
 // better reports whether clean VM a is handed out before b.
@@ -260,6 +290,7 @@ type VMStatus struct {
 	Since    time.Time `json:"since"`
 	Version  int       `json:"version,omitempty"`
 	Overlays []string  `json:"overlays,omitempty"`
+	IP       string    `json:"ip,omitempty"` // on the guest network
 	Reason   string    `json:"reason,omitempty"`
 	Error    string    `json:"error,omitempty"`
 }
@@ -311,7 +342,7 @@ func (p *Pool) status() Status {
 		s.Recorded[v.state.Recorded()]++
 		s.Clones[v.version]++
 		s.VMs = append(s.VMs, VMStatus{Name: v.name, State: v.state, Since: v.since, Version: v.version,
-			Overlays: append([]string(nil), v.overlays...), Reason: v.reason, Error: v.lastErr})
+			Overlays: append([]string(nil), v.overlays...), IP: p.ip(v), Reason: v.reason, Error: v.lastErr})
 	}
 	slices.SortFunc(s.VMs, func(a, b VMStatus) int { return strings.Compare(a.Name, b.Name) })
 	if p.current != nil {

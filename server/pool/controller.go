@@ -152,10 +152,35 @@ func (p *Pool) makeRoom(t tally) {
 }
 
 func (p *Pool) newVM() {
+	slot := p.freeSlot()
+	if slot < -1 {
+		p.log.Warn("no free address on the guest network for another clone: make its subnet larger, or max_vms smaller")
+		return
+	}
 	now := time.Now()
-	v := &vm{name: p.newName(), state: Creating, since: now, born: now, version: p.current.Seq(), hasAgent: p.current.HasAgent}
+	v := &vm{name: p.newName(), state: Creating, since: now, born: now, version: p.current.Seq(), hasAgent: p.current.HasAgent,
+		slot: slot}
 	p.vms[v.name] = v
 	p.perform(v, action{kind: doCreate})
+}
+
+// freeSlot returns the lowest guest network slot no VM of the table holds
+// (a VM holds its slot until it is off the table: destroyed), -1 without a
+// guest network, and -2 when every slot is held.
+func (p *Pool) freeSlot() int {
+	if p.cfg.Network == nil {
+		return -1
+	}
+	held := map[int]bool{}
+	for _, v := range p.vms {
+		held[v.slot] = true
+	}
+	for i := range p.cfg.Network.Slots() {
+		if !held[i] {
+			return i
+		}
+	}
+	return -2
 }
 
 func (p *Pool) newName() string {

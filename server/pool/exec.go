@@ -106,9 +106,14 @@ func (p *Pool) job(v *vm, a action) job {
 	case doCreate:
 		ver := p.versionBySeq(v.version)
 		meta := p.meta(v, recBooting)
-		return func(ctx context.Context) func() { return result(p.create(ctx, ver, name, meta)) }
+		var nic *domxml.NIC
+		if p.cfg.Network != nil && v.slot >= 0 {
+			n := p.cfg.Network.NIC(v.slot)
+			nic = &n
+		}
+		return func(ctx context.Context) func() { return result(p.create(ctx, ver, name, meta, nic)) }
 	case doReady:
-		vm, hasAgent, meta := v.export(), v.hasAgent, p.meta(v, recClean)
+		vm, hasAgent, meta := p.export(v), v.hasAgent, p.meta(v, recClean)
 		return func(ctx context.Context) func() {
 			if err := p.ready(ctx, vm, hasAgent, meta); err != nil {
 				p.log.Debug("VM not ready yet", "vm", name, "err", err)
@@ -162,7 +167,7 @@ func (p *Pool) logWipeFailure(ctx context.Context, vm, step string, err error) {
 
 // create makes one clone of ver: an overlay per writable disk, backed by
 // the version's copy, then the domain, defined and started.
-func (p *Pool) create(ctx context.Context, ver *version, name string, meta domxml.Metadata) input {
+func (p *Pool) create(ctx context.Context, ver *version, name string, meta domxml.Metadata, nic *domxml.NIC) input {
 	if ver == nil {
 		return input{kind: resCreateFailed, err: fmt.Errorf("version %d is gone", meta.Version)}
 	}
@@ -182,7 +187,7 @@ func (p *Pool) create(ctx context.Context, ver *version, name string, meta domxm
 	password := spice.NewPassword()
 	xml, err := ver.CloneXML(domxml.Clone{
 		Name: name, UUID: uuid.NewString(), Overlays: overlays, Secrets: secrets, SpicePassword: password, Meta: meta, MAC: randomMAC,
-		USBFilter: p.cfg.USBFilter,
+		USBFilter: p.cfg.USBFilter, NIC: nic,
 	})
 	if err != nil {
 		return input{kind: resCreateFailed, err: err, paths: paths}
@@ -233,16 +238,21 @@ func (p *Pool) meta(v *vm, rec string) domxml.Metadata {
 }
 
 // policy is the site's settings that go into a clone's domain, as its
-// metadata records them: the USB filter, rule by rule.
+// metadata records them: the USB filter, rule by rule, and the guest
+// network's layout.
 func (p *Pool) policy() string {
 	var rules []string
 	for _, r := range p.cfg.USBFilter {
 		rules = append(rules, fmt.Sprintf("%d,%d,%d,%d,%t", r.Class, r.Vendor, r.Product, r.Version, r.Allow))
 	}
-	if len(rules) == 0 {
-		return ""
+	var parts []string
+	if len(rules) > 0 {
+		parts = append(parts, "usb:"+strings.Join(rules, "|"))
 	}
-	return "usb:" + strings.Join(rules, "|")
+	if p.cfg.Network != nil {
+		parts = append(parts, p.cfg.Network.Policy())
+	}
+	return strings.Join(parts, " ")
 }
 
 // randomMAC returns a MAC in QEMU's locally administered range 52:54:00.

@@ -25,6 +25,8 @@ type fakeHV struct {
 	golden    *domxml.Golden
 	goldenErr error
 	domains   map[string]*fakeDom
+	network   string   // the guest network last ensured
+	filters   []string // the network filters defined, in order
 	overlays  map[string]bool
 	dir       string
 	versions  map[string]string // template name -> XML
@@ -258,6 +260,20 @@ func (f *fakeHV) Overlays(ctx context.Context) ([]string, error) {
 		out = append(out, o)
 	}
 	return out, nil
+}
+
+func (f *fakeHV) EnsureNetwork(ctx context.Context, xml string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.network = xml
+	return nil
+}
+
+func (f *fakeHV) DefineFilters(ctx context.Context, xmls ...string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.filters = append(f.filters, xmls...)
+	return nil
 }
 
 func (f *fakeHV) CreateOverlay(ctx context.Context, name string, backing domxml.Disk, encrypt bool) (string, string, error) {

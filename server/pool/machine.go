@@ -147,6 +147,7 @@ type vm struct {
 	agent    bool      // libvirt last reported the guest agent connected
 	spice    SpiceTarget
 	overlays []string
+	slot     int       // its address on the guest network; -1: none
 	claim    Claim     // who it is offered to
 	linked   time.Time // a client's first link
 	reason   string    // why it is ending

@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -42,6 +43,10 @@ type Hypervisor interface {
 	Events() <-chan virt.Event
 	Golden(ctx context.Context, name string) (*domxml.Golden, error)
 	PrepareStorage(ctx context.Context, poolName, overlayDir, versionDir string) error
+	// EnsureNetwork and DefineFilters make the guest network and its
+	// filters exist, as GuestNet lays them out.
+	EnsureNetwork(ctx context.Context, xml string) error
+	DefineFilters(ctx context.Context, xmls ...string) error
 	Overlays(ctx context.Context) ([]string, error)
 	// CreateOverlay makes a clone's overlay of backing; encrypted, it is
 	// LUKS with a key of its own, whose libvirt secret is returned.
@@ -80,6 +85,19 @@ type VersionStore interface {
 	DeleteVersionVolume(ctx context.Context, path string) error
 }
 
+// GuestNet is the guest network's layout (*egress.Plan): a fixed address
+// and interface per slot, so that a clone's slot is read back from its
+// domain and never stored.
+type GuestNet interface {
+	Slots() int
+	Addr(slot int) netip.Addr
+	NIC(slot int) domxml.NIC
+	Slot(ip string) int // -1: not one of the network's clone addresses
+	Policy() string     // what of the layout a clone's definition carries
+	NetworkXML() string
+	FilterXML() (chain, root string)
+}
+
 // Config is the pool's part of the broker configuration.
 type Config struct {
 	Name          string // prefix of VM, version and overlay names
@@ -104,6 +122,10 @@ type Config struct {
 	// USBFilter is the site's USB redirection policy; each clone's QEMU
 	// enforces it (a <redirfilter>), whatever the client does.
 	USBFilter []kioskproto.USBRule
+	// Network, if set, puts each clone on the broker's guest network, in
+	// an address slot no other VM of the pool holds; nil keeps the golden's
+	// interfaces.
+	Network GuestNet
 	// Metrics hears what the pool measures; nil fields are not called.
 	Metrics Metrics
 }

@@ -3,7 +3,9 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -538,4 +540,77 @@ func TestSetSize(t *testing.T) {
 		t.Fatal(err)
 	}
 	poll.Until(t, 10*time.Second, "no clean VM", func() bool { return clean(p) == 0 })
+}
+
+// testNet is a guest network of n slots: 10.9.0.(10+i).
+type testNet struct{ n int }
+
+func (t testNet) Slots() int                  { return t.n }
+func (t testNet) Addr(i int) netip.Addr       { return netip.AddrFrom4([4]byte{10, 9, 0, byte(10 + i)}) }
+func (t testNet) Policy() string              { return "net:test" }
+func (t testNet) NetworkXML() string          { return "<network/>" }
+func (t testNet) FilterXML() (string, string) { return "<filter chain/>", "<filter root/>" }
+func (t testNet) NIC(i int) domxml.NIC {
+	return domxml.NIC{Network: "n", MAC: fmt.Sprintf("52:54:00:00:00:%02x", i), Filter: "f",
+		Params: []domxml.FilterParam{{Name: "IP", Value: t.Addr(i).String()}}}
+}
+func (t testNet) Slot(ip string) int {
+	a, err := netip.ParseAddr(ip)
+	if b := a.As4(); err != nil || b[3] < 10 || int(b[3]) >= 10+t.n {
+		return -1
+	}
+	return int(a.As4()[3]) - 10
+}
+
+// Each clone holds a guest network address of its own until it is
+// destroyed; the pool makes no clone it has no address for, and a restarted
+// pool reads the addresses back from the domains.
+func TestGuestNetworkSlots(t *testing.T) {
+	f := newFakeHV()
+	cfg := testConfig()
+	cfg.Size, cfg.MaxVMs, cfg.Network = 3, 6, testNet{4}
+	p := startPool(t, f, cfg)
+	poll.Until(t, 10*time.Second, "3 clean VMs", func() bool { return clean(p) == 3 })
+	f.mu.Lock()
+	if f.network != "<network/>" || fmt.Sprint(f.filters) != "[<filter chain/> <filter root/>]" {
+		t.Errorf("network %q, filters %v: want both made at start, the chain first", f.network, f.filters)
+	}
+	f.mu.Unlock()
+	ips := map[string]string{}
+	for _, v := range p.Status().VMs {
+		if v.IP == "" || ips[v.IP] != "" {
+			t.Fatalf("VM %s has address %q (others: %v)", v.Name, v.IP, ips)
+		}
+		ips[v.IP] = v.Name
+		if got, ok := p.AtAddress(netip.MustParseAddr(v.IP)); !ok || got.Name != v.Name {
+			t.Errorf("AtAddress(%s) = %v %v, want %s", v.IP, got.Name, ok, v.Name)
+		}
+	}
+	if _, ok := p.AtAddress(netip.MustParseAddr("10.9.0.200")); ok {
+		t.Errorf("AtAddress of no clone's address found one")
+	}
+	// Take all three: refill wants three more, but one address is left.
+	for range 3 {
+		if _, err := p.Take(anyone); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll.Until(t, 10*time.Second, "the fourth address used", func() bool { return len(p.Status().VMs) == 4 && clean(p) == 1 })
+	time.Sleep(50 * time.Millisecond)
+	if n := len(p.Status().VMs); n != 4 {
+		t.Fatalf("%d VMs on 4 addresses", n)
+	}
+	// The domain records the address the pool gave it: a restarted pool reads it back.
+	var cleanIP string
+	for _, v := range p.Status().VMs {
+		if v.State == Clean {
+			cleanIP = v.IP
+		}
+	}
+	doms, _ := f.Domains(context.Background(), "t-")
+	for _, d := range doms {
+		if d.Meta.State == "clean" && d.GuestIP != cleanIP {
+			t.Errorf("the clean clone's domain says %s, the pool %s", d.GuestIP, cleanIP)
+		}
+	}
 }

@@ -101,10 +101,13 @@ func (p *Pool) reconcile(listed time.Time, doms []*domxml.Domain, overlays, volu
 // found takes in a pool domain the table does not know: a previous run's.
 func (p *Pool) found(d *domxml.Domain) {
 	m := d.Meta
-	v := &vm{name: d.Name, since: m.Since, version: m.Version, overlays: p.overlaysOf(d),
+	v := &vm{name: d.Name, since: m.Since, version: m.Version, overlays: p.overlaysOf(d), slot: -1,
 		spice:  SpiceTarget{Socket: d.SpiceSocket, Password: d.SpicePassword},
 		claim:  Claim{Kiosk: m.Kiosk, Lease: m.Lease, Addr: m.Addr, At: m.Offered},
 		linked: m.Linked, hasAgent: p.current.HasAgent, agent: d.AgentState == "connected"}
+	if p.cfg.Network != nil && d.GuestIP != "" {
+		v.slot = p.cfg.Network.Slot(d.GuestIP)
+	}
 	p.vms[v.name] = v
 	switch {
 	case m.State == recClean && d.Running && m.Golden == p.cfg.Golden && m.Version == p.current.Seq() && m.Policy == p.policy():
@@ -113,7 +116,7 @@ func (p *Pool) found(d *domxml.Domain) {
 		p.perform(v, action{kind: doReady})
 		return
 	case m.State == recClean && d.Running && m.Golden == p.cfg.Golden && m.Version == p.current.Seq():
-		v.reason = "a clean clone made under another USB policy than the site's now: replaced"
+		v.reason = "a clean clone made under another USB policy or guest network than the site's now: replaced"
 	case m.State == recClean && d.Running:
 		v.reason = fmt.Sprintf("a clean clone of version %d of %s, not of the current version %d of %s: replaced",
 			m.Version, m.Golden, p.current.Seq(), p.cfg.Golden)

@@ -194,6 +194,12 @@ func (p *Pool) prepare() {
 	}
 	p.submit("prepare", func(ctx context.Context) func() {
 		err := p.hv.PrepareStorage(ctx, p.cfg.Name, p.cfg.OverlayDir, p.cfg.VersionDir)
+		if n := p.cfg.Network; err == nil && n != nil {
+			chain, root := n.FilterXML()
+			if err = p.hv.DefineFilters(ctx, chain, root); err == nil {
+				err = p.hv.EnsureNetwork(ctx, n.NetworkXML())
+			}
+		}
 		var vs []*domxml.Version
 		if err == nil {
 			vs, err = p.hv.Versions(ctx, p.cfg.Name+"-v")

@@ -92,6 +92,17 @@ type AuditRecord struct {
 	Since   *time.Time `json:"since,omitempty"`
 	Wiped   bool       `json:"wiped"`
 	WipedAt *time.Time `json:"wiped_at,omitempty"`
+	// Blocked counts what the session's VM tried to reach and the guest
+	// network refused; BlockedNames are the names most refused (never
+	// URLs or content).
+	Blocked      int           `json:"blocked,omitempty"`
+	BlockedNames []BlockedName `json:"blocked_names,omitempty"`
+}
+
+// BlockedName is a name the guest network refused, and how often.
+type BlockedName struct {
+	Name  string `json:"name"`
+	Count int    `json:"count"`
 }
 
 // record describes l's session as it ends.

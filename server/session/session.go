@@ -69,6 +69,10 @@ type Config struct {
 	// CurrentImages are the kiosk image versions the site serves; a
 	// kiosk that reports another is flagged in the fleet. Nil: none.
 	CurrentImages func() []string
+	// Blocked returns, and forgets, what the guest network refused a VM
+	// (the egress guard's tally): the count and the names most refused.
+	// Nil: no guest network.
+	Blocked func(vm string) (int, []BlockedName)
 }
 
 // Metrics hears what the manager measures, for the broker's metrics; nil
@@ -248,6 +252,9 @@ func (m *Manager) endWith(l *Lease, reason string, wiped *pool.Ended) {
 	}
 	notify, used := l.notifyEnd, !l.linked.IsZero()
 	rec := l.record(reason)
+	if f := m.cfg.Blocked; f != nil {
+		rec.Blocked, rec.BlockedNames = f(l.VM.Name)
+	}
 	if used && wiped == nil {
 		m.pending[l.VM.Name] = rec
 	}

@@ -9,6 +9,7 @@ import (
 	"html"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/google/uuid"
 
@@ -170,6 +171,13 @@ func (h *Host) CreateOverlay(ctx context.Context, name string, backing domxml.Di
 		`<backingStore><path>%s</path><format type='%s'/></backingStore></volume>`,
 		html.EscapeString(name), backing.Capacity, enc, html.EscapeString(backing.Path), html.EscapeString(backing.Format))
 	vol, err := l.StorageVolCreateXML(pool, xml, 0)
+	for try := 1; err != nil && secret != "" && try < 4 && strings.Contains(err.Error(), "Unable to get accurate CPU usage"); try++ {
+		// qemu-img times its LUKS key derivation by the thread's CPU
+		// time; where the kernel accounts it by ticks, a busy host can
+		// read no time at all. Another try measures again.
+		h.log.Debug("qemu-img could not time the key derivation; trying again", "overlay", name, "try", try)
+		vol, err = l.StorageVolCreateXML(pool, xml, 0)
+	}
 	if err != nil {
 		if secret != "" {
 			h.deleteKey(l, filepath.Join(h.overlayDir, name))

@@ -2,7 +2,8 @@ package main
 
 // The guest's test tools: run with arguments (the host starts them through
 // the guest agent's guest-exec), the binary configures the network by DHCP,
-// fetches URLs, dials addresses, spoofs its addresses, and writes and reads
+// fetches URLs, dials addresses, sets a default route, spoofs its
+// addresses, and writes and reads
 // its disk, printing one line of JSON. Tests use them to see the guest
 // network's filters and the disk encryption from inside a real guest.
 
@@ -44,6 +45,12 @@ type lease struct {
 // tool runs one tool and returns the process's exit status.
 func tool(args []string) int {
 	out := json.NewEncoder(os.Stdout)
+	// No tool runs for long: one that hangs says so rather than leaving
+	// the guest agent's caller waiting.
+	time.AfterFunc(45*time.Second, func() {
+		out.Encode(map[string]string{"error": fmt.Sprintf("%s: timed out", args[0])})
+		os.Exit(2)
+	})
 	res, err := runTool(args)
 	if err != nil {
 		out.Encode(map[string]string{"error": err.Error()})
@@ -90,6 +97,11 @@ func runTool(args []string) (any, error) {
 			return nil, errors.New("usage: addr CIDR")
 		}
 		return nil, addAddr(args[1])
+	case "route":
+		if len(args) != 2 {
+			return nil, errors.New("usage: route GATEWAY")
+		}
+		return nil, defaultRoute(args[1])
 	case "mac":
 		if len(args) != 2 {
 			return nil, errors.New("usage: mac ADDRESS")
@@ -208,6 +220,16 @@ func addAddr(cidr string) error {
 		return err
 	}
 	return netlink.AddrAdd(link, a)
+}
+
+// defaultRoute sends everything off the subnet to gw, as a guest OS whose
+// user set a default route would.
+func defaultRoute(gw string) error {
+	link, err := netlink.LinkByName(nic)
+	if err != nil {
+		return err
+	}
+	return netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: net.ParseIP(gw)})
 }
 
 func setMAC(s string) error {
