@@ -9,7 +9,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 # Debian packages the tests, the demo and the image builds need.
 DEBS := libvirt-daemon-system qemu-system-x86 qemu-utils qemu-guest-agent tini virt-viewer xvfb chromium \
         netcat-openbsd psmisc feh iproute2 dbus gstreamer1.0-tools \
-        systemd dpkg-dev ca-certificates ovmf dnsmasq-base curl zstd cpio
+        systemd dpkg-dev ca-certificates ovmf dnsmasq-base curl zstd cpio ebtables iptables
 
 GO_PKGS := ./...
 BINARIES := vdi-broker
@@ -91,7 +91,9 @@ bench: daemons
 	go test -run '^$$' -bench . -benchtime 10x -count 6 ./server/session ./server/gateway | tee bench.out
 	go test -run '^$$' -bench TakeRelease -benchtime 3000x -count 6 ./server/pool | tee -a bench.out
 	go test -run '^$$' -bench CheckPassword -benchtime 10x -count 6 ./server/api | tee -a bench.out
-	go test -tags integration -run '^$$' -bench . -benchtime 30x -count 6 ./server/virt | tee -a bench.out
+	go test -tags integration -run '^$$' -bench CloneDefine -benchtime 30x -count 6 ./server/virt | tee -a bench.out
+	go test -tags integration -run '^$$' -bench 'Overlay' -benchtime 5x -count 6 ./server/virt | tee -a bench.out
+	go test -tags integration -run '^$$' -bench GuestDisk -benchtime 1x -count 6 -timeout 30m ./server/virt | tee -a bench.out
 	go test -tags integration -run '^$$' -bench 'Recycle|Refill|OfferRecord|Publish|Roll' -benchtime 1x -count 6 -timeout 90m ./server/pool | tee -a bench.out
 	go test -tags integration -run '^$$' -bench TouchToFrame -benchtime 5x -count 6 -timeout 30m ./kioskd | tee -a bench.out
 	go test -tags integration -run '^$$' -bench IdleMinute -benchtime 1x -count 1 -timeout 30m ./kioskd | tee -a bench.out

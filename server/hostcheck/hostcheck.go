@@ -9,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/dustin/go-humanize"
@@ -55,6 +57,9 @@ type Env struct {
 	Synced func() (bool, error)
 	// Firewall describes the packet filter; nil: firewalld, then nftables.
 	Firewall func() (string, bool)
+	// Addrs lists the host's interface addresses by interface; nil: the
+	// host's own.
+	Addrs func() (map[string][]netip.Prefix, error)
 }
 
 // Run runs every check for cfg.
@@ -72,6 +77,7 @@ func Run(ctx context.Context, cfg *config.Config, env Env) []Result {
 	env.capacity(ctx, cfg, g, add)
 	env.ports(cfg, add)
 	env.firewall(add)
+	env.guestNetwork(cfg, add)
 	env.clock(add)
 	env.lsm(add)
 	return out
@@ -265,6 +271,69 @@ func (e Env) ports(cfg *config.Config, add func(string, string, string, string))
 	default:
 		add("ports", Fail, strings.Join(busy, ", ")+" in use by something else", "find it (ss -ltnp) and stop it, or move the broker's port")
 	}
+}
+
+// guestNetwork: the visitors' VMs are isolated, on a subnet of their own,
+// with an allowlist, and their disks encrypted.
+func (e Env) guestNetwork(cfg *config.Config, add func(string, string, string, string)) {
+	if !cfg.EncryptDisks {
+		add("disk encryption", Warn, "encrypt_disks is off: a wiped overlay's blocks stay on the disk until overwritten",
+			"turn encrypt_disks on, unless the host's disk is itself encrypted and never leaves the site (docs/network.md)")
+	} else {
+		add("disk encryption", Pass, "each clone's overlay is LUKS-encrypted with a key of its own, undefined when the VM ends", "")
+	}
+	plan, err := cfg.Plan()
+	if err != nil || plan == nil {
+		add("guest network", Warn, "network.mode is golden: clones keep the golden's interfaces; nothing keeps visitors' VMs apart or holds them to an allowlist",
+			"use network.mode = isolated (docs/network.md)")
+		return
+	}
+	addrs := e.Addrs
+	if addrs == nil {
+		addrs = hostAddrs
+	}
+	ifaces, err := addrs()
+	if err != nil {
+		add("guest network", Warn, "cannot list the host's addresses: "+err.Error(), "")
+		return
+	}
+	var clash []string
+	for name, ps := range ifaces {
+		for _, p := range ps {
+			if name != plan.Bridge && p.Masked().Overlaps(plan.Subnet) {
+				clash = append(clash, fmt.Sprintf("%s on %s", p, name))
+			}
+		}
+	}
+	slices.Sort(clash)
+	switch {
+	case len(clash) > 0:
+		add("guest network", Fail, fmt.Sprintf("network.subnet %s overlaps %s", plan.Subnet, strings.Join(clash, ", ")),
+			"give the visitors' VMs a subnet no network of the host uses (network.subnet)")
+	case len(cfg.Network.Allow) == 0:
+		add("guest network", Warn, fmt.Sprintf("%s on %s; network.allow is empty: visitors reach nothing", plan.Network, plan.Subnet),
+			"list the sites visitors may use in network.allow (docs/network.md)")
+	default:
+		add("guest network", Pass, fmt.Sprintf("%s on %s, gateway %s, %d allowed entries", plan.Network, plan.Subnet, plan.Gateway(),
+			len(cfg.Network.Allow)), "")
+	}
+}
+
+func hostAddrs() (map[string][]netip.Prefix, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]netip.Prefix{}
+	for _, i := range ifs {
+		as, _ := i.Addrs()
+		for _, a := range as {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				out[i.Name] = append(out[i.Name], p)
+			}
+		}
+	}
+	return out, nil
 }
 
 // firewall: a packet filter is on.

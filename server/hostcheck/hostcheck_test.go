@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,6 +57,7 @@ func cfg(t *testing.T) *config.Config {
 	c.OverlayDir, c.VersionDir = t.TempDir(), t.TempDir()
 	c.AdminSocket = filepath.Join(t.TempDir(), "admin.sock")
 	c.PoolSize, c.MaxVMs = 2, 4
+	c.Network.Allow = []string{"*.example.org"}
 	for _, p := range []*string{&c.Gateway.Listen, &c.Gateway.TLSListen, &c.Sessions.Listen, &c.Sessions.LegacyListen, &c.Ads.Listen,
 		&c.Metrics.Listen, &c.API.Listen} {
 		*p = "127.0.0.1:0"
@@ -66,7 +68,37 @@ func cfg(t *testing.T) *config.Config {
 func env(t *testing.T, root string) Env {
 	return Env{Root: root, Libvirt: fakeLibvirt{mem: 64 << 30},
 		Synced:   func() (bool, error) { return true, nil },
-		Firewall: func() (string, bool) { return "firewalld running", true }}
+		Firewall: func() (string, bool) { return "firewalld running", true },
+		Addrs: func() (map[string][]netip.Prefix, error) {
+			return map[string][]netip.Prefix{"eno1": {netip.MustParsePrefix("192.0.2.10/24")},
+				"uvdi-undervdi": {netip.MustParsePrefix("10.213.0.1/24")}}, nil
+		}}
+}
+
+// TestGuestNetwork: a subnet another interface is on fails; an empty
+// allowlist, the golden's own network or plain overlays warn.
+func TestGuestNetwork(t *testing.T) {
+	root := host(t, "vmx", "1")
+	c := cfg(t)
+	e := env(t, root)
+	e.Addrs = func() (map[string][]netip.Prefix, error) {
+		return map[string][]netip.Prefix{"eno2": {netip.MustParsePrefix("10.213.0.200/16")}}, nil
+	}
+	if r := verdicts(Run(context.Background(), c, e))["guest network"]; r.Result != Fail || !strings.Contains(r.Detail, "10.213.0.200/16 on eno2") {
+		t.Errorf("overlapping subnet: %+v", r)
+	}
+	c.Network.Allow, c.EncryptDisks = nil, false
+	rs := verdicts(Run(context.Background(), c, env(t, root)))
+	if r := rs["guest network"]; r.Result != Warn || !strings.Contains(r.Detail, "visitors reach nothing") {
+		t.Errorf("empty allowlist: %+v", r)
+	}
+	if r := rs["disk encryption"]; r.Result != Warn {
+		t.Errorf("encrypt_disks off: %+v", r)
+	}
+	c.Network.Mode = "golden"
+	if r := verdicts(Run(context.Background(), c, env(t, root)))["guest network"]; r.Result != Warn || !strings.Contains(r.Detail, "golden") {
+		t.Errorf("mode golden: %+v", r)
+	}
 }
 
 // TestAllPass: a server that can run the pool passes every check.
