@@ -105,6 +105,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	// The broker.
 	d.cfg = bed.Config(*size)
 	d.cfg.LogLevel = "info"
+	d.cfg.EncryptDisks = true // as a site has it: crypto-erased overlays
 	ports, err := freeport.Get(6)
 	if err != nil {
 		return err

@@ -178,7 +178,7 @@ func portOf(addr string) int {
 // visitor's session is on it.
 func (b *Broker) guestAt(ip netip.Addr) (vm string, inSession, ok bool) {
 	v, ok := b.Pool.AtAddress(ip)
-	return v.Name, v.State == pool.Offered || v.State == pool.InUse, ok
+	return v.Name, v.State == pool.Offered || v.State == pool.Linking || v.State == pool.InUse, ok
 }
 
 // blocked is the guest network's refusals for a session's audit line.

@@ -117,6 +117,7 @@ func TestRealGuestNetwork(t *testing.T) {
 	rb := brokertest.Start(t, bed, 2, func(c *config.Config) {
 		c.Network.Allow = []string{"*.allowed.test"}
 		c.Network.Resolver = internetDNS + ":53"
+		c.EncryptDisks = true // as a site has it: the whole default configuration at work
 	})
 	rb.WaitFull()
 	plan, err := rb.Config.Plan()

@@ -170,7 +170,9 @@ func fileSum(t *testing.T, path string) [32]byte {
 func TestRealPool(t *testing.T) {
 	bed := testbed.New(t)
 	goldenSum := fileSum(t, bed.Golden.DiskPath)
-	rp := startRealPool(t, bed, 2)
+	cfg := bed.Config(2)
+	cfg.EncryptDisks = true // the default a site has
+	rp := startRealPoolC(t, cfg)
 	rp.waitFull(t, 2)
 	ctx := context.Background()
 
@@ -256,7 +258,7 @@ func TestRealPool(t *testing.T) {
 		}
 		secret := overlayKey(t, bed.L, v.Overlays[0])
 		if secret == "" {
-			t.Fatalf("overlay %s has no key: encrypt_disks is on by default", v.Overlays[0])
+			t.Fatalf("overlay %s has no key with encrypt_disks on", v.Overlays[0])
 		}
 		marker := []byte("undervdi-visitor-data-" + strconv.FormatInt(time.Now().UnixNano(), 36))
 		before := fileSum(t, v.Overlays[0])
@@ -277,8 +279,23 @@ func TestRealPool(t *testing.T) {
 		if fileSum(t, bed.Golden.DiskPath) != goldenSum {
 			t.Errorf("the golden disk changed")
 		}
+		// The guest's memory is no file and in no core dump.
+		dom, err := bed.L.DomainLookupByName(v.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		live, err := bed.L.DomainGetXMLDesc(dom, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(live, "dumpCore='off'") || strings.Contains(live, "<source type='file'") {
+			t.Errorf("the running clone's memory is not kept out of dumps and files:\n%s", live)
+		}
 		rp.End(v.Name, "test done")
 		waitEnded(t, rp, v.Name)
+		if found := filesNamed(t, "/var/lib/libvirt/qemu", v.Name); len(found) > 0 {
+			t.Errorf("libvirt keeps files of the wiped %s: %v", v.Name, found)
+		}
 		if _, err := os.Stat(v.Overlays[0]); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("overlay %s after the session: %v, want it gone", v.Overlays[0], err)
 		}
@@ -365,6 +382,20 @@ func overlayKey(t *testing.T, l *libvirt.Libvirt, path string) string {
 		t.Fatal(err)
 	}
 	return fmt.Sprintf("%x", s.UUID)
+}
+
+// filesNamed returns the files under root whose path holds name: a
+// managed save, a memory backing file, UEFI variables of a VM.
+func filesNamed(t *testing.T, root, name string) []string {
+	t.Helper()
+	var found []string
+	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && strings.Contains(path, name) {
+			found = append(found, path)
+		}
+		return nil
+	})
+	return found
 }
 
 // scanFor returns the files under root that contain data.

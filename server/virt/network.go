@@ -7,6 +7,7 @@ import (
 
 	"github.com/beevik/etree"
 	"github.com/digitalocean/go-libvirt"
+	"github.com/google/uuid"
 )
 
 // EnsureNetwork makes the libvirt network that xml defines exist, be
@@ -45,7 +46,13 @@ func (h *Host) EnsureNetwork(ctx context.Context, xml string) error {
 		return wrap(l, err, "looking up network %s", want.name)
 	}
 	// Defining again updates the persistent definition (the clone slots'
-	// DHCP hosts among it); an active network keeps running.
+	// DHCP hosts among it); an active network keeps running. libvirt
+	// takes a new definition of an existing name with its UUID only.
+	if err == nil {
+		if xml, err = withUUID(xml, net.UUID); err != nil {
+			return err
+		}
+	}
 	if net, err = l.NetworkDefineXML(xml); err != nil {
 		return wrap(l, err, "defining network %s", want.name)
 	}
@@ -94,9 +101,51 @@ func (h *Host) DefineFilters(ctx context.Context, xmls ...string) error {
 		return err
 	}
 	for _, x := range xmls {
+		name, err := rootName(x, "filter")
+		if err != nil {
+			return err
+		}
+		if f, err := l.NwfilterLookupByName(name); err == nil {
+			if x, err = withUUID(x, f.UUID); err != nil {
+				return err
+			}
+		} else if !hasCode(err, libvirt.ErrNoNwfilter) {
+			return wrap(l, err, "looking up network filter %s", name)
+		}
 		if _, err := l.NwfilterDefineXML(x); err != nil {
-			return wrap(l, err, "defining a network filter")
+			return wrap(l, err, "defining network filter %s", name)
 		}
 	}
 	return nil
+}
+
+// withUUID sets the <uuid> of a libvirt object's definition.
+func withUUID(xml string, id libvirt.UUID) (string, error) {
+	doc := etree.NewDocument()
+	if err := doc.ReadFromString(xml); err != nil || doc.Root() == nil {
+		return "", fmt.Errorf("libvirt XML: %v", err)
+	}
+	el := doc.Root().SelectElement("uuid")
+	if el == nil {
+		el = etree.NewElement("uuid")
+		doc.Root().InsertChildAt(0, el)
+	}
+	el.SetText(uuid.UUID(id).String())
+	return doc.WriteToString()
+}
+
+// rootName is a definition's name: its root's name attribute (a filter's),
+// or its <name>.
+func rootName(xml, tag string) (string, error) {
+	doc := etree.NewDocument()
+	if err := doc.ReadFromString(xml); err != nil || doc.Root() == nil || doc.Root().Tag != tag {
+		return "", fmt.Errorf("not a <%s> definition: %v", tag, err)
+	}
+	if n := doc.Root().SelectAttrValue("name", ""); n != "" {
+		return n, nil
+	}
+	if n := doc.Root().SelectElement("name"); n != nil && strings.TrimSpace(n.Text()) != "" {
+		return strings.TrimSpace(n.Text()), nil
+	}
+	return "", fmt.Errorf("<%s> definition without a name", tag)
 }
