@@ -46,18 +46,8 @@ func (g *Guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		hostport = r.URL.Host
 	}
 	host, port := splitHostPort(hostport, PortHTTP)
-	if host == "" || port != PortHTTP {
-		g.refuse(c, "http", cmp.Or(host, "(no host)"))
-		refuse(w)
-		return
-	}
-	if !g.decide(c, "http", host) {
-		refuse(w)
-		return
-	}
-	release, ok := g.hold(c.ip)
+	release, ok := g.admit(w, c, "http", host, port == PortHTTP)
 	if !ok {
-		http.Error(w, "too many connections", http.StatusTooManyRequests)
 		return
 	}
 	defer release()
@@ -74,45 +64,53 @@ func (g *Guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			DisableKeepAlives:     true,
 			ResponseHeaderTimeout: 30 * time.Second,
 		},
-		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
-			g.log.Debug("upstream failed", "vm", c.vm, "host", host, "err", err)
-			if errors.Is(err, errForbidden) {
-				refuse(w)
-				return
-			}
-			http.Error(w, "the site did not answer", http.StatusBadGateway)
-		},
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) { g.upstreamFailed(w, c, host, err) },
 	}
 	rp.ServeHTTP(w, r)
+}
+
+// admit decides a proxied request for host (portOK: to a port visitors
+// may reach): refused, it answers w; admitted, the connection is held
+// until release.
+func (g *Guard) admit(w http.ResponseWriter, c client, kind, host string, portOK bool) (release func(), ok bool) {
+	if host == "" || !portOK {
+		g.refuse(c, kind, cmp.Or(host, "(no host)"))
+		refuse(w)
+		return nil, false
+	}
+	if !g.decide(c, kind, host) {
+		refuse(w)
+		return nil, false
+	}
+	if release, ok = g.hold(c.ip); !ok {
+		http.Error(w, "too many connections", http.StatusTooManyRequests)
+	}
+	return release, ok
+}
+
+// upstreamFailed answers a request whose allowed host could not be reached,
+// or resolved only to addresses visitors may not reach.
+func (g *Guard) upstreamFailed(w http.ResponseWriter, c client, host string, err error) {
+	g.log.Debug("upstream failed", "vm", c.vm, "host", host, "err", err)
+	if errors.Is(err, errForbidden) {
+		refuse(w)
+		return
+	}
+	http.Error(w, "the site did not answer", http.StatusBadGateway)
 }
 
 // connect is the explicit proxy's CONNECT: a tunnel to port 443 (or 80) of
 // an allowed host.
 func (g *Guard) connect(w http.ResponseWriter, r *http.Request, c client) {
 	host, port := splitHostPort(r.Host, 0)
-	if host == "" || (port != PortHTTPS && port != PortHTTP) {
-		g.refuse(c, "connect", cmp.Or(host, "(no host)"))
-		refuse(w)
-		return
-	}
-	if !g.decide(c, "connect", host) {
-		refuse(w)
-		return
-	}
-	release, ok := g.hold(c.ip)
+	release, ok := g.admit(w, c, "connect", host, port == PortHTTPS || port == PortHTTP)
 	if !ok {
-		http.Error(w, "too many connections", http.StatusTooManyRequests)
 		return
 	}
 	defer release()
 	up, err := g.dial(r.Context(), host, port)
 	if err != nil {
-		g.log.Debug("upstream failed", "vm", c.vm, "host", host, "err", err)
-		if errors.Is(err, errForbidden) {
-			refuse(w)
-		} else {
-			http.Error(w, "the site did not answer", http.StatusBadGateway)
-		}
+		g.upstreamFailed(w, c, host, err)
 		return
 	}
 	defer up.Close()
