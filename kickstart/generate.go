@@ -259,6 +259,10 @@ install -d -m 0755 /etc/systemd/coredump.conf.d
 printf '[Coredump]\nStorage=none\nProcessSizeMax=0\n' > /etc/systemd/coredump.conf.d/undervdi.conf
 echo 'fs.suid_dumpable = 0' > /etc/sysctl.d/50-undervdi.conf
 printf '\n# undervdi: no QEMU core dumps, never guest memory in one\nmax_core = 0\ndump_guest_core = 0\n' >> /etc/libvirt/qemu.conf
+# QEMU's logs in memory: a clone's log holds its command line, with its disk
+# key's passphrase encrypted by a per-VM key libvirt keeps on disk while the
+# VM runs. Neither survives the wipe (the key file) or a restart (the log).
+echo 'tmpfs /var/log/libvirt/qemu tmpfs mode=0700,size=256m,context="system_u:object_r:virt_log_t:s0" 0 0' >> /etc/fstab
 semanage fcontext -a -t virt_image_t '/var/lib/undervdi/(overlays|versions)(/.*)?'
 restorecon -R /usr/local/bin /etc/undervdi /etc/systemd/system /var/lib/undervdi
 firewall-offline-cmd --new-zone=undervdi-kiosks

@@ -97,8 +97,18 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	var blocked func(string) (int, []session.BlockedName)
 	if plan, _ := cfg.Plan(); plan != nil { // config.Validate checked it
 		allow, _ := egress.ParseAllowlist(cfg.Network.Allow)
+		var kioskLAN []netip.Prefix
+		for _, k := range cfg.Kiosks {
+			if p, err := k.Prefix(); err == nil {
+				kioskLAN = append(kioskLAN, p)
+			}
+		}
 		b.guard = egress.New(egress.Config{Plan: plan, Allow: allow, Resolver: cfg.Network.Resolver, Log: log,
-			Metrics: b.Metrics.GuestRequest, Who: b.guestAt})
+			Metrics: b.Metrics.GuestRequest, Who: b.guestAt, Forbidden: kioskLAN})
+		if allow.Len() == 0 {
+			log.Warn("network.allow is empty: visitors' VMs reach nothing; list the sites they may use (docs/network.md)",
+				"network", plan.Network)
+		}
 		blocked = b.blocked
 	}
 	v := cfg.Viewer

@@ -125,6 +125,20 @@ func ParseGolden(text string) (*Golden, error) {
 	if len(root.FindElements("./devices/interface[@type='hostdev']")) > 0 {
 		problem("a network interface of type hostdev is passed through: it cannot belong to several clones")
 	}
+	// Ways past the guest network's filters and the overlays' wipe.
+	for _, fs := range root.FindElements("./devices/filesystem") {
+		if fs.SelectElement("readonly") == nil {
+			problem("a host directory is shared writable (<filesystem>): visitors' files would outlive their VM, and reach the next")
+		}
+	}
+	if len(root.FindElements("./devices/vsock")) > 0 {
+		problem("a vsock device lets the guest talk to the host past the guest network: remove it")
+	}
+	for _, el := range root.ChildElements() {
+		if el.Space != "" && (el.Tag == "commandline" || el.Tag == "override") {
+			problem("raw QEMU arguments (<%s:%s>) are not allowed: they could add a network or a disk the broker does not control", el.Space, el.Tag)
+		}
+	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("%w: %q: %w", ErrGolden, g.Name, errors.Join(errs...))
 	}

@@ -379,3 +379,23 @@ func TestParseGoldenRefusesEncryptedDisk(t *testing.T) {
 		t.Errorf("ParseGolden(encrypted disk) = %v", err)
 	}
 }
+
+func TestParseGoldenRefusesWaysOut(t *testing.T) {
+	_, err := ParseGolden(`<domain xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>g</name><memory>1024</memory><devices>
+<disk type='file' device='disk'><driver type='qcow2'/><source file='/g.qcow2'/><target dev='vda'/></disk>
+<filesystem type='mount'><source dir='/srv/share'/><target dir='share'/></filesystem>
+<filesystem type='mount'><source dir='/srv/docs'/><target dir='docs'/><readonly/></filesystem>
+<vsock model='virtio'><cid auto='yes'/></vsock>
+</devices><qemu:commandline><qemu:arg value='-netdev'/><qemu:arg value='user,id=n0'/></qemu:commandline></domain>`)
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{"shared writable", "vsock", "raw QEMU arguments (<qemu:commandline>)"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	if strings.Count(err.Error(), "shared writable") != 1 {
+		t.Errorf("the read-only share is refused too: %v", err)
+	}
+}

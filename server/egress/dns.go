@@ -20,6 +20,9 @@ func (g *Guard) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	m.SetReply(r)
 	m.RecursionAvailable = true
 	c, ok := g.client(w.RemoteAddr())
+	if ok && !g.dnsAllowed(c.ip) {
+		return // a flood: dropped
+	}
 	switch {
 	case !ok:
 		m.Rcode = dns.RcodeRefused

@@ -1,6 +1,7 @@
 package egress
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -261,6 +263,27 @@ func (w *world) get(t *testing.T, u string, explicit bool) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// tunnelTLS opens a CONNECT tunnel to target through the explicit proxy
+// and makes a TLS handshake in it for sni.
+func (w *world) tunnelTLS(t *testing.T, target, sni string) error {
+	t.Helper()
+	c, err := net.Dial("tcp", w.proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("CONNECT: %s", resp.Status)
+	}
+	return tls.Client(c, &tls.Config{ServerName: sni, InsecureSkipVerify: true}).Handshake()
+}
+
 func TestGuard(t *testing.T) {
 	w := newWorld(t, "allowed.test", "*.rebind.test", "rebind.test")
 
@@ -313,6 +336,25 @@ func TestGuard(t *testing.T) {
 	}
 	if n, _ := w.g.Take("vm1", 5); n != 0 {
 		t.Errorf("refusals after Take = %d, want them forgotten", n)
+	}
+
+	// A tunnel to an allowed name carries TLS for that name only, not for
+	// another site on the same address; and there is no tunnel to port 80.
+	for sni, ok := range map[string]bool{"allowed.test": true, "blocked.test": false} {
+		if err := w.tunnelTLS(t, "allowed.test:443", sni); (err == nil) != ok {
+			t.Errorf("TLS for %s through CONNECT allowed.test:443: %v, want success %v", sni, err, ok)
+		}
+	}
+	if status, body := w.get(t, "http://allowed.test:443/", true); status != 403 {
+		t.Errorf("plain HTTP to port 443 by the explicit proxy = %d %q, want 403", status, body)
+	}
+	if err := w.tunnelTLS(t, "allowed.test:80", "allowed.test"); err == nil {
+		t.Errorf("CONNECT allowed.test:80 opened a tunnel")
+	}
+	// Refused: the tunnel's blocked.test, and allowed.test at ports 443
+	// (plain) and 80 (a tunnel).
+	if n, top := w.g.Take("vm1", 5); n != 3 || fmt.Sprint(top) != "[{allowed.test 2} {blocked.test 1}]" {
+		t.Errorf("tunnel refusals = %d %v, want 3", n, top)
 	}
 
 	// Outside a session, refusals are refused but not counted.

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Config is what a Guard needs.
@@ -28,7 +30,11 @@ type Config struct {
 	Who func(ip netip.Addr) (vm string, inSession, ok bool)
 	// Metrics hears every request: kind is dns, http, tls or connect.
 	Metrics func(kind string, allowed bool)
-	Log     *slog.Logger
+	// Forbidden are networks of the site (the kiosk LAN's) that no
+	// allowed name may lead the proxies to, besides the private ranges and
+	// the host's own addresses.
+	Forbidden []netip.Prefix
+	Log       *slog.Logger
 }
 
 // Guard serves the guest network's gateway: DNS, the transparent HTTP and
@@ -46,6 +52,9 @@ type Guard struct {
 	mu      sync.Mutex
 	tallies map[string]*tally // by VM name
 	conns   map[netip.Addr]int
+	tunnels map[string]map[net.Conn]bool // open tunnels' connections, by VM: closed when it ends
+	dnsRate map[netip.Addr]*rate.Limiter
+	host    []netip.Prefix // the host's own addresses: never reached through an allowed name
 }
 
 // tally is one VM's refusals: how many, and of which names (at most
@@ -75,7 +84,16 @@ type Blocked struct {
 
 // New returns a Guard; Listen, then Serve, run it.
 func New(cfg Config) *Guard {
-	g := &Guard{cfg: cfg, log: cfg.Log, tallies: map[string]*tally{}, conns: map[netip.Addr]int{}, redirect: func(a string) string { return a }}
+	g := &Guard{cfg: cfg, log: cfg.Log, tallies: map[string]*tally{}, conns: map[netip.Addr]int{},
+		tunnels: map[string]map[net.Conn]bool{}, dnsRate: map[netip.Addr]*rate.Limiter{},
+		redirect: func(a string) string { return a }}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				g.host = append(g.host, netip.PrefixFrom(p.Addr().Unmap(), p.Addr().Unmap().BitLen()))
+			}
+		}
+	}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -109,11 +127,54 @@ func (g *Guard) Take(vm string, top int) (int, []Blocked) {
 	return t.count, out[:min(top, len(out))]
 }
 
-// Forget drops a VM's refusals (it was wiped before any session).
+// Forget drops what is left of a VM that is gone: its refusals, and its
+// tunnels, closed: the next clone at its address must not inherit them.
 func (g *Guard) Forget(vm string) {
 	g.mu.Lock()
 	delete(g.tallies, vm)
+	open := g.tunnels[vm]
+	delete(g.tunnels, vm)
 	g.mu.Unlock()
+	for c := range open {
+		c.Close()
+	}
+}
+
+// track records a VM's tunnel's connections until untrack.
+func (g *Guard) track(vm string, conns ...net.Conn) (untrack func()) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.tunnels[vm] == nil {
+		g.tunnels[vm] = map[net.Conn]bool{}
+	}
+	for _, c := range conns {
+		g.tunnels[vm][c] = true
+	}
+	return func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		for _, c := range conns {
+			delete(g.tunnels[vm], c)
+		}
+		if len(g.tunnels[vm]) == 0 {
+			delete(g.tunnels, vm)
+		}
+	}
+}
+
+// dnsQueries bounds a clone's DNS queries: a flood is dropped, not served.
+const dnsQueries, dnsBurst = 50, 200 // per second
+
+// dnsAllowed reports whether a clone may have another query answered now.
+func (g *Guard) dnsAllowed(ip netip.Addr) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	l := g.dnsRate[ip]
+	if l == nil {
+		l = rate.NewLimiter(dnsQueries, dnsBurst)
+		g.dnsRate[ip] = l
+	}
+	return l.Allow()
 }
 
 // client is the clone a request comes from.
@@ -224,15 +285,20 @@ func (g *Guard) reachable(ip netip.Addr) bool {
 	if !ip.Is4() {
 		return false
 	}
-	if g.cfg.Allow.AllowsAddr(ip) {
-		return !g.cfg.Plan.Subnet.Contains(ip)
+	if g.cfg.Plan.Subnet.Contains(ip) {
+		return false
 	}
-	for _, p := range special {
-		if p.Contains(ip) {
-			return false
+	if g.cfg.Allow.AllowsAddr(ip) {
+		return true
+	}
+	for _, ps := range [][]netip.Prefix{special, g.host, g.cfg.Forbidden} {
+		for _, p := range ps {
+			if p.Contains(ip) {
+				return false
+			}
 		}
 	}
-	return !g.cfg.Plan.Subnet.Contains(ip)
+	return true
 }
 
 // dial connects to an allowed host's port: a name is resolved here (never
@@ -242,8 +308,14 @@ func (g *Guard) dial(ctx context.Context, host string, port int) (net.Conn, erro
 	if ip, err := netip.ParseAddr(host); err == nil {
 		ips = []netip.Addr{ip}
 	} else {
+		// The name as allowed, absolute: no search domain of the host's
+		// applies, nor its own names.
+		name, ok := Normalize(host)
+		if !ok {
+			return nil, fmt.Errorf("%q is not a host name", host)
+		}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		found, err := g.resolver.LookupNetIP(rctx, "ip4", host)
+		found, err := g.resolver.LookupNetIP(rctx, "ip4", name+".")
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("resolving %s: %w", host, err)

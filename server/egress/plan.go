@@ -124,7 +124,7 @@ func (p *Plan) Ports() []int {
 // Policy is what of the plan a clone's definition carries: a clean clone
 // made under another one is replaced.
 func (p *Plan) Policy() string {
-	return fmt.Sprintf("net:%s,%s,%s,%v", p.Network, p.Subnet, p.Filter, p.Ports())
+	return fmt.Sprintf("net:%s,%s,%s,%s,%v", p.Network, p.Bridge, p.Subnet, p.Filter, p.Ports())
 }
 
 // NetworkXML is the libvirt network: an isolated bridge (no forwarding,

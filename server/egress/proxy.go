@@ -11,9 +11,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -99,16 +99,19 @@ func (g *Guard) upstreamFailed(w http.ResponseWriter, c client, host string, err
 	http.Error(w, "the site did not answer", http.StatusBadGateway)
 }
 
-// connect is the explicit proxy's CONNECT: a tunnel to port 443 (or 80) of
-// an allowed host.
+// connect is the explicit proxy's CONNECT: a tunnel to port 443 of an
+// allowed host, for TLS whose server name (SNI) is that host: a tunnel
+// opened to an allowed name must not carry a ClientHello for another site
+// on the same address (a CDN's, a shared host's). Plain HTTP goes as
+// absolute http:// URLs, whose every request is checked.
 func (g *Guard) connect(w http.ResponseWriter, r *http.Request, c client) {
 	host, port := splitHostPort(r.Host, 0)
-	release, ok := g.admit(w, c, "connect", host, port == PortHTTPS || port == PortHTTP)
+	release, ok := g.admit(w, c, "connect", host, port == PortHTTPS)
 	if !ok {
 		return
 	}
 	defer release()
-	up, err := g.dial(r.Context(), host, port)
+	up, err := g.dial(r.Context(), host, PortHTTPS)
 	if err != nil {
 		g.upstreamFailed(w, c, host, err)
 		return
@@ -119,22 +122,47 @@ func (g *Guard) connect(w http.ResponseWriter, r *http.Request, c client) {
 		return
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Time{})
 	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return
 	}
-	if n := buf.Reader.Buffered(); n > 0 {
-		b, _ := buf.Reader.Peek(n)
-		if _, err := up.Write(b); err != nil {
-			return
+	conn.SetReadDeadline(time.Now().Add(handshakeWindow))
+	pending, _ := buf.Reader.Peek(buf.Reader.Buffered())
+	name, hello, err := peekSNI(io.MultiReader(bytes.NewReader(pending), conn))
+	sni, _ := Normalize(name)
+	want, _ := Normalize(host)
+	switch {
+	case err != nil || name == "" && !isAddr(host):
+		g.refuse(c, "connect", "(no server name)")
+		return
+	case name != "" && sni != want && !(isAddr(host) && g.decide(c, "connect", name)):
+		// Another name than the tunnel's: refused, unless the tunnel is
+		// to an allowed address and the name is allowed too.
+		if !isAddr(host) {
+			g.refuse(c, "connect", name)
 		}
+		return
+	}
+	conn.SetReadDeadline(time.Time{})
+	g.tunnel(c, conn, up, hello)
+}
+
+// tunnel passes a TLS connection whose ClientHello (hello, already read)
+// was allowed on upstream.
+func (g *Guard) tunnel(c client, conn, up net.Conn, hello []byte) {
+	untrack := g.track(c.vm, conn, up)
+	defer untrack()
+	if _, err := up.Write(hello); err != nil {
+		return
 	}
 	splice(conn, up)
 }
 
 // ServeTLS is the transparent HTTPS proxy (port 443): it reads the TLS
 // ClientHello's server name (SNI), never decrypting anything, and passes the
-// connection on to that name's port 443 if it is allowed.
+// connection on to that name's port 443 if it is allowed. What the TLS
+// carries inside (an HTTP Host header) it cannot see: a site on the same
+// address as an allowed one can be reached by a client that sends the
+// allowed name and another Host ("domain fronting"); most CDNs refuse that.
 func (g *Guard) ServeTLS(conn net.Conn) {
 	defer conn.Close()
 	c, ok := g.client(conn.RemoteAddr())
@@ -164,19 +192,21 @@ func (g *Guard) ServeTLS(conn net.Conn) {
 		return
 	}
 	defer up.Close()
-	if _, err := up.Write(hello); err != nil {
-		return
-	}
-	splice(conn, up)
+	g.tunnel(c, conn, up, hello)
 }
 
-// peekSNI reads a TLS ClientHello from conn, with crypto/tls's own parser,
+func isAddr(host string) bool {
+	_, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	return err == nil
+}
+
+// peekSNI reads a TLS ClientHello from r, with crypto/tls's own parser,
 // and returns its server name and the bytes read, to be replayed upstream.
-func peekSNI(conn net.Conn) (string, []byte, error) {
+func peekSNI(r io.Reader) (string, []byte, error) {
 	var seen bytes.Buffer
 	var name string
 	errGot := errors.New("got the ClientHello")
-	err := tls.Server(readOnly{io.TeeReader(conn, &seen)}, &tls.Config{
+	err := tls.Server(readOnly{io.TeeReader(r, &seen)}, &tls.Config{
 		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
 			name = h.ServerName
 			return nil, errGot
@@ -220,19 +250,45 @@ func splitHostPort(hostport string, def int) (string, int) {
 	return host, n
 }
 
-// splice copies both ways until either side ends, then closes both.
+// spliceIdle is how long a tunnel may carry nothing either way.
+const spliceIdle = 10 * time.Minute
+
+// splice copies both ways until both are done (a side that ends
+// half-closes the other's writing) or nothing moved for spliceIdle, then
+// closes both.
 func splice(a, b net.Conn) {
-	var once sync.Once
-	closeBoth := func() { once.Do(func() { a.Close(); b.Close() }) }
 	done := make(chan struct{})
 	go func() {
-		io.Copy(a, b)
-		closeBoth()
+		copyIdle(a, b)
 		close(done)
 	}()
-	io.Copy(b, a)
-	closeBoth()
+	copyIdle(b, a)
 	<-done
+	a.Close()
+	b.Close()
+}
+
+// copyIdle copies src to dst, each read allowed spliceIdle, then ends
+// dst's writing.
+func copyIdle(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		src.SetReadDeadline(time.Now().Add(spliceIdle))
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	} else {
+		dst.Close()
+	}
 }
 
 func refuse(w http.ResponseWriter) {

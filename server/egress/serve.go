@@ -11,6 +11,8 @@ import (
 
 	"github.com/miekg/dns"
 	"golang.org/x/sync/errgroup"
+
+	"undervdi/server/accept"
 )
 
 // Listeners are the Guard's sockets on the gateway address.
@@ -58,11 +60,17 @@ func (ls *Listeners) Close() {
 	}
 }
 
+// maxConnsPerAddr caps the connections one clone holds open on each of
+// the gateway's TCP ports: a guest cannot run the broker out of file
+// descriptors, which kiosks and libvirt need too.
+const maxConnsPerAddr = 64
+
 // Serve serves on ls until ctx ends.
 func (g *Guard) Serve(ctx context.Context, ls *Listeners) error {
 	eg, ctx := errgroup.WithContext(ctx)
+	capped := func(ln net.Listener) net.Listener { return accept.Limit(ln, maxConnsPerAddr, nil) }
 	udp := &dns.Server{PacketConn: ls.dnsUDP, Handler: g}
-	tcp := &dns.Server{Listener: ls.dnsTCP, Handler: g, ReadTimeout: 5 * time.Second}
+	tcp := &dns.Server{Listener: capped(ls.dnsTCP), Handler: g, ReadTimeout: 5 * time.Second}
 	srv := func() *http.Server {
 		return &http.Server{Handler: g, ReadHeaderTimeout: handshakeWindow, IdleTimeout: time.Minute,
 			ErrorLog: nil, BaseContext: func(net.Listener) context.Context { return ctx }}
@@ -70,16 +78,11 @@ func (g *Guard) Serve(ctx context.Context, ls *Listeners) error {
 	web, proxy := srv(), srv()
 	eg.Go(func() error { return ignoreClosed(udp.ActivateAndServe()) })
 	eg.Go(func() error { return ignoreClosed(tcp.ActivateAndServe()) })
-	eg.Go(func() error { return ignoreClosed(web.Serve(ls.http)) })
-	eg.Go(func() error { return ignoreClosed(proxy.Serve(ls.px)) })
+	eg.Go(func() error { return ignoreClosed(web.Serve(capped(ls.http))) })
+	eg.Go(func() error { return ignoreClosed(proxy.Serve(capped(ls.px))) })
 	eg.Go(func() error {
-		for {
-			c, err := ls.tls.Accept()
-			if err != nil {
-				return ignoreClosed(err)
-			}
-			go g.ServeTLS(c)
-		}
+		return accept.Port{Handle: func(_ context.Context, c net.Conn) { g.ServeTLS(c) }, MaxPerAddr: maxConnsPerAddr,
+			Name: "guest network HTTPS", Log: g.log}.Serve(ctx, ls.tls)
 	})
 	eg.Go(func() error {
 		<-ctx.Done()

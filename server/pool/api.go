@@ -52,23 +52,33 @@ func (p *Pool) ip(v *vm) string {
 }
 
 // AtAddress returns the VM that holds a guest network address: the egress
-// guard's way to tell whose request it is.
+// guard's way to tell whose request it is. It reads a copy the loop
+// publishes at every change, and never waits for the loop: a flood of a
+// guest's requests cannot slow the pool.
 func (p *Pool) AtAddress(ip netip.Addr) (VM, bool) {
-	var out VM
-	var found bool
-	p.call(func() {
-		if p.cfg.Network == nil {
-			return
+	if p.cfg.Network == nil {
+		return VM{}, false
+	}
+	m := p.guests.Load()
+	if m == nil {
+		return VM{}, false
+	}
+	v, ok := (*m)[p.cfg.Network.Slot(ip.String())]
+	return v, ok
+}
+
+// publishGuests publishes the table's address slots for AtAddress.
+func (p *Pool) publishGuests() {
+	if p.cfg.Network == nil {
+		return
+	}
+	m := make(map[int]VM, len(p.vms))
+	for _, v := range p.vms {
+		if v.slot >= 0 {
+			m[v.slot] = VM{Name: v.name, State: v.state, Since: v.since, Version: v.version, IP: p.ip(v)}
 		}
-		slot := p.cfg.Network.Slot(ip.String())
-		for _, v := range p.vms {
-			if slot >= 0 && v.slot == slot {
-				out, found = p.export(v), true
-				return
-			}
-		}
-	})
-	return out, found
+	}
+	p.guests.Store(&m)
 }
 
 // Take hands out one clean VM to c: of the current version if there is one,

@@ -161,12 +161,15 @@ func (p *Pool) newVM() {
 	v := &vm{name: p.newName(), state: Creating, since: now, born: now, version: p.current.Seq(), hasAgent: p.current.HasAgent,
 		slot: slot}
 	p.vms[v.name] = v
+	p.publishGuests()
 	p.perform(v, action{kind: doCreate})
 }
 
-// freeSlot returns the lowest guest network slot no VM of the table holds
-// (a VM holds its slot until it is off the table: destroyed), -1 without a
-// guest network, and -2 when every slot is held.
+// freeSlot returns a guest network slot no VM of the table holds (a VM
+// holds its slot until it is off the table: destroyed): one never used, or
+// the one freed longest ago, so that what was in flight to the last VM at
+// that address has died out. -1 without a guest network, -2 when every
+// slot is held.
 func (p *Pool) freeSlot() int {
 	if p.cfg.Network == nil {
 		return -1
@@ -175,12 +178,19 @@ func (p *Pool) freeSlot() int {
 	for _, v := range p.vms {
 		held[v.slot] = true
 	}
+	pick := -2
 	for i := range p.cfg.Network.Slots() {
-		if !held[i] {
-			return i
+		if held[i] {
+			continue
+		}
+		if pick < 0 || p.freed[i].Before(p.freed[pick]) {
+			pick = i
+		}
+		if p.freed[i].IsZero() {
+			break // never used: the first such is as good as any
 		}
 	}
-	return -2
+	return pick
 }
 
 func (p *Pool) newName() string {

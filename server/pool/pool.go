@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"undervdi/kioskproto"
@@ -156,6 +157,7 @@ type Pool struct {
 	started chan error    // Start's answer
 	cancel  context.CancelFunc
 	jobs    sync.WaitGroup
+	guests  atomic.Pointer[map[int]VM] // by guest network slot: AtAddress's copy of the table
 	sem     chan struct{}
 
 	// Everything below belongs to the loop goroutine.
@@ -169,6 +171,7 @@ type Pool struct {
 	cleanWait  chan struct{}
 	pending    []Ended // announcements not yet taken
 	gone       map[string]time.Time
+	freed      map[int]time.Time // guest network slots, when their last VM left the table
 	connected  bool
 	prepared   bool // storage pools ready, versions read
 	reconciled bool // the table holds every pool domain libvirt has
@@ -212,6 +215,7 @@ func New(cfg Config, hv Hypervisor, log *slog.Logger) *Pool {
 		waiters:   map[string][]chan error{},
 		cleanWait: make(chan struct{}),
 		gone:      map[string]time.Time{},
+		freed:     map[int]time.Time{},
 	}
 	p.setBackoff(p.minBackoff, p.maxBackoff)
 	return p
@@ -421,6 +425,7 @@ func (p *Pool) apply(in input) error {
 	*v = nv
 	if changed {
 		p.measure(v)
+		p.publishGuests()
 	}
 	for _, a := range acts {
 		p.perform(v, a)
@@ -556,6 +561,10 @@ func (p *Pool) stopTimers() {
 // that a listing made before its wipe does not mistake it for a leftover.
 func (p *Pool) remove(v *vm, wiped bool) {
 	delete(p.vms, v.name)
+	p.publishGuests()
+	if v.slot >= 0 {
+		p.freed[v.slot] = time.Now()
+	}
 	p.stopRetry(v.name)
 	if t := p.deadlines[v.name]; t != nil {
 		t.Stop()

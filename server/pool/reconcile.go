@@ -109,6 +109,7 @@ func (p *Pool) found(d *domxml.Domain) {
 		v.slot = p.cfg.Network.Slot(d.GuestIP)
 	}
 	p.vms[v.name] = v
+	p.publishGuests()
 	switch {
 	case m.State == recClean && d.Running && m.Golden == p.cfg.Golden && m.Version == p.current.Seq() && m.Policy == p.policy():
 		p.log.Debug("checking a clean VM left by an earlier run", "vm", d.Name)

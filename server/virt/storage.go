@@ -132,6 +132,9 @@ func (h *Host) overlayKeys(l *libvirt.Libvirt) ([]libvirt.Secret, error) {
 	dir := h.overlayDir
 	h.mu.RUnlock()
 	secrets, _, err := l.ConnectListAllSecrets(1, 0)
+	if hasCode(err, libvirt.ErrNoSupport) {
+		return nil, nil // no secret driver: no overlay has a key (encrypt_disks needs one)
+	}
 	if err != nil {
 		return nil, wrap(l, err, "listing libvirt secrets")
 	}
@@ -170,6 +173,9 @@ func (h *Host) CreateOverlay(ctx context.Context, name string, backing domxml.Di
 		`<target><format type='qcow2'/><permissions><mode>0600</mode></permissions>%s</target>`+
 		`<backingStore><path>%s</path><format type='%s'/></backingStore></volume>`,
 		html.EscapeString(name), backing.Capacity, enc, html.EscapeString(backing.Path), html.EscapeString(backing.Format))
+	h.mu.RLock()
+	keyPath := filepath.Join(h.overlayDir, name)
+	h.mu.RUnlock()
 	vol, err := l.StorageVolCreateXML(pool, xml, 0)
 	for try := 1; err != nil && secret != "" && try < 4 && strings.Contains(err.Error(), "Unable to get accurate CPU usage"); try++ {
 		// qemu-img times its LUKS key derivation by the thread's CPU
@@ -180,7 +186,7 @@ func (h *Host) CreateOverlay(ctx context.Context, name string, backing domxml.Di
 	}
 	if err != nil {
 		if secret != "" {
-			h.deleteKey(l, filepath.Join(h.overlayDir, name))
+			h.deleteKey(l, keyPath)
 		}
 		return "", "", wrap(l, err, "creating overlay %s", name)
 	}
@@ -211,7 +217,7 @@ func (h *Host) createKey(l *libvirt.Libvirt, path string) (string, error) {
 // deleteKey undefines the secret of the volume at path, if there is one.
 func (h *Host) deleteKey(l *libvirt.Libvirt, path string) error {
 	s, err := l.SecretLookupByUsage(int32(libvirt.SecretUsageTypeVolume), path)
-	if hasCode(err, libvirt.ErrNoSecret) {
+	if hasCode(err, libvirt.ErrNoSecret) || hasCode(err, libvirt.ErrNoSupport) {
 		return nil
 	}
 	if err != nil {
