@@ -23,20 +23,8 @@ import (
 // disks differ 100-fold in virtual size: a linked clone must cost the same.
 // The boot is not included.
 func BenchmarkCloneDefine(b *testing.B) {
-	bed := testbed.New(b)
+	bed, host, _ := benchHost(b)
 	ctx := context.Background()
-	host, err := virt.Open(ctx, testbed.URI, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for ev := range host.Events() {
-		if ev.Kind == virt.Connected {
-			break
-		}
-	}
-	if err := host.PrepareStorage(ctx, bed.Prefix, bed.OverlayDir, bed.VersionDir); err != nil {
-		b.Fatal(err)
-	}
 	for _, size := range []struct {
 		name  string
 		bytes uint64
