@@ -273,20 +273,26 @@ func WriteMessage(w io.Writer, m *Message) error {
 // Validate checks that m carries exactly the payload its type names, and
 // that every field is within bounds.
 func (m *Message) Validate() error {
-	payloads := map[Type]bool{
-		THello: m.Hello != nil, TWelcome: m.Welcome != nil, TRequest: m.Request != nil,
-		TStatus: m.Status != nil, TOffer: m.Offer != nil, THeartbeat: m.Heartbeat != nil,
-		TEnd: m.End != nil, TError: m.Error != nil, TCommand: m.Command != nil, TScreenshot: m.Screenshot != nil,
+	// Every message passes here twice (written, read): no allocation.
+	payloads := [...]struct {
+		t   Type
+		has bool
+	}{
+		{THello, m.Hello != nil}, {TWelcome, m.Welcome != nil}, {TRequest, m.Request != nil},
+		{TStatus, m.Status != nil}, {TOffer, m.Offer != nil}, {THeartbeat, m.Heartbeat != nil},
+		{TEnd, m.End != nil}, {TError, m.Error != nil}, {TCommand, m.Command != nil}, {TScreenshot, m.Screenshot != nil},
 	}
-	has, known := payloads[m.Type]
-	if !known {
-		return fmt.Errorf("%w: unknown type %q", ErrBadMessage, clip(string(m.Type)))
-	}
-	n := 0
+	has, known, n := false, false, 0
 	for _, p := range payloads {
-		if p {
+		if p.t == m.Type {
+			has, known = p.has, true
+		}
+		if p.has {
 			n++
 		}
+	}
+	if !known {
+		return fmt.Errorf("%w: unknown type %q", ErrBadMessage, clip(string(m.Type)))
 	}
 	if !has || n != 1 {
 		return fmt.Errorf("%w: a %s message must carry exactly its %s payload", ErrBadMessage, m.Type, m.Type)

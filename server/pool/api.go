@@ -52,33 +52,21 @@ func (p *Pool) ip(v *vm) string {
 }
 
 // AtAddress returns the VM that holds a guest network address: the egress
-// guard's way to tell whose request it is. It reads a copy the loop
-// publishes at every change, and never waits for the loop: a flood of a
-// guest's requests cannot slow the pool.
+// guard's way to tell whose request it is. It reads what the loop publishes
+// at every change, and never waits for the loop: a flood of a guest's
+// requests cannot slow the pool.
 func (p *Pool) AtAddress(ip netip.Addr) (VM, bool) {
 	if p.cfg.Network == nil {
 		return VM{}, false
 	}
-	m := p.guests.Load()
-	if m == nil {
+	slot := p.cfg.Network.Slot(ip.String())
+	if slot < 0 || slot >= len(p.idx.guests) {
 		return VM{}, false
 	}
-	v, ok := (*m)[p.cfg.Network.Slot(ip.String())]
-	return v, ok
-}
-
-// publishGuests publishes the table's address slots for AtAddress.
-func (p *Pool) publishGuests() {
-	if p.cfg.Network == nil {
-		return
+	if v := p.idx.guests[slot].Load(); v != nil {
+		return *v, true
 	}
-	m := make(map[int]VM, len(p.vms))
-	for _, v := range p.vms {
-		if v.slot >= 0 {
-			m[v.slot] = VM{Name: v.name, State: v.state, Since: v.since, Version: v.version, IP: p.ip(v)}
-		}
-	}
-	p.guests.Store(&m)
+	return VM{}, false
 }
 
 // Take hands out one clean VM to c: of the current version if there is one,
@@ -100,12 +88,7 @@ func (p *Pool) take(c Claim) (VM, error) {
 	if err := p.available(); err != nil {
 		return VM{}, err
 	}
-	var pick *vm
-	for _, v := range p.vms {
-		if v.state == Clean && (pick == nil || p.better(v, pick)) {
-			pick = v
-		}
-	}
+	pick := p.oldestClean(true)
 	if pick == nil {
 		return VM{}, ErrNoCleanVM
 	}
@@ -117,12 +100,21 @@ func (p *Pool) take(c Claim) (VM, error) {
 	return p.export(pick), nil
 }
 
-// better reports whether clean VM a is handed out before b.
-func (p *Pool) better(a, b *vm) bool {
-	if p.current != nil && (a.version == p.current.Meta.Seq) != (b.version == p.current.Meta.Seq) {
-		return a.version == p.current.Meta.Seq
+// oldestClean returns the clean VM that waited longest: of the current
+// version if there is one and current is set, else of any version. It
+// reads the index, where the current version's clean VMs are usually first.
+func (p *Pool) oldestClean(current bool) *vm {
+	if len(p.idx.clean) == 0 {
+		return nil
 	}
-	return a.since.Before(b.since)
+	if current && p.current != nil {
+		for _, v := range p.idx.clean {
+			if v.version == p.current.Seq() {
+				return v
+			}
+		}
+	}
+	return p.idx.clean[0]
 }
 
 func (p *Pool) available() error {

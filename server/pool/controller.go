@@ -49,21 +49,21 @@ type tally struct {
 func (p *Pool) count() tally {
 	var t tally
 	cur := p.current.Seq()
-	for _, v := range p.vms {
-		t.total++
+	for k, n := range p.idx.counts {
+		t.total += n
 		switch {
-		case v.state == Clean:
-			t.clean++
-			if v.version == cur {
-				t.cleanCurrent++
+		case k.state == Clean:
+			t.clean += n
+			if k.version == cur {
+				t.cleanCurrent += n
 			}
-		case v.state.preparing():
-			t.preparing++
-			if v.version == cur {
-				t.preparingCurrent++
+		case k.state.preparing():
+			t.preparing += n
+			if k.version == cur {
+				t.preparingCurrent += n
 			}
-		case v.state.ending():
-			t.ending++
+		case k.state.ending():
+			t.ending += n
 		}
 	}
 	return t
@@ -76,10 +76,7 @@ func (p *Pool) trim(t tally) (trimmed bool) {
 	for ; t.clean > p.cfg.Size; t.clean-- {
 		trimmed = true
 		var pick *vm
-		for _, v := range p.vms {
-			if v.state != Clean {
-				continue
-			}
+		for _, v := range p.idx.clean {
 			old := v.version != p.current.Seq()
 			switch {
 			case pick == nil:
@@ -141,9 +138,10 @@ func (p *Pool) makeRoom(t tally) {
 		return
 	}
 	var pick *vm
-	for _, v := range p.vms {
-		if v.state == Clean && v.version != p.current.Seq() && (pick == nil || v.since.Before(pick.since)) {
+	for _, v := range p.idx.clean { // oldest first
+		if v.version != p.current.Seq() {
 			pick = v
+			break
 		}
 	}
 	if pick != nil {
@@ -160,8 +158,7 @@ func (p *Pool) newVM() {
 	now := time.Now()
 	v := &vm{name: p.newName(), state: Creating, since: now, born: now, version: p.current.Seq(), hasAgent: p.current.HasAgent,
 		slot: slot}
-	p.vms[v.name] = v
-	p.publishGuests()
+	p.add(v)
 	p.perform(v, action{kind: doCreate})
 }
 
@@ -174,14 +171,10 @@ func (p *Pool) freeSlot() int {
 	if p.cfg.Network == nil {
 		return -1
 	}
-	held := map[int]bool{}
-	for _, v := range p.vms {
-		held[v.slot] = true
-	}
 	pick := -2
-	for i := range p.cfg.Network.Slots() {
-		if held[i] {
-			continue
+	for i := range p.idx.guests {
+		if p.idx.guests[i].Load() != nil {
+			continue // held
 		}
 		if pick < 0 || p.freed[i].Before(p.freed[pick]) {
 			pick = i
@@ -297,13 +290,7 @@ func (p *Pool) noteFilled() {
 	if p.filled || p.current == nil {
 		return
 	}
-	clean := 0
-	for _, v := range p.vms {
-		if v.state == Clean {
-			clean++
-		}
-	}
-	if clean >= p.cfg.Size {
+	if len(p.idx.clean) >= p.cfg.Size {
 		p.filled = true
 		p.log.Info("pool ready", "clean", p.cfg.Size, "golden", p.cfg.Golden, "version", p.current.Seq())
 	}

@@ -227,7 +227,7 @@ func (p *Pool) ready(ctx context.Context, vm VM, hasAgent bool, meta domxml.Meta
 // meta is what a VM's metadata says when it is recorded as rec.
 func (p *Pool) meta(v *vm, rec string) domxml.Metadata {
 	m := domxml.Metadata{Pool: p.cfg.Name, State: rec, Since: time.Now().UTC(), Golden: p.cfg.Golden, Version: v.version,
-		Kiosk: v.claim.Kiosk, Lease: v.claim.Lease, Addr: v.claim.Addr, Offered: v.claim.At, Linked: v.linked, Policy: p.policy()}
+		Kiosk: v.claim.Kiosk, Lease: v.claim.Lease, Addr: v.claim.Addr, Offered: v.claim.At, Linked: v.linked, Policy: p.policy}
 	if ver := p.versionBySeq(v.version); ver != nil {
 		m.Golden = ver.Meta.Golden
 	}
@@ -237,20 +237,20 @@ func (p *Pool) meta(v *vm, rec string) domxml.Metadata {
 	return m
 }
 
-// policy is the site's settings that go into a clone's domain, as its
+// policyOf is the site's settings that go into a clone's domain, as its
 // metadata records them: the USB filter, rule by rule, and the guest
 // network's layout.
-func (p *Pool) policy() string {
+func policyOf(cfg Config) string {
 	var rules []string
-	for _, r := range p.cfg.USBFilter {
+	for _, r := range cfg.USBFilter {
 		rules = append(rules, fmt.Sprintf("%d,%d,%d,%d,%t", r.Class, r.Vendor, r.Product, r.Version, r.Allow))
 	}
 	var parts []string
 	if len(rules) > 0 {
 		parts = append(parts, "usb:"+strings.Join(rules, "|"))
 	}
-	if p.cfg.Network != nil {
-		parts = append(parts, p.cfg.Network.Policy())
+	if cfg.Network != nil {
+		parts = append(parts, cfg.Network.Policy())
 	}
 	return strings.Join(parts, " ")
 }

@@ -22,7 +22,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"undervdi/kioskproto"
@@ -143,10 +142,11 @@ const maxJobs = 16
 
 // Pool manages the VMs. Create it with New, then Start and Run it.
 type Pool struct {
-	cfg   Config
-	hv    Hypervisor
-	log   *slog.Logger
-	rules rules
+	cfg    Config
+	policy string // policyOf(cfg), as each clone's metadata records it
+	hv     Hypervisor
+	log    *slog.Logger
+	rules  rules
 	// minBackoff is the first delay after a failed clone; it doubles up to
 	// maxBackoff. Tests shorten them, and rules' retry delays.
 	minBackoff, maxBackoff time.Duration
@@ -157,12 +157,12 @@ type Pool struct {
 	started chan error    // Start's answer
 	cancel  context.CancelFunc
 	jobs    sync.WaitGroup
-	guests  atomic.Pointer[map[int]VM] // by guest network slot: AtAddress's copy of the table
 	sem     chan struct{}
 
 	// Everything below belongs to the loop goroutine.
 	ctx        context.Context
 	vms        map[string]*vm
+	idx        index                // beside vms: the clean ones in order, counts, guest slots
 	queues     map[string]*jobQueue // per VM (and per pool-level key): actions in order
 	deadlines  map[string]*time.Timer
 	retries    map[string]*retryTimer
@@ -201,7 +201,7 @@ type Pool struct {
 // New returns a pool; nothing happens until Start.
 func New(cfg Config, hv Hypervisor, log *slog.Logger) *Pool {
 	p := &Pool{
-		cfg: cfg, hv: hv, log: log,
+		cfg: cfg, hv: hv, log: log, policy: policyOf(cfg),
 		minBackoff: 2 * time.Second, maxBackoff: 2 * time.Minute,
 		work:      make(chan func(), 256),
 		ended:     make(chan Ended),
@@ -217,6 +217,11 @@ func New(cfg Config, hv Hypervisor, log *slog.Logger) *Pool {
 		gone:      map[string]time.Time{},
 		freed:     map[int]time.Time{},
 	}
+	slots := 0
+	if cfg.Network != nil {
+		slots = cfg.Network.Slots()
+	}
+	p.idx = newIndex(slots)
 	p.setBackoff(p.minBackoff, p.maxBackoff)
 	return p
 }
@@ -421,11 +426,11 @@ func (p *Pool) apply(in input) error {
 		p.stopRetry(v.name)
 		p.noteTransition(v, &nv, in)
 	}
-	changed := nv.state != v.state
+	from := v.state
 	*v = nv
-	if changed {
+	if v.state != from {
+		p.moved(v, from)
 		p.measure(v)
-		p.publishGuests()
 	}
 	for _, a := range acts {
 		p.perform(v, a)
@@ -560,8 +565,7 @@ func (p *Pool) stopTimers() {
 // remove takes a VM off the table. A wiped VM is remembered for a while, so
 // that a listing made before its wipe does not mistake it for a leftover.
 func (p *Pool) remove(v *vm, wiped bool) {
-	delete(p.vms, v.name)
-	p.publishGuests()
+	p.drop(v)
 	if v.slot >= 0 {
 		p.freed[v.slot] = time.Now()
 	}

@@ -39,7 +39,16 @@ func startPool(t testing.TB, f *fakeHV, cfg Config) *Pool {
 	}
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; p.Wait() })
+	t.Cleanup(func() {
+		p.call(func() {
+			if err := p.checkIndex(); err != nil {
+				t.Errorf("the pool's index: %v", err)
+			}
+		})
+		cancel()
+		<-done
+		p.Wait()
+	})
 	return p
 }
 

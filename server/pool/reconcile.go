@@ -108,12 +108,11 @@ func (p *Pool) found(d *domxml.Domain) {
 	if p.cfg.Network != nil && d.GuestIP != "" {
 		v.slot = p.cfg.Network.Slot(d.GuestIP)
 	}
-	p.vms[v.name] = v
-	p.publishGuests()
 	switch {
-	case m.State == recClean && d.Running && m.Golden == p.cfg.Golden && m.Version == p.current.Seq() && m.Policy == p.policy():
+	case m.State == recClean && d.Running && m.Golden == p.cfg.Golden && m.Version == p.current.Seq() && m.Policy == p.policy:
 		p.log.Debug("checking a clean VM left by an earlier run", "vm", d.Name)
 		v.state = Adopting
+		p.add(v)
 		p.perform(v, action{kind: doReady})
 		return
 	case m.State == recClean && d.Running && m.Golden == p.cfg.Golden && m.Version == p.current.Seq():
@@ -128,6 +127,7 @@ func (p *Pool) found(d *domxml.Domain) {
 	}
 	p.log.Info("destroying VM left from an earlier run", "vm", d.Name, "state", m.State, "running", d.Running, "reason", v.reason)
 	v.state = Destroying
+	p.add(v)
 	p.perform(v, action{kind: doDestroy})
 }
 

@@ -123,9 +123,9 @@ func (p *Pool) versionBySeq(seq int) *version {
 // refs counts the VMs of a version.
 func (p *Pool) refs(seq int) int {
 	n := 0
-	for _, v := range p.vms {
-		if v.version == seq {
-			n++
+	for k, c := range p.idx.counts {
+		if k.version == seq {
+			n += c
 		}
 	}
 	return n

@@ -2,6 +2,7 @@ package session
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,27 @@ import (
 
 // helloTimeout bounds how long a new connection may take to say hello.
 const helloTimeout = 10 * time.Second
+
+// beatFrame is the broker's heartbeat, the same for every kiosk, framed once.
+var beatFrame = func() []byte {
+	var b bytes.Buffer
+	if err := kioskproto.WriteMessage(&b, kioskproto.NewHeartbeat(0, "")); err != nil {
+		panic(err)
+	}
+	return b.Bytes()
+}()
+
+// beat answers a kiosk's heartbeat with the broker's: the kiosk hears that
+// its messages are read as often as it beats, and a thousand kiosks cost
+// the broker no timers of their own. It is written at once, from the
+// reading goroutine (a connection's writes do not interleave), so that a
+// heartbeat wakes one goroutine, not two.
+func (k *kioskConn) beat() {
+	k.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := k.c.Write(beatFrame); err != nil {
+		k.close()
+	}
+}
 
 // writeTimeout bounds one write to a kiosk; a kiosk that does not read is lost.
 const writeTimeout = 10 * time.Second
@@ -66,7 +88,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	addr := accept.RemoteAddr(c)
 	c.SetDeadline(time.Now().Add(helloTimeout))
-	r := bufio.NewReader(c) // a frame in one read, not two
+	r := bufio.NewReaderSize(c, 1024) // a usual frame in one read, not two; room for a thousand kiosks
 	msg, err := kioskproto.ReadMessage(r)
 	if err != nil || msg.Type != kioskproto.THello {
 		reason := "the first message must be hello"
@@ -111,7 +133,6 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	go k.writeLoop()
 	k.send(kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker", m.cfg.Viewer).WithSpiceSubject(m.cfg.SpiceSubject))
 	m.greet(k)
-	go k.heartbeatLoop()
 	reason := k.readLoop(ctx)
 	k.close()
 	k.mu.Lock()
@@ -145,6 +166,7 @@ func (k *kioskConn) readLoop(ctx context.Context) string {
 				k.send(err)
 			}
 		case kioskproto.THeartbeat:
+			k.beat()
 			k.setFault(msg.Heartbeat.Fault)
 			k.mu.Lock()
 			r := k.req
@@ -291,19 +313,6 @@ func (k *kioskConn) writeLoop() {
 					return
 				}
 			}
-		}
-	}
-}
-
-func (k *kioskConn) heartbeatLoop() {
-	t := time.NewTicker(k.m.cfg.Heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			k.trySend(kioskproto.NewHeartbeat(0, ""))
-		case <-k.closed:
-			return
 		}
 	}
 }
