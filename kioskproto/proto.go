@@ -252,6 +252,9 @@ func Decode(payload []byte) (*Message, error) {
 }
 
 // WriteMessage validates m and writes it as one frame.
+//
+// The frame goes out in one Write: the broker relies on it to write from
+// two goroutines on one connection without interleaving.
 func WriteMessage(w io.Writer, m *Message) error {
 	if err := m.Validate(); err != nil {
 		return err

@@ -5,8 +5,8 @@
 // /run/libvirt, /var/log/libvirt, /var/cache/libvirt and certificates), so
 // that it shares no state, socket or storage pool with the machine's
 // libvirtd. It listens only on TCP with TLS and asks for a client
-// certificate, as libvirt's standard x509 setup does; QEMU's SPICE on it is
-// TLS-only on its address.
+// certificate, as libvirt's standard x509 setup does; QEMU's SPICE on it has
+// a TLS port on its address (spice_tls), with the host's certificate.
 package remotehost
 
 import (
@@ -50,6 +50,7 @@ type Host struct {
 	URI string // qemu+tls://<its address>/system?pkipath=<PKI>
 	// ClientCert is the broker's client certificate (PEM), as in PKI.
 	ClientCert []byte
+	caPEM      []byte
 
 	cmd    *exec.Cmd     // libvirtd, while it runs
 	exited chan struct{} // closed when it has exited
@@ -59,7 +60,7 @@ type Host struct {
 // it ran, when t ends.
 func Start(t testing.TB) *Host {
 	t.Helper()
-	ns, err := netns.New(200 + int(time.Now().UnixNano()%50))
+	ns, err := netns.New(220 + int(time.Now().UnixNano()%30)) // other tests' links are below 220
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +104,9 @@ func (h *Host) Close() {
 		out, _ := exec.Command("ip", "netns", "pids", h.NS.Name).Output()
 		var pids []int
 		for _, f := range strings.Fields(string(out)) {
-			if p, err := strconv.Atoi(f); err == nil && (h.cmd == nil || p != h.cmd.Process.Pid) {
+			// Not libvirtd (stopped last) nor this process, whose thread
+			// may be in the namespace for a moment (netns.NS.Dial).
+			if p, err := strconv.Atoi(f); err == nil && p != os.Getpid() && (h.cmd == nil || p != h.cmd.Process.Pid) {
 				pids = append(pids, p)
 			}
 		}
@@ -201,7 +204,7 @@ func (h *Host) setup() error {
 	if out, err := exec.Command("cp", "-a", "/etc/libvirt/.", filepath.Join(d, "etc-libvirt")).CombinedOutput(); err != nil {
 		return fmt.Errorf("copying /etc/libvirt: %v: %s", err, out)
 	}
-	for _, glob := range []string{"qemu/*.xml", "qemu/autostart", "qemu/networks/*.xml", "qemu/networks/autostart/*", "storage/*", "secrets/*", "nwfilter/*"} {
+	for _, glob := range []string{"qemu/*.xml", "qemu/autostart", "qemu/networks/*.xml", "qemu/networks/autostart/*", "storage/*", "secrets/*"} {
 		matches, _ := filepath.Glob(filepath.Join(d, "etc-libvirt", glob))
 		for _, m := range matches {
 			os.RemoveAll(m)
@@ -272,7 +275,7 @@ func (h *Host) certificates() error {
 	if err != nil {
 		return err
 	}
-	h.ClientCert = cli
+	h.ClientCert, h.caPEM = cli, ca
 	pki := filepath.Join(h.Dir, "etc-upper", "pki")
 	qemuGID := -1
 	if g, err := user.LookupGroup("libvirt-qemu"); err == nil {
@@ -337,6 +340,33 @@ func issue(parent []byte, parentKey []byte, tmpl *x509.Certificate) (certPEM, ke
 		return nil, nil, err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), nil
+}
+
+// StrangerPKI writes a pkipath whose client certificate another CA signed,
+// with the broker's name: a client the host must refuse, though it trusts
+// the host.
+func (h *Host) StrangerPKI() (string, error) {
+	ca, caKey, err := issue(nil, nil, &x509.Certificate{Subject: pkix.Name{CommonName: "a stranger's CA"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign})
+	if err != nil {
+		return "", err
+	}
+	cli, key, err := issue(ca, caKey, &x509.Certificate{Subject: pkix.Name{CommonName: ClientName}, BasicConstraintsValid: true,
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(h.Dir, "stranger")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	for name, data := range map[string][]byte{"cacert.pem": h.caPEM, "clientcert.pem": cli, "clientkey.pem": key} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
 }
 
 // Connect opens a libvirt connection to the host, for test code.

@@ -5,10 +5,13 @@ package remotehost_test
 import (
 	"context"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/digitalocean/go-libvirt"
 
 	"undervdi/internal/remotehost"
 	"undervdi/server/virt"
@@ -43,19 +46,24 @@ func TestSecondHost(t *testing.T) {
 		t.Errorf("the second host's domains: %d, %v; want none of the machine's", len(doms), err)
 	}
 
-	// A client certificate the host does not know is refused.
-	if err := os.Remove(filepath.Join(h.PKI, "clientcert.pem")); err != nil {
+	// A client whose certificate another CA signed is refused by the host,
+	// though it bears the broker's name and trusts the host.
+	stranger, err := h.StrangerPKI()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if l, err := h.Connect(); err == nil {
+	u, _ := url.Parse(h.URI)
+	u.RawQuery = "pkipath=" + stranger
+	if l, err := libvirt.ConnectToURI(u); err == nil {
+		_, err = l.ConnectGetHostname()
 		l.Disconnect()
-		t.Error("a client without a certificate connected")
+		if err == nil {
+			t.Error("a client with a stranger's certificate was served")
+		}
 	}
 
 	h.Kill()
 	wait(t, host, virt.Disconnected)
-	// The broker's certificate back, and the host up again: reconnected.
-	os.WriteFile(filepath.Join(h.PKI, "clientcert.pem"), h.ClientCert, 0o644)
 	h.Restart(t)
 	wait(t, host, virt.Connected)
 	if _, err := host.Domains(ctx, ""); err != nil {

@@ -88,7 +88,7 @@ func (p *Pool) take(c Claim) (VM, error) {
 	if err := p.available(); err != nil {
 		return VM{}, err
 	}
-	pick := p.oldestClean(true)
+	pick := p.oldestClean()
 	if pick == nil {
 		return VM{}, ErrNoCleanVM
 	}
@@ -101,13 +101,13 @@ func (p *Pool) take(c Claim) (VM, error) {
 }
 
 // oldestClean returns the clean VM that waited longest: of the current
-// version if there is one and current is set, else of any version. It
-// reads the index, where the current version's clean VMs are usually first.
-func (p *Pool) oldestClean(current bool) *vm {
+// version if there is one, else of any version. It reads the index, oldest
+// first; during a roll the older version's VMs come first and are skipped.
+func (p *Pool) oldestClean() *vm {
 	if len(p.idx.clean) == 0 {
 		return nil
 	}
-	if current && p.current != nil {
+	if p.current != nil {
 		for _, v := range p.idx.clean {
 			if v.version == p.current.Seq() {
 				return v

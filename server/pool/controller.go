@@ -172,9 +172,9 @@ func (p *Pool) freeSlot() int {
 		return -1
 	}
 	pick := -2
-	for i := range p.idx.guests {
-		if p.idx.guests[i].Load() != nil {
-			continue // held
+	for i := range p.idx.held {
+		if p.idx.held[i] > 0 {
+			continue
 		}
 		if pick < 0 || p.freed[i].Before(p.freed[pick]) {
 			pick = i

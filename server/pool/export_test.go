@@ -33,17 +33,22 @@ func (p *Pool) checkIndex() error {
 	}
 	for i := range p.idx.guests {
 		g := p.idx.guests[i].Load()
-		var held *vm
+		var holders []*vm
 		for _, v := range p.vms {
 			if v.slot == i {
-				held = v
+				holders = append(holders, v)
 			}
 		}
+		if p.idx.held[i] != len(holders) {
+			return fmt.Errorf("guest slot %d: index counts %d holders, the table %d", i, p.idx.held[i], len(holders))
+		}
 		switch {
-		case held == nil && g != nil:
+		case len(holders) == 0 && g != nil:
 			return fmt.Errorf("guest slot %d shows %s, which is off the table", i, g.Name)
-		case held != nil && (g == nil || g.Name != held.name || g.State != held.state):
-			return fmt.Errorf("guest slot %d does not show %s in state %s", i, held.name, held.state)
+		case len(holders) > 0 && g == nil:
+			return fmt.Errorf("guest slot %d, held by %s, shows nothing", i, holders[0].name)
+		case len(holders) > 0 && !slices.ContainsFunc(holders, func(v *vm) bool { return v.name == g.Name && v.state == g.State }):
+			return fmt.Errorf("guest slot %d shows %s in state %s, which does not hold it so", i, g.Name, g.State)
 		}
 	}
 	return nil

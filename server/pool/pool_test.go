@@ -623,3 +623,38 @@ func TestGuestNetworkSlots(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedGuestSlot: a leftover found in libvirt may hold the address of a
+// VM made since (its wipe's result came after a reconnect). The address
+// stays taken while either holds it, the live VM is the one the egress guard
+// sees, and once the leftover is gone the live one still is.
+func TestSharedGuestSlot(t *testing.T) {
+	cfg := testConfig()
+	cfg.Network = testNet{2}
+	p := New(cfg, newFakeHV(), testLogger())
+	live := &vm{name: "t-live", state: Clean, since: time.Now(), slot: 0}
+	left := &vm{name: "t-left", state: Destroying, since: time.Now(), slot: 0}
+	p.add(live)
+	p.add(left)
+	addr := cfg.Network.Addr(0)
+	if got, _ := p.AtAddress(addr); got.Name != "t-live" {
+		t.Errorf("AtAddress with a leftover on the same address = %q, want the live VM", got.Name)
+	}
+	if s := p.freeSlot(); s != 1 {
+		t.Errorf("freeSlot() = %d, want 1: slot 0 is held", s)
+	}
+	p.drop(left)
+	if got, ok := p.AtAddress(addr); !ok || got.Name != "t-live" {
+		t.Errorf("AtAddress after the leftover left = %q %v, want the live VM", got.Name, ok)
+	}
+	if s := p.freeSlot(); s != 1 {
+		t.Errorf("freeSlot() after the leftover left = %d, want 1", s)
+	}
+	if err := p.checkIndex(); err != nil {
+		t.Error(err)
+	}
+	p.drop(live)
+	if _, ok := p.AtAddress(addr); ok || p.freeSlot() != 0 {
+		t.Errorf("slot 0 after both left: shown %v, free slot %d; want free", ok, p.freeSlot())
+	}
+}

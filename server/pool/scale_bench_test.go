@@ -164,12 +164,23 @@ func startRole(b *testing.B, name string, n int, ca, addr string) *role {
 	}
 	cmd.Env = append(os.Environ(), scaleRole+"="+name, scaleKiosks+"="+strconv.Itoa(n), scaleCA+"="+ca, scaleAddr+"="+addr)
 	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // gone with the benchmark
 	in, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { in.Close(); cmd.Wait() })
+	b.Cleanup(func() {
+		in.Close() // a child ends when its input does
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
 	r := &role{in: in, out: bufio.NewScanner(out)}
 	r.out.Buffer(nil, 1<<22)
 	return r

@@ -21,10 +21,13 @@ import (
 // helloTimeout bounds how long a new connection may take to say hello.
 const helloTimeout = 10 * time.Second
 
-// beatFrame is the broker's heartbeat, the same for every kiosk, framed once.
+// beat is the broker's heartbeat, the same for every kiosk; beatFrame is it
+// framed once.
+var beat = kioskproto.NewHeartbeat(0, "")
+
 var beatFrame = func() []byte {
 	var b bytes.Buffer
-	if err := kioskproto.WriteMessage(&b, kioskproto.NewHeartbeat(0, "")); err != nil {
+	if err := kioskproto.WriteMessage(&b, beat); err != nil {
 		panic(err)
 	}
 	return b.Bytes()
@@ -33,9 +36,21 @@ var beatFrame = func() []byte {
 // beat answers a kiosk's heartbeat with the broker's: the kiosk hears that
 // its messages are read as often as it beats, and a thousand kiosks cost
 // the broker no timers of their own. It is written at once, from the
-// reading goroutine (a connection's writes do not interleave), so that a
-// heartbeat wakes one goroutine, not two.
+// reading goroutine, so that a heartbeat wakes one goroutine, not two: the
+// writer's frames and this one do not interleave because each frame is one
+// Write (kioskproto.WriteMessage) and net.Conn and tls.Conn hold a write
+// whole. Until the welcome is written the answer queues behind it, and a
+// connection being closed gets none.
 func (k *kioskConn) beat() {
+	select {
+	case <-k.closed:
+		return
+	default:
+	}
+	if !k.welcomed.Load() {
+		k.trySend(beat)
+		return
+	}
 	k.c.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if _, err := k.c.Write(beatFrame); err != nil {
 		k.close()
@@ -48,18 +63,21 @@ const writeTimeout = 10 * time.Second
 // kioskConn is one kiosk's protocol connection. A lease lives with it: when
 // the connection is lost or its heartbeats stop, the session ends.
 type kioskConn struct {
-	m      *Manager
-	c      net.Conn
-	r      *bufio.Reader
-	id     string
-	addr   netip.Addr
-	group  Group        // the registry entry that admitted it
-	host   string       // the offer's gateway host
-	since  time.Time    // when it said hello
-	last   atomic.Int64 // when a message last came, unix nanoseconds
-	out    chan outMsg
-	closed chan struct{}
-	once   sync.Once
+	m     *Manager
+	c     net.Conn
+	r     *bufio.Reader
+	id    string
+	addr  netip.Addr
+	group Group        // the registry entry that admitted it
+	host  string       // the offer's gateway host
+	since time.Time    // when it said hello
+	last  atomic.Int64 // when a message last came, unix nanoseconds
+	// welcomed is set once the welcome is written: from then on the
+	// broker's heartbeats are written directly (beat).
+	welcomed atomic.Bool
+	out      chan outMsg
+	closed   chan struct{}
+	once     sync.Once
 
 	software string // what its hello said
 	image    string
@@ -131,7 +149,8 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	m.log.Debug("kiosk connected", "kiosk", k.id, "addr", addr, "software", h.Software)
 
 	go k.writeLoop()
-	k.send(kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker", m.cfg.Viewer).WithSpiceSubject(m.cfg.SpiceSubject))
+	k.sendThen(kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker", m.cfg.Viewer).WithSpiceSubject(m.cfg.SpiceSubject),
+		func() { k.welcomed.Store(true) })
 	m.greet(k)
 	reason := k.readLoop(ctx)
 	k.close()

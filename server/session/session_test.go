@@ -1104,3 +1104,41 @@ func TestOldImageFlagged(t *testing.T) {
 		t.Errorf("old image by kiosk = %v, want only pool-1", got)
 	}
 }
+
+// TestBrokerAnswersHeartbeats: the broker's heartbeat answers the kiosk's —
+// the welcome comes first even when a heartbeat follows the hello at once —
+// and the broker sends none unprompted.
+func TestBrokerAnswersHeartbeats(t *testing.T) {
+	h := newHarness(t, 1, testConfig()) // heartbeat: 1 s
+	k := h.dial("127.0.0.1")
+	k.send(kioskproto.NewHello("k1", token, "test"))
+	k.send(kioskproto.NewHeartbeat(0, ""))
+	if m := <-k.msgs; m == nil || m.Type != kioskproto.TWelcome {
+		t.Fatalf("first message %+v, want the welcome", m)
+	}
+	heartbeats := func(d time.Duration) (n int) {
+		deadline := time.After(d)
+		for {
+			select {
+			case m := <-k.msgs:
+				if m != nil && m.Type == kioskproto.THeartbeat {
+					n++
+				}
+			case <-deadline:
+				return n
+			}
+		}
+	}
+	if n := heartbeats(500 * time.Millisecond); n != 1 {
+		t.Errorf("%d heartbeats for the one after the hello, want 1", n)
+	}
+	for range 3 {
+		k.send(kioskproto.NewHeartbeat(0, ""))
+	}
+	if n := heartbeats(500 * time.Millisecond); n != 3 {
+		t.Errorf("%d heartbeats for 3, want 3", n)
+	}
+	if n := heartbeats(2500 * time.Millisecond); n != 0 {
+		t.Errorf("%d heartbeats in 2.5 heartbeat periods without the kiosk's, want none", n)
+	}
+}
