@@ -16,6 +16,7 @@ import (
 
 	"undervdi/internal/brokertest"
 	"undervdi/internal/freeport"
+	"undervdi/internal/procstat"
 	"undervdi/internal/testbed"
 	"undervdi/internal/xvfb"
 	"undervdi/kioskd"
@@ -111,13 +112,9 @@ func cpuTicks(b *testing.B, pid int) int {
 }
 
 func rssKiB(b *testing.B, pid int) int {
-	s, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, l := range strings.Split(string(s), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			n, _ := strconv.Atoi(strings.Fields(l)[1])
-			return n
-		}
+	n, err := procstat.StatusKiB(pid, "VmRSS")
+	if err != nil {
+		b.Fatal(err)
 	}
-	b.Fatal("no VmRSS")
-	return 0
+	return int(n)
 }

@@ -9,7 +9,6 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,6 +16,7 @@ import (
 
 	"undervdi/internal/brokertest"
 	"undervdi/internal/poll"
+	"undervdi/internal/procstat"
 	"undervdi/internal/testbed"
 	"undervdi/kioskproto"
 	"undervdi/server/config"
@@ -200,18 +200,11 @@ func sample(t *testing.T, e *e2e, sessions int) soakSample {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return soakSample{sessions: sessions, goroutines: runtime.NumGoroutine(), fds: len(fds), rss: vmRSS()}
-}
-
-func vmRSS() int64 {
-	b, _ := os.ReadFile("/proc/self/status")
-	for l := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
-			return kb
-		}
+	rss, err := procstat.StatusKiB(0, "VmRSS")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return 0
+	return soakSample{sessions: sessions, goroutines: runtime.NumGoroutine(), fds: len(fds), rss: rss}
 }
 
 // checkOnlyPool checks that libvirt holds the pool's clean VMs and nothing

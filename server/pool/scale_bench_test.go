@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"undervdi/internal/procstat"
 	"undervdi/kioskproto"
 	"undervdi/server/broker"
 	"undervdi/server/config"
@@ -311,7 +313,12 @@ func scaleBroker(n int, caDir string, in io.Reader, out io.Writer) error {
 			var ru syscall.Rusage
 			syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 			cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-			fmt.Fprintln(out, int64(cpu), statusKiB("VmRSS"), statusKiB("VmHWM"))
+			rss, err := procstat.StatusKiB(0, "VmRSS")
+			hwm, herr := procstat.StatusKiB(0, "VmHWM")
+			if err = errors.Join(err, herr); err != nil {
+				return err
+			}
+			fmt.Fprintln(out, int64(cpu), rss, hwm)
 		case "idle":
 			for len(m.Leases()) > 0 || p.Status().Counts[pool.Clean] < n {
 				time.Sleep(20 * time.Millisecond) // a status is a copy of the table: not too often
@@ -344,21 +351,6 @@ func profile(name string) error {
 		return pprof.WriteHeapProfile(f)
 	}
 	return pprof.StartCPUProfile(f) // the file is closed when the process ends
-}
-
-// statusKiB reads a field of /proc/self/status, in KiB.
-func statusKiB(field string) int64 {
-	b, _ := os.ReadFile("/proc/self/status")
-	for l := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(l, field+":"); ok {
-			f := strings.Fields(rest)
-			if len(f) > 0 {
-				kb, _ := strconv.ParseInt(f[0], 10, 64)
-				return kb
-			}
-		}
-	}
-	return 0
 }
 
 // scaleFleet connects n kiosks to the broker at addr and serves commands:
