@@ -233,13 +233,28 @@ func (e *e2e) dialTLS(t *testing.T, o *kioskproto.Offer) net.Conn {
 	return c
 }
 
-// spiceLink tries a SPICE main-channel link through the gateway.
+// spiceLink tries a SPICE main-channel link through the gateway, and
+// closes it.
 func spiceLink(c net.Conn, ticket string) error {
-	defer c.Close()
+	c, err := linkMain(c, ticket)
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
+// linkMain links a SPICE main channel through the gateway and keeps it; a
+// refused link's connection is closed.
+func linkMain(c net.Conn, ticket string) (net.Conn, error) {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	_, err := spice.Link(c, &spice.LinkMess{ChannelType: spice.ChannelMain,
 		CommonCaps: spice.Caps(spice.CapProtocolAuthSelection, spice.CapAuthSASL, spice.CapMiniHeader)}, ticket)
-	return err
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
 }
 
 func TestRealSessions(t *testing.T) {

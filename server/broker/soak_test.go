@@ -21,7 +21,6 @@ import (
 	"undervdi/kioskproto"
 	"undervdi/server/config"
 	"undervdi/server/pool"
-	"undervdi/server/spice"
 )
 
 // soakEnv sets how long TestSoak runs (a Go duration); unset, it is
@@ -142,7 +141,7 @@ func soakOne(t *testing.T, e *e2e, ending soakEnding) {
 		}
 		return
 	}
-	link, err := soakLink(e.dialTLS(t, s.offer), s.offer.Ticket)
+	link, err := linkMain(e.dialTLS(t, s.offer), s.offer.Ticket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,19 +157,6 @@ func soakOne(t *testing.T, e *e2e, ending soakEnding) {
 		}
 	}
 	e.checkWiped(t, l.VM)
-}
-
-// soakLink links a SPICE main channel through the gateway and keeps it.
-func soakLink(c net.Conn, ticket string) (net.Conn, error) {
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	_, err := spice.Link(c, &spice.LinkMess{ChannelType: spice.ChannelMain,
-		CommonCaps: spice.Caps(spice.CapProtocolAuthSelection, spice.CapAuthSASL, spice.CapMiniHeader)}, ticket)
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	c.SetDeadline(time.Time{})
-	return c, nil
 }
 
 // settle waits for the pool to be full with no session left, and for the
