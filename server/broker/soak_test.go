@@ -76,9 +76,13 @@ var soakEndings = []soakEnding{
 // that nothing is left beyond the pool and that the broker did not grow:
 // goroutines, open files, resident memory.
 func TestSoak(t *testing.T) {
-	d, err := time.ParseDuration(os.Getenv(soakEnv))
-	if err != nil {
-		t.Skipf("%s is not a duration (30m): the soak runs only when asked (make soak)", soakEnv)
+	v := os.Getenv(soakEnv)
+	if v == "" {
+		t.Skipf("%s is not set: the soak runs only when asked (make soak)", soakEnv)
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		t.Fatalf("%s=%q: want how long to soak, such as 30m", soakEnv, v)
 	}
 	bed := testbed.New(t)
 	rb := brokertest.Start(t, bed, 2, func(c *config.Config) {
