@@ -21,13 +21,13 @@ import (
 // helloTimeout bounds how long a new connection may take to say hello.
 const helloTimeout = 10 * time.Second
 
-// beat is the broker's heartbeat, the same for every kiosk; beatFrame is it
+// brokerBeat is the broker's heartbeat, the same for every kiosk; beatFrame is it
 // framed once.
-var beat = kioskproto.NewHeartbeat(0, "")
+var brokerBeat = kioskproto.NewHeartbeat(0, "")
 
 var beatFrame = func() []byte {
 	var b bytes.Buffer
-	if err := kioskproto.WriteMessage(&b, beat); err != nil {
+	if err := kioskproto.WriteMessage(&b, brokerBeat); err != nil {
 		panic(err)
 	}
 	return b.Bytes()
@@ -48,7 +48,7 @@ func (k *kioskConn) beat() {
 	default:
 	}
 	if !k.welcomed.Load() {
-		k.trySend(beat)
+		k.trySend(brokerBeat)
 		return
 	}
 	k.c.SetWriteDeadline(time.Now().Add(writeTimeout))
