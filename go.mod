@@ -80,3 +80,5 @@ tool (
 	github.com/u-root/u-root/cmds/core/sync
 	golang.org/x/perf/cmd/benchstat
 )
+
+replace github.com/digitalocean/go-libvirt => ./third_party/go-libvirt

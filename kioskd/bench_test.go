@@ -47,7 +47,7 @@ func BenchmarkTouchToFrame(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if ok, black, _ := xvfb.ShowsConsole(img); ok && black > 0.6 {
+			if ok, _ := xvfb.ConsoleFullScreen(img); ok {
 				break
 			}
 			if time.Since(start) > time.Minute {

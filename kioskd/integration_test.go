@@ -253,18 +253,21 @@ func (r *rig) slideshowShown() {
 
 func (r *rig) guestShown(name string) {
 	r.t.Helper()
-	var black float64
-	poll.Until(r.t, time.Minute, "the guest's console full screen", func() bool {
+	path := filepath.Join(os.TempDir(), "undervdi-kioskd-"+name+".png")
+	var why string
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		img, err := r.x.Screenshot()
 		if err != nil {
-			return false
+			why = err.Error()
+			continue
 		}
+		xvfb.SavePNG(img, path)
 		var ok bool
-		ok, black, _ = xvfb.ShowsConsole(img)
-		xvfb.SavePNG(img, filepath.Join(os.TempDir(), "undervdi-kioskd-"+name+".png"))
-		// Full screen: the console covers nearly all of it, no toolbar.
-		return ok && black > 0.6
-	})
+		if ok, why = xvfb.ConsoleFullScreen(img); ok {
+			return
+		}
+	}
+	r.t.Fatalf("the guest's console is not full screen after 2 minutes: %s; see %s", why, path)
 }
 
 // session starts a session with a touch and returns its VM. The visitor

@@ -161,3 +161,51 @@ func ShowsConsole(img *image.RGBA) (ok bool, black, light float64) {
 	black, light = black/n, light/n
 	return black > 0.2 && light > 0.005, black, light
 }
+
+// ConsoleFullScreen reports whether img shows a VM's text console as a
+// full-screen viewer shows it: the console (ShowsConsole) spans the screen's
+// width or height, as a viewer that scales it to fit does, and everything
+// outside the console is one plain colour: no menu, toolbar or window frame.
+// It does not depend on how much text the console holds (a slow guest's
+// kernel prints more). When it is false, why says what was seen.
+func ConsoleFullScreen(img *image.RGBA) (ok bool, why string) {
+	shows, black, light := ShowsConsole(img)
+	if !shows {
+		return false, fmt.Sprintf("no text console (%.1f%% black, %.2f%% light)", 100*black, 100*light)
+	}
+	b := img.Bounds()
+	box := image.Rectangle{Min: b.Max, Max: b.Min} // of the black pixels
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			if c := img.RGBAAt(x, y); c.R < 8 && c.G < 8 && c.B < 8 {
+				box = box.Union(image.Rect(x, y, x+1, y+1))
+			}
+		}
+	}
+	if box.Dx()*100 < b.Dx()*97 && box.Dy()*100 < b.Dy()*97 {
+		return false, fmt.Sprintf("the console is %dx%d of a %dx%d screen", box.Dx(), box.Dy(), b.Dx(), b.Dy())
+	}
+	var plain color.RGBA
+	seen := false
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			if (image.Point{x, y}).In(box) {
+				continue
+			}
+			c := img.RGBAAt(x, y)
+			if !seen {
+				plain, seen = c, true
+			} else if absDiff(c.R, plain.R) > 8 || absDiff(c.G, plain.G) > 8 || absDiff(c.B, plain.B) > 8 {
+				return false, fmt.Sprintf("something besides the console at (%d,%d): %v, around it %v", x, y, c, plain)
+			}
+		}
+	}
+	return true, ""
+}
+
+func absDiff(a, b uint8) uint8 {
+	if a > b {
+		return a - b
+	}
+	return b - a
+}
