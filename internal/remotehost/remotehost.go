@@ -10,12 +10,14 @@
 package remotehost
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/url"
@@ -32,6 +34,7 @@ import (
 	"github.com/digitalocean/go-libvirt"
 
 	"undervdi/internal/netns"
+	"undervdi/server/virt"
 )
 
 // Hostname is the second host's name, in its certificate and its own
@@ -367,6 +370,41 @@ func (h *Host) StrangerPKI() (string, error) {
 		}
 	}
 	return dir, nil
+}
+
+// CA returns the CA that signed the host's certificates, libvirtd's and its
+// QEMUs' SPICE TLS: what the broker trusts the site's hosts by.
+func (h *Host) CA() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AppendCertsFromPEM(h.caPEM)
+	return p
+}
+
+// OpenHost opens a libvirt host as the broker does (virt.Open): this
+// machine's libvirtd or a second host's URI. It returns once connected and
+// drains the host's events from then on; the host closes when t ends.
+func OpenHost(t testing.TB, uri string) *virt.Host {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	h, err := virt.Open(ctx, uri, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	timeout := time.After(2 * time.Minute)
+	for connected := false; !connected; {
+		select {
+		case ev := <-h.Events():
+			connected = ev.Kind == virt.Connected
+		case <-timeout:
+			t.Fatalf("%s: not connected after 2 minutes", uri)
+		}
+	}
+	go func() {
+		for range h.Events() {
+		}
+	}()
+	return h
 }
 
 // Connect opens a libvirt connection to the host, for test code.

@@ -82,7 +82,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
 	b := &Broker{Config: cfg, Log: log, Host: host, registry: registry,
-		displays: gateway.NewDisplays(gateway.LocalDialer{}), Metrics: metrics.New()}
+		displays: gateway.NewDisplays(gateway.SpiceDialer{}), Metrics: metrics.New()}
 	if b.tls, err = b.kioskTLS(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}

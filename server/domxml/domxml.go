@@ -7,6 +7,7 @@ package domxml
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -160,6 +161,11 @@ type Clone struct {
 	// NIC, if set, replaces every network interface of the golden with the
 	// one the broker's guest network gives this clone.
 	NIC *NIC
+	// SpiceAddress, if set, is the host's backend address the clone's
+	// SPICE listens on, TLS only (a host other than the broker's, which
+	// reaches it over that network): QEMU refuses every channel in clear.
+	// "": a unix socket on the host, as on the broker's own host.
+	SpiceAddress string
 }
 
 // NIC is a clone's one network interface on the broker's guest network:
@@ -224,7 +230,7 @@ func (g *Golden) CloneXML(c Clone) (string, error) {
 		}
 	}
 	keepMemoryOffDisk(root)
-	setSpiceSocket(devices, c.SpicePassword)
+	setSpice(devices, c.SpicePassword, c.SpiceAddress)
 	setRedirFilter(devices, c.USBFilter)
 	for _, tag := range []string{"serial", "console", "parallel", "channel"} {
 		for _, el := range devices.SelectElements(tag) {
@@ -328,10 +334,12 @@ func nvramFromTemplate(root *etree.Element) {
 	}
 }
 
-// setSpiceSocket replaces every display with SPICE on a unix socket whose
-// path libvirt picks per domain. Settings of the golden's own SPICE display
-// (compression, streaming, clipboard, ...) are kept.
-func setSpiceSocket(devices *etree.Element, password string) {
+// setSpice replaces every display with SPICE on a unix socket whose path
+// libvirt picks per domain or, given an address, on a TLS port there that
+// libvirt picks (defaultMode secure: no port in clear is opened, and QEMU
+// refuses any channel that is not TLS). Settings of the golden's own SPICE
+// display (compression, streaming, clipboard, ...) are kept.
+func setSpice(devices *etree.Element, password, address string) {
 	spice := etree.NewElement("graphics")
 	spice.CreateAttr("type", "spice")
 	for _, gr := range devices.SelectElements("graphics") {
@@ -346,7 +354,15 @@ func setSpiceSocket(devices *etree.Element, password string) {
 		devices.RemoveChild(gr)
 	}
 	spice.CreateAttr("passwd", password)
-	spice.InsertChildAt(0, newElement("listen", "type", "socket"))
+	if address == "" {
+		spice.InsertChildAt(0, newElement("listen", "type", "socket"))
+	} else {
+		spice.CreateAttr("autoport", "yes")
+		spice.CreateAttr("defaultMode", "secure")
+		l := newElement("listen", "type", "address")
+		l.CreateAttr("address", address)
+		spice.InsertChildAt(0, l)
+	}
 	devices.AddChild(spice)
 }
 
@@ -385,6 +401,7 @@ type Domain struct {
 	MACs          []string
 	GuestIP       string // the address the guest network's filter holds the clone to; "" off that network
 	SpiceSocket   string // path of the SPICE unix socket, when running
+	SpiceTLS      string // or host:port of its TLS port, when running
 	SpicePassword string // only present in XML read with the secure flag
 	AgentState    string // "connected", "disconnected" or "" (no channel or not running)
 	StopReason    string // why a domain that is not running stopped; filled in by the host
@@ -413,6 +430,11 @@ func ParseDomain(text string) (*Domain, error) {
 		d.SpicePassword = gr.SelectAttrValue("passwd", "")
 		if l := gr.FindElement("./listen[@type='socket']"); l != nil {
 			d.SpiceSocket = l.SelectAttrValue("socket", "")
+		}
+		if l := gr.FindElement("./listen[@type='address']"); l != nil && id != "-1" {
+			if port := gr.SelectAttrValue("tlsPort", "-1"); port != "-1" {
+				d.SpiceTLS = net.JoinHostPort(l.SelectAttrValue("address", ""), port)
+			}
 		}
 	}
 	if ch := agentChannel(root); ch != nil {

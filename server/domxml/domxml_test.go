@@ -399,3 +399,61 @@ func TestParseGoldenRefusesWaysOut(t *testing.T) {
 		t.Errorf("the read-only share is refused too: %v", err)
 	}
 }
+
+// TestCloneSpiceOnAddress: a clone on a host other than the broker's has
+// SPICE on that host's backend address, TLS only, ports libvirt picks; the
+// golden's own listen settings are gone.
+func TestCloneSpiceOnAddress(t *testing.T) {
+	g := readGolden(t)
+	out, err := g.CloneXML(Clone{
+		Name: "undervdi-0a1b2c3d", UUID: "11111111-2222-4333-8444-555555555555",
+		Overlays: map[string]string{
+			"sda": "/var/lib/undervdi/overlays/undervdi-0a1b2c3d-sda.qcow2",
+			"vdb": "/var/lib/undervdi/overlays/undervdi-0a1b2c3d-vdb.qcow2",
+		},
+		SpicePassword: "per-vm-secret",
+		SpiceAddress:  "10.213.220.2",
+		Meta:          Metadata{Pool: "undervdi", State: "booting", Golden: "win10"},
+		MAC:           func() string { return "52:54:00:00:00:01" },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := etree.NewDocument()
+	if err := doc.ReadFromString(out); err != nil {
+		t.Fatal(err)
+	}
+	grs := doc.FindElements("//devices/graphics")
+	if len(grs) != 1 {
+		t.Fatalf("%d displays, want one SPICE:\n%s", len(grs), out)
+	}
+	gr := grs[0]
+	for attr, want := range map[string]string{"type": "spice", "autoport": "yes", "defaultMode": "secure", "passwd": "per-vm-secret", "port": "", "tlsPort": ""} {
+		if got := gr.SelectAttrValue(attr, ""); got != want {
+			t.Errorf("graphics %s=%q, want %q", attr, got, want)
+		}
+	}
+	ls := gr.SelectElements("listen")
+	if len(ls) != 1 || ls[0].SelectAttrValue("type", "") != "address" || ls[0].SelectAttrValue("address", "") != "10.213.220.2" {
+		t.Errorf("listen: %d elements, want one on address 10.213.220.2:\n%s", len(ls), out)
+	}
+	for _, ch := range gr.SelectElements("channel") {
+		t.Errorf("a channel mode of the golden's is kept (%s=%s): one in clear would be allowed",
+			ch.SelectAttrValue("name", ""), ch.SelectAttrValue("mode", ""))
+	}
+
+	// Running, libvirt has given it a TLS port: that is where it is reached.
+	live := `<domain type='qemu' id='9'><name>undervdi-0a1b2c3d</name><devices>
+	  <graphics type='spice' tlsPort='5901' autoport='yes' listen='10.213.220.2' defaultMode='secure' passwd='pw'>
+	    <listen type='address' address='10.213.220.2'/></graphics></devices></domain>`
+	d, err := ParseDomain(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.SpiceTLS != "10.213.220.2:5901" || d.SpiceSocket != "" || d.SpicePassword != "pw" {
+		t.Errorf("live: SpiceTLS %q, socket %q, password %q", d.SpiceTLS, d.SpiceSocket, d.SpicePassword)
+	}
+	if d, _ := ParseDomain(strings.Replace(live, "id='9'", "id='-1'", 1)); d.SpiceTLS != "" {
+		t.Errorf("shut off: SpiceTLS %q, want none", d.SpiceTLS)
+	}
+}

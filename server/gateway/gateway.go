@@ -1,14 +1,17 @@
 // Package gateway is the SPICE gateway: the one TCP port through which a
 // kiosk reaches its VM's screen. It answers each channel's link handshake
 // itself, with its own RSA key, checks the client's ticket against the
-// session's lease, and only then logs in to the VM (on its unix socket,
-// with the VM's own password) and splices bytes both ways. Displays
+// session's lease, and only then logs in to the VM (on its unix socket, or
+// over TLS on another host's backend network, with the VM's own password)
+// and splices bytes both ways. Displays
 // (probe.go) learns each VM's SPICE capabilities before the VM is clean.
 package gateway
 
 import (
 	"context"
 	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -26,19 +29,37 @@ import (
 // handshakeTimeout bounds a link handshake, on either side.
 const handshakeTimeout = 10 * time.Second
 
-// Dialer reaches a VM's SPICE server: a unix socket on this host today, a
-// connection to another KVM host later (docs/design.md, several hosts).
+// Dialer reaches a VM's SPICE server.
 type Dialer interface {
 	DialSpice(ctx context.Context, t pool.SpiceTarget) (net.Conn, error)
 }
 
-// LocalDialer dials SPICE unix sockets on this host.
-type LocalDialer struct{}
+// SpiceDialer reaches a VM's SPICE server on its unix socket when the VM
+// runs on the broker's own host, or on its TLS port on another host's
+// backend address (docs/hosts.md): QEMU's SPICE TLS with the certificate
+// libvirt's spice_tls gives it, which must be signed by Hosts and name the
+// address dialled. The zero SpiceDialer reaches unix sockets only.
+type SpiceDialer struct {
+	Hosts *x509.CertPool // the CA of the hosts' SPICE certificates
+}
 
 // DialSpice implements Dialer.
-func (LocalDialer) DialSpice(ctx context.Context, t pool.SpiceTarget) (net.Conn, error) {
-	var d net.Dialer
-	return d.DialContext(ctx, "unix", t.Socket)
+func (d SpiceDialer) DialSpice(ctx context.Context, t pool.SpiceTarget) (net.Conn, error) {
+	switch {
+	case t.Socket != "":
+		var nd net.Dialer
+		return nd.DialContext(ctx, "unix", t.Socket)
+	case t.TLS == "":
+		return nil, errors.New("the VM has no SPICE display")
+	case d.Hosts == nil:
+		return nil, fmt.Errorf("SPICE at %s is on another host, and no CA for the hosts' SPICE certificates is configured", t.TLS)
+	}
+	host, _, err := net.SplitHostPort(t.TLS)
+	if err != nil {
+		return nil, err
+	}
+	td := tls.Dialer{Config: &tls.Config{RootCAs: d.Hosts, ServerName: host, MinVersion: tls.VersionTLS12}}
+	return td.DialContext(ctx, "tcp", t.TLS)
 }
 
 // Sessions is what the gateway asks of the broker's leases; the

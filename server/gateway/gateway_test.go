@@ -137,7 +137,7 @@ func newHarness(t testing.TB) *harness {
 	h.m = session.New(session.Config{ConnectWindow: 5 * time.Second, Grace: 50 * time.Millisecond, Heartbeat: time.Second,
 		HeartbeatTimeout: 5 * time.Second, IdleLimit: time.Minute, QueueLimit: 10, GatewayPort: 1}, h.pool, reg, audit, logger())
 	h.pool.Sink = h.m.VMEnded
-	h.displays = NewDisplays(LocalDialer{})
+	h.displays = NewDisplays(SpiceDialer{})
 	gw, err := New(h.m, h.displays, audit, logger())
 	if err != nil {
 		t.Fatal(err)

@@ -11,10 +11,11 @@ import (
 )
 
 // SpiceTarget is how the broker reaches a VM's display: a unix socket on the
-// VM's host and the VM's own SPICE password. The password never leaves the
-// broker.
+// broker's own host or a TLS port on another host, and the VM's own SPICE
+// password. The password never leaves the broker.
 type SpiceTarget struct {
-	Socket   string
+	Socket   string // its unix socket, on the broker's own host
+	TLS      string // or host:port of its TLS port, on another host
 	Password string
 }
 

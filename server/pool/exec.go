@@ -196,7 +196,7 @@ func (p *Pool) create(ctx context.Context, ver *version, name string, meta domxm
 	if err != nil {
 		return input{kind: resCreateFailed, err: err, paths: paths}
 	}
-	return input{kind: resCreated, dom: dom, paths: paths, spice: SpiceTarget{Socket: dom.SpiceSocket, Password: password}}
+	return input{kind: resCreated, dom: dom, paths: paths, spice: SpiceTarget{Socket: dom.SpiceSocket, TLS: dom.SpiceTLS, Password: password}}
 }
 
 // ready pings the guest agent a few times (it may take a moment to answer

@@ -102,7 +102,7 @@ func (p *Pool) reconcile(listed time.Time, doms []*domxml.Domain, overlays, volu
 func (p *Pool) found(d *domxml.Domain) {
 	m := d.Meta
 	v := &vm{name: d.Name, since: m.Since, version: m.Version, overlays: p.overlaysOf(d), slot: -1,
-		spice:  SpiceTarget{Socket: d.SpiceSocket, Password: d.SpicePassword},
+		spice:  SpiceTarget{Socket: d.SpiceSocket, TLS: d.SpiceTLS, Password: d.SpicePassword},
 		claim:  Claim{Kiosk: m.Kiosk, Lease: m.Lease, Addr: m.Addr, At: m.Offered},
 		linked: m.Linked, hasAgent: p.current.HasAgent, agent: d.AgentState == "connected"}
 	if p.cfg.Network != nil && d.GuestIP != "" {
