@@ -44,6 +44,16 @@ import (
 // status 2 for them, which the systemd unit does not restart.
 var ErrSetup = errors.New("setup error")
 
+// ErrHostsNotYet: the configuration lists several hosts, which this broker
+// does not serve yet.
+var ErrHostsNotYet = errors.New("[[hosts]]: this broker serves one host so far; several hosts are being built (docs/hosts.md)")
+
+// ErrRemoteGuestNet: the isolated guest network is the broker's own (its
+// DNS and proxies listen on the network's gateway), so far only on the
+// broker's machine.
+var ErrRemoteGuestNet = errors.New("[network] mode = \"isolated\" needs the host on the broker's own machine so far " +
+	"(the allowlist's DNS and proxies run on the broker); with a host elsewhere use mode = \"golden\" and the site's own network design (docs/hosts.md)")
+
 // Broker is a running broker. Its parts depend on each other in one
 // direction only, and are made in that order: the gateway's Displays (the
 // pool's last readiness check), the pool, the sessions (which take VMs from
@@ -69,7 +79,25 @@ type Broker struct {
 // New prepares a broker; it starts connecting to libvirt at once, in the
 // background, until ctx ends.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, error) {
-	host, err := virt.Open(ctx, cfg.LibvirtURI, log)
+	hosts := cfg.SiteHosts()
+	switch {
+	case len(hosts) > 1:
+		return nil, fmt.Errorf("%w: %w", ErrSetup, ErrHostsNotYet)
+	case hosts[0].Remote() && cfg.Network.Isolated():
+		return nil, fmt.Errorf("%w: %w", ErrSetup, ErrRemoteGuestNet)
+	}
+	dialer := gateway.SpiceDialer{}
+	if cfg.Gateway.HostsCA != "" {
+		pem, err := os.ReadFile(cfg.Gateway.HostsCA)
+		if err != nil {
+			return nil, fmt.Errorf("%w: gateway.hosts_ca: %w", ErrSetup, err)
+		}
+		dialer.Hosts = x509.NewCertPool()
+		if !dialer.Hosts.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: gateway.hosts_ca: %s holds no PEM certificate", ErrSetup, cfg.Gateway.HostsCA)
+		}
+	}
+	host, err := virt.Open(ctx, hosts[0].URI, log)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
@@ -82,7 +110,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
 	b := &Broker{Config: cfg, Log: log, Host: host, registry: registry,
-		displays: gateway.NewDisplays(gateway.SpiceDialer{}), Metrics: metrics.New()}
+		displays: gateway.NewDisplays(dialer), Metrics: metrics.New()}
 	if b.tls, err = b.kioskTLS(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
@@ -226,6 +254,7 @@ func PoolConfig(cfg *config.Config, ready func(context.Context, pool.VM) error) 
 		ReadyCheck:        ready,
 		USBFilter:         usb,
 		Network:           network,
+		SpiceAddress:      cfg.SiteHosts()[0].SpiceAddress,
 	}
 }
 

@@ -55,6 +55,10 @@ type Config struct {
 	AdminSocket       string   `toml:"admin_socket"`
 	StateDir          string   `toml:"state_dir"`
 	LogLevel          string   `toml:"log_level"`
+	// Hosts are the site's KVM hosts (hosts.go); none: libvirt_uri alone.
+	Hosts     []Host `toml:"hosts"`
+	Placement string `toml:"placement"` // spread or pack
+	VMUnits   int    `toml:"vm_units"`  // what one VM costs of a host's units
 
 	Gateway  Gateway         `toml:"gateway"`
 	Sessions Sessions        `toml:"sessions"`
@@ -137,6 +141,9 @@ type Gateway struct {
 	ConnectWindow   Duration `toml:"connect_window"` // the original's count_conn_tryes
 	Grace           Duration `toml:"grace"`
 	MaxConnsPerAddr int      `toml:"max_conns_per_addr"`
+	// HostsCA is the CA file that signed the hosts' SPICE TLS certificates:
+	// the gateway's trust for a VM on a host other than this machine.
+	HostsCA string `toml:"hosts_ca"`
 }
 
 // Sessions is the kiosk side: the kiosk protocol, the legacy signal port,
@@ -177,6 +184,8 @@ type Kiosk struct {
 	// MaxKiosks caps the kiosks of a group (an id with '*') connected at
 	// once: one token cannot mint unlimited kiosks.
 	MaxKiosks int `toml:"max_kiosks"`
+	// HostGroup pins the kiosk (or group) to the hosts of that group.
+	HostGroup string `toml:"host_group"`
 }
 
 // DefaultMaxKiosks is a group's cap when the file names none.
@@ -210,6 +219,7 @@ func Default() *Config {
 		AdminSocket:       "/run/undervdi/admin.sock",
 		StateDir:          "/var/lib/undervdi/broker",
 		LogLevel:          "info",
+		Placement:         "spread",
 		Gateway: Gateway{
 			Listen:          ":5906",
 			TLSListen:       ":5909",
@@ -278,8 +288,16 @@ func Parse(data []byte) (*Config, error) {
 	for _, k := range md.Undecoded() {
 		errs = append(errs, fmt.Errorf("unknown key %q", k.String()))
 	}
+	if len(c.Hosts) > 0 && md.IsDefined("libvirt_uri") {
+		errs = append(errs, errors.New("libvirt_uri: with [[hosts]], each host's uri says where it is; leave libvirt_uri out"))
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
+	}
+	c.hostDefaults()
+	if len(c.Hosts) == 1 { // the same as today's one host
+		h := c.Hosts[0]
+		c.LibvirtURI, c.MaxVMs, c.MemoryReserve = h.URI, h.Capacity(c.VMUnits), h.MemoryReserve
 	}
 	return c, c.Validate()
 }
@@ -304,7 +322,8 @@ func (c *Config) Validate() error {
 	if c.PoolSize < 1 {
 		bad("pool_size", "%d: must be at least 1", c.PoolSize)
 	}
-	if c.MaxVMs < c.PoolSize {
+	if len(c.Hosts) == 0 && c.MaxVMs < c.PoolSize { // hosts: validateHosts
+
 		bad("max_vms", "%d: must be at least pool_size (%d)", c.MaxVMs, c.PoolSize)
 	}
 	if !filepath.IsAbs(c.OverlayDir) {
@@ -359,10 +378,11 @@ func (c *Config) Validate() error {
 			bad("metrics.listen", "%q: the metrics are not authenticated; listen on a loopback address such as 127.0.0.1:9107", c.Metrics.Listen)
 		}
 	}
-	if _, err := schedule.Parse(c.Schedule, c.MaxVMs); err != nil {
+	if _, err := schedule.Parse(c.Schedule, c.Capacity()); err != nil {
 		errs = append(errs, err)
 	}
 	c.validateNetwork(bad)
+	c.validateHosts(bad)
 	for i, m := range c.Images.Manifests {
 		if !filepath.IsAbs(m) {
 			bad(fmt.Sprintf("images.manifests[%d]", i), "%q: must be an absolute path", m)

@@ -71,15 +71,30 @@ func Run(ctx context.Context, cfg *config.Config, env Env) []Result {
 		}
 		out = append(out, Result{check, result, detail, hint})
 	}
-	env.kvm(add)
+	// A host on another machine: what is checked through libvirt holds
+	// for it; the machine's own KVM, disks, firewall and SELinux are not
+	// this one's, and are checked there.
+	here := !cfg.SiteHosts()[0].Remote()
+	if here {
+		env.kvm(add)
+	} else {
+		add("host", Warn, fmt.Sprintf("%s is another machine: its KVM, storage, firewall and SELinux are not checked from here", cfg.LibvirtURI),
+			`run vdi-broker check-host on that machine too, with uri = "qemu:///system"`)
+	}
 	g := env.libvirt(ctx, cfg, add)
-	env.storage(cfg, g, add)
+	if here {
+		env.storage(cfg, g, add)
+	}
 	env.capacity(ctx, cfg, g, add)
 	env.ports(cfg, add)
-	env.firewall(add)
+	if here {
+		env.firewall(add)
+	}
 	env.guestNetwork(cfg, add)
 	env.clock(add)
-	env.lsm(add)
+	if here {
+		env.lsm(add)
+	}
 	return out
 }
 

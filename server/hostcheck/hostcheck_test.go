@@ -177,3 +177,31 @@ func TestWhatFails(t *testing.T) {
 		t.Errorf("time %+v, firewall %+v", v["time"], v["firewall"])
 	}
 }
+
+// TestRemoteHost: with the host on another machine, this machine's KVM,
+// disks, firewall and SELinux are not reported as the host's: one warning
+// says to check that machine there; what libvirt tells is still checked.
+func TestRemoteHost(t *testing.T) {
+	c := cfg(t)
+	c.Network.Mode = "golden"
+	c.LibvirtURI = "qemu+tls://kvm2.backend/system"
+	c.Hosts = []config.Host{{Name: "kvm2", URI: c.LibvirtURI, MaxVMs: c.MaxVMs, Weight: 1, SpiceAddress: "10.10.0.12"}}
+	// This machine has no KVM and no firewall: neither is the host's concern.
+	e := env(t, host(t, "fpu sse2", "1"))
+	e.Firewall = func() (string, bool) { return "no firewall", false }
+	v := verdicts(Run(context.Background(), c, e))
+	for _, check := range []string{"kvm", "storage overlay_dir", "storage versions_dir", "firewall", "security"} {
+		if r, ok := v[check]; ok {
+			t.Errorf("%s checked on this machine for a host elsewhere: %+v", check, r)
+		}
+	}
+	if r := v["host"]; r.Result != Warn || !strings.Contains(r.Detail, "kvm2.backend") || !strings.Contains(r.Hint, "check-host on that machine") {
+		t.Errorf("host: %+v", r)
+	}
+	if r := v["libvirt"]; r.Result != Pass {
+		t.Errorf("libvirt: %+v", r)
+	}
+	if r := v["capacity"]; r.Result != Pass {
+		t.Errorf("capacity: %+v", r)
+	}
+}

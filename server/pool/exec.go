@@ -187,7 +187,7 @@ func (p *Pool) create(ctx context.Context, ver *version, name string, meta domxm
 	password := spice.NewPassword()
 	xml, err := ver.CloneXML(domxml.Clone{
 		Name: name, UUID: uuid.NewString(), Overlays: overlays, Secrets: secrets, SpicePassword: password, Meta: meta, MAC: randomMAC,
-		USBFilter: p.cfg.USBFilter, NIC: nic,
+		USBFilter: p.cfg.USBFilter, NIC: nic, SpiceAddress: p.cfg.SpiceAddress,
 	})
 	if err != nil {
 		return input{kind: resCreateFailed, err: err, paths: paths}

@@ -122,6 +122,10 @@ type Config struct {
 	// USBFilter is the site's USB redirection policy; each clone's QEMU
 	// enforces it (a <redirfilter>), whatever the client does.
 	USBFilter []kioskproto.USBRule
+	// SpiceAddress, if set, is the host's backend address where each
+	// clone's SPICE listens, TLS only: the host is not the broker's
+	// machine. "": SPICE on unix sockets, on the broker's own host.
+	SpiceAddress string
 	// Network, if set, puts each clone on the broker's guest network, in
 	// an address slot no other VM of the pool holds; nil keeps the golden's
 	// interfaces.

@@ -1,0 +1,116 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+const twoHosts = `golden = "g"
+pool_size = 6
+vm_units = 4
+placement = "pack"
+[gateway]
+hosts_ca = "/etc/undervdi/hosts-ca.pem"
+[[hosts]]
+name = "kvm1"
+uri = "qemu:///system"
+max_vms = 10
+[[hosts]]
+name = "kvm2"
+uri = "qemu+tls://kvm2.backend/system"
+units = 20
+weight = 2
+group = "branch-a"
+spice_address = "10.10.0.12"
+memory_reserve = "4GiB"
+[[kiosk]]
+id = "branch-a-*"
+address = "169.254.24.0/24"
+token = "a long random secret"
+host_group = "branch-a"
+`
+
+func TestHosts(t *testing.T) {
+	c, err := Parse([]byte(twoHosts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := c.SiteHosts()
+	if len(hs) != 2 || c.Placement != "pack" {
+		t.Fatalf("hosts %+v, placement %q", hs, c.Placement)
+	}
+	if h := hs[0]; h.Remote() || h.Capacity(c.VMUnits) != 10 || h.Weight != 1 || h.MemoryReserve != 1<<30 {
+		t.Errorf("kvm1 = %+v: want this machine, 10 VMs, weight 1, the top-level memory_reserve", h)
+	}
+	// 20 units at 4 a VM: 5 VMs, though max_vms (the top level's 8) allows more.
+	if h := hs[1]; !h.Remote() || h.Capacity(c.VMUnits) != 5 || h.Weight != 2 || h.MemoryReserve != 4<<30 || h.MaxVMs != 8 {
+		t.Errorf("kvm2 = %+v (capacity %d): want another machine, 5 VMs, weight 2, 4GiB kept free", h, h.Capacity(c.VMUnits))
+	}
+	if c.Capacity() != 15 {
+		t.Errorf("site capacity %d, want 15", c.Capacity())
+	}
+
+	// No [[hosts]]: the one host the top level describes.
+	one, err := Parse([]byte(`golden = "g"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs := one.SiteHosts(); len(hs) != 1 || hs[0].URI != "qemu:///system" || hs[0].Remote() || hs[0].Capacity(0) != 8 {
+		t.Errorf("without [[hosts]]: %+v", hs)
+	}
+	// One [[hosts]] entry on this machine is the same as today.
+	listed, err := Parse([]byte("golden = \"g\"\n[[hosts]]\nuri = \"qemu:///system\"\nmax_vms = 12\nmemory_reserve = \"2GiB\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if listed.LibvirtURI != "qemu:///system" || listed.MaxVMs != 12 || listed.MemoryReserve != 2<<30 || listed.Hosts[0].Name != "local" {
+		t.Errorf("one listed host: uri %q, max_vms %d, memory_reserve %d, name %q", listed.LibvirtURI, listed.MaxVMs, listed.MemoryReserve, listed.Hosts[0].Name)
+	}
+}
+
+func TestHostsValidated(t *testing.T) {
+	for _, tc := range []struct {
+		name, from, to string // twoHosts with from replaced by to
+		want           string
+	}{
+		{"a host without a name", `name = "kvm2"`, ``, `hosts[1].name: required when there are several hosts`},
+		{"a name twice", `name = "kvm2"`, `name = "kvm1"`, `hosts "kvm1".name: "kvm1" appears twice`},
+		{"a bad name", `name = "kvm2"`, `name = "KVM 2"`, `hosts "KVM 2".name: "KVM 2": lowercase`},
+		{"no uri", `uri = "qemu+tls://kvm2.backend/system"`, ``, `hosts "kvm2".uri: required`},
+		{"a session daemon", `qemu+tls://kvm2.backend/system`, `qemu+tls://kvm2.backend/session`, `not a libvirt URI of a system daemon`},
+		{"in clear", `qemu+tls://kvm2.backend/system`, `qemu+tcp://kvm2.backend/system`, `qemu+tcp carries the host's control in clear`},
+		{"another hypervisor", `qemu+tls://kvm2.backend/system`, `xen+tls://kvm2.backend/system`, `the transport must be qemu`},
+		{"a uri twice", `qemu+tls://kvm2.backend/system`, `qemu:///system`, `"qemu:///system" appears twice`},
+		{"no room", `max_vms = 10`, `max_vms = -1`, `hosts "kvm1".max_vms: -1: must be at least 1`},
+		{"units without a cost", `vm_units = 4`, ``, `hosts "kvm2".units: a host in units needs vm_units`},
+		{"less than a VM", `units = 20`, `units = 3`, `hosts "kvm2".units: 3: less than one VM's vm_units (4)`},
+		{"a bad weight", `weight = 2`, `weight = -2`, `hosts "kvm2".weight: -2: must be at least 1`},
+		{"a bad group", `group = "branch-a"`, `group = "Branch A"`, `hosts "kvm2".group: "Branch A"`},
+		{"a kiosk pinned to no host", `host_group = "branch-a"`, `host_group = "branch-b"`, `kiosk[0].host_group: "branch-b": no host has that group`},
+		{"a remote host without its backend address", `spice_address = "10.10.0.12"`, ``, `hosts "kvm2".spice_address: "": a host other than this machine needs its backend address`},
+		{"a loopback backend address", `spice_address = "10.10.0.12"`, `spice_address = "127.0.0.1"`, `hosts "kvm2".spice_address: "127.0.0.1"`},
+		{"no hosts CA", `hosts_ca = "/etc/undervdi/hosts-ca.pem"`, ``, `gateway.hosts_ca: required with a host other than this machine`},
+		{"more clean VMs than the hosts hold", `pool_size = 6`, `pool_size = 16`, `pool_size: 16: more than the hosts hold together (15)`},
+		{"placement", `placement = "pack"`, `placement = "random"`, `placement: "random": spread`},
+		{"libvirt_uri besides [[hosts]]", `golden = "g"`, "golden = \"g\"\nlibvirt_uri = \"qemu:///system\"", `libvirt_uri: with [[hosts]]`},
+	} {
+		in := strings.Replace(twoHosts, tc.from, tc.to, 1)
+		if in == twoHosts {
+			t.Fatalf("%s: %q is not in the base file", tc.name, tc.from)
+		}
+		_, err := Parse([]byte(in))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		}
+	}
+	// Another machine named by libvirt_uri alone: where would its SPICE be?
+	if _, err := Parse([]byte("golden = \"g\"\nlibvirt_uri = \"qemu+tls://kvm2/system\"\n")); err == nil ||
+		!strings.Contains(err.Error(), `libvirt_uri: "qemu+tls://kvm2/system" is another machine: list it in [[hosts]]`) {
+		t.Errorf("a remote libvirt_uri without [[hosts]]: %v", err)
+	}
+	// A backend address on this machine's host is refused.
+	in := strings.Replace(twoHosts, `uri = "qemu:///system"`, "uri = \"qemu:///system\"\nspice_address = \"10.10.0.11\"", 1)
+	if _, err := Parse([]byte(in)); err == nil || !strings.Contains(err.Error(), `hosts "kvm1".spice_address: only for a host other than this machine`) {
+		t.Errorf("spice_address on this machine's host: %v", err)
+	}
+}
