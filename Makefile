@@ -92,7 +92,8 @@ fuzz:
 SOLO_PKGS := ./pxe/... ./initramfs/... ./tinyvm/...
 SOLO_TESTS := ^(TestBoot|TestKioskBootsFromSDCard|TestMatchesGrubBiosSetup)$$
 integration:
-	@libvirt_pkgs=$$(go list $(GO_PKGS) | grep -v -e '/pxe' -e '/initramfs' -e '/tinyvm'); \
+	@libvirt_pkgs=$$(go list $(GO_PKGS) | grep -v -e '/pxe' -e '/initramfs' -e '/tinyvm') && [ -n "$$libvirt_pkgs" ] || exit 1; \
+	trap 'kill $$a $$b 2>/dev/null' INT TERM; \
 	go test -tags integration -count=1 -p 1 -timeout 30m -skip '$(SOLO_TESTS)' $$libvirt_pkgs & a=$$!; \
 	( go test -tags integration -count=1 -timeout 30m -run '$(SOLO_TESTS)' ./image-build; s=$$?; \
 	  go test -tags integration -count=1 -p 1 -timeout 30m $(SOLO_PKGS) && exit $$s ) & b=$$!; \

@@ -185,6 +185,25 @@ func ConsoleFullScreen(img *image.RGBA) (ok bool, why string) {
 	if box.Dx()*100 < b.Dx()*97 && box.Dy()*100 < b.Dy()*97 {
 		return false, fmt.Sprintf("the console is %dx%d of a %dx%d screen", box.Dx(), box.Dy(), b.Dx(), b.Dy())
 	}
+	// The console's own edges are its black background: dark pixels of
+	// something else (a toolbar's icon) do not stretch the box over it.
+	for _, edge := range []image.Rectangle{
+		image.Rect(box.Min.X, box.Min.Y, box.Max.X, box.Min.Y+1), image.Rect(box.Min.X, box.Max.Y-1, box.Max.X, box.Max.Y),
+		image.Rect(box.Min.X, box.Min.Y, box.Min.X+1, box.Max.Y), image.Rect(box.Max.X-1, box.Min.Y, box.Max.X, box.Max.Y),
+	} {
+		dark, n := 0, 0
+		for y := edge.Min.Y; y < edge.Max.Y; y++ {
+			for x := edge.Min.X; x < edge.Max.X; x++ {
+				if c := img.RGBAAt(x, y); c.R < 8 && c.G < 8 && c.B < 8 {
+					dark++
+				}
+				n++
+			}
+		}
+		if dark*4 < n*3 {
+			return false, fmt.Sprintf("the dark area %v is not one console: its edge %v is %d%% dark", box, edge, 100*dark/n)
+		}
+	}
 	var plain color.RGBA
 	seen := false
 	for y := b.Min.Y; y < b.Max.Y; y++ {

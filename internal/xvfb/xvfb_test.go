@@ -55,6 +55,12 @@ func TestConsoleFullScreen(t *testing.T) {
 	console(wideWindow, image.Rect(0, 78, 800, 523), 12)
 	draw.Draw(wideWindow, image.Rect(10, 10, 60, 40), image.NewUniform(color.RGBA{0x20, 0x60, 0xd0, 0xff}), image.Point{}, draw.Src)
 
+	// A window with a dark icon in its toolbar, above the console.
+	darkIcon := blank(grey)
+	console(darkIcon, image.Rect(0, 78, 800, 523), 12)
+	draw.Draw(darkIcon, image.Rect(0, 0, 800, 40), image.NewUniform(color.RGBA{0xf0, 0xf0, 0xf0, 0xff}), image.Point{}, draw.Src)
+	draw.Draw(darkIcon, image.Rect(10, 10, 30, 30), image.NewUniform(black), image.Point{}, draw.Src)
+
 	for _, tc := range []struct {
 		name string
 		img  *image.RGBA
@@ -65,6 +71,7 @@ func TestConsoleFullScreen(t *testing.T) {
 		{"busy console", busy, true, ""},
 		{"windowed", windowed, false, "the console is 720x400"},
 		{"wide window", wideWindow, false, "something besides the console"},
+		{"a dark icon in a toolbar", darkIcon, false, "is not one console"},
 		{"the viewer's grey alone", blank(grey), false, "no text console"},
 	} {
 		ok, why := ConsoleFullScreen(tc.img)

@@ -141,6 +141,12 @@ func (c *Config) validateHosts(bad func(key, format string, args ...any)) {
 			bad(key+".uri", "%q: the transport must be qemu (this machine), qemu+tls or qemu+ssh", h.URI)
 		case uris[h.URI]:
 			bad(key+".uri", "%q appears twice", h.URI)
+		default:
+			for _, q := range []string{"no_verify", "known_hosts_verify", "name", "mode"} {
+				if u.Query().Has(q) {
+					bad(key+".uri", "%q: %s= would change what the connection verifies or reaches; leave it out", h.URI, q)
+				}
+			}
 		}
 		uris[h.URI] = true
 		if h.MaxVMs < 1 {
@@ -171,6 +177,10 @@ func (c *Config) validateHosts(bad func(key, format string, args ...any)) {
 		} else if h.SpiceAddress != "" {
 			bad(key+".spice_address", "only for a host other than this machine: here SPICE is a unix socket")
 		}
+	}
+	if remote && c.Network.Isolated() {
+		bad("network.mode", "\"isolated\" needs the host on the broker's own machine so far (the allowlist's DNS and proxies run on the broker): "+
+			"with a host elsewhere use mode = \"golden\" and the site's own network design")
 	}
 	if remote && c.Gateway.HostsCA == "" {
 		bad("gateway.hosts_ca", "required with a host other than this machine: the CA file that signed the hosts' SPICE certificates (libvirt's spice_tls)")

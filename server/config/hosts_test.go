@@ -11,6 +11,8 @@ vm_units = 4
 placement = "pack"
 [gateway]
 hosts_ca = "/etc/undervdi/hosts-ca.pem"
+[network]
+mode = "golden"
 [[hosts]]
 name = "kvm1"
 uri = "qemu:///system"
@@ -92,6 +94,9 @@ func TestHostsValidated(t *testing.T) {
 		{"no hosts CA", `hosts_ca = "/etc/undervdi/hosts-ca.pem"`, ``, `gateway.hosts_ca: required with a host other than this machine`},
 		{"more clean VMs than the hosts hold", `pool_size = 6`, `pool_size = 16`, `pool_size: 16: more than the hosts hold together (15)`},
 		{"placement", `placement = "pack"`, `placement = "random"`, `placement: "random": spread`},
+		{"the isolated guest network with a host elsewhere", `mode = "golden"`, `mode = "isolated"`, `network.mode: "isolated" needs the host on the broker's own machine`},
+		{"a URI that skips verification", `qemu+tls://kvm2.backend/system`, `qemu+tls://kvm2.backend/system?no_verify=1`, `no_verify= would change what the connection verifies`},
+		{"a URI naming another daemon", `qemu+tls://kvm2.backend/system`, `qemu+tls://kvm2.backend/system?name=qemu:///session`, `name= would change`},
 		{"libvirt_uri besides [[hosts]]", `golden = "g"`, "golden = \"g\"\nlibvirt_uri = \"qemu:///system\"", `libvirt_uri: with [[hosts]]`},
 	} {
 		in := strings.Replace(twoHosts, tc.from, tc.to, 1)

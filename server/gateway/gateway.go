@@ -43,8 +43,12 @@ type SpiceDialer struct {
 	Hosts *x509.CertPool // the CA of the hosts' SPICE certificates
 }
 
-// DialSpice implements Dialer.
+// DialSpice implements Dialer. A dial, with its TLS handshake, takes at
+// most handshakeTimeout: a host that accepts and then says nothing does
+// not hold the gateway.
 func (d SpiceDialer) DialSpice(ctx context.Context, t pool.SpiceTarget) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
 	switch {
 	case t.Socket != "":
 		var nd net.Dialer

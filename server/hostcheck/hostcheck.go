@@ -78,8 +78,8 @@ func Run(ctx context.Context, cfg *config.Config, env Env) []Result {
 	if here {
 		env.kvm(add)
 	} else {
-		add("host", Warn, fmt.Sprintf("%s is another machine: its KVM, storage, firewall and SELinux are not checked from here", cfg.LibvirtURI),
-			`run vdi-broker check-host on that machine too, with uri = "qemu:///system"`)
+		add("host", Warn, fmt.Sprintf("%s is another machine: its KVM, storage, firewall and SELinux are not checked from here", cfg.SiteHosts()[0].URI),
+			`run vdi-broker check-host on that machine too, with uri = "qemu:///system": there its kvm, storage, firewall and security lines are the ones that count`)
 	}
 	g := env.libvirt(ctx, cfg, add)
 	if here {
@@ -134,7 +134,7 @@ func (e Env) kvm(add func(string, string, string, string)) {
 // libvirt: reachable, its version, and the golden VM.
 func (e Env) libvirt(ctx context.Context, cfg *config.Config, add func(string, string, string, string)) *domxml.Golden {
 	if e.Libvirt == nil {
-		add("libvirt", Fail, fmt.Sprintf("not reachable at %s: %v", cfg.LibvirtURI, e.LibErr),
+		add("libvirt", Fail, fmt.Sprintf("not reachable at %s: %v", cfg.SiteHosts()[0].URI, e.LibErr),
 			"start libvirt (systemctl start virtqemud.socket, or libvirtd) and check the broker's group (libvirt)")
 		return nil
 	}
@@ -143,7 +143,7 @@ func (e Env) libvirt(ctx context.Context, cfg *config.Config, add func(string, s
 		add("libvirt", Fail, err.Error(), "check libvirt's log (journalctl -u virtqemud)")
 		return nil
 	}
-	add("libvirt", Pass, fmt.Sprintf("libvirt %s, %s %s, at %s", info.LibvirtVersion, info.Hypervisor, info.HypervisorVersion, cfg.LibvirtURI), "")
+	add("libvirt", Pass, fmt.Sprintf("libvirt %s, %s %s, at %s", info.LibvirtVersion, info.Hypervisor, info.HypervisorVersion, cfg.SiteHosts()[0].URI), "")
 	g, err := e.Libvirt.Golden(ctx, cfg.Golden)
 	switch {
 	case errors.Is(err, virt.ErrRunning):

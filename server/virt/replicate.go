@@ -53,9 +53,6 @@ func (h *Host) ReplicateDisk(ctx context.Context, from *Host, src domxml.Disk, n
 		if err != nil {
 			return wrap(l, err, "making %s in %s", name, pool.Name)
 		}
-		if path, err = l.StorageVolGetPath(dst); err != nil {
-			return wrap(l, err, "the copy %s", name)
-		}
 		defer func() {
 			if ferr != nil {
 				// Best effort: a copy left without its template is deleted
@@ -64,13 +61,17 @@ func (h *Host) ReplicateDisk(ctx context.Context, from *Host, src domxml.Disk, n
 				path = ""
 			}
 		}()
-		return stream(ctx, sl, vol, l, dst, total, progress)
+		if path, err = l.StorageVolGetPath(dst); err != nil {
+			return wrap(l, err, "the copy %s", name)
+		}
+		if err := stream(ctx, sl, vol, l, dst, total, progress); err != nil {
+			return err
+		}
+		// libvirt reads the copy's format (qcow2) from its bytes now.
+		return wrap(l, l.StoragePoolRefresh(pool, 0), "refreshing %s", pool.Name)
 	})
 	if err != nil {
 		return "", err
-	}
-	if err := l.StoragePoolRefresh(pool, 0); err != nil {
-		return "", wrap(l, err, "refreshing %s", pool.Name)
 	}
 	return path, nil
 }
@@ -89,7 +90,7 @@ func stream(ctx context.Context, sl *libvirt.Libvirt, src libvirt.StorageVol, dl
 	progress(0, total) // the total, at once
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	chunks := make(chan []byte, 1)
+	chunks := make(chan []byte) // one uploading, one downloaded waiting: two in memory
 	var downErr error
 	go func() {
 		defer close(chunks)
@@ -131,6 +132,8 @@ func stream(ctx context.Context, sl *libvirt.Libvirt, src libvirt.StorageVol, dl
 		progress(written, total)
 	}
 	switch {
+	case upErr == nil && downErr == nil && written != total && ctx.Err() != nil:
+		return ctx.Err() // cancelled as the last chunk came
 	case upErr != nil:
 		return wrap(dl, upErr, "writing %s", dst.Name)
 	case downErr != nil:

@@ -78,8 +78,10 @@ func TestReplicateDisk(t *testing.T) {
 	if calls < 3 || last != total || total != uint64(st.Size()) {
 		t.Errorf("progress: %d calls, last %d of %d; the file has %d bytes", calls, last, total, st.Size())
 	}
-	if st, err := os.Stat(seen(path)); err != nil || st.Mode().Perm()&0o222 != 0 {
-		t.Errorf("the copy: %v, mode %v; want it read-only", err, st.Mode())
+	if st, err := os.Stat(seen(path)); err != nil {
+		t.Error(err)
+	} else if st.Mode().Perm()&0o222 != 0 {
+		t.Errorf("the copy's mode is %v; want it read-only", st.Mode())
 	}
 
 	t.Run("a cancelled copy leaves nothing", func(t *testing.T) {

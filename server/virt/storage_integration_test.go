@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/digitalocean/go-libvirt"
 
@@ -37,20 +38,28 @@ func TestReadHeadEveryTime(t *testing.T) {
 	want = want[:min(len(want), headerBytes)]
 	const reads = 500
 	short := 0
-	err = withVolume(l, path, func(vol libvirt.StorageVol) error {
-		for range reads {
-			got, err := readHead(l, vol, uint64(len(want)))
-			if err != nil {
-				return err
+	done := make(chan error, 1)
+	go func() {
+		done <- withVolume(l, path, func(vol libvirt.StorageVol) error {
+			for range reads {
+				got, err := readHead(l, vol, uint64(len(want)))
+				if err != nil {
+					return err
+				}
+				if !bytes.Equal(got, want) {
+					short++
+				}
 			}
-			if !bytes.Equal(got, want) {
-				short++
-			}
+			return nil
+		})
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	case <-time.After(2 * time.Minute): // about a second when it works
+		t.Fatal("the header reads hung: the libvirt connection is wedged")
 	}
 	if short > 0 {
 		t.Fatalf("%d of %d header reads came back different from the file (empty or cut short)", short, reads)

@@ -265,7 +265,9 @@ func (l *Libvirt) deregister(id int32) {
 // if the connection to libvirt is lost. Callers waiting for responses will
 // return an error when the response channel is closed, rather than just
 // hanging. It runs once the socket's listener has returned, so no router
-// sends on c any more.
+// sends on c any more. (A Libvirt whose socket reconnected could still have
+// its old waitAndDisconnect here while a new router runs; undervdi makes a
+// new Libvirt for each connection.)
 func (l *Libvirt) deregisterAll() {
 	l.cmux.Lock()
 	defer l.cmux.Unlock()

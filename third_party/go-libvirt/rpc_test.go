@@ -269,6 +269,11 @@ func TestCallbackAfterDeregister(t *testing.T) {
 		close(routed)
 	}()
 	time.Sleep(10 * time.Millisecond) // the router is blocked on the send
+	select {
+	case <-routed:
+		t.Fatal("the router returned while its caller was still registered")
+	default:
+	}
 	l.cmux.Lock()
 	l.deregister(id)
 	l.cmux.Unlock()

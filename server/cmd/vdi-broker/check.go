@@ -44,13 +44,13 @@ func check(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	host, err := virt.Open(ctx, cfg.LibvirtURI, slog.New(slog.DiscardHandler))
+	host, err := virt.Open(ctx, cfg.SiteHosts()[0].URI, slog.New(slog.DiscardHandler))
 	if err != nil {
 		fmt.Fprintf(stderr, "vdi-broker: %v\n", err)
 		return exitSetup
 	}
 	if err := waitConnected(ctx, host); err != nil {
-		fmt.Fprintf(stderr, "vdi-broker: cannot reach libvirt at %s: %v\n", cfg.LibvirtURI, err)
+		fmt.Fprintf(stderr, "vdi-broker: cannot reach libvirt at %s: %v\n", cfg.SiteHosts()[0].URI, err)
 		return exitError
 	}
 	vs, err := host.Versions(ctx, cfg.PoolName+"-v")

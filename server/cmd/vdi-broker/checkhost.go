@@ -29,7 +29,7 @@ func checkHost(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	env := hostcheck.Env{AllowTCG: *allowTCG}
-	host, err := virt.Open(ctx, cfg.LibvirtURI, slog.New(slog.DiscardHandler))
+	host, err := virt.Open(ctx, cfg.SiteHosts()[0].URI, slog.New(slog.DiscardHandler))
 	if err == nil {
 		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 		err = waitConnected(wctx, host)
