@@ -4,6 +4,7 @@ package broker_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -46,15 +47,34 @@ func TestRemoteHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The host as an operator writes it, read and checked as the broker's
+	// file is; the bed's test settings (ports, directories) stay.
+	site, err := config.Parse([]byte(fmt.Sprintf(`golden = %q
+[gateway]
+hosts_ca = %q
+[network]
+mode = "golden" # the isolated guest network is the broker machine's own
+[[hosts]]
+name = %q
+uri = %q
+max_vms = 5
+memory_reserve = "512MiB"
+spice_address = %q
+`, golden.Name, filepath.Join(h2.PKI, "cacert.pem"), remotehost.Hostname, h2.URI, h2.NS.NSIP)))
+	if err != nil {
+		t.Fatal(err)
+	}
 	rb := brokertest.Start(t, bed, 1, func(c *config.Config) {
-		c.LibvirtURI = h2.URI
-		c.Golden = golden.Name
-		c.Hosts = []config.Host{{Name: remotehost.Hostname, URI: h2.URI, MaxVMs: c.MaxVMs, MemoryReserve: c.MemoryReserve,
-			Weight: 1, SpiceAddress: h2.NS.NSIP}}
-		c.Gateway.HostsCA = filepath.Join(h2.PKI, "cacert.pem")
-		c.Network.Mode = "golden" // the isolated guest network is the broker machine's own
+		c.Golden, c.Hosts, c.Gateway.HostsCA, c.Network.Mode = site.Golden, site.Hosts, site.Gateway.HostsCA, site.Network.Mode
+		c.LibvirtURI, c.MaxVMs, c.MemoryReserve = site.LibvirtURI, site.MaxVMs, site.MemoryReserve
 		c.OverlayDir, c.VersionDir = filepath.Join(dir, "overlays"), filepath.Join(dir, "versions")
+		if err := c.Validate(); err != nil {
+			t.Fatal(err)
+		}
 	})
+	if got := rb.Config.LibvirtURI; got != h2.URI || rb.Config.MaxVMs != 5 {
+		t.Errorf("one [[hosts]] entry: libvirt_uri %q, max_vms %d; want the host's", got, rb.Config.MaxVMs)
+	}
 	gwPort, _ := strconv.Atoi(rb.GatewayPort())
 	e := &e2e{t: t, bed: bed, b: rb.Broker, cfg: rb.Config, gwPort: gwPort, kiosk: rb.KioskAddr(),
 		auditAt: rb.Config.Sessions.AuditLog, tls: rb.KioskTLS(), caFile: rb.CAFile()}

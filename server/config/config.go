@@ -57,8 +57,8 @@ type Config struct {
 	LogLevel          string   `toml:"log_level"`
 	// Hosts are the site's KVM hosts (hosts.go); none: libvirt_uri alone.
 	Hosts     []Host `toml:"hosts"`
-	Placement string `toml:"placement"` // spread or pack
-	VMUnits   int    `toml:"vm_units"`  // what one VM costs of a host's units
+	Placement string `toml:"placement"`         // spread or pack
+	VMUnits   int    `toml:"vm_units,omitzero"` // what one VM costs of a host's units
 
 	Gateway  Gateway         `toml:"gateway"`
 	Sessions Sessions        `toml:"sessions"`
@@ -143,7 +143,7 @@ type Gateway struct {
 	MaxConnsPerAddr int      `toml:"max_conns_per_addr"`
 	// HostsCA is the CA file that signed the hosts' SPICE TLS certificates:
 	// the gateway's trust for a VM on a host other than this machine.
-	HostsCA string `toml:"hosts_ca"`
+	HostsCA string `toml:"hosts_ca,omitempty"`
 }
 
 // Sessions is the kiosk side: the kiosk protocol, the legacy signal port,
@@ -185,7 +185,7 @@ type Kiosk struct {
 	// once: one token cannot mint unlimited kiosks.
 	MaxKiosks int `toml:"max_kiosks"`
 	// HostGroup pins the kiosk (or group) to the hosts of that group.
-	HostGroup string `toml:"host_group"`
+	HostGroup string `toml:"host_group,omitempty"`
 }
 
 // DefaultMaxKiosks is a group's cap when the file names none.
