@@ -70,9 +70,9 @@ func Start(ctx context.Context, w, h int) (*Server, error) {
 			return nil, errors.New("Xvfb exited without a display")
 		}
 		s.Display = ":" + n
-	case <-time.After(15 * time.Second):
+	case <-time.After(time.Minute): // a hang guard: a busy machine took over 15 s
 		s.Stop()
-		return nil, errors.New("Xvfb did not start")
+		return nil, errors.New("Xvfb did not start within a minute")
 	case <-ctx.Done():
 		s.Stop()
 		return nil, ctx.Err()
