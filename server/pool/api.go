@@ -280,6 +280,24 @@ type Status struct {
 	VMs         []VMStatus      `json:"vms"`
 	Recorded    map[string]int  `json:"recorded"` // VMs by the state libvirt records: booting, clean, offered, in-use, ending
 	Clones      map[int]int     `json:"clones_by_version"`
+	// Hosts is each host of a site of several; one host's pool has none.
+	Hosts []HostStatus `json:"hosts,omitempty"`
+}
+
+// HostStatus is one host of a site in Status.
+type HostStatus struct {
+	Name        string         `json:"name"`
+	URI         string         `json:"uri"`
+	Group       string         `json:"group,omitempty"`
+	Connected   bool           `json:"connected"`
+	Reconciling bool           `json:"reconciling,omitempty"`
+	Lost        *time.Time     `json:"lost,omitempty"` // since when its connection is down
+	Paused      string         `json:"paused,omitempty"`
+	Size        int            `json:"size"` // its share of the site's pool_size
+	MaxVMs      int            `json:"max_vms"`
+	Counts      map[State]int  `json:"counts"`
+	Current     int            `json:"current_version,omitempty"`
+	Publish     *PublishStatus `json:"publish,omitempty"` // its publish, or copy of a version, under way or the last
 }
 
 // Count returns how many VMs are recorded in libvirt as rec (booting,
@@ -293,7 +311,8 @@ type VMStatus struct {
 	Since    time.Time `json:"since"`
 	Version  int       `json:"version,omitempty"`
 	Overlays []string  `json:"overlays,omitempty"`
-	IP       string    `json:"ip,omitempty"` // on the guest network
+	IP       string    `json:"ip,omitempty"`   // on the guest network
+	Host     string    `json:"host,omitempty"` // in a site of several hosts
 	Reason   string    `json:"reason,omitempty"`
 	Error    string    `json:"error,omitempty"`
 }

@@ -191,7 +191,7 @@ func (p *Pool) newName() string {
 		b := make([]byte, 4)
 		rand.Read(b)
 		name := p.cfg.Name + "-" + hex.EncodeToString(b)
-		if _, taken := p.vms[name]; !taken && p.gone[name].IsZero() {
+		if _, taken := p.vms[name]; !taken && p.gone[name].IsZero() && (p.cfg.Names == nil || p.cfg.Names.Claim(name)) {
 			return name
 		}
 	}

@@ -130,8 +130,29 @@ type Config struct {
 	// an address slot no other VM of the pool holds; nil keeps the golden's
 	// interfaces.
 	Network GuestNet
+	// Replica, if set, makes this a host without the golden: its versions
+	// are copies of the golden host's, made when the site asks (Replicate),
+	// and it never publishes.
+	Replica *Replica
+	// Names, if set, reserves VM names across the site's hosts, so that a
+	// name is never live on two.
+	Names Names
 	// Metrics hears what the pool measures; nil fields are not called.
 	Metrics Metrics
+}
+
+// Replica is how a host without the golden gets its versions.
+type Replica struct {
+	From string // the golden's host, for people
+	// Copy copies one disk of a version on the golden's host into this
+	// host's versions pool as volume name (virt.Host.ReplicateDisk).
+	Copy func(ctx context.Context, src domxml.Disk, name string, progress func(written, total uint64)) (string, error)
+}
+
+// Names reserves VM names across hosts.
+type Names interface {
+	Claim(name string) bool // false: the name is live elsewhere
+	Release(name string)
 }
 
 // Metrics hears what the pool measures, for the broker's metrics.
@@ -387,7 +408,7 @@ func (p *Pool) event(ev virt.Event) {
 		p.wake()
 		return
 	}
-	if ev.Domain == p.cfg.Golden {
+	if ev.Domain == p.cfg.Golden && p.cfg.Replica == nil {
 		p.goldenEvent(ev)
 		return
 	}
@@ -584,6 +605,9 @@ func (p *Pool) remove(v *vm, wiped bool) {
 	delete(p.waiters, v.name)
 	if wiped {
 		p.gone[v.name] = time.Now()
+		if p.cfg.Names != nil {
+			p.cfg.Names.Release(v.name)
+		}
 	}
 	p.log.Debug("VM off the table", "vm", v.name, "wiped", wiped, "reason", v.reason)
 }

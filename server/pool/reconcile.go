@@ -101,6 +101,9 @@ func (p *Pool) reconcile(listed time.Time, doms []*domxml.Domain, overlays, volu
 // found takes in a pool domain the table does not know: a previous run's.
 func (p *Pool) found(d *domxml.Domain) {
 	m := d.Meta
+	if p.cfg.Names != nil && !p.cfg.Names.Claim(d.Name) {
+		p.log.Warn("a VM left from an earlier run has the name of one on another host; the site routes it here", "vm", d.Name)
+	}
 	v := &vm{name: d.Name, since: m.Since, version: m.Version, overlays: p.overlaysOf(d), slot: -1,
 		spice:  SpiceTarget{Socket: d.SpiceSocket, TLS: d.SpiceTLS, Password: d.SpicePassword},
 		claim:  Claim{Kiosk: m.Kiosk, Lease: m.Lease, Addr: m.Addr, At: m.Offered},

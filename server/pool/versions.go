@@ -29,6 +29,7 @@ var (
 	ErrPublishing = errors.New("a publish is already under way")
 	ErrNoSpace    = errors.New("not enough space for a new version")
 	ErrNoEarlier  = errors.New("no earlier version to roll back to")
+	ErrReplica    = errors.New("not the golden's host")
 )
 
 // version is a published version as the pool keeps it.
@@ -219,6 +220,12 @@ func (p *Pool) afterPrepare(vs []*domxml.Version, err error) {
 	}
 	p.setVersions(vs)
 	p.prepared = true
+	if p.current == nil && p.cfg.Replica != nil {
+		if !p.publish.running() {
+			p.pause("waiting for a copy of the current version from host " + p.cfg.Replica.From)
+		}
+		return
+	}
 	if p.current == nil {
 		if p.publish == nil || !p.publish.running() {
 			p.startPublish("there is no published version of " + p.cfg.Golden + " yet")
@@ -227,7 +234,7 @@ func (p *Pool) afterPrepare(vs []*domxml.Version, err error) {
 	}
 	p.pause("")
 	p.list()
-	if p.cfg.AutoPublish {
+	if p.cfg.AutoPublish && p.cfg.Replica == nil {
 		p.publishIfChanged()
 	}
 }
@@ -337,6 +344,10 @@ func (p *Pool) startPublish(reason string) <-chan error {
 		preflight <- ErrPublishing
 		return preflight
 	}
+	if r := p.cfg.Replica; r != nil {
+		preflight <- fmt.Errorf("%w: this host's versions are copies from host %s; publish there", ErrReplica, r.From)
+		return preflight
+	}
 	seq := 1
 	for _, v := range p.versions {
 		seq = max(seq, v.Meta.Seq+1)
@@ -438,6 +449,113 @@ func (p *Pool) publishVersion(ctx context.Context, j *publishJob, began func()) 
 	return p.hv.DefineVersion(ctx, xml)
 }
 
+// CurrentVersion returns the current version, or nil: what the site copies
+// to its other hosts.
+func (p *Pool) CurrentVersion() *domxml.Version {
+	var out *domxml.Version
+	p.call(func() {
+		if p.current != nil {
+			cp := *p.current.Version
+			out = &cp
+		}
+	})
+	return out
+}
+
+// Replicate makes this host, one without the golden (Config.Replica), hold
+// a copy of version ver of the golden's host: each disk is copied into the
+// versions pool, checked, and the template defined last, as a publish
+// does; the pool then rolls to it if it is the newest. It returns once the
+// copy began, or at once if the version is here already; Status shows its
+// progress as a publish's.
+func (p *Pool) Replicate(ver *domxml.Version) error {
+	var err error
+	if cerr := p.call(func() {
+		switch have := p.versionBySeq(ver.Meta.Seq); {
+		case p.cfg.Replica == nil:
+			err = fmt.Errorf("%w: this pool publishes its own versions", ErrReplica)
+		case have != nil && whole(have.Version):
+		case p.publish.running():
+			err = ErrPublishing
+		case !p.connected || !p.prepared:
+			err = fmt.Errorf("%w: not connected to libvirt", ErrUnavailable)
+		default:
+			p.startReplica(ver)
+		}
+	}); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+func (p *Pool) startReplica(ver *domxml.Version) {
+	j := &publishJob{Seq: ver.Meta.Seq, Started: time.Now(),
+		Reason: fmt.Sprintf("a copy of version %d from host %s", ver.Meta.Seq, p.cfg.Replica.From)}
+	for _, d := range ver.WritableDisks() {
+		j.Total += d.Allocation
+	}
+	p.publish = j
+	p.log.Info("copying a version from the golden's host", "version", j.Seq, "from", p.cfg.Replica.From, "size", humanize.IBytes(j.Total))
+	p.submit("publish", func(ctx context.Context) func() {
+		got, err := p.replicateVersion(ctx, j, ver)
+		return func() { p.published(j, got, err) }
+	})
+}
+
+// replicateVersion does a replica's I/O: room, the copies, their check and
+// the template, which names this host's copies and keeps the version's
+// number and metadata. A failure deletes what it copied.
+func (p *Pool) replicateVersion(ctx context.Context, j *publishJob, ver *domxml.Version) (got *domxml.Version, err error) {
+	var copies []string
+	defer func() {
+		if err != nil {
+			for _, c := range copies {
+				if derr := p.hv.DeleteVersionVolume(context.WithoutCancel(ctx), c); derr != nil {
+					p.log.Debug("could not delete a failed copy's volume yet", "volume", c, "err", derr)
+				}
+			}
+		}
+	}()
+	var need uint64
+	for _, d := range ver.WritableDisks() {
+		need += d.Allocation + max(d.Capacity/512, 1<<20)
+	}
+	free, store, err := p.hv.VersionSpace(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if free < need {
+		return nil, fmt.Errorf("%w: storage pool %s (%s) needs %s for the copy of version %d, and has %s free",
+			ErrNoSpace, store, p.cfg.VersionDir, humanize.IBytes(need), ver.Meta.Seq, humanize.IBytes(free))
+	}
+	disks := map[string]string{}
+	var done uint64
+	for _, d := range ver.WritableDisks() {
+		name := fmt.Sprintf("%s-%s.qcow2", p.versionName(ver.Meta.Seq), d.Target)
+		base := done
+		p.post(func() { j.Disk = d.Target })
+		path, err := p.cfg.Replica.Copy(ctx, d, name, func(written, _ uint64) {
+			p.post(func() { j.Written = base + written; p.logPublish(j) })
+		})
+		if path != "" {
+			copies = append(copies, path)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("copying disk %s of version %d from host %s: %w", d.Target, ver.Meta.Seq, p.cfg.Replica.From, err)
+		}
+		if err := p.hv.CheckCopy(ctx, path, d.Capacity); err != nil {
+			return nil, fmt.Errorf("verifying the copy of disk %s: %w", d.Target, err)
+		}
+		done += d.Allocation
+		disks[d.Target] = path
+	}
+	xml, err := ver.TemplateXML(domxml.Template{Name: p.versionName(ver.Meta.Seq), UUID: uuid.NewString(), Disks: disks, Meta: ver.Meta})
+	if err != nil {
+		return nil, err
+	}
+	return p.hv.DefineVersion(ctx, xml)
+}
+
 // published applies the end of a publish.
 func (p *Pool) published(j *publishJob, ver *domxml.Version, err error) {
 	j.Finished = time.Now()
@@ -451,7 +569,10 @@ func (p *Pool) published(j *publishJob, ver *domxml.Version, err error) {
 		} else {
 			p.log.Error("publish failed", "golden", p.cfg.Golden, "err", err)
 		}
-		if p.current == nil {
+		switch {
+		case p.current == nil && p.cfg.Replica != nil:
+			p.pause("no copy of the current version yet: " + err.Error()) // the site asks again
+		case p.current == nil:
 			p.pause("no published version: " + err.Error())
 			p.answerStart(err)
 		}
