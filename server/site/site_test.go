@@ -142,8 +142,14 @@ func (f *fakePool) WaitClean() <-chan struct{} {
 	return f.wait
 }
 
-func (f *fakePool) MarkUsed(ctx context.Context, name string) error { f.log("used %s", name); return nil }
-func (f *fakePool) Release(ctx context.Context, name string) error  { f.log("released %s", name); return nil }
+func (f *fakePool) MarkUsed(ctx context.Context, name string) error {
+	f.log("used %s", name)
+	return nil
+}
+func (f *fakePool) Release(ctx context.Context, name string) error {
+	f.log("released %s", name)
+	return nil
+}
 func (f *fakePool) End(name, reason string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -173,7 +179,10 @@ func (f *fakePool) SetSize(n int) error {
 	f.st.Size = n
 	return nil
 }
-func (f *fakePool) Publish(ctx context.Context) (int, error) { f.log("publish"); return f.st.Current + 1, nil }
+func (f *fakePool) Publish(ctx context.Context) (int, error) {
+	f.log("publish")
+	return f.st.Current + 1, nil
+}
 func (f *fakePool) Rollback(ctx context.Context) (int, int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
