@@ -99,7 +99,7 @@ func (b *Broker) Stop() {
 	if err := <-b.done; err != nil {
 		b.t.Errorf("broker.Run = %v", err)
 	}
-	b.Pool.Wait()
+	b.Broker.Wait()
 	b.cancel = nil
 }
 
@@ -112,7 +112,7 @@ func (b *Broker) WaitFull() {
 			b.t.Fatalf("the broker stopped: %v", b.runErr)
 		default:
 		}
-		return b.Pool.Status().Counts[pool.Clean] == b.Config.PoolSize
+		return b.Status().Counts[pool.Clean] == b.Config.PoolSize
 	})
 }
 

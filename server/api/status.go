@@ -47,6 +47,9 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 			fmt.Fprintf(w, "LAST PUBLISH FAILED (version %d, %s ago): %s\n", j.Version, now.Sub(*j.Finished).Round(time.Second), j.Error)
 		}
 	}
+	if len(p.Hosts) > 0 {
+		writeHosts(w, p.Hosts, now)
+	}
 	if h := s.Handoffs; h.Count > 0 {
 		fmt.Fprintf(w, "sessions %d   handoffs (latest %d): p50 %v, p99 %v\n", len(s.Sessions), h.Count,
 			h.P50.Round(10*time.Microsecond), h.P99.Round(10*time.Microsecond))
@@ -108,6 +111,10 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	hosts := len(p.Hosts) > 0
+	if hosts {
+		fmt.Fprint(tw, "HOST\t")
+	}
 	fmt.Fprintln(tw, "VM\tSTATE\tVERSION\tFOR\tKIOSK\tOVERLAYS\tNOTE")
 	kiosks := map[string]string{}
 	for _, l := range s.Sessions {
@@ -124,8 +131,42 @@ func (s *Status) WriteTable(w io.Writer, now time.Time) {
 		if kiosk == "" {
 			kiosk = "-"
 		}
+		if hosts {
+			fmt.Fprintf(tw, "%s\t", v.Host)
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", v.Name, v.State, v.Version, now.Sub(v.Since).Round(time.Second),
 			kiosk, strings.Join(v.Overlays, ","), note)
+	}
+	tw.Flush()
+}
+
+// writeHosts prints a line per host of a site of several.
+func writeHosts(w io.Writer, hosts []pool.HostStatus, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tGROUP\tLIBVIRT\tCLEAN\tIN USE\tMAX\tVERSION\tNOTE")
+	for _, h := range hosts {
+		state := "up"
+		switch {
+		case !h.Connected:
+			state = "LOST"
+			if h.Lost != nil {
+				state += " " + now.Sub(*h.Lost).Round(time.Second).String()
+			}
+		case h.Reconciling:
+			state = "reconciling"
+		}
+		note := h.Paused
+		if j := h.Publish; j != nil && j.Finished == nil {
+			note = fmt.Sprintf("copying version %d: %s of %s", j.Version, humanize.IBytes(j.Written), humanize.IBytes(j.Total))
+		} else if j != nil && j.Error != "" && j.Version != h.Current {
+			note = fmt.Sprintf("copy of version %d failed: %s", j.Version, j.Error)
+		}
+		group := h.Group
+		if group == "" {
+			group = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%d\t%d\t%d\t%s\n", h.Name, group, state, h.Counts[pool.Clean], h.Size,
+			h.Counts[pool.InUse]+h.Counts[pool.Linking]+h.Counts[pool.Offered], h.MaxVMs, h.Current, note)
 	}
 	tw.Flush()
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"undervdi/server/pool"
 	"undervdi/server/schedule"
 	"undervdi/server/session"
 )
@@ -68,6 +69,43 @@ func TestStatusTableShowsSchedule(t *testing.T) {
 	for _, want := range []string{"CLOSED (opening hours) until Wed 08:00; the pool keeps 0", "NO NEW SESSIONS: closing time (opening hours)"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("status table:\n%s\nwant %q", b.String(), want)
+		}
+	}
+}
+
+// TestStatusTableShowsHosts: with several hosts, a line per host (lost,
+// copying a version) and each VM's host.
+func TestStatusTableShowsHosts(t *testing.T) {
+	now := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	lost := now.Add(-45 * time.Second)
+	s := &Status{Pool: pool.Status{Current: 3, Counts: map[pool.State]int{}, Hosts: []pool.HostStatus{
+		{Name: "kvm1", Connected: true, Size: 2, MaxVMs: 4, Current: 3, Counts: map[pool.State]int{pool.Clean: 2, pool.InUse: 1}},
+		{Name: "kvm2", Group: "branch", Lost: &lost, MaxVMs: 4, Current: 2},
+		{Name: "kvm3", Connected: true, MaxVMs: 4, Current: 2, Publish: &pool.PublishStatus{Version: 3, Total: 4 << 20, Written: 1 << 20}},
+	}, VMs: []pool.VMStatus{{Name: "undervdi-aaaa", Host: "kvm1", State: pool.Clean, Since: now}}}}
+	var b strings.Builder
+	s.WriteTable(&b, now)
+	for _, want := range [][]string{
+		{"kvm1", "-", "up", "2/2", "1", "4", "3"},
+		{"kvm2", "branch", "LOST", "45s"},
+		{"kvm3", "copying version 3: 1.0 MiB of 4.0 MiB"},
+		{"kvm1", "undervdi-aaaa", "clean"},
+	} {
+		found := false
+		for _, line := range strings.Split(b.String(), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 || f[0] != want[0] || (f[1] == "undervdi-aaaa") != (want[1] == "undervdi-aaaa") {
+				continue
+			}
+			found = true
+			for _, w := range want[1:] {
+				if !strings.Contains(line, w) {
+					t.Errorf("line %q lacks %q", line, w)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("status table has no line for %v:\n%s", want, b.String())
 		}
 	}
 }

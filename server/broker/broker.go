@@ -35,6 +35,7 @@ import (
 	"undervdi/server/pool"
 	"undervdi/server/schedule"
 	"undervdi/server/session"
+	"undervdi/server/site"
 	"undervdi/server/siteca"
 	"undervdi/server/virt"
 )
@@ -44,14 +45,10 @@ import (
 // status 2 for them, which the systemd unit does not restart.
 var ErrSetup = errors.New("setup error")
 
-// ErrHostsNotYet: the configuration lists several hosts, which this broker
-// does not serve yet.
-var ErrHostsNotYet = errors.New("[[hosts]]: this broker serves one host so far; several hosts are being built (docs/hosts.md)")
-
 // ErrRemoteGuestNet: the isolated guest network is the broker's own (its
 // DNS and proxies listen on the network's gateway), so far only on the
 // broker's machine.
-var ErrRemoteGuestNet = errors.New("[network] mode = \"isolated\" needs the host on the broker's own machine so far " +
+var ErrRemoteGuestNet = errors.New("[network] mode = \"isolated\" needs one host, on the broker's own machine, so far " +
 	"(the allowlist's DNS and proxies run on the broker); with a host elsewhere use mode = \"golden\" and the site's own network design (docs/hosts.md)")
 
 // Broker is a running broker. Its parts depend on each other in one
@@ -60,10 +57,17 @@ var ErrRemoteGuestNet = errors.New("[network] mode = \"isolated\" needs the host
 // the pool), the gateway (which asks the sessions). The pool's
 // announcements of wiped VMs go the other way, as events (announce).
 type Broker struct {
-	Config   *config.Config
-	Log      *slog.Logger
-	Host     *virt.Host
-	Pool     *pool.Pool
+	Config *config.Config
+	Log    *slog.Logger
+	// Host and Pool are the golden's host (the first) and its pool; Hosts
+	// and Pools are every host's, in the configuration's order.
+	Host  *virt.Host
+	Pool  *pool.Pool
+	Hosts []*virt.Host
+	Pools []*pool.Pool
+	// Site is the hosts together, where there are several; nil with one.
+	Site     *site.Site
+	vms      vmPool // Site, or with one host its Pool
 	Sessions *session.Manager
 	Gateway  *gateway.Gateway
 	Metrics  *metrics.Metrics
@@ -80,10 +84,7 @@ type Broker struct {
 // background, until ctx ends.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, error) {
 	hosts := cfg.SiteHosts()
-	switch {
-	case len(hosts) > 1:
-		return nil, fmt.Errorf("%w: %w", ErrSetup, ErrHostsNotYet)
-	case hosts[0].Remote() && cfg.Network.Isolated():
+	if (len(hosts) > 1 || hosts[0].Remote()) && cfg.Network.Isolated() {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, ErrRemoteGuestNet)
 	}
 	dialer := gateway.SpiceDialer{}
@@ -97,10 +98,19 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 			return nil, fmt.Errorf("%w: gateway.hosts_ca: %s holds no PEM certificate", ErrSetup, cfg.Gateway.HostsCA)
 		}
 	}
-	host, err := virt.Open(ctx, hosts[0].URI, log)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
+	b := &Broker{Config: cfg, Log: log, displays: gateway.NewDisplays(dialer), Metrics: metrics.New()}
+	for _, h := range hosts {
+		hlog := log
+		if len(hosts) > 1 {
+			hlog = log.With("host", h.Name)
+		}
+		hv, err := virt.Open(ctx, h.URI, hlog)
+		if err != nil {
+			return nil, fmt.Errorf("%w: hosts %q: %w", ErrSetup, h.Name, err)
+		}
+		b.Hosts = append(b.Hosts, hv)
 	}
+	b.Host = b.Hosts[0]
 	registry, err := session.NewRegistry(cfg.Kiosks)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
@@ -109,8 +119,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
-	b := &Broker{Config: cfg, Log: log, Host: host, registry: registry,
-		displays: gateway.NewDisplays(dialer), Metrics: metrics.New()}
+	b.registry = registry
 	if b.tls, err = b.kioskTLS(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
@@ -119,9 +128,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		tlsPort, subject = portOf(cfg.Gateway.TLSListen), siteca.Subject(b.tls.Certificates[0].Leaf)
 	}
 	audit.OnRefused = b.Metrics.Refused
-	pcfg := PoolConfig(cfg, b.displays.Prepare)
-	pcfg.Metrics = b.Metrics.PoolHooks()
-	b.Pool = pool.New(pcfg, host, log)
+	b.makePools(hosts)
 	var blocked func(string) (int, []session.BlockedName)
 	if plan, _ := cfg.Plan(); plan != nil { // config.Validate checked it
 		allow, _ := egress.ParseAllowlist(cfg.Network.Allow)
@@ -159,13 +166,16 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		OutOfOrderFile: filepath.Join(cfg.StateDir, "out-of-order.json"),
 		CurrentImages:  (&images{paths: cfg.Images.Manifests, log: log}).Current,
 		Blocked:        blocked,
-	}, b.Pool, registry, audit, log)
-	b.Metrics.Watch(metrics.Source{Pool: b.Pool.Status, Kiosks: b.Sessions.Fleet, Leases: b.Sessions.Leases, Queue: b.Sessions.QueueLen})
+	}, b.vms, registry, audit, log)
+	if b.Site != nil {
+		b.Site.OnLost(b.Sessions.EndVM)
+	}
+	b.Metrics.Watch(metrics.Source{Pool: b.vms.Status, Kiosks: b.Sessions.Fleet, Leases: b.Sessions.Leases, Queue: b.Sessions.QueueLen})
 	if b.Gateway, err = gateway.New(b.Sessions, b.displays, audit, log); err != nil {
 		return nil, err
 	}
 	b.Gateway.MaxConnsPerAddr = cfg.Gateway.MaxConnsPerAddr
-	b.api = &api.Server{Pool: b.Pool, Sessions: b.Sessions, Audit: audit, AuditLog: cfg.Sessions.AuditLog, Libvirt: host.URI(),
+	b.api = &api.Server{Pool: b.vms, Sessions: b.Sessions, Audit: audit, AuditLog: cfg.Sessions.AuditLog, Libvirt: b.Host.URI(),
 		Config: func() any { return cfg.Masked() }, Log: log}
 	if cfg.Ads.Dir != "" {
 		if err := os.MkdirAll(cfg.Ads.Dir, 0o755); err != nil {
@@ -173,8 +183,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		}
 		b.api.Ads = &ads.Library{Dir: cfg.Ads.Dir}
 	}
-	if s, _ := schedule.Parse(cfg.Schedule, cfg.MaxVMs); s != nil { // config.Validate checked it
-		b.schedule = &schedule.Runner{Schedule: s, Site: site{b.Pool, b.Sessions}, Log: log}
+	if s, _ := schedule.Parse(cfg.Schedule, cfg.Capacity()); s != nil { // config.Validate checked it
+		b.schedule = &schedule.Runner{Schedule: s, Site: opening{b.vms, b.Sessions}, Log: log}
 		b.api.Schedule = func() *schedule.State { st := b.schedule.State(); return &st }
 	}
 	if cfg.API.Listen != "" {
@@ -229,8 +239,78 @@ func (b *Broker) blocked(vm string) (int, []session.BlockedName) {
 	return n, names
 }
 
-// PoolConfig is the pool's part of cfg; ready is its last readiness check.
+// vmPool is what the broker's parts use of the VMs: one host's pool, or the
+// site of several.
+type vmPool interface {
+	session.Pool
+	api.Pool
+	Ended() <-chan pool.Ended
+}
+
+// makePools makes a pool per host and, with several, the site above them:
+// the first host holds the golden and publishes; each other one copies its
+// versions from it.
+func (b *Broker) makePools(hosts []config.Host) {
+	cfg := b.Config
+	var names *site.Names
+	if len(hosts) > 1 {
+		names = &site.Names{}
+	}
+	var members []site.Host
+	for i, h := range hosts {
+		pcfg := HostPoolConfig(cfg, h, b.displays.Prepare)
+		pcfg.Metrics = b.Metrics.PoolHooks()
+		log := b.Log
+		if len(hosts) > 1 {
+			log = b.Log.With("host", h.Name)
+			pcfg.Names = names
+			pcfg.Size = 0 // the site gives each host its share
+		}
+		if i > 0 {
+			to, from := b.Hosts[i], b.Hosts[0]
+			pcfg.AutoPublish = false
+			pcfg.Replica = &pool.Replica{From: hosts[0].Name,
+				Copy: func(ctx context.Context, src domxml.Disk, name string, progress func(written, total uint64)) (string, error) {
+					return to.ReplicateDisk(ctx, from, src, name, progress)
+				}}
+		}
+		p := pool.New(pcfg, b.Hosts[i], log)
+		b.Pools = append(b.Pools, p)
+		members = append(members, site.Host{Name: h.Name, URI: h.URI, Group: h.Group, Weight: h.Weight,
+			Capacity: pcfg.MaxVMs, Pool: p})
+	}
+	b.Pool, b.vms = b.Pools[0], b.Pools[0]
+	if len(hosts) > 1 {
+		b.Site = site.New(site.Config{Placement: cfg.Placement, Size: cfg.PoolSize, LostAfter: HostLostAfter,
+			KioskGroup: b.registry.HostGroup}, members, b.Log)
+		b.vms = b.Site
+	}
+}
+
+// Status is the VMs' status: the one host's pool, or the site's with a
+// line per host.
+func (b *Broker) Status() pool.Status { return b.vms.Status() }
+
+// Wait waits for every host's pool to finish, after Run returned.
+func (b *Broker) Wait() {
+	for _, p := range b.Pools {
+		p.Wait()
+	}
+}
+
+// HostLostAfter is how long a host's libvirt connection may be down before
+// the sessions on it end: longer than a libvirtd restart.
+const HostLostAfter = 20 * time.Second
+
+// PoolConfig is the pool's part of cfg for its first (or only) host; ready
+// is its last readiness check.
 func PoolConfig(cfg *config.Config, ready func(context.Context, pool.VM) error) pool.Config {
+	return HostPoolConfig(cfg, cfg.SiteHosts()[0], ready)
+}
+
+// HostPoolConfig is the pool's part of cfg on host h: its capacity, memory
+// reserve and SPICE address are the host's.
+func HostPoolConfig(cfg *config.Config, h config.Host, ready func(context.Context, pool.VM) error) pool.Config {
 	usb, _ := kioskproto.ParseUSBFilter(cfg.Viewer.USBAutoRedirect) // config.Validate checked it
 	var network pool.GuestNet
 	if plan, _ := cfg.Plan(); plan != nil { // config.Validate checked it
@@ -240,12 +320,12 @@ func PoolConfig(cfg *config.Config, ready func(context.Context, pool.VM) error) 
 		Name:              cfg.PoolName,
 		Golden:            cfg.Golden,
 		Size:              cfg.PoolSize,
-		MaxVMs:            cfg.MaxVMs,
-		OverlayDir:        cfg.OverlayDir,
-		VersionDir:        cfg.VersionDir,
+		MaxVMs:            h.Capacity(cfg.VMUnits),
+		OverlayDir:        h.OverlayDir,
+		VersionDir:        h.VersionDir,
 		KeepVersions:      cfg.KeepVersions,
 		AutoPublish:       cfg.AutoPublish,
-		MemoryReserve:     uint64(cfg.MemoryReserve),
+		MemoryReserve:     uint64(h.MemoryReserve),
 		EncryptDisks:      cfg.EncryptDisks,
 		ReadyTimeout:      cfg.ReadyTimeout.D(),
 		RefillConcurrency: cfg.RefillConcurrency,
@@ -254,7 +334,7 @@ func PoolConfig(cfg *config.Config, ready func(context.Context, pool.VM) error) 
 		ReadyCheck:        ready,
 		USBFilter:         usb,
 		Network:           network,
-		SpiceAddress:      cfg.SiteHosts()[0].SpiceAddress,
+		SpiceAddress:      h.SpiceAddress,
 	}
 }
 
@@ -264,7 +344,7 @@ func PoolConfig(cfg *config.Config, ready func(context.Context, pool.VM) error) 
 func (b *Broker) announce(ctx context.Context) {
 	for {
 		select {
-		case e := <-b.Pool.Ended():
+		case e := <-b.vms.Ended():
 			b.displays.Forget(e.VM)
 			b.Sessions.VMEnded(e)
 			if b.guard != nil {
@@ -291,6 +371,14 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 
 	daemon.SdNotify(false, "STATUS=connecting to libvirt and reconciling")
+	// The other hosts' pools start beside the golden host's, so that status
+	// can read them while it publishes; each starts serving once it holds a
+	// copy of the current version, and until then the site gives it no share.
+	others := make([]chan error, len(b.Pools)-1)
+	for i, p := range b.Pools[1:] {
+		others[i] = make(chan error, 1)
+		go func() { others[i] <- p.Start(ctx) }()
+	}
 	if err := b.Pool.Start(ctx); err != nil {
 		for _, ln := range listeners {
 			ln.Close()
@@ -315,6 +403,27 @@ func (b *Broker) Run(ctx context.Context) error {
 		g.Go(func() error { return b.guard.Serve(ctx, guest) })
 	}
 	g.Go(func() error { return b.Pool.Run(ctx) })
+	for i, p := range b.Pools[1:] {
+		name := cfg.SiteHosts()[i+1].Name
+		g.Go(func() error {
+			var err error
+			select {
+			case err = <-others[i]:
+			case <-ctx.Done():
+				return nil
+			}
+			if err != nil {
+				if ctx.Err() == nil {
+					b.Log.Error("a host's pool could not start; it serves nothing until the broker restarts", "host", name, "err", err)
+				}
+				return nil
+			}
+			return p.Run(ctx)
+		})
+	}
+	if b.Site != nil {
+		g.Go(func() error { b.Site.Run(ctx); return nil })
+	}
 	g.Go(func() error { b.announce(ctx); return nil })
 	g.Go(func() error { b.Sessions.Run(ctx); return nil })
 	if b.schedule != nil {
@@ -363,9 +472,9 @@ func (b *Broker) Run(ctx context.Context) error {
 	return err
 }
 
-// site is what the opening hours act on.
-type site struct {
-	*pool.Pool
+// opening is what the opening hours act on.
+type opening struct {
+	vmPool
 	*session.Manager
 }
 

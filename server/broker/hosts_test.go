@@ -3,46 +3,75 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"path/filepath"
 	"testing"
 
 	"undervdi/server/config"
+	"undervdi/server/siteca"
 )
 
-// TestHostsNotYetRefused: a configuration with several hosts, or one host
-// on another machine behind the isolated guest network, is valid but not
-// served yet; the broker says so at start instead of driving only the
-// first host or leaving the guests without their allowlist.
-func TestHostsNotYetRefused(t *testing.T) {
-	const base = "golden = \"g\"\n[gateway]\nhosts_ca = \"/etc/undervdi/hosts-ca.pem\"\n[network]\nmode = \"golden\"\n"
-	two, err := config.Parse([]byte(base + `[[hosts]]
+const hostsBase = "golden = \"g\"\npool_size = 3\nvm_units = 2\n[gateway]\nhosts_ca = \"%s\"\n[network]\nmode = \"golden\"\n"
+
+func hostsConfig(t *testing.T, hosts string) *config.Config {
+	t.Helper()
+	dir := t.TempDir()
+	// Any CA will do: New only loads it.
+	if _, _, err := siteca.Ensure(filepath.Join(dir, "ca")); err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(dir, "ca", siteca.CAFile)
+	cfg, err := config.Parse([]byte(fmt.Sprintf(hostsBase, ca) + hosts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.StateDir, cfg.AdminSocket = dir, filepath.Join(dir, "admin.sock")
+	cfg.Sessions.AuditLog, cfg.Sessions.Plaintext = filepath.Join(dir, "sessions.jsonl"), true
+	return cfg
+}
+
+// TestSeveralHosts: a file with several hosts makes a pool per host and the
+// site above them; the first host publishes, the others copy from it, each
+// pool has its host's capacity, and the site (not a host) has pool_size.
+func TestSeveralHosts(t *testing.T) {
+	cfg := hostsConfig(t, `[[hosts]]
 name = "a"
 uri = "qemu:///system"
+units = 8
 [[hosts]]
 name = "b"
 uri = "qemu+ssh://root@kvm2/system"
-spice_address = "10.10.0.12"`))
+spice_address = "10.10.0.12"
+max_vms = 3
+group = "branch"`)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b, err := New(ctx, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// config.Validate refuses this one; a broker given it anyway refuses it too.
-	elsewhere, err := config.Parse([]byte(base + `[[hosts]]
+	if b.Site == nil || len(b.Pools) != 2 || b.Pool != b.Pools[0] || b.Host != b.Hosts[0] {
+		t.Fatalf("broker = %+v, want a site of two pools", b)
+	}
+	a, r := HostPoolConfig(cfg, cfg.Hosts[0], nil), HostPoolConfig(cfg, cfg.Hosts[1], nil)
+	if a.MaxVMs != 4 || r.MaxVMs != 3 || a.SpiceAddress != "" || r.SpiceAddress != "10.10.0.12" {
+		t.Errorf("pool configs: a max %d spice %q, b max %d spice %q; want 4 (8 units / 2), 3 and b's address",
+			a.MaxVMs, a.SpiceAddress, r.MaxVMs, r.SpiceAddress)
+	}
+}
+
+// TestRemoteGuestNetRefused: the isolated guest network with a host on
+// another machine is refused at start, saying why (config.Validate refuses
+// it too; a broker given it anyway does not leave guests without their
+// allowlist).
+func TestRemoteGuestNetRefused(t *testing.T) {
+	cfg := hostsConfig(t, `[[hosts]]
 uri = "qemu+tls://kvm2/system"
-spice_address = "10.10.0.12"`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	elsewhere.Network.Mode = "isolated"
-	for name, tc := range map[string]struct {
-		cfg  *config.Config
-		want error
-	}{
-		"two hosts":                            {two, ErrHostsNotYet},
-		"one host elsewhere, isolated network": {elsewhere, ErrRemoteGuestNet},
-	} {
-		b, err := New(context.Background(), tc.cfg, slog.New(slog.DiscardHandler))
-		if !errors.Is(err, tc.want) || !errors.Is(err, ErrSetup) {
-			t.Errorf("%s: New = %v, %v; want %v", name, b, err, tc.want)
-		}
+spice_address = "10.10.0.12"`)
+	cfg.Network.Mode = "isolated"
+	b, err := New(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if !errors.Is(err, ErrRemoteGuestNet) || !errors.Is(err, ErrSetup) {
+		t.Errorf("New = %v, %v; want ErrRemoteGuestNet", b, err)
 	}
 }

@@ -1,11 +1,13 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"net/url"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -36,6 +38,11 @@ type Host struct {
 	// clones' SPICE listens (TLS only) for the broker's gateway. Required
 	// for a host other than the broker's machine.
 	SpiceAddress string `toml:"spice_address"`
+	// OverlayDir and VersionDir are the host's own directories for its
+	// clones' overlays and its copies of the versions; "" takes the
+	// top-level overlay_dir and versions_dir.
+	OverlayDir string `toml:"overlay_dir,omitempty"`
+	VersionDir string `toml:"versions_dir,omitempty"`
 }
 
 // Remote reports whether the host is another machine than the broker's:
@@ -54,13 +61,20 @@ func (h Host) Capacity(vmUnits int) int {
 	return h.MaxVMs
 }
 
-// SiteHosts returns the site's hosts: [[hosts]], or the one host the
-// top-level keys describe.
+// SiteHosts returns the site's hosts: [[hosts]] (their directories
+// defaulting to the top-level ones), or the one host the top-level keys
+// describe.
 func (c *Config) SiteHosts() []Host {
 	if len(c.Hosts) > 0 {
-		return c.Hosts
+		out := slices.Clone(c.Hosts)
+		for i := range out {
+			out[i].OverlayDir = cmp.Or(out[i].OverlayDir, c.OverlayDir)
+			out[i].VersionDir = cmp.Or(out[i].VersionDir, c.VersionDir)
+		}
+		return out
 	}
-	return []Host{{Name: "local", URI: c.LibvirtURI, MaxVMs: c.MaxVMs, MemoryReserve: c.MemoryReserve, Weight: 1}}
+	return []Host{{Name: "local", URI: c.LibvirtURI, MaxVMs: c.MaxVMs, MemoryReserve: c.MemoryReserve, Weight: 1,
+		OverlayDir: c.OverlayDir, VersionDir: c.VersionDir}}
 }
 
 // Capacity is the site's: what its hosts may hold together.
@@ -85,6 +99,7 @@ func (c *Config) hostDefaults() {
 		if h.Weight == 0 {
 			h.Weight = 1
 		}
+
 		if h.Name == "" && len(c.Hosts) == 1 {
 			h.Name = "local"
 			if u, err := url.Parse(h.URI); err == nil && u.Hostname() != "" {
@@ -159,6 +174,14 @@ func (c *Config) validateHosts(bad func(key, format string, args ...any)) {
 			bad(key+".units", "a host in units needs vm_units, what one VM costs")
 		case h.Units > 0 && h.Units < c.VMUnits:
 			bad(key+".units", "%d: less than one VM's vm_units (%d)", h.Units, c.VMUnits)
+		}
+		for _, d := range []struct{ key, dir string }{{"overlay_dir", h.OverlayDir}, {"versions_dir", h.VersionDir}} {
+			if d.dir != "" && !filepath.IsAbs(d.dir) {
+				bad(key+"."+d.key, "%q must be an absolute path", d.dir)
+			}
+		}
+		if h.OverlayDir != "" && filepath.Clean(h.OverlayDir) == filepath.Clean(h.VersionDir) {
+			bad(key+".versions_dir", "%q must not be its overlay_dir", h.VersionDir)
 		}
 		if h.Weight < 1 {
 			bad(key+".weight", "%d: must be at least 1", h.Weight)

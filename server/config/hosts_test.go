@@ -25,6 +25,7 @@ weight = 2
 group = "branch-a"
 spice_address = "10.10.0.12"
 memory_reserve = "4GiB"
+versions_dir = "/srv/kvm2/versions"
 [[kiosk]]
 id = "branch-a-*"
 address = "169.254.24.0/24"
@@ -47,6 +48,10 @@ func TestHosts(t *testing.T) {
 	// 20 units at 4 a VM: 5 VMs, though max_vms (the top level's 8) allows more.
 	if h := hs[1]; !h.Remote() || h.Capacity(c.VMUnits) != 5 || h.Weight != 2 || h.MemoryReserve != 4<<30 || h.MaxVMs != 8 {
 		t.Errorf("kvm2 = %+v (capacity %d): want another machine, 5 VMs, weight 2, 4GiB kept free", h, h.Capacity(c.VMUnits))
+	}
+	if hs[0].OverlayDir != c.OverlayDir || hs[0].VersionDir != c.VersionDir || hs[1].OverlayDir != c.OverlayDir || hs[1].VersionDir != "/srv/kvm2/versions" {
+		t.Errorf("directories: kvm1 %q %q, kvm2 %q %q; want the top level's but kvm2's own versions_dir",
+			hs[0].OverlayDir, hs[0].VersionDir, hs[1].OverlayDir, hs[1].VersionDir)
 	}
 	if c.Capacity() != 15 {
 		t.Errorf("site capacity %d, want 15", c.Capacity())
@@ -93,6 +98,8 @@ func TestHostsValidated(t *testing.T) {
 		{"a loopback backend address", `spice_address = "10.10.0.12"`, `spice_address = "127.0.0.1"`, `hosts "kvm2".spice_address: "127.0.0.1"`},
 		{"no hosts CA", `hosts_ca = "/etc/undervdi/hosts-ca.pem"`, ``, `gateway.hosts_ca: required with a host other than this machine`},
 		{"more clean VMs than the hosts hold", `pool_size = 6`, `pool_size = 16`, `pool_size: 16: more than the hosts hold together (15)`},
+		{"a relative directory", `versions_dir = "/srv/kvm2/versions"`, `versions_dir = "srv"`, `hosts "kvm2".versions_dir: "srv" must be an absolute path`},
+		{"versions in the overlays", `versions_dir = "/srv/kvm2/versions"`, "versions_dir = \"/srv/x\"\noverlay_dir = \"/srv/x/\"", `hosts "kvm2".versions_dir: "/srv/x" must not be its overlay_dir`},
 		{"placement", `placement = "pack"`, `placement = "random"`, `placement: "random": spread`},
 		{"the isolated guest network with a host elsewhere", `mode = "golden"`, `mode = "isolated"`, `network.mode: "isolated" needs the host on the broker's own machine`},
 		{"a URI that skips verification", `qemu+tls://kvm2.backend/system`, `qemu+tls://kvm2.backend/system?no_verify=1`, `no_verify= would change what the connection verifies`},

@@ -93,6 +93,7 @@ var funcs = template.FuncMap{
 	"path":  url.PathEscape,
 	"list":  func(s ...string) []string { return s },
 	"count": func(p pool.Status, state string) int { return p.Counts[pool.State(state)] },
+	"of":    func(counts map[pool.State]int, state string) int { return counts[pool.State(state)] },
 	"online": func(ks []session.KioskStatus) int {
 		n := 0
 		for _, k := range ks {
@@ -286,7 +287,19 @@ func alerts(st api.Status) []alert {
 	var out []alert
 	p := st.Pool
 	add := func(level, format string, args ...any) { out = append(out, alert{level, fmt.Sprintf(format, args...)}) }
-	if !p.Connected {
+	switch {
+	case len(p.Hosts) > 0:
+		for _, h := range p.Hosts {
+			switch {
+			case !h.Connected:
+				add("bad", "host %s is lost (%s): its VMs are not offered, and its sessions end", h.Name, h.URI)
+			case h.Publish != nil && h.Publish.Finished != nil && h.Publish.Error != "" && h.Current != p.Current:
+				add("bad", "host %s: copying version %d failed: %s", h.Name, h.Publish.Version, h.Publish.Error)
+			case h.Paused != "":
+				add("warn", "host %s paused: %s", h.Name, h.Paused)
+			}
+		}
+	case !p.Connected:
 		add("bad", "libvirt is not connected (%s): no VM can be made or handed out", st.Libvirt)
 	}
 	if p.Degraded != "" {

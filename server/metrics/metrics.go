@@ -182,6 +182,16 @@ var (
 		"Pool VMs by the golden version they are clones of (a roll in progress has two).", []string{"version"}, nil)
 	descPublish = prometheus.NewDesc("undervdi_publish_progress_ratio",
 		"While a version is being published: the share of its disks copied so far.", nil, nil)
+	descHostUp = prometheus.NewDesc("undervdi_host_up",
+		"With several hosts: 1 while the broker is connected to the host's libvirt and its pool is reconciled.", []string{"host"}, nil)
+	descHostVMs = prometheus.NewDesc("undervdi_host_vms",
+		"With several hosts: each host's VMs by state.", []string{"host", "state"}, nil)
+	descHostSize = prometheus.NewDesc("undervdi_host_pool_size",
+		"With several hosts: the host's share of the clean VMs the site keeps ready.", []string{"host"}, nil)
+	descHostVersion = prometheus.NewDesc("undervdi_host_version",
+		"With several hosts: the version the host's new clones come from.", []string{"host"}, nil)
+	descHostCopy = prometheus.NewDesc("undervdi_host_copy_progress_ratio",
+		"With several hosts: while the current version is copied to a host, the share copied so far.", []string{"host"}, nil)
 	descKiosks = prometheus.NewDesc("undervdi_kiosks_connected",
 		"Kiosks connected on the kiosk protocol.", nil, nil)
 	descOffline = prometheus.NewDesc("undervdi_kiosks_offline",
@@ -200,7 +210,7 @@ var (
 
 func (snapshot) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVMs, descSize, descMax, descDegraded, descPaused, descFailures, descLibvirt,
-		descVersion, descClones, descPublish, descKiosks, descOffline, descOutOfOrder, descDisabled, descOldImage, descSessions, descQueue} {
+		descVersion, descClones, descPublish, descHostUp, descHostVMs, descHostSize, descHostVersion, descHostCopy, descKiosks, descOffline, descOutOfOrder, descDisabled, descOldImage, descSessions, descQueue} {
 		ch <- d
 	}
 }
@@ -227,6 +237,19 @@ func (s snapshot) Collect(ch chan<- prometheus.Metric) {
 	}
 	if j := p.Publish; j != nil && j.Finished == nil && j.Total > 0 {
 		gauge(descPublish, float64(j.Written)/float64(j.Total))
+	}
+	for _, h := range p.Hosts {
+		gauge(descHostUp, bit(h.Connected && !h.Reconciling), h.Name)
+		gauge(descHostSize, float64(h.Size), h.Name)
+		gauge(descHostVersion, float64(h.Current), h.Name)
+		for _, st := range pool.States {
+			if st != pool.Gone {
+				gauge(descHostVMs, float64(h.Counts[st]), h.Name, string(st))
+			}
+		}
+		if j := h.Publish; j != nil && j.Finished == nil && j.Total > 0 {
+			gauge(descHostCopy, float64(j.Written)/float64(j.Total), h.Name)
+		}
 	}
 	kiosks, offline, out, disabled, old := 0, 0, 0, 0, 0
 	for _, k := range s.src.Kiosks() {

@@ -56,7 +56,9 @@ func TestScrapeReadsTheBrokersState(t *testing.T) {
 	st := pool.Status{Connected: true, Size: 3, MaxVMs: 8, Current: 2, Degraded: "5 clone failures in a row",
 		Counts:  map[pool.State]int{pool.Clean: 2, pool.InUse: 1, pool.Booting: 1},
 		Clones:  map[int]int{1: 1, 2: 3},
-		Publish: &pool.PublishStatus{Version: 3, Total: 4 << 30, Written: 1 << 30}}
+		Publish: &pool.PublishStatus{Version: 3, Total: 4 << 30, Written: 1 << 30},
+		Hosts: []pool.HostStatus{{Name: "kvm1", Connected: true, Size: 2, Current: 2, Counts: map[pool.State]int{pool.Clean: 2}},
+			{Name: "kvm2", Size: 0, Current: 1, Publish: &pool.PublishStatus{Version: 2, Total: 100, Written: 50}}}}
 	m := New()
 	m.Watch(Source{
 		Pool: func() pool.Status { return st },
@@ -89,6 +91,13 @@ func TestScrapeReadsTheBrokersState(t *testing.T) {
 		{name: "undervdi_sessions", labels: []string{"linked=true"}, value: 1},
 		{name: "undervdi_sessions", labels: []string{"linked=false"}, value: 1},
 		{name: "undervdi_queue_length", value: 4},
+		{name: "undervdi_host_up", labels: []string{"host=kvm1"}, value: 1},
+		{name: "undervdi_host_up", labels: []string{"host=kvm2"}, value: 0},
+		{name: "undervdi_host_pool_size", labels: []string{"host=kvm1"}, value: 2},
+		{name: "undervdi_host_vms", labels: []string{"host=kvm1", "state=clean"}, value: 2},
+		{name: "undervdi_host_version", labels: []string{"host=kvm2"}, value: 1},
+		{name: "undervdi_host_copy_progress_ratio", labels: []string{"host=kvm2"}, value: 0.5},
+		{name: "undervdi_host_copy_progress_ratio", labels: []string{"host=kvm1"}, absent: true},
 	})
 
 	// The next scrape reads the state again: libvirt lost, the publish done.

@@ -12,6 +12,7 @@ import (
 
 	"undervdi/server/domxml"
 	"undervdi/server/spice"
+	"undervdi/server/virt"
 )
 
 // The executor: the actions next asks for, run against the Hypervisor
@@ -160,7 +161,12 @@ func (p *Pool) job(v *vm, a action) job {
 }
 
 func (p *Pool) logWipeFailure(ctx context.Context, vm, step string, err error) {
-	if ctx.Err() == nil {
+	switch {
+	case ctx.Err() != nil:
+	case virt.IsDisconnected(err):
+		// The connection's loss is logged once; the wipe goes on when it is back.
+		p.log.Debug("wiping a VM waits for libvirt", "vm", vm, "step", step, "err", err)
+	default:
 		p.log.Warn("wiping a VM failed; retrying", "vm", vm, "step", step, "err", err)
 	}
 }

@@ -221,8 +221,9 @@ func (p *Pool) afterPrepare(vs []*domxml.Version, err error) {
 	p.setVersions(vs)
 	p.prepared = true
 	if p.current == nil && p.cfg.Replica != nil {
-		if !p.publish.running() {
-			p.pause("waiting for a copy of the current version from host " + p.cfg.Replica.From)
+		if why := "waiting for a copy of the current version from host " + p.cfg.Replica.From; !p.publish.running() && p.paused != why {
+			p.log.Info("waiting for a copy of the current version", "from", p.cfg.Replica.From)
+			p.paused = why // news, not an error: the site asks for the copy
 		}
 		return
 	}

@@ -123,7 +123,9 @@ func (m *Manager) dispatch(ctx context.Context) {
 			if errors.Is(err, pool.ErrUnavailable) {
 				state, msg = kioskproto.StateQueued, "Service temporarily unavailable"
 			}
-			notify := head.lastState != state
+			// Told on a change, and the first time: enqueue set the
+			// state a new request starts in, and nothing was said yet.
+			notify := head.lastState != state || head.lastAhead != 0
 			head.lastState, head.lastAhead = state, 0
 			m.mu.Unlock()
 			if notify {

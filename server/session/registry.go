@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path"
+	"strings"
 
 	"undervdi/server/config"
 )
@@ -20,7 +21,8 @@ type kioskEntry struct {
 	id     string
 	prefix netip.Prefix
 	token  string
-	max    int // a group's cap of kiosks connected at once
+	max    int    // a group's cap of kiosks connected at once
+	hosts  string // the host group it takes VMs from; "": any
 }
 
 // NewRegistry builds the registry from the configuration's [[kiosk]] tables.
@@ -31,7 +33,7 @@ func NewRegistry(kiosks []config.Kiosk) (*Registry, error) {
 		if err != nil {
 			return nil, err
 		}
-		e := kioskEntry{id: k.ID, prefix: p, token: k.Token}
+		e := kioskEntry{id: k.ID, prefix: p, token: k.Token, hosts: k.HostGroup}
 		switch {
 		case k.Legacy:
 			r.legacy = append(r.legacy, e)
@@ -104,6 +106,26 @@ func (r *Registry) Configured(id string) bool {
 		}
 	}
 	return false
+}
+
+// HostGroup is the host group kiosk id takes its VMs from ([[kiosk]]
+// host_group); "": any host. A legacy kiosk is known by the name Legacy gave it.
+func (r *Registry) HostGroup(id string) string {
+	if e, ok := r.exact[id]; ok {
+		return e.hosts
+	}
+	for _, p := range r.patterns {
+		if m, _ := path.Match(p.id, id); m {
+			return p.hosts
+		}
+	}
+	addr, _ := netip.ParseAddr(strings.TrimPrefix(id, "legacy-"))
+	for _, e := range r.legacy {
+		if (e.id != "" && e.id == id) || (addr.IsValid() && e.prefix.Contains(addr)) {
+			return e.hosts
+		}
+	}
+	return ""
 }
 
 // IDs are the kiosks configured by exact id (not groups, not legacy ones).

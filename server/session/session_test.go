@@ -394,6 +394,23 @@ func TestOutOfOrderKiosk(t *testing.T) {
 	}
 }
 
+// TestUnavailableIsTold: a request while the pool is unavailable (libvirt
+// lost, a kiosk's host group down) is told so at once, and served once the
+// pool is back.
+func TestUnavailableIsTold(t *testing.T) {
+	h := newHarness(t, 1, testConfig())
+	h.pool.SetDown(fmt.Errorf("%w: libvirt connection lost", pool.ErrUnavailable))
+	k := h.dial("127.0.0.1")
+	k.send(kioskproto.NewHello("k1", token, ""))
+	k.until(kioskproto.TWelcome)
+	k.send(kioskproto.NewRequest())
+	if st := k.until(kioskproto.TStatus).Status; st.State != kioskproto.StateQueued || st.Message != "Service temporarily unavailable" {
+		t.Errorf("status = %+v, want queued: unavailable", st)
+	}
+	h.pool.SetDown(nil)
+	k.until(kioskproto.TOffer)
+}
+
 func TestFairQueue(t *testing.T) {
 	h := newHarness(t, 0, testConfig())
 	var ks []*kiosk

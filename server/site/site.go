@@ -116,6 +116,9 @@ func New(cfg Config, hosts []Host, log *slog.Logger) *Site {
 	return s
 }
 
+// OnLost sets Config.Lost, before Run: the sessions are made after the site.
+func (s *Site) OnLost(f func(vm, reason string) bool) { s.cfg.Lost = f }
+
 // Run passes the hosts' announcements on and keeps placement, copies and
 // host loss in step, until ctx ends.
 func (s *Site) Run(ctx context.Context) {

@@ -29,6 +29,17 @@ type Pool struct {
 	// Sink hears of every VM ended, as the broker's wiring passes the real
 	// pool's announcements to the sessions.
 	Sink func(pool.Ended)
+	// Down, if set, is what Take returns: a pool that lost libvirt.
+	Down error
+}
+
+// SetDown makes Take fail with err (nil: serve again), and wakes waiters.
+func (f *Pool) SetDown(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Down = err
+	close(f.wait)
+	f.wait = make(chan struct{})
 }
 
 // New returns a pool with n clean VMs, whose SPICE is at socket.
@@ -71,6 +82,9 @@ func (f *Pool) VMs() []pool.VM {
 func (f *Pool) Take(c pool.Claim) (pool.VM, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.Down != nil {
+		return pool.VM{}, f.Down
+	}
 	if len(f.order) == 0 {
 		return pool.VM{}, pool.ErrNoCleanVM
 	}
