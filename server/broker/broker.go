@@ -263,7 +263,7 @@ func (b *Broker) makePools(hosts []config.Host) {
 		log := b.Log
 		if len(hosts) > 1 {
 			log = b.Log.With("host", h.Name)
-			pcfg.Names = names
+			pcfg.Names = names.For(h.Name)
 			pcfg.Size = 0 // the site gives each host its share
 		}
 		if i > 0 {

@@ -535,15 +535,24 @@ func (s *Site) lostSince(i int) time.Time {
 	return time.Now()
 }
 
-// Names reserves VM names across the site's hosts (pool.Names): a new
-// clone's name is never one live on another host.
-type Names struct{ m sync.Map }
+// Names reserves VM names across the site's hosts: a new clone's name is
+// never one live on another host. Each host's pool claims through its own
+// view (For).
+type Names struct{ m sync.Map } // name -> the host holding it
 
-// Claim reserves name; false if it is taken.
-func (n *Names) Claim(name string) bool {
-	_, taken := n.m.LoadOrStore(name, struct{}{})
-	return !taken
+// For is host's view, its pool's pool.Names.
+func (n *Names) For(host string) pool.Names { return hostNames{n, host} }
+
+type hostNames struct {
+	n    *Names
+	host string
 }
 
-// Release frees name once its VM is wiped.
-func (n *Names) Release(name string) { n.m.Delete(name) }
+// Claim reserves name for the host; false if another host holds it.
+func (h hostNames) Claim(name string) bool {
+	holder, taken := h.n.m.LoadOrStore(name, h.host)
+	return !taken || holder == h.host
+}
+
+// Release frees name once the host's VM of that name is wiped.
+func (h hostNames) Release(name string) { h.n.m.CompareAndDelete(name, h.host) }

@@ -370,3 +370,22 @@ func TestReplicatesTheGoldensVersion(t *testing.T) {
 		t.Errorf("Publish() = %v; calls on a %v, want it on the golden's host", err, a.Calls())
 	}
 }
+
+func TestNames(t *testing.T) {
+	var n Names
+	a, b := n.For("a"), n.For("b")
+	if !a.Claim("vm-1") || !a.Claim("vm-1") {
+		t.Error("a host cannot claim a name it holds")
+	}
+	if b.Claim("vm-1") {
+		t.Error("a name live on host a was claimed on b")
+	}
+	b.Release("vm-1") // not b's: nothing happens
+	if b.Claim("vm-1") {
+		t.Error("another host's release freed a's name")
+	}
+	a.Release("vm-1")
+	if !b.Claim("vm-1") {
+		t.Error("a name released is still taken")
+	}
+}
