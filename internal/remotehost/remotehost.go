@@ -90,6 +90,22 @@ func (h *Host) Kill() {
 	}
 }
 
+// Cut drops every packet to and from the host, as a host powered off or
+// cut off the network: no reset tells the broker, only silence. Mend undoes it.
+func (h *Host) Cut(t testing.TB) { h.iptables(t, "-I") }
+
+// Mend lets the host's packets through again after Cut.
+func (h *Host) Mend(t testing.TB) { h.iptables(t, "-D") }
+
+func (h *Host) iptables(t testing.TB, op string) {
+	t.Helper()
+	for _, chain := range []string{"INPUT", "OUTPUT"} {
+		if out, err := exec.Command("ip", "netns", "exec", h.NS.Name, "iptables", op, chain, "-j", "DROP").CombinedOutput(); err != nil {
+			t.Fatalf("iptables %s %s in %s: %v: %s", op, chain, h.NS.Name, err, out)
+		}
+	}
+}
+
 // Restart starts the host's libvirtd again on the same state.
 func (h *Host) Restart(t testing.TB) {
 	t.Helper()

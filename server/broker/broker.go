@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -281,8 +282,14 @@ func (b *Broker) makePools(hosts []config.Host) {
 	}
 	b.Pool, b.vms = b.Pools[0], b.Pools[0]
 	if len(hosts) > 1 {
+		var pinned []string
+		for _, k := range cfg.Kiosks {
+			if k.HostGroup != "" && !slices.Contains(pinned, k.HostGroup) {
+				pinned = append(pinned, k.HostGroup)
+			}
+		}
 		b.Site = site.New(site.Config{Placement: cfg.Placement, Size: cfg.PoolSize, LostAfter: HostLostAfter,
-			KioskGroup: b.registry.HostGroup}, members, b.Log)
+			KioskGroup: b.registry.HostGroup, PinnedGroups: pinned}, members, b.Log)
 		b.vms = b.Site
 	}
 }

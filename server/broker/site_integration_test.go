@@ -30,10 +30,13 @@ import (
 // second host through libvirt's storage streams; the pool is spread over
 // both; a kiosk pinned to each host's group gets a VM there (a real
 // remote-viewer on this host's, a SPICE link through the gateway on the
-// other's). The second host's libvirtd killed mid-session: its session
-// ends with the host-lost reason, its kiosk is told, and the pool refills
-// on the first host. Back, the second host is reconciled (the lost
-// session's VM destroyed there), gets its share again and is used again.
+// other's). The second host cut off mid-session, as a host powered off or
+// off the network (its packets dropped: no reset, only silence): the
+// broker's probe finds it gone, its session ends with the host-lost reason,
+// its kiosk is told, and the pool refills on the first host. Back, the
+// second host is reconciled (the lost session's VM destroyed there), gets
+// its share again and is used again. (TestRemoteHost kills a host's
+// libvirtd instead: the connection closes at once.)
 func TestTwoHosts(t *testing.T) {
 	ctx := context.Background()
 	bed := testbed.New(t)
@@ -133,7 +136,7 @@ versions_dir = %q
 
 	// The second host lost: its session ends, its kiosk is told why, and
 	// the pool refills here.
-	h2.Kill()
+	h2.Cut(t)
 	if reason := kBranch.waitEnd(2 * time.Minute); reason != site.ReasonHostLost {
 		t.Errorf("the branch kiosk's end reason = %q, want %q", reason, site.ReasonHostLost)
 	}
@@ -160,7 +163,7 @@ versions_dir = %q
 
 	// Back: reconciled (the lost session's VM destroyed there), a share
 	// again, and the waiting branch kiosk served there.
-	h2.Restart(t)
+	h2.Mend(t)
 	var again *kioskproto.Offer
 	for again == nil {
 		m := kBranch.next(5 * time.Minute)

@@ -201,6 +201,10 @@ func (c *Config) validateHosts(bad func(key, format string, args ...any)) {
 			bad(key+".spice_address", "only for a host other than this machine: here SPICE is a unix socket")
 		}
 	}
+	if local := slices.IndexFunc(c.Hosts, func(h Host) bool { return !h.Remote() }); local >= 0 &&
+		slices.ContainsFunc(c.Hosts[local+1:], func(h Host) bool { return !h.Remote() }) {
+		bad("hosts", "more than one host on this machine (qemu:///system and qemu+unix:// name the same libvirtd): each pool would destroy the other's VMs")
+	}
 	if remote && c.Network.Isolated() {
 		bad("network.mode", "\"isolated\" needs the host on the broker's own machine so far (the allowlist's DNS and proxies run on the broker): "+
 			"with a host elsewhere use mode = \"golden\" and the site's own network design")

@@ -100,6 +100,7 @@ func TestHostsValidated(t *testing.T) {
 		{"more clean VMs than the hosts hold", `pool_size = 6`, `pool_size = 16`, `pool_size: 16: more than the hosts hold together (15)`},
 		{"a relative directory", `versions_dir = "/srv/kvm2/versions"`, `versions_dir = "srv"`, `hosts "kvm2".versions_dir: "srv" must be an absolute path`},
 		{"versions in the overlays", `versions_dir = "/srv/kvm2/versions"`, "versions_dir = \"/srv/x\"\noverlay_dir = \"/srv/x/\"", `hosts "kvm2".versions_dir: "/srv/x" must not be its overlay_dir`},
+		{"this machine twice", `qemu+tls://kvm2.backend/system`, `qemu+unix:///system`, `hosts: more than one host on this machine`},
 		{"placement", `placement = "pack"`, `placement = "random"`, `placement: "random": spread`},
 		{"the isolated guest network with a host elsewhere", `mode = "golden"`, `mode = "isolated"`, `network.mode: "isolated" needs the host on the broker's own machine`},
 		{"a URI that skips verification", `qemu+tls://kvm2.backend/system`, `qemu+tls://kvm2.backend/system?no_verify=1`, `no_verify= would change what the connection verifies`},

@@ -293,6 +293,8 @@ func alerts(st api.Status) []alert {
 			switch {
 			case !h.Connected:
 				add("bad", "host %s is lost (%s): its VMs are not offered, and its sessions end", h.Name, h.URI)
+			case h.Degraded != "":
+				add("bad", "host %s degraded: %s", h.Name, h.Degraded)
 			case h.Publish != nil && h.Publish.Finished != nil && h.Publish.Error != "" && h.Current != p.Current:
 				add("bad", "host %s: copying version %d failed: %s", h.Name, h.Publish.Version, h.Publish.Error)
 			case h.Paused != "":
@@ -302,7 +304,7 @@ func alerts(st api.Status) []alert {
 	case !p.Connected:
 		add("bad", "libvirt is not connected (%s): no VM can be made or handed out", st.Libvirt)
 	}
-	if p.Degraded != "" {
+	if p.Degraded != "" && len(p.Hosts) == 0 { // a site's is its hosts' lines above
 		add("bad", "pool degraded: %s", p.Degraded)
 	}
 	if p.Paused != "" {

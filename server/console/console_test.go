@@ -29,7 +29,8 @@ func (pagePool) Status() pool.Status {
 		VMs: []pool.VMStatus{{Name: "undervdi-aaaa", State: pool.Clean, Since: time.Now(), Version: 3, Host: "kvm1"},
 			{Name: "undervdi-bbbb", State: pool.InUse, Since: time.Now(), Version: 3, Host: "kvm1"}},
 		Hosts: []pool.HostStatus{{Name: "kvm1", URI: "qemu:///system", Connected: true, Size: 2, MaxVMs: 4, Current: 3,
-			Counts: map[pool.State]int{pool.Clean: 1, pool.InUse: 1}},
+			Degraded: "3 clones failed in a row: check the golden VM",
+			Counts:   map[pool.State]int{pool.Clean: 1, pool.InUse: 1}},
 			{Name: "kvm2", URI: "qemu+tls://kvm2/system", Group: "branch", Lost: &lost, MaxVMs: 4, Current: 2,
 				Publish: &pool.PublishStatus{Version: 3, Started: lost}}},
 		Versions: []pool.VersionStatus{{Version: 3, Golden: "win10", Published: time.Now(), Size: 1 << 30, Current: true}},
@@ -135,7 +136,7 @@ func TestPages(t *testing.T) {
 	srv, _ := site(t)
 	op, viewer := login(t, srv, "olga", "olga's long password"), login(t, srv, "vera", "vera's long password")
 	want := map[string][]string{
-		"": {"pool degraded: 3 clones failed", "kiosk lobby-2 runs an old image", "Open until", `data-act="PUT /v1/pool/size"`,
+		"": {"host kvm1 degraded: 3 clones failed", "kiosk lobby-2 runs an old image", "Open until", `data-act="PUT /v1/pool/size"`,
 			"host kvm2 is lost", `data-host="kvm1"`, "<td>branch</td>", "version 3: 0 B of 0 B"},
 		"vms":      {"undervdi-aaaa", `data-act="POST /v1/vms/undervdi-bbbb/end"`, "<td>kvm1</td>"},
 		"sessions": {"l-1", `data-act="POST /v1/sessions/l-1/end"`},

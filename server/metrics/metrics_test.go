@@ -187,7 +187,8 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 	}
 	m := New()
 	// A pool in a roll, publishing: every series is there.
-	st := pool.Status{Clones: map[int]int{1: 1, 2: 1}, Publish: &pool.PublishStatus{Total: 2, Written: 1}}
+	st := pool.Status{Clones: map[int]int{1: 1, 2: 1}, Publish: &pool.PublishStatus{Total: 2, Written: 1},
+		Hosts: []pool.HostStatus{{Name: "kvm2", Publish: &pool.PublishStatus{Total: 2, Written: 1}}}}
 	m.Watch(Source{Pool: func() pool.Status { return st }, Kiosks: func() []session.KioskStatus { return nil },
 		Leases: func() []session.LeaseStatus { return nil }, Queue: func() int { return 0 }})
 	exported := map[string]bool{}

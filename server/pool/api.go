@@ -293,6 +293,7 @@ type HostStatus struct {
 	Reconciling bool           `json:"reconciling,omitempty"`
 	Lost        *time.Time     `json:"lost,omitempty"` // since when its connection is down
 	Paused      string         `json:"paused,omitempty"`
+	Degraded    string         `json:"degraded,omitempty"`
 	Size        int            `json:"size"` // its share of the site's pool_size
 	MaxVMs      int            `json:"max_vms"`
 	Counts      map[State]int  `json:"counts"`

@@ -17,7 +17,9 @@ import (
 // reconcile then compares them with the table. It runs after every
 // (re)connection and, as a safety net, every reconcile_interval.
 func (p *Pool) list() {
-	if !p.connected || !p.prepared || p.listing {
+	// Without a current version nothing found can be judged clean; a
+	// publish's (or a replica's copy's) end lists.
+	if !p.connected || !p.prepared || p.listing || p.current == nil {
 		return
 	}
 	p.listing = true
@@ -102,7 +104,7 @@ func (p *Pool) reconcile(listed time.Time, doms []*domxml.Domain, overlays, volu
 func (p *Pool) found(d *domxml.Domain) {
 	m := d.Meta
 	if p.cfg.Names != nil && !p.cfg.Names.Claim(d.Name) {
-		p.log.Warn("a VM left from an earlier run has the name of one on another host; the site routes it here", "vm", d.Name)
+		p.log.Warn("a VM left from an earlier run has the name of one live on another host", "vm", d.Name)
 	}
 	v := &vm{name: d.Name, since: m.Since, version: m.Version, overlays: p.overlaysOf(d), slot: -1,
 		spice:  SpiceTarget{Socket: d.SpiceSocket, TLS: d.SpiceTLS, Password: d.SpicePassword},

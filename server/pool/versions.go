@@ -30,6 +30,9 @@ var (
 	ErrNoSpace    = errors.New("not enough space for a new version")
 	ErrNoEarlier  = errors.New("no earlier version to roll back to")
 	ErrReplica    = errors.New("not the golden's host")
+	// ErrVersionConflict: a replica holds another version of the number
+	// the golden's host publishes (a host that ran a broker of its own).
+	ErrVersionConflict = errors.New("another version of that number")
 )
 
 // version is a published version as the pool keeps it.
@@ -475,6 +478,11 @@ func (p *Pool) Replicate(ver *domxml.Version) error {
 		switch have := p.versionBySeq(ver.Meta.Seq); {
 		case p.cfg.Replica == nil:
 			err = fmt.Errorf("%w: this pool publishes its own versions", ErrReplica)
+		case have != nil && !have.Meta.Published.Equal(ver.Meta.Published):
+			err = fmt.Errorf("%w: this host holds a version %d of its own (published %s), not host %s's (published %s): "+
+				"undefine its template %s there, and the copy follows",
+				ErrVersionConflict, ver.Meta.Seq, have.Meta.Published.Format(time.RFC3339), p.cfg.Replica.From,
+				ver.Meta.Published.Format(time.RFC3339), have.name)
 		case have != nil && whole(have.Version):
 		case p.publish.running():
 			err = ErrPublishing

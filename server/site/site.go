@@ -73,6 +73,8 @@ type Config struct {
 	LostAfter time.Duration
 	// KioskGroup is the host group a kiosk takes from; "": any host.
 	KioskGroup func(kiosk string) string
+	// PinnedGroups are the host groups kiosks are pinned to.
+	PinnedGroups []string
 	// Lost ends the session on a VM of a lost host; the broker passes it
 	// to the sessions (session.Manager.EndVM).
 	Lost func(vm, reason string) bool
@@ -270,7 +272,9 @@ func (s *Site) End(name, reason string) error {
 		return m.Pool.End(name, reason)
 	}
 	for _, m := range s.hosts {
-		if err := m.Pool.End(name, reason); !errors.Is(err, pool.ErrUnknownVM) {
+		// A host that does not answer (its pool stopped) cannot hold it
+		// as far as anyone can tell: ask the next.
+		if err := m.Pool.End(name, reason); !errors.Is(err, pool.ErrUnknownVM) && !errors.Is(err, pool.ErrUnavailable) {
 			return err
 		}
 	}
@@ -371,10 +375,16 @@ func (s *Site) place() {
 	for i, m := range s.hosts {
 		busy := m.status.Count("offered") + m.status.Count("in-use") + m.status.Count("ending")
 		slots[i] = Slot{Up: serving(m.status), Weight: m.Weight, Room: max(m.Capacity-busy, 0)}
+		if m.Group != "" && slices.Contains(s.cfg.PinnedGroups, m.Group) {
+			slots[i].Pinned = m.Group
+		}
 	}
 	shares := Shares(s.cfg.Placement, size, slots)
 	for i, m := range s.hosts {
-		if m.status.Size == shares[i] {
+		// A host that does not serve keeps the size it had: it makes
+		// nothing meanwhile, and once it is back and reconciled it must
+		// not trim the clean VMs it adopted before its share comes.
+		if !slots[i].Up || m.status.Size == shares[i] {
 			continue
 		}
 		if err := m.Pool.SetSize(shares[i]); err != nil {
@@ -390,19 +400,42 @@ type Slot struct {
 	Up     bool
 	Weight int // 0 counts as 1
 	Room   int // VMs it can still make: capacity less those in session or ending
+	// Pinned is its host group, if kiosks are pinned to it: such a group
+	// gets a clean VM before any group gets a second.
+	Pinned string
 }
 
 // Shares splits size clean VMs across the hosts that are up, each within its
-// room: spread gives each one in turn to the host whose share is smallest
-// for its weight, pack fills the hosts in order. What no host has room for
-// is not placed.
+// room. First each host group kiosks are pinned to gets one, on its host of
+// most weight (pack: its first), so that no such kiosk waits on a share of
+// none; then spread gives each VM in turn to the host whose share is
+// smallest for its weight, and pack fills the hosts in order. What no host
+// has room for is not placed.
 func Shares(placement string, size int, hosts []Slot) []int {
 	out := make([]int, len(hosts))
+	seeded := map[string]bool{}
+	for i, h := range hosts {
+		if size == 0 || h.Pinned == "" || seeded[h.Pinned] {
+			continue
+		}
+		best := -1
+		for j, o := range hosts[i:] {
+			if o.Pinned == h.Pinned && o.Up && o.Room > 0 && (best < 0 || (placement != "pack" && weight(o) > weight(hosts[best]))) {
+				best = i + j
+			}
+		}
+		if best >= 0 {
+			seeded[h.Pinned] = true
+			out[best]++
+			size--
+		}
+	}
 	if placement == "pack" {
 		for i, h := range hosts {
 			if h.Up {
-				out[i] = min(size, h.Room)
-				size -= out[i]
+				n := min(size, h.Room-out[i])
+				out[i] += n
+				size -= n
 			}
 		}
 		return out
@@ -441,7 +474,7 @@ func (s *Site) replicate() {
 	}
 	for _, m := range s.hosts[1:] {
 		st := m.status
-		if !st.Connected || st.Current == cur.Meta.Seq {
+		if !st.Connected || (st.Current == cur.Meta.Seq && same(st, cur)) {
 			continue
 		}
 		if j := st.Publish; j != nil && j.Finished == nil {
@@ -460,10 +493,21 @@ func (s *Site) replicate() {
 			}
 			continue
 		}
-		if err := m.Pool.Replicate(cur); err != nil && !errors.Is(err, pool.ErrUnavailable) && !errors.Is(err, pool.ErrPublishing) {
-			s.log.Warn("could not start copying the current version to a host", "host", m.Name, "version", cur.Meta.Seq, "err", err)
+		err := m.Pool.Replicate(cur)
+		switch {
+		case err == nil, errors.Is(err, pool.ErrUnavailable), errors.Is(err, pool.ErrPublishing):
+		case m.copyWarn != err.Error():
+			m.copyWarn = err.Error()
+			s.log.Error("cannot copy the current version to a host", "host", m.Name, "version", cur.Meta.Seq, "err", err)
 		}
 	}
+}
+
+// same reports whether the host's version of cur's number is cur (it was
+// published at the same moment), not one of its own.
+func same(st pool.Status, cur *domxml.Version) bool {
+	i := slices.IndexFunc(st.Versions, func(v pool.VersionStatus) bool { return v.Version == cur.Meta.Seq })
+	return i >= 0 && st.Versions[i].Published.Equal(cur.Meta.Published)
 }
 
 // has reports whether a host holds version seq, not withdrawn.
@@ -483,16 +527,24 @@ func (s *Site) Status() pool.Status {
 	}
 	wg.Wait()
 	gold := sts[0]
-	out := pool.Status{Pool: gold.Pool, Golden: gold.Golden, Connected: true, Current: gold.Current,
-		Versions: gold.Versions, Publish: gold.Publish, Paused: gold.Paused, Degraded: gold.Degraded,
+	out := pool.Status{Pool: gold.Pool, Golden: gold.Golden, Current: gold.Current,
+		Versions: gold.Versions, Publish: gold.Publish, Paused: gold.Paused,
 		Counts: map[pool.State]int{}, Recorded: map[string]int{}, Clones: map[int]int{}}
 	s.mu.Lock()
 	out.Size = s.size
 	s.mu.Unlock()
-	var memory []string
+	var memory, degraded []string
 	for i, st := range sts {
 		m := s.hosts[i]
-		out.Connected = out.Connected && st.Connected
+		// The site is up while any host is; a host lost or failing is
+		// the site degraded, which health and alerts show.
+		out.Connected = out.Connected || st.Connected
+		switch {
+		case !st.Connected:
+			degraded = append(degraded, "host "+m.Name+" lost: its libvirt connection is down")
+		case st.Degraded != "":
+			degraded = append(degraded, "host "+m.Name+": "+st.Degraded)
+		}
 		out.Reconciling = out.Reconciling || st.Reconciling
 		out.MaxVMs += st.MaxVMs
 		out.Failures += st.Failures
@@ -513,7 +565,7 @@ func (s *Site) Status() pool.Status {
 			out.VMs = append(out.VMs, v)
 		}
 		h := pool.HostStatus{Name: m.Name, URI: m.URI, Group: m.Group, Connected: st.Connected, Reconciling: st.Reconciling,
-			Paused: st.Paused, Size: st.Size, MaxVMs: st.MaxVMs, Counts: st.Counts, Current: st.Current, Publish: st.Publish}
+			Paused: st.Paused, Degraded: st.Degraded, Size: st.Size, MaxVMs: st.MaxVMs, Counts: st.Counts, Current: st.Current, Publish: st.Publish}
 		if !st.Connected {
 			since := s.lostSince(i)
 			h.Lost = &since
@@ -521,6 +573,7 @@ func (s *Site) Status() pool.Status {
 		out.Hosts = append(out.Hosts, h)
 	}
 	out.Memory = strings.Join(memory, "; ")
+	out.Degraded = strings.Join(degraded, "; ")
 	slices.SortFunc(out.VMs, func(a, b pool.VMStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }

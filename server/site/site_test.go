@@ -18,6 +18,7 @@ import (
 func TestShares(t *testing.T) {
 	up := func(w, room int) Slot { return Slot{Up: true, Weight: w, Room: room} }
 	down := Slot{Weight: 1, Room: 10}
+	pinned := func(g string, w, room int) Slot { return Slot{Up: true, Weight: w, Room: room, Pinned: g} }
 	for _, tc := range []struct {
 		name      string
 		placement string
@@ -35,6 +36,10 @@ func TestShares(t *testing.T) {
 		{"pack fills in order", "pack", 5, []Slot{up(1, 3), up(1, 10)}, []int{3, 2}},
 		{"pack skips a host down", "pack", 5, []Slot{down, up(1, 3), up(1, 10)}, []int{0, 3, 2}},
 		{"size 0", "spread", 0, []Slot{up(1, 3)}, []int{0}},
+		{"a pinned group gets one first", "pack", 2, []Slot{up(1, 5), up(1, 5), pinned("b", 1, 5)}, []int{1, 0, 1}},
+		{"each pinned group, on its heaviest host", "spread", 2, []Slot{pinned("a", 1, 5), pinned("a", 3, 5), pinned("b", 1, 5), up(1, 5)}, []int{0, 1, 1, 0}},
+		{"a pinned group without room gets none", "spread", 2, []Slot{up(1, 5), pinned("b", 1, 0)}, []int{2, 0}},
+		{"fewer VMs than pinned groups", "spread", 1, []Slot{pinned("a", 1, 5), pinned("b", 1, 5)}, []int{1, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := Shares(tc.placement, tc.size, tc.hosts); !slices.Equal(got, tc.want) {
@@ -56,6 +61,9 @@ func FuzzShares(f *testing.F) {
 		for i := range hosts {
 			b := byte(seed >> (8 * (i % 8)))
 			hosts[i] = Slot{Up: b&1 == 0, Weight: int(b>>1) % 4, Room: int(b>>3) % 12}
+			if b&0x80 != 0 {
+				hosts[i].Pinned = string(rune('a' + i%3))
+			}
 			if hosts[i].Up {
 				room += hosts[i].Room
 			}
@@ -74,6 +82,21 @@ func FuzzShares(f *testing.F) {
 		}
 		if sum != min(size, room) {
 			t.Fatalf("Shares(%s, %d, %+v) = %v: %d placed, want %d", placement, size, hosts, got, sum, min(size, room))
+		}
+		// Every pinned group that can hold one has one, VMs allowing.
+		groups, served := map[string]bool{}, map[string]bool{}
+		for i, h := range hosts {
+			if h.Pinned != "" && h.Up && h.Room > 0 {
+				groups[h.Pinned] = true
+				served[h.Pinned] = served[h.Pinned] || got[i] > 0
+			}
+		}
+		if len(groups) <= size {
+			for g := range groups {
+				if !served[g] {
+					t.Fatalf("Shares(%s, %d, %+v) = %v: pinned group %s has none", placement, size, hosts, got, g)
+				}
+			}
 		}
 	})
 }
@@ -316,7 +339,10 @@ func TestHostLost(t *testing.T) {
 	}
 
 	b.set(func(st *pool.Status) { st.Connected = false })
-	poll.Until(t, 5*time.Second, "host a to carry the whole pool", func() bool { return a.size() == 4 && b.size() == 0 })
+	poll.Until(t, 5*time.Second, "host a to carry the whole pool", func() bool { return a.size() == 4 })
+	if b.size() != 2 {
+		t.Errorf("the lost host's size = %d, want it left at 2 for when it is back", b.size())
+	}
 	poll.Until(t, 5*time.Second, "the session on b ended", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -333,11 +359,11 @@ func TestHostLost(t *testing.T) {
 
 	b.set(func(st *pool.Status) { st.Connected, st.Reconciling = true, true })
 	time.Sleep(50 * time.Millisecond)
-	if b.size() != 0 {
-		t.Errorf("host b got a share of %d while it reconciles", b.size())
+	if a.size() != 4 {
+		t.Errorf("host a's share = %d while b reconciles, want the whole pool", a.size())
 	}
 	b.set(func(st *pool.Status) { st.Reconciling = false })
-	poll.Until(t, 5*time.Second, "host b's share back", func() bool { return b.size() > 0 && a.size()+b.size() == 4 })
+	poll.Until(t, 5*time.Second, "the shares spread again", func() bool { return b.size() == 2 && a.size() == 2 })
 }
 
 func TestReplicatesTheGoldensVersion(t *testing.T) {

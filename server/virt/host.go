@@ -117,17 +117,60 @@ func (h *Host) maintain(ctx context.Context) {
 		h.l = l
 		h.mu.Unlock()
 		h.emit(Event{Kind: Connected})
+		gone := l.Disconnect
 		select {
 		case <-l.Disconnected():
 			h.log.Warn("lost the connection to libvirt; reconnecting")
+		case err := <-h.probe(ctx, l):
+			h.log.Warn("libvirt stopped answering; reconnecting (host down, or its network cut?)", "err", err)
+			gone = l.Abort // telling it would wait for an answer that never comes
 		case <-ctx.Done():
 		}
 		h.mu.Lock()
 		h.l = nil
 		h.mu.Unlock()
-		l.Disconnect()
+		gone()
 		h.emit(Event{Kind: Disconnected})
 	}
+}
+
+// Probing: a host powered off or cut off sends no reset, and TCP alone
+// would take minutes to give up; a call every probeEvery that takes longer
+// than probeTimeout is the connection lost. Variables for tests.
+var probeEvery, probeTimeout = 5 * time.Second, 10 * time.Second
+
+// probe asks libvirt something cheap every probeEvery until it fails or does
+// not answer within probeTimeout, and says why on the channel it returns.
+func (h *Host) probe(ctx context.Context, l *libvirt.Libvirt) <-chan error {
+	out := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(probeEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-l.Disconnected():
+				return
+			case <-tick.C:
+			}
+			answer := make(chan error, 1)
+			go func() { _, err := l.ConnectGetLibVersion(); answer <- err }()
+			select {
+			case err := <-answer:
+				if err == nil {
+					continue
+				}
+				out <- err
+			case <-time.After(probeTimeout):
+				out <- fmt.Errorf("no answer in %v", probeTimeout)
+			case <-ctx.Done():
+			case <-l.Disconnected():
+			}
+			return
+		}
+	}()
+	return out
 }
 
 // connect dials, then subscribes to the events the broker acts on before

@@ -344,6 +344,18 @@ func (l *Libvirt) Disconnect() error {
 	return err
 }
 
+// Abort closes the connection without telling libvirtd, for a peer that no
+// longer answers: Disconnect's ConnectClose call would wait for it forever.
+// (undervdi's addition; see README.undervdi.md.)
+func (l *Libvirt) Abort() error {
+	err := l.socket.Disconnect()
+	select {
+	case <-l.disconnected:
+	case <-time.After(disconnectTimeout):
+	}
+	return err
+}
+
 // Disconnected allows callers to detect if the underlying connection
 // to libvirt has been closed. If the returned channel is closed, then
 // the connection to libvirt has been lost (or disconnected intentionally).
