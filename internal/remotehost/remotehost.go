@@ -90,6 +90,23 @@ func (h *Host) Kill() {
 	}
 }
 
+// Has reports whether domain name is defined on the host, asked on a
+// connection of its own (a test's long-lived one dies with the host's
+// libvirtd).
+func (h *Host) Has(t testing.TB, name string) bool {
+	t.Helper()
+	l, err := h.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Disconnect()
+	_, err = l.DomainLookupByName(name)
+	if err != nil && !libvirt.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	return err == nil
+}
+
 // Cut drops every packet to and from the host, as a host powered off or
 // cut off the network: no reset tells the broker, only silence. Mend undoes it.
 func (h *Host) Cut(t testing.TB) { h.iptables(t, "-I") }

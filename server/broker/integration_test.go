@@ -56,7 +56,19 @@ type e2e struct {
 
 func startE2E(t *testing.T) *e2e {
 	bed := testbed.New(t)
-	rb := brokertest.Start(t, bed, 2, nil)
+	e := e2eOf(t, bed, brokertest.Start(t, bed, 2, nil))
+	var err error
+	if e.ns, err = netns.New(int(time.Now().UnixNano() % 200)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.ns.Close() })
+	return e
+}
+
+// e2eOf is the test's view of a broker running on bed, with an X server
+// for viewers; both stop when t ends.
+func e2eOf(t *testing.T, bed *testbed.Bed, rb *brokertest.Broker) *e2e {
+	t.Helper()
 	gwPort, _ := strconv.Atoi(rb.GatewayPort())
 	e := &e2e{t: t, bed: bed, b: rb.Broker, cfg: rb.Config, gwPort: gwPort, kiosk: rb.KioskAddr(),
 		auditAt: rb.Config.Sessions.AuditLog, tls: rb.KioskTLS(), caFile: rb.CAFile()}
@@ -65,10 +77,6 @@ func startE2E(t *testing.T) *e2e {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.x.Stop)
-	if e.ns, err = netns.New(int(time.Now().UnixNano() % 200)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.ns.Close() })
 	return e
 }
 

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +16,6 @@ import (
 	"undervdi/internal/poll"
 	"undervdi/internal/remotehost"
 	"undervdi/internal/testbed"
-	"undervdi/internal/xvfb"
 	"undervdi/server/config"
 	"undervdi/tinyvm"
 )
@@ -75,33 +73,13 @@ spice_address = %q
 	if got := rb.Config.LibvirtURI; got != h2.URI || rb.Config.MaxVMs != 5 {
 		t.Errorf("one [[hosts]] entry: libvirt_uri %q, max_vms %d; want the host's", got, rb.Config.MaxVMs)
 	}
-	gwPort, _ := strconv.Atoi(rb.GatewayPort())
-	e := &e2e{t: t, bed: bed, b: rb.Broker, cfg: rb.Config, gwPort: gwPort, kiosk: rb.KioskAddr(),
-		auditAt: rb.Config.Sessions.AuditLog, tls: rb.KioskTLS(), caFile: rb.CAFile()}
-	if e.x, err = xvfb.Start(ctx, 1024, 768); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.x.Stop)
+	e := e2eOf(t, bed, rb)
 
 	k := e.connect(t, "k1")
 	v := e.launchViewer(t, k, k.request())
 	lease := e.linkedLease(t, "k1")
 	e.screenShowsGuest(t, "remote")
-	// Whether vm is on the second host, asked on a connection of its own
-	// (the test's first one dies with the host's libvirtd).
-	onH2 := func(vm string) bool {
-		l, err := h2.Connect()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Disconnect()
-		_, err = l.DomainLookupByName(vm)
-		if err != nil && !libvirt.IsNotFound(err) {
-			t.Fatal(err)
-		}
-		return err == nil
-	}
-	if !onH2(lease.VM) {
+	if !h2.Has(t, lease.VM) {
 		t.Fatalf("%s, the session's VM, is not on the second host", lease.VM)
 	}
 	if _, err := bed.L.DomainLookupByName(lease.VM); !libvirt.IsNotFound(err) {
@@ -124,7 +102,7 @@ spice_address = %q
 		st := e.b.Pool.Status()
 		return st.Connected && !st.Reconciling
 	})
-	if !onH2(lease.VM) {
+	if !h2.Has(t, lease.VM) {
 		t.Fatalf("%s is gone after the host came back", lease.VM)
 	}
 	select {
@@ -140,7 +118,7 @@ spice_address = %q
 	}
 	poll.Until(t, time.Minute, lease.VM+" destroyed with its disk on the second host", func() bool {
 		overlays, _ := filepath.Glob(filepath.Join(dir, "overlays", lease.VM+"-*"))
-		return !onH2(lease.VM) && len(overlays) == 0
+		return !h2.Has(t, lease.VM) && len(overlays) == 0
 	})
 	rb.WaitFull()
 }

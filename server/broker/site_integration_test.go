@@ -3,21 +3,16 @@
 package broker_test
 
 import (
-	"context"
 	"fmt"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/digitalocean/go-libvirt"
 
 	"undervdi/internal/brokertest"
 	"undervdi/internal/poll"
 	"undervdi/internal/remotehost"
 	"undervdi/internal/testbed"
-	"undervdi/internal/xvfb"
 	"undervdi/kioskproto"
 	"undervdi/server/config"
 	"undervdi/server/pool"
@@ -38,7 +33,6 @@ import (
 // its share again and is used again. (TestRemoteHost kills a host's
 // libvirtd instead: the connection closes at once.)
 func TestTwoHosts(t *testing.T) {
-	ctx := context.Background()
 	bed := testbed.New(t)
 	h2 := remotehost.Start(t)
 	dir := filepath.Join(bed.Root, "h2") // the second host's files; the bed removes them
@@ -93,33 +87,15 @@ versions_dir = %q
 		!strings.Contains(h.Publish.Reason, "from host here") {
 		t.Errorf("the second host: version %d, copy %+v; want version 1 copied from here", h.Current, h.Publish)
 	}
-	onH2 := func(vm string) bool {
-		l, err := h2.Connect()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Disconnect()
-		_, err = l.DomainLookupByName(vm)
-		if err != nil && !libvirt.IsNotFound(err) {
-			t.Fatal(err)
-		}
-		return err == nil
-	}
 
-	gwPort, _ := strconv.Atoi(rb.GatewayPort())
-	e := &e2e{t: t, bed: bed, b: b, cfg: rb.Config, gwPort: gwPort, kiosk: rb.KioskAddr(),
-		auditAt: rb.Config.Sessions.AuditLog, tls: rb.KioskTLS(), caFile: rb.CAFile()}
-	if e.x, err = xvfb.Start(ctx, 1024, 768); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.x.Stop)
+	e := e2eOf(t, bed, rb)
 
 	// A session on each host.
 	kMain := e.connect(t, "k-main")
 	v := e.launchViewer(t, kMain, kMain.request())
 	mainLease := e.linkedLease(t, "k-main")
 	e.screenShowsGuest(t, "site-here")
-	if onH2(mainLease.VM) {
+	if h2.Has(t, mainLease.VM) {
 		t.Errorf("%s, the main group's VM, is on the second host", mainLease.VM)
 	}
 	kBranch := e.connect(t, "k-branch")
@@ -130,7 +106,7 @@ versions_dir = %q
 	}
 	defer link.Close()
 	branchLease := e.linkedLease(t, "k-branch")
-	if !onH2(branchLease.VM) {
+	if !h2.Has(t, branchLease.VM) {
 		t.Fatalf("%s, the branch group's VM, is not on the second host", branchLease.VM)
 	}
 
@@ -174,7 +150,7 @@ versions_dir = %q
 			again = m.Offer
 		}
 	}
-	if onH2(branchLease.VM) {
+	if h2.Has(t, branchLease.VM) {
 		t.Errorf("%s, the lost session's VM, is still on the second host after its reconcile", branchLease.VM)
 	}
 	link2, err := linkMain(e.dialTLS(t, again), again.Ticket)
@@ -183,7 +159,7 @@ versions_dir = %q
 	}
 	defer link2.Close()
 	lease := e.linkedLease(t, "k-branch")
-	if !onH2(lease.VM) || lease.VM == branchLease.VM {
+	if !h2.Has(t, lease.VM) || lease.VM == branchLease.VM {
 		t.Errorf("the branch kiosk's new VM %s: want a new one on the second host", lease.VM)
 	}
 	poll.Until(t, 5*time.Minute, "shares spread again", func() bool {

@@ -218,7 +218,9 @@ func (p *Pool) afterPrepare(vs []*domxml.Version, err error) {
 			return // the next connection tries again
 		}
 		p.pause(err.Error())
-		p.answerStart(err)
+		if p.cfg.Replica == nil {
+			p.answerStart(err)
+		} // a host without the golden tries again at each tick: the others serve meanwhile
 		return
 	}
 	p.setVersions(vs)
@@ -544,7 +546,9 @@ func (p *Pool) replicateVersion(ctx context.Context, j *publishJob, ver *domxml.
 		base := done
 		p.post(func() { j.Disk = d.Target })
 		path, err := p.cfg.Replica.Copy(ctx, d, name, func(written, _ uint64) {
-			p.post(func() { j.Written = base + written; p.logPublish(j) })
+			// The copy moves the source file's bytes, which may be a little
+			// more than the allocation the total counts.
+			p.post(func() { j.Written = min(base+written, j.Total); p.logPublish(j) })
 		})
 		if path != "" {
 			copies = append(copies, path)

@@ -32,6 +32,7 @@ import (
 
 	"undervdi/server/domxml"
 	"undervdi/server/pool"
+	"undervdi/server/session"
 )
 
 // ReasonHostLost is the reason a session ends with when its host is lost;
@@ -48,13 +49,10 @@ type Host struct {
 	Pool     Pool
 }
 
-// Pool is what the site needs of one host's pool; *pool.Pool has it.
+// Pool is what the site needs of one host's pool: what the sessions use of
+// a pool, and more; *pool.Pool has it.
 type Pool interface {
-	Take(pool.Claim) (pool.VM, error)
-	WaitClean() <-chan struct{}
-	MarkUsed(ctx context.Context, name string) error
-	Release(ctx context.Context, name string) error
-	End(name, reason string) error
+	session.Pool
 	Ended() <-chan pool.Ended
 	Status() pool.Status
 	SetSize(n int) error
@@ -488,7 +486,12 @@ func (s *Site) replicate() {
 			continue
 		}
 		if has(st, cur.Meta.Seq) && st.Current > cur.Meta.Seq {
-			if from, to, err := m.Pool.Rollback(context.Background()); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a host that hangs stalls no other
+			from, to, err := m.Pool.Rollback(ctx)
+			cancel()
+			if err != nil {
+				s.log.Warn("could not roll a host back with the golden's host; retrying", "host", m.Name, "err", err)
+			} else {
 				s.log.Info("host rolled back with the golden's host", "host", m.Name, "from", from, "to", to)
 			}
 			continue
