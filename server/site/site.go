@@ -78,6 +78,9 @@ type Config struct {
 	Lost func(vm, reason string) bool
 	// Tick is how often the site looks at its hosts; 0: a second.
 	Tick time.Duration
+	// CopyRetry is how long after a failed copy of a version to a host the
+	// site tries again; 0: 30 s.
+	CopyRetry time.Duration
 }
 
 // Site is several hosts' pools behind one broker. Make it with New; the
@@ -107,6 +110,9 @@ type member struct {
 func New(cfg Config, hosts []Host, log *slog.Logger) *Site {
 	if cfg.Tick == 0 {
 		cfg.Tick = time.Second
+	}
+	if cfg.CopyRetry == 0 {
+		cfg.CopyRetry = 30 * time.Second
 	}
 	s := &Site{cfg: cfg, log: log, ended: make(chan pool.Ended), kick: make(chan struct{}, 1),
 		owner: map[string]*member{}, size: cfg.Size, cleanWait: make(chan struct{})}
@@ -478,7 +484,7 @@ func (s *Site) replicate() {
 		if j := st.Publish; j != nil && j.Finished == nil {
 			continue // a copy under way
 		}
-		if j := st.Publish; j != nil && j.Error != "" && j.Version == cur.Meta.Seq && time.Since(*j.Finished) < 30*time.Second {
+		if j := st.Publish; j != nil && j.Error != "" && j.Version == cur.Meta.Seq && time.Since(*j.Finished) < s.cfg.CopyRetry {
 			if m.copyWarn != j.Error {
 				m.copyWarn = j.Error
 				s.log.Error("copying the current version to a host failed; retrying", "host", m.Name, "version", j.Version, "err", j.Error)

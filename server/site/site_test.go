@@ -415,3 +415,28 @@ func TestNames(t *testing.T) {
 		t.Error("a name released is still taken")
 	}
 }
+
+// TestFailedCopyRetried: a copy that failed is asked again, not at once
+// but after CopyRetry.
+func TestFailedCopyRetried(t *testing.T) {
+	a, b := newFake("a", 0, 2), newFake("b", 0, 1)
+	runSite(t, Config{Size: 2, CopyRetry: 200 * time.Millisecond}, a, b)
+	asked := func() int {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.replicas)
+	}
+	poll.Until(t, 5*time.Second, "a first copy", func() bool { return asked() == 1 })
+	failed := time.Now()
+	b.set(func(st *pool.Status) {
+		st.Publish = &pool.PublishStatus{Version: 2, Finished: &failed, Error: "the versions pool is full"}
+	})
+	time.Sleep(100 * time.Millisecond)
+	if n := asked(); n != 1 {
+		t.Fatalf("copies asked = %d right after a failure, want 1: no retry before CopyRetry", n)
+	}
+	poll.Until(t, 5*time.Second, "the copy asked again", func() bool { return asked() == 2 })
+	if since := time.Since(failed); since < 200*time.Millisecond {
+		t.Errorf("asked again %v after the failure, want CopyRetry (200ms)", since)
+	}
+}
