@@ -385,13 +385,7 @@ func (p *Pool) publishVersion(ctx context.Context, j *publishJob, began func()) 
 	var copies []string
 	defer func() {
 		if err != nil {
-			for _, c := range copies {
-				// Best effort: a copy left here has no template, and the
-				// next reconcile deletes it.
-				if derr := p.hv.DeleteVersionVolume(context.WithoutCancel(ctx), c); derr != nil {
-					p.log.Debug("could not delete a failed publish's copy yet", "volume", c, "err", derr)
-				}
-			}
+			p.discard(ctx, copies)
 		}
 	}()
 	g, err := p.hv.Golden(ctx, p.cfg.Golden)
@@ -408,43 +402,22 @@ func (p *Pool) publishVersion(ctx context.Context, j *publishJob, began func()) 
 			seq = max(seq, s+1) // never a name an unfinished copy still holds
 		}
 	}
-	var total, need uint64
+	var total uint64
 	for _, d := range g.WritableDisks() {
 		total += d.Allocation
-		need += d.Allocation + max(d.Capacity/512, 1<<20) // qcow2's own tables
 	}
-	free, store, err := p.hv.VersionSpace(ctx)
-	if err != nil {
+	if err := p.versionRoom(ctx, g.WritableDisks(), fmt.Sprintf("version %d of %s", seq, p.cfg.Golden)); err != nil {
 		return nil, err
-	}
-	if free < need {
-		return nil, fmt.Errorf("%w: storage pool %s (%s) needs %s for version %d of %s, and has %s free",
-			ErrNoSpace, store, p.cfg.VersionDir, humanize.IBytes(need), seq, p.cfg.Golden, humanize.IBytes(free))
 	}
 	p.post(func() { j.Seq, j.Total = seq, total; p.logPublish(j) })
 	began()
 
-	disks := map[string]string{}
+	disks, err := p.copyDisks(ctx, j, seq, g.WritableDisks(), p.hv.CopyDisk, p.cfg.Golden, &copies)
+	if err != nil {
+		return nil, err
+	}
 	var sources []domxml.Source
-	var done uint64
 	for _, d := range g.WritableDisks() {
-		name := fmt.Sprintf("%s-%s.qcow2", p.versionName(seq), d.Target)
-		base := done
-		p.post(func() { j.Disk = d.Target })
-		path, err := p.hv.CopyDisk(ctx, d, name, func(written uint64) {
-			p.post(func() { j.Written = base + written; p.logPublish(j) })
-		})
-		if path != "" {
-			copies = append(copies, path)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("copying disk %s of %s: %w", d.Target, p.cfg.Golden, err)
-		}
-		if err := p.hv.CheckCopy(ctx, path, d.Capacity); err != nil {
-			return nil, fmt.Errorf("verifying the copy of disk %s: %w", d.Target, err)
-		}
-		done += d.Allocation
-		disks[d.Target] = path
 		sources = append(sources, domxml.Source{Target: d.Target, Path: d.Path, Modified: d.Modified, Allocation: d.Allocation})
 	}
 	xml, err := g.TemplateXML(domxml.Template{Name: p.versionName(seq), UUID: uuid.NewString(), Disks: disks,
@@ -453,6 +426,67 @@ func (p *Pool) publishVersion(ctx context.Context, j *publishJob, began func()) 
 		return nil, err
 	}
 	return p.hv.DefineVersion(ctx, xml)
+}
+
+// versionRoom checks that the versions pool has room for copies of disks,
+// for what (a version, or a copy of one).
+func (p *Pool) versionRoom(ctx context.Context, disks []domxml.Disk, what string) error {
+	var need uint64
+	for _, d := range disks {
+		need += d.Allocation + max(d.Capacity/512, 1<<20) // qcow2's own tables
+	}
+	free, store, err := p.hv.VersionSpace(ctx)
+	if err != nil {
+		return err
+	}
+	if free < need {
+		return fmt.Errorf("%w: storage pool %s (%s) needs %s for %s, and has %s free",
+			ErrNoSpace, store, p.cfg.VersionDir, humanize.IBytes(need), what, humanize.IBytes(free))
+	}
+	return nil
+}
+
+// copyDisks copies each disk into the versions pool as a volume of version
+// seq, with copy (a publish's CopyDisk, a replica's copy from the golden's
+// host), and checks it; j hears the progress. It returns the copies by
+// disk target; every volume it made, also on failure, is added to made.
+func (p *Pool) copyDisks(ctx context.Context, j *publishJob, seq int, disks []domxml.Disk,
+	copy func(ctx context.Context, src domxml.Disk, name string, progress func(written uint64)) (string, error),
+	from string, made *[]string) (map[string]string, error) {
+	out := map[string]string{}
+	var done uint64
+	for _, d := range disks {
+		name := fmt.Sprintf("%s-%s.qcow2", p.versionName(seq), d.Target)
+		base := done
+		p.post(func() { j.Disk = d.Target })
+		path, err := copy(ctx, d, name, func(written uint64) {
+			// A copy may move a little more than the allocation the total
+			// counts (a replica moves the source file's bytes).
+			p.post(func() { j.Written = min(base+written, j.Total); p.logPublish(j) })
+		})
+		if path != "" {
+			*made = append(*made, path)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("copying disk %s of %s: %w", d.Target, from, err)
+		}
+		if err := p.hv.CheckCopy(ctx, path, d.Capacity); err != nil {
+			return nil, fmt.Errorf("verifying the copy of disk %s: %w", d.Target, err)
+		}
+		done += d.Allocation
+		out[d.Target] = path
+	}
+	return out, nil
+}
+
+// discard deletes a failed publish's (or copy's) volumes, best effort: a
+// volume left here has no template, and the next reconcile deletes it.
+func (p *Pool) discard(ctx context.Context, volumes []string) {
+	for _, c := range volumes {
+		if derr := p.hv.DeleteVersionVolume(context.WithoutCancel(ctx), c); derr != nil {
+			p.log.Debug("could not delete a failed publish's copy yet", "volume", c, "err", derr)
+		}
+	}
 }
 
 // CurrentVersion returns the current version, or nil: what the site copies
@@ -520,49 +554,22 @@ func (p *Pool) replicateVersion(ctx context.Context, j *publishJob, ver *domxml.
 	var copies []string
 	defer func() {
 		if err != nil {
-			for _, c := range copies {
-				if derr := p.hv.DeleteVersionVolume(context.WithoutCancel(ctx), c); derr != nil {
-					p.log.Debug("could not delete a failed copy's volume yet", "volume", c, "err", derr)
-				}
-			}
+			p.discard(ctx, copies)
 		}
 	}()
-	var need uint64
-	for _, d := range ver.WritableDisks() {
-		need += d.Allocation + max(d.Capacity/512, 1<<20)
+	seq := ver.Meta.Seq
+	if err := p.versionRoom(ctx, ver.WritableDisks(), fmt.Sprintf("the copy of version %d", seq)); err != nil {
+		return nil, err
 	}
-	free, store, err := p.hv.VersionSpace(ctx)
+	r := p.cfg.Replica
+	disks, err := p.copyDisks(ctx, j, seq, ver.WritableDisks(),
+		func(ctx context.Context, src domxml.Disk, name string, progress func(uint64)) (string, error) {
+			return r.Copy(ctx, src, name, func(written, _ uint64) { progress(written) })
+		}, fmt.Sprintf("version %d from host %s", seq, r.From), &copies)
 	if err != nil {
 		return nil, err
 	}
-	if free < need {
-		return nil, fmt.Errorf("%w: storage pool %s (%s) needs %s for the copy of version %d, and has %s free",
-			ErrNoSpace, store, p.cfg.VersionDir, humanize.IBytes(need), ver.Meta.Seq, humanize.IBytes(free))
-	}
-	disks := map[string]string{}
-	var done uint64
-	for _, d := range ver.WritableDisks() {
-		name := fmt.Sprintf("%s-%s.qcow2", p.versionName(ver.Meta.Seq), d.Target)
-		base := done
-		p.post(func() { j.Disk = d.Target })
-		path, err := p.cfg.Replica.Copy(ctx, d, name, func(written, _ uint64) {
-			// The copy moves the source file's bytes, which may be a little
-			// more than the allocation the total counts.
-			p.post(func() { j.Written = min(base+written, j.Total); p.logPublish(j) })
-		})
-		if path != "" {
-			copies = append(copies, path)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("copying disk %s of version %d from host %s: %w", d.Target, ver.Meta.Seq, p.cfg.Replica.From, err)
-		}
-		if err := p.hv.CheckCopy(ctx, path, d.Capacity); err != nil {
-			return nil, fmt.Errorf("verifying the copy of disk %s: %w", d.Target, err)
-		}
-		done += d.Allocation
-		disks[d.Target] = path
-	}
-	xml, err := ver.TemplateXML(domxml.Template{Name: p.versionName(ver.Meta.Seq), UUID: uuid.NewString(), Disks: disks, Meta: ver.Meta})
+	xml, err := ver.TemplateXML(domxml.Template{Name: p.versionName(seq), UUID: uuid.NewString(), Disks: disks, Meta: ver.Meta})
 	if err != nil {
 		return nil, err
 	}
