@@ -45,24 +45,44 @@ func (p *Pool) submit(key string, j job) {
 	p.run(key, q, j)
 }
 
-// run starts j on a goroutine of its own, at most maxJobs at once.
+// run starts j on a goroutine of its own, at most maxJobs at once; the
+// others wait their turn in the backlog, without a goroutine each (a
+// thousand sessions ending at once are a thousand jobs).
 func (p *Pool) run(key string, q *jobQueue, j job) {
 	ctx, cancel := context.WithCancel(p.ctx)
 	q.cancel = cancel
+	if p.active >= maxJobs {
+		p.backlog = append(p.backlog, waitingJob{key, ctx, cancel, j})
+		return
+	}
+	p.start(waitingJob{key, ctx, cancel, j})
+}
+
+// waitingJob is a job of the backlog, with the context it will run with.
+type waitingJob struct {
+	key    string
+	ctx    context.Context
+	cancel context.CancelFunc
+	j      job
+}
+
+func (p *Pool) start(w waitingJob) {
+	p.active++
 	p.jobs.Add(1)
 	go func() {
 		defer p.jobs.Done()
-		defer cancel()
-		select {
-		case p.sem <- struct{}{}:
-		case <-p.ctx.Done():
-			return
-		}
-		then := j(ctx)
-		<-p.sem
+		defer w.cancel()
+		then := w.j(w.ctx)
 		p.post(func() {
+			p.active--
 			then()
-			p.advance(key)
+			p.advance(w.key)
+			for p.active < maxJobs && len(p.backlog) > 0 {
+				next := p.backlog[0]
+				p.backlog[0] = waitingJob{}
+				p.backlog = p.backlog[1:]
+				p.start(next)
+			}
 		})
 	}()
 }

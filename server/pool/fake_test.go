@@ -43,6 +43,10 @@ type fakeHV struct {
 	agentBoot bool // announce the agent right after start
 	peak      int  // most domains that existed at once
 	created   int
+	// metaGate, if set, holds every SetMetadata until it is closed;
+	// metaHeld counts those held.
+	metaGate chan struct{}
+	metaHeld int
 }
 
 type fakeDom struct {
@@ -364,6 +368,13 @@ func (f *fakeHV) Destroy(ctx context.Context, name string) error {
 
 func (f *fakeHV) SetMetadata(ctx context.Context, name string, m domxml.Metadata) error {
 	f.mu.Lock()
+	if g := f.metaGate; g != nil {
+		f.metaHeld++
+		f.mu.Unlock()
+		<-g
+		f.mu.Lock()
+		f.metaHeld--
+	}
 	defer f.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err // a killed broker does nothing more

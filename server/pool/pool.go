@@ -182,13 +182,14 @@ type Pool struct {
 	started chan error    // Start's answer
 	cancel  context.CancelFunc
 	jobs    sync.WaitGroup
-	sem     chan struct{}
 
 	// Everything below belongs to the loop goroutine.
 	ctx        context.Context
 	vms        map[string]*vm
 	idx        index                // beside vms: the clean ones in order, counts, guest slots
 	queues     map[string]*jobQueue // per VM (and per pool-level key): actions in order
+	active     int                  // jobs running, at most maxJobs
+	backlog    []waitingJob         // jobs waiting for one of those to end, in order
 	deadlines  map[string]*time.Timer
 	retries    map[string]*retryTimer
 	retryGen   uint64
@@ -232,7 +233,6 @@ func New(cfg Config, hv Hypervisor, log *slog.Logger) *Pool {
 		ended:     make(chan Ended),
 		done:      make(chan struct{}),
 		started:   make(chan error, 1),
-		sem:       make(chan struct{}, maxJobs),
 		vms:       map[string]*vm{},
 		queues:    map[string]*jobQueue{},
 		deadlines: map[string]*time.Timer{},

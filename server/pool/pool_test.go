@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -657,4 +658,53 @@ func TestSharedGuestSlot(t *testing.T) {
 	if _, ok := p.AtAddress(addr); ok || p.freeSlot() != 0 {
 		t.Errorf("slot 0 after both left: shown %v, free slot %d; want free", ok, p.freeSlot())
 	}
+}
+
+// TestJobBacklog takes more VMs at once than the executor runs actions:
+// the actions beyond maxJobs wait without a goroutine each, and all of
+// them run once the first ones end.
+func TestJobBacklog(t *testing.T) {
+	const n = 3 * maxJobs
+	f := newFakeHV()
+	cfg := testConfig()
+	cfg.Size, cfg.MaxVMs, cfg.RefillConcurrency = n, n, n
+	p := startPool(t, f, cfg)
+	poll.Until(t, 10*time.Second, "the pool full", func() bool { return clean(p) == n })
+
+	gate := make(chan struct{})
+	f.mu.Lock()
+	f.metaGate = gate
+	f.mu.Unlock()
+	before := runtime.NumGoroutine()
+	for i := range n {
+		if _, err := p.Take(Claim{Kiosk: fmt.Sprintf("k%d", i), Lease: fmt.Sprintf("l%d", i)}); err != nil {
+			t.Fatalf("Take %d: %v", i, err)
+		}
+	}
+	held := func() int { f.mu.Lock(); defer f.mu.Unlock(); return f.metaHeld }
+	poll.Until(t, 10*time.Second, "maxJobs offers being recorded", func() bool { return held() == maxJobs })
+	time.Sleep(50 * time.Millisecond) // no more start
+	if h := held(); h != maxJobs {
+		t.Errorf("%d actions run at once, want maxJobs (%d)", h, maxJobs)
+	}
+	// One goroutine per running action; the others wait in the backlog.
+	// (Before the backlog, each waiting action had a goroutine too.)
+	if g := runtime.NumGoroutine() - before; g > maxJobs+4 {
+		t.Errorf("%d more goroutines with %d actions asked for, want at most %d", g, n, maxJobs+4)
+	}
+	f.mu.Lock()
+	f.metaGate = nil
+	f.mu.Unlock()
+	close(gate)
+	poll.Until(t, 10*time.Second, "every offer recorded", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		recorded := 0
+		for _, d := range f.domains {
+			if d.d.Meta != nil && d.d.Meta.State == "offered" {
+				recorded++
+			}
+		}
+		return recorded == n
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -48,8 +49,9 @@ const (
 	scaleToken  = "0123456789abcdef"
 	// scaleProfile, if set, is a directory where the broker writes CPU
 	// profiles of the heartbeat window (heartbeat.pprof) and of the
-	// handoff rounds (handoff.pprof), and its heap at the end (heap.pprof),
-	// for `go tool pprof`.
+	// handoff rounds (handoff.pprof), and at the end its heap (heap.pprof)
+	// and where the rounds waited on locks and channels (mutex.pprof,
+	// block.pprof), for `go tool pprof`.
 	scaleProfile = "UNDERVDI_SCALE_PROFILE"
 )
 
@@ -83,7 +85,8 @@ func TestMain(m *testing.M) {
 //   - broker-p50-ms, broker-p99-ms: handoff at the broker (request read →
 //     offer written) with every kiosk asking at the same moment, every round;
 //   - kiosk-p99-ms: the same as the kiosks saw it, over loopback TLS;
-//   - rss-MB: the broker process's peak resident memory (VmHWM) at the end;
+//   - rss-MB: the broker process's peak resident memory (VmHWM) at the end,
+//     in MB (benchstat shows it in MiB);
 //   - cpu-µs/session: the broker's CPU per session of the rounds (request,
 //     offer, end, the VM back in the pool), a figure of the broker alone
 //     where the latencies above also hold the queue of kiosks ahead.
@@ -147,7 +150,7 @@ func benchScale(b *testing.B, n int) {
 	b.ReportMetric(ms(at[len(at)/2]), "broker-p50-ms")
 	b.ReportMetric(ms(at[len(at)*99/100]), "broker-p99-ms")
 	b.ReportMetric(ms(seen[len(seen)*99/100]), "kiosk-p99-ms")
-	b.ReportMetric(float64(end.hwm)/1024, "rss-MB")
+	b.ReportMetric(float64(end.hwm)*1024/1e6, "rss-MB") // MB as benchstat reads the unit: 10⁶ bytes
 	b.ReportMetric(float64(perSession.Nanoseconds())/1000, "cpu-µs/session")
 }
 
@@ -249,6 +252,7 @@ func scaleBroker(n int, caDir string, in io.Reader, out io.Writer) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	broker.TuneGC() // as vdi-broker does
 	cfg := config.Default()
 	cfg.PoolName, cfg.Golden, cfg.PoolSize, cfg.MaxVMs = "scale", "golden", n, n
 	cfg.Network.Subnet = "10.213.0.0/21" // room for every VM's address
@@ -346,8 +350,17 @@ func profile(name string) error {
 	if err != nil {
 		return err
 	}
+	if name == "handoff" {
+		runtime.SetMutexProfileFraction(1)
+		runtime.SetBlockProfileRate(1000)
+	}
 	if name == "heap" {
 		defer f.Close()
+		for _, n := range []string{"mutex", "block"} {
+			g, _ := os.Create(filepath.Join(os.Getenv(scaleProfile), n+".pprof"))
+			pprof.Lookup(n).WriteTo(g, 0)
+			g.Close()
+		}
 		return pprof.WriteHeapProfile(f)
 	}
 	return pprof.StartCPUProfile(f) // the file is closed when the process ends

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -21,13 +22,11 @@ import (
 // helloTimeout bounds how long a new connection may take to say hello.
 const helloTimeout = 10 * time.Second
 
-// brokerBeat is the broker's heartbeat, the same for every kiosk; beatFrame is it
-// framed once.
-var brokerBeat = kioskproto.NewHeartbeat(0, "")
-
+// beatFrame is the broker's heartbeat, the same for every kiosk, framed
+// once.
 var beatFrame = func() []byte {
 	var b bytes.Buffer
-	if err := kioskproto.WriteMessage(&b, brokerBeat); err != nil {
+	if err := kioskproto.WriteMessage(&b, kioskproto.NewHeartbeat(0, "")); err != nil {
 		panic(err)
 	}
 	return b.Bytes()
@@ -36,26 +35,9 @@ var beatFrame = func() []byte {
 // beat answers a kiosk's heartbeat with the broker's: the kiosk hears that
 // its messages are read as often as it beats, and a thousand kiosks cost
 // the broker no timers of their own. It is written at once, from the
-// reading goroutine, so that a heartbeat wakes one goroutine, not two: the
-// writer's frames and this one do not interleave because each frame is one
-// Write (kioskproto.WriteMessage) and net.Conn and tls.Conn hold a write
-// whole. Until the welcome is written the answer queues behind it, and a
-// connection being closed gets none.
-func (k *kioskConn) beat() {
-	select {
-	case <-k.closed:
-		return
-	default:
-	}
-	if !k.welcomed.Load() {
-		k.trySend(brokerBeat)
-		return
-	}
-	k.c.SetWriteDeadline(time.Now().Add(writeTimeout))
-	if _, err := k.c.Write(beatFrame); err != nil {
-		k.close()
-	}
-}
+// reading goroutine, unless something else is being written to the kiosk;
+// then it may be dropped, as the kiosk is hearing from the broker anyway.
+func (k *kioskConn) beat() { k.sendNow(outMsg{frame: beatFrame}, true) }
 
 // writeTimeout bounds one write to a kiosk; a kiosk that does not read is lost.
 const writeTimeout = 10 * time.Second
@@ -63,21 +45,26 @@ const writeTimeout = 10 * time.Second
 // kioskConn is one kiosk's protocol connection. A lease lives with it: when
 // the connection is lost or its heartbeats stop, the session ends.
 type kioskConn struct {
-	m     *Manager
-	c     net.Conn
-	r     *bufio.Reader
-	id    string
-	addr  netip.Addr
-	group Group        // the registry entry that admitted it
-	host  string       // the offer's gateway host
-	since time.Time    // when it said hello
-	last  atomic.Int64 // when a message last came, unix nanoseconds
-	// welcomed is set once the welcome is written: from then on the
-	// broker's heartbeats are written directly (beat).
-	welcomed atomic.Bool
-	out      chan outMsg
-	closed   chan struct{}
-	once     sync.Once
+	m      *Manager
+	c      net.Conn
+	r      io.Reader
+	id     string
+	addr   netip.Addr
+	group  Group        // the registry entry that admitted it
+	host   string       // the offer's gateway host
+	since  time.Time    // when it said hello
+	last   atomic.Int64 // when a message last came, unix nanoseconds
+	closed chan struct{}
+	once   sync.Once
+
+	// The messages waiting to be written, in order. There is no writer
+	// goroutine per kiosk: whoever finds nothing being written writes
+	// (writing), the connection's reader inline (sendNow), anyone else
+	// from a goroutine started for it (post).
+	wmu     sync.Mutex
+	queue   []outMsg
+	writing bool
+	broken  bool // a write failed: nothing more is written
 
 	software string // what its hello said
 	image    string
@@ -106,7 +93,13 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	addr := accept.RemoteAddr(c)
 	c.SetDeadline(time.Now().Add(helloTimeout))
-	r := bufio.NewReaderSize(c, 1024) // a usual frame in one read, not two; room for a thousand kiosks
+	// A TLS connection reads a whole record and hands it out from its own
+	// buffer; anything else gets a small buffer, so that a usual frame is
+	// one read, not two.
+	var r io.Reader = c
+	if _, ok := c.(*tls.Conn); !ok {
+		r = bufio.NewReaderSize(c, 1024)
+	}
 	msg, err := kioskproto.ReadMessage(r)
 	if err != nil || msg.Type != kioskproto.THello {
 		reason := "the first message must be hello"
@@ -137,7 +130,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 		host = accept.LocalAddr(c).String()
 	}
 	k := &kioskConn{m: m, c: c, r: r, id: h.Kiosk, addr: addr, host: host, group: group, since: time.Now(),
-		software: h.Software, image: h.Image, commands: h.Commands, out: make(chan outMsg, 32), closed: make(chan struct{})}
+		software: h.Software, image: h.Image, commands: h.Commands, closed: make(chan struct{})}
 	k.heard()
 	if err := m.admitConn(k); err != nil {
 		m.audit.Refused("kiosk", addr.String(), h.Kiosk, err.Error())
@@ -148,9 +141,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	defer context.AfterFunc(ctx, k.close)() // a stopping broker hangs up
 	m.log.Debug("kiosk connected", "kiosk", k.id, "addr", addr, "software", h.Software)
 
-	go k.writeLoop()
-	k.sendThen(kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker", m.cfg.Viewer).WithSpiceSubject(m.cfg.SpiceSubject),
-		func() { k.welcomed.Store(true) })
+	k.sendNow(outMsg{msg: kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker", m.cfg.Viewer).WithSpiceSubject(m.cfg.SpiceSubject)}, false)
 	m.greet(k)
 	reason := k.readLoop(ctx)
 	k.close()
@@ -211,17 +202,20 @@ func (k *kioskConn) readLoop(ctx context.Context) string {
 	}
 }
 
-// request queues a session request; the answer comes as status and offer
-// messages from the dispatcher.
+// request queues a session request. When nobody waits and a clean VM is
+// there it is served at once, and the offer is written from here, the
+// kiosk's reader, with no other goroutine in between; otherwise the answer
+// comes as status and offer messages from the dispatcher.
 func (k *kioskConn) request(received time.Time, touchAgo time.Duration) *kioskproto.Message {
 	k.mu.Lock()
-	defer k.mu.Unlock()
 	if k.req != nil {
+		k.mu.Unlock()
 		return kioskproto.NewError(kioskproto.CodeBusy, "this kiosk already has a session or a request")
 	}
 	if k.fault != "" {
 		// The kiosk said it could not wipe the last visitor's session:
 		// nobody else sits down at it until it says otherwise.
+		k.mu.Unlock()
 		return kioskproto.NewError(kioskproto.CodeUnavailable, "this kiosk reported itself out of order")
 	}
 	r := &request{kiosk: k.id, addr: k.addr, touched: received.Add(-touchAgo)}
@@ -229,17 +223,26 @@ func (k *kioskConn) request(received time.Time, touchAgo time.Duration) *kioskpr
 		k.trySend(kioskproto.NewStatus(state, ahead, msg))
 	}
 	r.onEnd = func(reason string) { k.endSession(r, reason) }
-	r.onOffer = func(l *Lease) {
-		k.sendThen(kioskproto.NewOffer(kioskproto.Offer{
-			Lease: l.ID, Host: k.host, Port: k.m.cfg.GatewayPort, TLSPort: k.m.cfg.GatewayTLSPort, Ticket: l.ticket, Expires: l.Expires,
-			Viewer: k.m.cfg.Viewer, MaxSeconds: int(k.m.cfg.MaxSession / time.Second),
-		}), func() { k.m.handoff(time.Since(received), false) })
-	}
-	if err := k.m.enqueue(r); err != nil {
+	r.onOffer = func(l *Lease) { k.post(k.offer(l, received), false) }
+	l, err := k.m.enqueue(r)
+	if err != nil {
+		k.mu.Unlock()
 		return kioskproto.NewError(kioskproto.CodeUnavailable, fmt.Sprintf("%v: try again in a minute", err))
 	}
 	k.req = r
+	k.mu.Unlock()
+	if l != nil {
+		k.sendNow(k.offer(l, received), false)
+	}
 	return nil
+}
+
+// offer is the offer of l, which counts the handoff once written.
+func (k *kioskConn) offer(l *Lease, received time.Time) outMsg {
+	return outMsg{msg: kioskproto.NewOffer(kioskproto.Offer{
+		Lease: l.ID, Host: k.host, Port: k.m.cfg.GatewayPort, TLSPort: k.m.cfg.GatewayTLSPort, Ticket: l.ticket, Expires: l.Expires,
+		Viewer: k.m.cfg.Viewer, MaxSeconds: int(k.m.cfg.MaxSession / time.Second),
+	}), written: func() { k.m.handoff(time.Since(received), false) }}
 }
 
 // setFault records what the kiosk's heartbeat says about its own state: a
@@ -280,58 +283,97 @@ func (m *Manager) leaseOf(r *request) *Lease {
 	return r.lease
 }
 
-// outMsg is a message waiting to be written, and what to do once it is.
+// outMsg is a message waiting to be written (or frame, a message framed
+// already), and what to do once it is.
 type outMsg struct {
 	msg     *kioskproto.Message
+	frame   []byte
 	written func()
 }
 
-// send queues an important message (offer, end, error): if the kiosk does
-// not take it in time, the connection is dropped, which ends the session.
-func (k *kioskConn) send(msg *kioskproto.Message) { k.sendThen(msg, nil) }
+// maxQueued bounds the messages that may be dropped (status, heartbeat)
+// waiting behind a write that does not finish: a kiosk that does not read
+// misses them. Messages that matter (offer, end, error, command) always
+// queue; the write's deadline drops such a kiosk.
+const maxQueued = 32
 
-func (k *kioskConn) sendThen(msg *kioskproto.Message, written func()) {
-	select {
-	case k.out <- outMsg{msg, written}:
-	case <-k.closed:
-	case <-time.After(writeTimeout):
-		k.close()
+// send queues an important message (offer, end, error, command); if the
+// kiosk does not take it in time, the connection is dropped, which ends
+// the session.
+func (k *kioskConn) send(msg *kioskproto.Message) { k.post(outMsg{msg: msg}, false) }
+
+// trySend queues a message that may be dropped (status).
+func (k *kioskConn) trySend(msg *kioskproto.Message) { k.post(outMsg{msg: msg}, true) }
+
+// post queues o behind what is queued, and starts a goroutine to write it
+// unless a write is under way, whose writer takes it too. It never blocks:
+// the dispatcher and the session timers call it.
+func (k *kioskConn) post(o outMsg, droppable bool) {
+	if k.queued(o, droppable) {
+		go k.flush()
 	}
 }
 
-// trySend queues a message that may be dropped (status, heartbeat).
-func (k *kioskConn) trySend(msg *kioskproto.Message) {
-	select {
-	case k.out <- outMsg{msg: msg}:
-	default:
+// sendNow is post for the connection's own reader: if nothing is being
+// written, it writes o (and what is queued meanwhile) itself. A kiosk that
+// does not read stalls only its own reader, until the write's deadline.
+func (k *kioskConn) sendNow(o outMsg, droppable bool) {
+	if k.queued(o, droppable) {
+		k.flush()
 	}
 }
 
-func (k *kioskConn) writeLoop() {
+// queued adds o to the queue, and says whether the caller is to write it:
+// nobody is writing now, and the caller is the writer from here on.
+func (k *kioskConn) queued(o outMsg, droppable bool) (write bool) {
+	k.wmu.Lock()
+	defer k.wmu.Unlock()
+	if k.broken || droppable && len(k.queue) >= maxQueued {
+		return false
+	}
+	k.queue = append(k.queue, o)
+	write = !k.writing
+	k.writing = true
+	return write
+}
+
+// flush writes what is queued, in order, until nothing is; one flush runs
+// at a time. Once the connection is closed, what is left (an end, an
+// error) gets a short deadline.
+func (k *kioskConn) flush() {
 	for {
+		k.wmu.Lock()
+		if len(k.queue) == 0 || k.broken {
+			k.queue, k.writing = nil, false
+			k.wmu.Unlock()
+			return
+		}
+		o := k.queue[0]
+		k.queue[0] = outMsg{}
+		k.queue = k.queue[1:]
+		k.wmu.Unlock()
+		timeout := writeTimeout
 		select {
-		case o := <-k.out:
-			k.c.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if err := kioskproto.WriteMessage(k.c, o.msg); err != nil {
-				k.close()
-				return
-			}
-			if o.written != nil {
-				o.written()
-			}
 		case <-k.closed:
-			// Flush what is queued (an end or an error) before leaving.
-			for {
-				select {
-				case o := <-k.out:
-					k.c.SetWriteDeadline(time.Now().Add(time.Second))
-					if kioskproto.WriteMessage(k.c, o.msg) != nil {
-						return
-					}
-				default:
-					return
-				}
-			}
+			timeout = time.Second
+		default:
+		}
+		k.c.SetWriteDeadline(time.Now().Add(timeout))
+		var err error
+		if o.frame != nil {
+			_, err = k.c.Write(o.frame)
+		} else {
+			err = kioskproto.WriteMessage(k.c, o.msg)
+		}
+		if err != nil {
+			k.wmu.Lock()
+			k.broken = true
+			k.wmu.Unlock()
+			k.close()
+			continue
+		}
+		if o.written != nil {
+			o.written()
 		}
 	}
 }

@@ -69,9 +69,11 @@ func (m *Manager) ServeLegacy(ctx context.Context, c net.Conn) {
 		},
 		onOffer: func(l *Lease) { offered <- l },
 	}
-	if err := m.enqueue(r); err != nil {
+	if l, err := m.enqueue(r); err != nil {
 		say("SERVICE UNAVAILABLE: %v", err)
 		return
+	} else if l != nil {
+		r.onOffer(l)
 	}
 	gone := make(chan struct{}) // the kiosk hung up
 	go func() {

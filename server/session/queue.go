@@ -38,28 +38,79 @@ type request struct {
 	lease     *Lease
 }
 
-// enqueue puts r at the end of the queue and tells it its place.
-func (m *Manager) enqueue(r *request) error {
+// enqueue puts r at the end of the queue. When nobody waits and a clean VM
+// is there, r is served at once instead: the lease is returned, for the
+// caller to offer. Otherwise the dispatcher serves it, and tells it its
+// place if it has to wait at all.
+func (m *Manager) enqueue(r *request) (*Lease, error) {
 	m.mu.Lock()
-	if m.closed != "" {
-		why := m.closed
+	if err := m.refuseLocked(r); err != nil {
 		m.mu.Unlock()
-		return fmt.Errorf("%w: %s", ErrClosed, why)
+		return nil, err
 	}
-	if why := m.disabled[r.kiosk]; why != "" {
+	if len(m.queue) == 0 {
+		// The pool is asked without m.mu: a thousand kiosks asking at
+		// once would otherwise queue on m.mu behind each Take.
 		m.mu.Unlock()
-		return fmt.Errorf("%w: %s", ErrOutOfOrder, why)
+		id := "l-" + randomHex(8)
+		vm, err := m.pool.Take(pool.Claim{Kiosk: r.kiosk, Lease: id, Addr: r.addr.String()})
+		m.mu.Lock()
+		if err == nil {
+			if err := m.refuseLocked(r); err != nil {
+				// Drained or put out of order meanwhile: the VM was
+				// never offered, so it goes back clean.
+				m.mu.Unlock()
+				m.pool.Release(m.ctx, vm.Name)
+				return nil, err
+			}
+			l := m.leaseLocked(r, vm, id)
+			m.mu.Unlock()
+			return l, nil
+		}
+		// No clean VM (or the pool is unavailable): r waits, and the
+		// dispatcher says why.
 	}
 	if len(m.queue) >= m.cfg.QueueLimit {
 		m.mu.Unlock()
-		return ErrQueueFull
+		return nil, ErrQueueFull
 	}
 	m.queue = append(m.queue, r)
-	// Its place is sent after the next dispatch, if it has to wait at all.
 	r.lastAhead, r.lastState = -1, kioskproto.StateQueued
 	m.mu.Unlock()
 	m.wake()
+	return nil, nil
+}
+
+// refuseLocked says why r may not be served now, if it may not; m.mu is
+// held.
+func (m *Manager) refuseLocked(r *request) error {
+	if m.closed != "" {
+		return fmt.Errorf("%w: %s", ErrClosed, m.closed)
+	}
+	if why := m.disabled[r.kiosk]; why != "" {
+		return fmt.Errorf("%w: %s", ErrOutOfOrder, why)
+	}
 	return nil
+}
+
+// takeLocked takes a clean VM for r and makes its lease; m.mu is held.
+// Taking is instant: the VM was checked ready (guest agent, display)
+// before it was clean.
+func (m *Manager) takeLocked(r *request) (*Lease, error) {
+	id := "l-" + randomHex(8)
+	vm, err := m.pool.Take(pool.Claim{Kiosk: r.kiosk, Lease: id, Addr: r.addr.String()})
+	if err != nil {
+		return nil, err
+	}
+	return m.leaseLocked(r, vm, id), nil
+}
+
+// leaseLocked makes r's lease of vm; m.mu is held.
+func (m *Manager) leaseLocked(r *request, vm pool.VM, id string) *Lease {
+	l := m.newLeaseLocked(r, vm, id)
+	r.lease = l
+	m.log.Debug("offer", "lease", l.ID, "kiosk", l.Kiosk, "vm", vm.Name)
+	return l
 }
 
 // cancel takes r out of the queue, or ends its session if it was served.
@@ -105,9 +156,8 @@ func (m *Manager) Run(ctx context.Context) {
 	}
 }
 
-// dispatch takes a clean VM for each request, head first, as long as there
-// are any, and offers it. Taking is instant; the VM was checked ready
-// (guest agent, display) before it was clean.
+// dispatch serves the queue, head first, as long as there are clean VMs,
+// and offers them.
 func (m *Manager) dispatch(ctx context.Context) {
 	for {
 		m.mu.Lock()
@@ -116,8 +166,7 @@ func (m *Manager) dispatch(ctx context.Context) {
 			return
 		}
 		head := m.queue[0]
-		lease := "l-" + randomHex(8)
-		vm, err := m.pool.Take(pool.Claim{Kiosk: head.kiosk, Lease: lease, Addr: head.addr.String()})
+		l, err := m.takeLocked(head)
 		if err != nil {
 			state, msg := kioskproto.StatePreparing, "Preparing your workstation…"
 			if errors.Is(err, pool.ErrUnavailable) {
@@ -134,11 +183,8 @@ func (m *Manager) dispatch(ctx context.Context) {
 			return
 		}
 		m.queue = m.queue[1:]
-		l := m.newLeaseLocked(head, vm, lease)
-		head.lease = l
 		m.mu.Unlock()
-		m.log.Debug("offer", "lease", l.ID, "kiosk", l.Kiosk, "vm", vm.Name)
-		go head.onOffer(l) // the kiosk's writer may take a moment
+		head.onOffer(l) // it must not block
 	}
 }
 

@@ -18,6 +18,7 @@ func runDaemon(args []string, stderr io.Writer) int {
 		return code
 	}
 	log := newLogger(stderr, cfg.LogLevel)
+	broker.TuneGC()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	b, err := broker.New(ctx, cfg, log)
