@@ -64,14 +64,13 @@ spice_address = %q
 	}
 	rb := brokertest.Start(t, bed, 1, func(c *config.Config) {
 		c.Golden, c.Hosts, c.Gateway.HostsCA, c.Network.Mode = site.Golden, site.Hosts, site.Gateway.HostsCA, site.Network.Mode
-		c.LibvirtURI, c.MaxVMs, c.MemoryReserve = site.LibvirtURI, site.MaxVMs, site.MemoryReserve
 		c.OverlayDir, c.VersionDir = filepath.Join(dir, "overlays"), filepath.Join(dir, "versions")
 		if err := c.Validate(); err != nil {
 			t.Fatal(err)
 		}
 	})
-	if got := rb.Config.LibvirtURI; got != h2.URI || rb.Config.MaxVMs != 5 {
-		t.Errorf("one [[hosts]] entry: libvirt_uri %q, max_vms %d; want the host's", got, rb.Config.MaxVMs)
+	if hs := rb.Config.SiteHosts(); len(hs) != 1 || hs[0].URI != h2.URI || hs[0].Capacity(rb.Config.VMUnits) != 5 || hs[0].MemoryReserve != 512<<20 {
+		t.Errorf("one [[hosts]] entry: %+v; want the host's settings", hs)
 	}
 	e := e2eOf(t, bed, rb)
 

@@ -295,10 +295,6 @@ func Parse(data []byte) (*Config, error) {
 		return nil, errors.Join(errs...)
 	}
 	c.hostDefaults()
-	if len(c.Hosts) == 1 { // the same as today's one host
-		h := c.Hosts[0]
-		c.LibvirtURI, c.MaxVMs, c.MemoryReserve = h.URI, h.Capacity(c.VMUnits), h.MemoryReserve
-	}
 	return c, c.Validate()
 }
 
@@ -583,8 +579,8 @@ func (c *Config) validateNetwork(bad func(key, format string, args ...any)) {
 	if err != nil {
 		bad("network.subnet", "%v", err)
 	} else {
-		if plan.Slots() < c.MaxVMs {
-			bad("network.subnet", "%s has %d addresses for clones, fewer than max_vms (%d)", plan.Subnet, plan.Slots(), c.MaxVMs)
+		if plan.Slots() < c.Capacity() {
+			bad("network.subnet", "%s has %d addresses for clones, fewer than max_vms (%d)", plan.Subnet, plan.Slots(), c.Capacity())
 		}
 		for i, k := range c.Kiosks {
 			if p, err := k.Prefix(); err == nil && p.Overlaps(plan.Subnet) {

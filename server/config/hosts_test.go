@@ -70,8 +70,10 @@ func TestHosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if listed.LibvirtURI != "qemu:///system" || listed.MaxVMs != 12 || listed.MemoryReserve != 2<<30 || listed.Hosts[0].Name != "local" {
-		t.Errorf("one listed host: uri %q, max_vms %d, memory_reserve %d, name %q", listed.LibvirtURI, listed.MaxVMs, listed.MemoryReserve, listed.Hosts[0].Name)
+	// A host's settings are in one place, its entry: everything reads
+	// them through SiteHosts.
+	if hs := listed.SiteHosts(); len(hs) != 1 || hs[0].URI != "qemu:///system" || hs[0].Capacity(0) != 12 || hs[0].MemoryReserve != 2<<30 || hs[0].Name != "local" {
+		t.Errorf("one listed host: %+v", hs)
 	}
 }
 

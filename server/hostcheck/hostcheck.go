@@ -47,10 +47,13 @@ type Libvirt interface {
 
 // Env is the host as the checks see it; tests give another.
 type Env struct {
-	Root     string // prefix of /proc, /dev, /sys: "" on a real host
+	Root string // prefix of /proc, /dev, /sys: "" on a real host
+	// Connect reaches a host's libvirt; nil: every host is Libvirt, or
+	// LibErr (why libvirt could not be reached) if that is nil.
+	Connect  func(ctx context.Context, h config.Host) (Libvirt, error)
 	Libvirt  Libvirt
-	LibErr   error // why libvirt could not be reached, if Libvirt is nil
-	AllowTCG bool  // without KVM, run under emulation: a warning, not a failure
+	LibErr   error
+	AllowTCG bool // without KVM, run under emulation: a warning, not a failure
 	// Listen tries a port; nil: net.Listen.
 	Listen func(network, addr string) (net.Listener, error)
 	// Synced says whether the clock is synchronised; nil: adjtimex(2).
@@ -62,7 +65,11 @@ type Env struct {
 	Addrs func() (map[string][]netip.Prefix, error)
 }
 
-// Run runs every check for cfg.
+// Run runs every check for cfg, on each of its hosts. This machine's own
+// KVM, disks, firewall and SELinux are checked for the host that is this
+// machine, if one is; what libvirt tells (reachable, the golden, memory
+// and CPUs) for every host. With several hosts, a host's checks carry its
+// name ("capacity kvm2").
 func Run(ctx context.Context, cfg *config.Config, env Env) []Result {
 	var out []Result
 	add := func(check, result, detail, hint string) {
@@ -71,21 +78,36 @@ func Run(ctx context.Context, cfg *config.Config, env Env) []Result {
 		}
 		out = append(out, Result{check, result, detail, hint})
 	}
-	// A host on another machine: what is checked through libvirt holds
-	// for it; the machine's own KVM, disks, firewall and SELinux are not
-	// this one's, and are checked there.
-	here := !cfg.SiteHosts()[0].Remote()
+	hosts := cfg.SiteHosts()
+	here := slices.ContainsFunc(hosts, func(h config.Host) bool { return !h.Remote() })
 	if here {
 		env.kvm(add)
-	} else {
-		add("host", Warn, fmt.Sprintf("%s is another machine: its KVM, storage, firewall and SELinux are not checked from here", cfg.SiteHosts()[0].URI),
-			`run vdi-broker check-host on that machine too, with uri = "qemu:///system": there its kvm, storage, firewall and security lines are the ones that count`)
 	}
-	g := env.libvirt(ctx, cfg, add)
-	if here {
-		env.storage(cfg, g, add)
+	var golden *domxml.Golden // the golden's, read on the first host: what a clone needs everywhere
+	for i, h := range hosts {
+		hadd := add
+		if len(hosts) > 1 {
+			hadd = func(check, result, detail, hint string) { add(check+" "+h.Name, result, detail, hint) }
+		}
+		if h.Remote() {
+			// A host on another machine: what is checked through
+			// libvirt holds for it; its own KVM, disks, firewall and
+			// SELinux are checked there.
+			hadd("host", Warn, fmt.Sprintf("%s is another machine: its KVM, storage, firewall and SELinux are not checked from here", h.URI),
+				`run vdi-broker check-host on that machine too, with uri = "qemu:///system": there its kvm, storage, firewall and security lines are the ones that count`)
+		}
+		lv, err := env.connect(ctx, h)
+		g, reached := libvirtCheck(ctx, cfg, h, lv, err, i == 0, hadd)
+		if i == 0 {
+			golden = g
+		}
+		if !h.Remote() {
+			env.storage(cfg, h, golden, hadd)
+		}
+		if reached {
+			capacity(ctx, cfg, h, lv, golden, hadd)
+		}
 	}
-	env.capacity(ctx, cfg, g, add)
 	env.ports(cfg, add)
 	if here {
 		env.firewall(add)
@@ -96,6 +118,16 @@ func Run(ctx context.Context, cfg *config.Config, env Env) []Result {
 		env.lsm(add)
 	}
 	return out
+}
+
+func (e Env) connect(ctx context.Context, h config.Host) (Libvirt, error) {
+	switch {
+	case e.Connect != nil:
+		return e.Connect(ctx, h)
+	case e.Libvirt != nil:
+		return e.Libvirt, nil
+	}
+	return nil, e.LibErr
 }
 
 func (e Env) path(p string) string { return filepath.Join(e.Root, p) }
@@ -131,20 +163,28 @@ func (e Env) kvm(add func(string, string, string, string)) {
 	}
 }
 
-// libvirt: reachable, its version, and the golden VM.
-func (e Env) libvirt(ctx context.Context, cfg *config.Config, add func(string, string, string, string)) *domxml.Golden {
-	if e.Libvirt == nil {
-		add("libvirt", Fail, fmt.Sprintf("not reachable at %s: %v", cfg.SiteHosts()[0].URI, e.LibErr),
-			"start libvirt (systemctl start virtqemud.socket, or libvirtd) and check the broker's group (libvirt)")
-		return nil
+// libvirtCheck: the host's libvirt is reachable, and its version; on the
+// golden's host (the first), the golden VM. It says whether libvirt
+// answered, and returns the golden if it was read.
+func libvirtCheck(ctx context.Context, cfg *config.Config, h config.Host, lv Libvirt, err error, goldenHost bool, add func(string, string, string, string)) (*domxml.Golden, bool) {
+	if lv == nil || err != nil {
+		hint := "start libvirt (systemctl start virtqemud.socket, or libvirtd) and check the broker's group (libvirt)"
+		if h.Remote() {
+			hint = "check that libvirt runs there and listens for TLS, the network between, and the broker's client certificate (docs/hosts.md)"
+		}
+		add("libvirt", Fail, fmt.Sprintf("not reachable at %s: %v", h.URI, err), hint)
+		return nil, false
 	}
-	info, err := e.Libvirt.Info(ctx)
+	info, err := lv.Info(ctx)
 	if err != nil {
 		add("libvirt", Fail, err.Error(), "check libvirt's log (journalctl -u virtqemud)")
-		return nil
+		return nil, false
 	}
-	add("libvirt", Pass, fmt.Sprintf("libvirt %s, %s %s, at %s", info.LibvirtVersion, info.Hypervisor, info.HypervisorVersion, cfg.SiteHosts()[0].URI), "")
-	g, err := e.Libvirt.Golden(ctx, cfg.Golden)
+	add("libvirt", Pass, fmt.Sprintf("libvirt %s, %s %s, at %s", info.LibvirtVersion, info.Hypervisor, info.HypervisorVersion, h.URI), "")
+	if !goldenHost {
+		return nil, true
+	}
+	g, err := lv.Golden(ctx, cfg.Golden)
 	switch {
 	case errors.Is(err, virt.ErrRunning):
 		add("golden", Warn, fmt.Sprintf("%s is running", cfg.Golden), "shut it down before the next vdi-broker publish")
@@ -153,9 +193,9 @@ func (e Env) libvirt(ctx context.Context, cfg *config.Config, add func(string, s
 	default:
 		add("golden", Pass, fmt.Sprintf("%s: %s of memory, %d disk(s) to clone, %s allocated", g.Name, humanize.IBytes(g.Memory),
 			len(g.WritableDisks()), humanize.IBytes(allocated(g))), "")
-		return g
+		return g, true
 	}
-	return nil
+	return nil, true
 }
 
 func allocated(g *domxml.Golden) uint64 {
@@ -166,9 +206,10 @@ func allocated(g *domxml.Golden) uint64 {
 	return n
 }
 
-// storage: the overlay and version directories' filesystems and room.
-func (e Env) storage(cfg *config.Config, g *domxml.Golden, add func(string, string, string, string)) {
-	for _, s := range []struct{ key, dir string }{{"overlay_dir", cfg.OverlayDir}, {"versions_dir", cfg.VersionDir}} {
+// storage: the host's overlay and version directories' filesystems and
+// room.
+func (e Env) storage(cfg *config.Config, h config.Host, g *domxml.Golden, add func(string, string, string, string)) {
+	for _, s := range []struct{ key, dir string }{{"overlay_dir", h.OverlayDir}, {"versions_dir", h.VersionDir}} {
 		dir := existing(e.path(s.dir))
 		var st unix.Statfs_t
 		if err := unix.Statfs(dir, &st); err != nil {
@@ -183,7 +224,7 @@ func (e Env) storage(cfg *config.Config, g *domxml.Golden, add func(string, stri
 			if s.key == "versions_dir" {
 				need = allocated(g) * uint64(cfg.KeepVersions+2) // kept ones, the current, one being published
 			} else {
-				need = uint64(cfg.MaxVMs) << 30 // a clone's overlay grows with its visitor: a GiB each, at least
+				need = uint64(h.Capacity(cfg.VMUnits)) << 30 // a clone's overlay grows with its visitor: a GiB each, at least
 			}
 			detail += fmt.Sprintf(", needs about %s", humanize.IBytes(need))
 		}
@@ -226,26 +267,35 @@ func fsName(t int64) string {
 	return fmt.Sprintf("filesystem 0x%x", uint32(t))
 }
 
-// capacity: memory and CPUs against max_vms clones of the golden.
-func (e Env) capacity(ctx context.Context, cfg *config.Config, g *domxml.Golden, add func(string, string, string, string)) {
-	if e.Libvirt == nil || g == nil {
-		add("capacity", Warn, "not checked: libvirt or the golden VM is not there", "run check-host again once they are")
+// capacity: the host's memory and CPUs against its max_vms clones of the
+// golden. The pool must fit on the site: on a host of several, its share
+// is not known in advance, so a host that cannot hold pool_size is a
+// warning, not a failure.
+func capacity(ctx context.Context, cfg *config.Config, h config.Host, lv Libvirt, g *domxml.Golden, add func(string, string, string, string)) {
+	if g == nil {
+		add("capacity", Warn, "not checked: the golden VM is not there", "run check-host again once it is")
 		return
 	}
-	info, err := e.Libvirt.Info(ctx)
+	info, err := lv.Info(ctx)
 	if err != nil {
 		return
 	}
-	need := uint64(cfg.MaxVMs)*g.Memory + uint64(cfg.MemoryReserve)
-	poolNeed := uint64(cfg.PoolSize)*g.Memory + uint64(cfg.MemoryReserve)
+	vms := h.Capacity(cfg.VMUnits)
+	need := uint64(vms)*g.Memory + uint64(h.MemoryReserve)
+	poolNeed := uint64(cfg.PoolSize)*g.Memory + uint64(h.MemoryReserve)
 	detail := fmt.Sprintf("%s of memory, %d CPUs; max_vms %d × %s + memory_reserve %s = %s", humanize.IBytes(info.Memory), info.CPUs,
-		cfg.MaxVMs, humanize.IBytes(g.Memory), cfg.MemoryReserve, humanize.IBytes(need))
+		vms, humanize.IBytes(g.Memory), h.MemoryReserve, humanize.IBytes(need))
+	several := len(cfg.SiteHosts()) > 1
 	switch {
-	case info.Memory < poolNeed:
+	case info.Memory < poolNeed && !several:
 		add("capacity", Fail, detail+fmt.Sprintf("; even pool_size %d does not fit", cfg.PoolSize),
 			"add memory, or lower pool_size and the golden's memory")
 	case info.Memory < need:
-		add("capacity", Warn, detail+": the pool fits, max_vms does not; the broker stops cloning at memory_reserve",
+		fits := "the pool fits, "
+		if several {
+			fits = ""
+		}
+		add("capacity", Warn, detail+": "+fits+"max_vms does not fit; the broker stops cloning at memory_reserve",
 			"lower max_vms, or add memory")
 	default:
 		add("capacity", Pass, detail, "")

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -203,5 +204,58 @@ func TestRemoteHost(t *testing.T) {
 	}
 	if r := v["capacity"]; r.Result != Pass {
 		t.Errorf("capacity: %+v", r)
+	}
+}
+
+// TestSeveralHosts: every host's libvirt and capacity are checked, each
+// line named after its host; this machine's storage only for the host that
+// is this machine, the golden only on the first host.
+func TestSeveralHosts(t *testing.T) {
+	c := cfg(t)
+	c.Network.Mode = "golden"
+	local := t.TempDir()
+	c.Hosts = []config.Host{
+		{Name: "kvm1", URI: "qemu:///system", MaxVMs: 4, MemoryReserve: 1 << 30, Weight: 1, OverlayDir: filepath.Join(local, "ovl"), VersionDir: filepath.Join(local, "ver")},
+		{Name: "kvm2", URI: "qemu+tls://kvm2.backend/system", MaxVMs: 8, MemoryReserve: 1 << 30, Weight: 1, SpiceAddress: "10.10.0.12"},
+		{Name: "kvm3", URI: "qemu+tls://kvm3.backend/system", MaxVMs: 4, MemoryReserve: 1 << 30, Weight: 1, SpiceAddress: "10.10.0.13"},
+	}
+	e := env(t, host(t, "vmx", "1"))
+	var asked []string
+	e.Connect = func(_ context.Context, h config.Host) (Libvirt, error) {
+		asked = append(asked, h.Name)
+		switch h.Name {
+		case "kvm2":
+			return fakeLibvirt{mem: 16 << 30}, nil // 8 × 4 GiB do not fit
+		case "kvm3":
+			return nil, errors.New("dial tcp kvm3.backend:16514: connection refused")
+		}
+		return fakeLibvirt{mem: 64 << 30}, nil
+	}
+	v := verdicts(Run(context.Background(), c, e))
+	if !slices.Equal(asked, []string{"kvm1", "kvm2", "kvm3"}) {
+		t.Errorf("hosts reached: %v", asked)
+	}
+	for check, want := range map[string]string{
+		"libvirt kvm1": Pass, "golden kvm1": Pass, "capacity kvm1": Pass, "storage overlay_dir kvm1": Pass, "storage versions_dir kvm1": Pass,
+		"host kvm2": Warn, "libvirt kvm2": Pass, "capacity kvm2": Warn,
+		"host kvm3": Warn, "libvirt kvm3": Fail, "kvm": Pass,
+	} {
+		if r := v[check]; r.Result != want {
+			t.Errorf("%s: %+v, want %s", check, r, want)
+		}
+	}
+	for _, check := range []string{"golden kvm2", "storage overlay_dir kvm2", "capacity kvm3", "libvirt", "capacity"} {
+		if r, ok := v[check]; ok {
+			t.Errorf("%s checked: %+v", check, r)
+		}
+	}
+	if r := v["capacity kvm1"]; !strings.Contains(r.Detail, "max_vms 4 ×") {
+		t.Errorf("kvm1's capacity is its own: %+v", r)
+	}
+	if r := v["libvirt kvm3"]; !strings.Contains(r.Detail, "kvm3.backend") || !strings.Contains(r.Hint, "client certificate") {
+		t.Errorf("kvm3 unreachable: %+v", r)
+	}
+	if r := v["storage overlay_dir kvm1"]; !strings.Contains(r.Detail, filepath.Join(local, "ovl")) {
+		t.Errorf("kvm1's storage is its own overlay_dir: %+v", r)
 	}
 }

@@ -6,10 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"time"
 
 	"undervdi/server/config"
+	"undervdi/server/domxml"
 	"undervdi/server/pool"
 	"undervdi/server/virt"
 )
@@ -42,15 +42,12 @@ func check(args []string, stdout, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	hosts := cfg.SiteHosts()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second+10*time.Second*time.Duration(len(hosts)))
 	defer cancel()
-	host, err := virt.Open(ctx, cfg.SiteHosts()[0].URI, slog.New(slog.DiscardHandler))
+	host, err := openHost(ctx, hosts[0])
 	if err != nil {
-		fmt.Fprintf(stderr, "vdi-broker: %v\n", err)
-		return exitSetup
-	}
-	if err := waitConnected(ctx, host); err != nil {
-		fmt.Fprintf(stderr, "vdi-broker: cannot reach libvirt at %s: %v\n", cfg.SiteHosts()[0].URI, err)
+		fmt.Fprintf(stderr, "vdi-broker: cannot reach libvirt at %s: %v\n", hosts[0].URI, err)
 		return exitError
 	}
 	vs, err := host.Versions(ctx, cfg.PoolName+"-v")
@@ -77,7 +74,46 @@ func check(args []string, stdout, stderr io.Writer) int {
 	} else {
 		fmt.Fprintf(stdout, "versions: %d published, clones are made of version %d\n", len(vs), cur.Meta.Seq)
 	}
-	return exitOK
+	// Every other host serves copies of the first one's versions.
+	code = exitOK
+	for _, h := range hosts[1:] {
+		if !checkReplica(ctx, cfg, h, cur, stdout, stderr) {
+			code = exitError
+		}
+	}
+	return code
+}
+
+// checkReplica says whether host h, which serves copies of the golden
+// host's versions, is reachable, and which version it holds against the
+// golden host's current one (cur, nil if none).
+func checkReplica(ctx context.Context, cfg *config.Config, h config.Host, cur *domxml.Version, stdout, stderr io.Writer) bool {
+	host, err := openHost(ctx, h)
+	if err != nil {
+		fmt.Fprintf(stderr, "vdi-broker: host %s: cannot reach libvirt at %s: %v\n", h.Name, h.URI, err)
+		return false
+	}
+	vs, err := host.Versions(ctx, cfg.PoolName+"-v")
+	if err != nil {
+		fmt.Fprintf(stderr, "vdi-broker: host %s: reading its versions: %v\n", h.Name, err)
+		return false
+	}
+	have := pool.Current(vs, cfg.PoolName, cfg.Golden)
+	switch {
+	case cur == nil:
+		fmt.Fprintf(stdout, "host %s: ok; it gets a copy of version 1 once the broker publishes it\n", h.Name)
+	case have == nil:
+		fmt.Fprintf(stdout, "host %s: ok; no version yet: the broker copies version %d there when it starts\n", h.Name, cur.Meta.Seq)
+	case have.Meta.Seq == cur.Meta.Seq && !have.Meta.Published.Equal(cur.Meta.Published):
+		fmt.Fprintf(stderr, "vdi-broker: host %s holds a version %d of its own, not the golden host's: undefine %s there\n",
+			h.Name, have.Meta.Seq, have.Name)
+		return false
+	case have.Meta.Seq == cur.Meta.Seq:
+		fmt.Fprintf(stdout, "host %s: ok, holds version %d\n", h.Name, have.Meta.Seq)
+	default:
+		fmt.Fprintf(stdout, "host %s: ok, holds version %d; the broker copies version %d there when it starts\n", h.Name, have.Meta.Seq, cur.Meta.Seq)
+	}
+	return true
 }
 
 func waitConnected(ctx context.Context, host *virt.Host) error {

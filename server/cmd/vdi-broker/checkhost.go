@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"undervdi/server/config"
 	"undervdi/server/hostcheck"
 	"undervdi/server/virt"
 )
@@ -17,6 +18,21 @@ import (
 // checkHost checks that the server can run the configured pool: KVM,
 // libvirt, storage, memory and CPUs, ports, firewall, time, SELinux. The
 // unit runs it before the broker starts, as a warning.
+// openHost reaches h's libvirt, waiting up to 10 s for it to answer; the
+// connection ends with ctx.
+func openHost(ctx context.Context, h config.Host) (*virt.Host, error) {
+	host, err := virt.Open(ctx, h.URI, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := waitConnected(wctx, host); err != nil {
+		return nil, fmt.Errorf("no answer: %w", err)
+	}
+	return host, nil
+}
+
 func checkHost(args []string, stdout, stderr io.Writer) int {
 	var asJSON, allowTCG *bool
 	cfg, _, code := configCommand("check-host", args, stderr, func(fs *flag.FlagSet) {
@@ -26,20 +42,16 @@ func checkHost(args []string, stdout, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Each host gets 10 s to answer; the connections end with ctx.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second+10*time.Second*time.Duration(len(cfg.SiteHosts())))
 	defer cancel()
-	env := hostcheck.Env{AllowTCG: *allowTCG}
-	host, err := virt.Open(ctx, cfg.SiteHosts()[0].URI, slog.New(slog.DiscardHandler))
-	if err == nil {
-		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-		err = waitConnected(wctx, host)
-		wcancel()
-	}
-	if err != nil {
-		env.LibErr = err
-	} else {
-		env.Libvirt = host
-	}
+	env := hostcheck.Env{AllowTCG: *allowTCG, Connect: func(ctx context.Context, h config.Host) (hostcheck.Libvirt, error) {
+		host, err := openHost(ctx, h)
+		if err != nil {
+			return nil, err
+		}
+		return host, nil
+	}}
 	results := hostcheck.Run(ctx, cfg, env)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)

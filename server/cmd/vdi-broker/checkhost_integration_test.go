@@ -6,10 +6,15 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/BurntSushi/toml"
+
+	"undervdi/internal/remotehost"
 	"undervdi/internal/testbed"
+	"undervdi/server/config"
 	"undervdi/server/hostcheck"
 )
 
@@ -64,5 +69,70 @@ func TestCheckHost(t *testing.T) {
 	run([]string{"check-host", "-config", path, "-allow-tcg"}, &table, &bytes.Buffer{})
 	if !strings.Contains(table.String(), "PASS  libvirt") {
 		t.Errorf("check-host's table:\n%s", table.String())
+	}
+}
+
+// TestCheckSeveralHosts: with [[hosts]], check and check-host reach every
+// host: the second one, a libvirtd in its own namespaces over TLS, is
+// reported by name (its libvirt, its capacity, its version against the
+// golden host's), and once it is gone check fails naming it.
+func TestCheckSeveralHosts(t *testing.T) {
+	bed := testbed.New(t)
+	h2 := remotehost.Start(t)
+	cfg := brokerConfig(t, bed, 1)
+	cfg.Network.Mode = "golden" // the isolated guest network is the broker machine's own
+	cfg.Gateway.HostsCA = filepath.Join(h2.PKI, "cacert.pem")
+	dir := filepath.Join(bed.Root, "h2")
+	cfg.Hosts = []config.Host{
+		{Name: "here", URI: cfg.LibvirtURI, MaxVMs: 2},
+		{Name: "there", URI: h2.URI, MaxVMs: 3, SpiceAddress: h2.NS.NSIP,
+			OverlayDir: filepath.Join(dir, "overlays"), VersionDir: filepath.Join(dir, "versions")},
+	}
+	// As an operator writes it: with [[hosts]], no top-level libvirt_uri.
+	var file bytes.Buffer
+	if err := toml.NewEncoder(&file).Encode(cfg); err != nil {
+		t.Fatal(err)
+	}
+	var kept []string
+	for _, line := range strings.Split(file.String(), "\n") {
+		if !strings.HasPrefix(line, "libvirt_uri") {
+			kept = append(kept, line)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "vdi-broker.toml")
+	if err := os.WriteFile(path, []byte(strings.Join(kept, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	var out, errs bytes.Buffer
+	if code := run([]string{"check", "-config", path}, &out, &errs); code != 0 || !strings.Contains(out.String(), "host there: ok") {
+		t.Errorf("check: exit %d\n%s%s", code, out.String(), errs.String())
+	}
+	out.Reset()
+	errs.Reset()
+	run([]string{"check-host", "-config", path, "-json", "-allow-tcg"}, &out, &errs)
+	var rs []hostcheck.Result
+	if err := json.Unmarshal(out.Bytes(), &rs); err != nil {
+		t.Fatalf("check-host -json: %v\n%s%s", err, out.String(), errs.String())
+	}
+	v := map[string]hostcheck.Result{}
+	for _, r := range rs {
+		v[r.Check] = r
+	}
+	for check, want := range map[string]string{"libvirt here": hostcheck.Pass, "golden here": hostcheck.Pass,
+		"storage overlay_dir here": hostcheck.Pass, "libvirt there": hostcheck.Pass, "host there": hostcheck.Warn} {
+		if v[check].Result != want {
+			t.Errorf("%s: %+v, want %s", check, v[check], want)
+		}
+	}
+	if r := v["capacity there"]; r.Result == "" || !strings.Contains(r.Detail, "max_vms 3 ×") {
+		t.Errorf("capacity there: %+v", r)
+	}
+
+	h2.Kill()
+	out.Reset()
+	errs.Reset()
+	if code := run([]string{"check", "-config", path}, &out, &errs); code == 0 || !strings.Contains(errs.String(), "host there: cannot reach libvirt") {
+		t.Errorf("check with the second host gone: exit %d\n%s%s", code, out.String(), errs.String())
 	}
 }
