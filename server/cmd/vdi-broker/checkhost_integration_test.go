@@ -36,16 +36,7 @@ func TestCheckHost(t *testing.T) {
 		if allow {
 			args = append(args, "-allow-tcg")
 		}
-		var stdout, stderr bytes.Buffer
-		code := run(args, &stdout, &stderr)
-		var rs []hostcheck.Result
-		if err := json.Unmarshal(stdout.Bytes(), &rs); err != nil {
-			t.Fatalf("check-host -json: %v\n%s%s", err, stdout.String(), stderr.String())
-		}
-		v := map[string]hostcheck.Result{}
-		for _, r := range rs {
-			v[r.Check] = r
-		}
+		code, rs, v := checkHostJSON(t, args...)
 		want := hostcheck.Pass
 		if !hasKVM {
 			want = map[bool]string{false: hostcheck.Fail, true: hostcheck.Warn}[allow]
@@ -70,6 +61,23 @@ func TestCheckHost(t *testing.T) {
 	if !strings.Contains(table.String(), "PASS  libvirt") {
 		t.Errorf("check-host's table:\n%s", table.String())
 	}
+}
+
+// checkHostJSON runs check-host -json with args and returns its exit
+// status and results, also by check.
+func checkHostJSON(t *testing.T, args ...string) (int, []hostcheck.Result, map[string]hostcheck.Result) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := run(args, &stdout, &stderr)
+	var rs []hostcheck.Result
+	if err := json.Unmarshal(stdout.Bytes(), &rs); err != nil {
+		t.Fatalf("check-host -json: %v\n%s%s", err, stdout.String(), stderr.String())
+	}
+	v := map[string]hostcheck.Result{}
+	for _, r := range rs {
+		v[r.Check] = r
+	}
+	return code, rs, v
 }
 
 // TestCheckSeveralHosts: with [[hosts]], check and check-host reach every
@@ -108,17 +116,7 @@ func TestCheckSeveralHosts(t *testing.T) {
 	if code := run([]string{"check", "-config", path}, &out, &errs); code != 0 || !strings.Contains(out.String(), "host there: ok") {
 		t.Errorf("check: exit %d\n%s%s", code, out.String(), errs.String())
 	}
-	out.Reset()
-	errs.Reset()
-	run([]string{"check-host", "-config", path, "-json", "-allow-tcg"}, &out, &errs)
-	var rs []hostcheck.Result
-	if err := json.Unmarshal(out.Bytes(), &rs); err != nil {
-		t.Fatalf("check-host -json: %v\n%s%s", err, out.String(), errs.String())
-	}
-	v := map[string]hostcheck.Result{}
-	for _, r := range rs {
-		v[r.Check] = r
-	}
+	_, _, v := checkHostJSON(t, "check-host", "-config", path, "-json", "-allow-tcg")
 	for check, want := range map[string]string{"libvirt here": hostcheck.Pass, "golden here": hostcheck.Pass,
 		"storage overlay_dir here": hostcheck.Pass, "libvirt there": hostcheck.Pass, "host there": hostcheck.Warn} {
 		if v[check].Result != want {
