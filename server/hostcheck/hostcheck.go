@@ -273,7 +273,7 @@ func fsName(t int64) string {
 // warning, not a failure.
 func capacity(ctx context.Context, cfg *config.Config, h config.Host, lv Libvirt, g *domxml.Golden, add func(string, string, string, string)) {
 	if g == nil {
-		add("capacity", Warn, "not checked: the golden VM is not there", "run check-host again once it is")
+		add("capacity", Warn, "not checked: the golden VM could not be read on the first host, "+cfg.SiteHosts()[0].Name, "run check-host again once it can")
 		return
 	}
 	info, err := lv.Info(ctx)

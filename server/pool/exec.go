@@ -51,7 +51,7 @@ func (p *Pool) submit(key string, j job) {
 func (p *Pool) run(key string, q *jobQueue, j job) {
 	ctx, cancel := context.WithCancel(p.ctx)
 	q.cancel = cancel
-	if p.active >= maxJobs {
+	if p.active >= maxJobs || len(p.backlog) > 0 { // in order: the oldest first
 		p.backlog = append(p.backlog, waitingJob{key, ctx, cancel, j})
 		return
 	}

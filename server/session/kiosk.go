@@ -130,7 +130,11 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 		host = accept.LocalAddr(c).String()
 	}
 	k := &kioskConn{m: m, c: c, r: r, id: h.Kiosk, addr: addr, host: host, group: group, since: time.Now(),
-		software: h.Software, image: h.Image, commands: h.Commands, closed: make(chan struct{})}
+		software: h.Software, image: h.Image, commands: h.Commands, closed: make(chan struct{}),
+		// The welcome is first: anything sent to the kiosk once it is
+		// admitted (a command, a broadcast) queues behind it.
+		queue:   []outMsg{{msg: kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker", m.cfg.Viewer).WithSpiceSubject(m.cfg.SpiceSubject)}},
+		writing: true}
 	k.heard()
 	if err := m.admitConn(k); err != nil {
 		m.audit.Refused("kiosk", addr.String(), h.Kiosk, err.Error())
@@ -141,7 +145,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	defer context.AfterFunc(ctx, k.close)() // a stopping broker hangs up
 	m.log.Debug("kiosk connected", "kiosk", k.id, "addr", addr, "software", h.Software)
 
-	k.sendNow(outMsg{msg: kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker", m.cfg.Viewer).WithSpiceSubject(m.cfg.SpiceSubject)}, false)
+	k.flush() // the welcome, and whatever queued behind it
 	m.greet(k)
 	reason := k.readLoop(ctx)
 	k.close()
@@ -167,13 +171,13 @@ func (k *kioskConn) readLoop(ctx context.Context) string {
 		case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || isReset(err):
 			return "kiosk connection lost"
 		case err != nil:
-			k.send(kioskproto.NewError(kioskproto.CodeBadMessage, err.Error()))
+			k.sendNow(outMsg{msg: kioskproto.NewError(kioskproto.CodeBadMessage, err.Error())}, false)
 			return "kiosk sent a bad message: " + err.Error()
 		}
 		switch msg.Type {
 		case kioskproto.TRequest:
 			if err := k.request(time.Now(), time.Duration(msg.Request.TouchAgoMS)*time.Millisecond); err != nil {
-				k.send(err)
+				k.sendNow(outMsg{msg: err}, false)
 			}
 		case kioskproto.THeartbeat:
 			k.beat()
@@ -196,7 +200,7 @@ func (k *kioskConn) readLoop(ctx context.Context) string {
 				k.m.cancel(r, "the kiosk ended the session: "+msg.End.Reason)
 			}
 		default:
-			k.send(kioskproto.NewError(kioskproto.CodeBadMessage, fmt.Sprintf("a kiosk does not send %s messages", msg.Type)))
+			k.sendNow(outMsg{msg: kioskproto.NewError(kioskproto.CodeBadMessage, fmt.Sprintf("a kiosk does not send %s messages", msg.Type))}, false)
 			return "kiosk sent a " + string(msg.Type) + " message"
 		}
 	}
@@ -230,9 +234,12 @@ func (k *kioskConn) request(received time.Time, touchAgo time.Duration) *kioskpr
 		return kioskproto.NewError(kioskproto.CodeUnavailable, fmt.Sprintf("%v: try again in a minute", err))
 	}
 	k.req = r
+	// The offer is queued before k.mu is let go: an end of the session,
+	// which takes k.mu, is written after it.
+	write := l != nil && k.queued(k.offer(l, received), false)
 	k.mu.Unlock()
-	if l != nil {
-		k.sendNow(k.offer(l, received), false)
+	if write {
+		k.flush()
 	}
 	return nil
 }

@@ -55,14 +55,16 @@ func (m *Manager) enqueue(r *request) (*Lease, error) {
 		id := "l-" + randomHex(8)
 		vm, err := m.pool.Take(pool.Claim{Kiosk: r.kiosk, Lease: id, Addr: r.addr.String()})
 		m.mu.Lock()
-		if err == nil {
-			if err := m.refuseLocked(r); err != nil {
-				// Drained or put out of order meanwhile: the VM was
-				// never offered, so it goes back clean.
-				m.mu.Unlock()
+		if why := m.refuseLocked(r); why != nil {
+			// Drained or put out of order meanwhile: a VM taken was
+			// never offered, so it goes back clean.
+			m.mu.Unlock()
+			if err == nil {
 				m.pool.Release(m.ctx, vm.Name)
-				return nil, err
 			}
+			return nil, why
+		}
+		if err == nil {
 			l := m.leaseLocked(r, vm, id)
 			m.mu.Unlock()
 			return l, nil
@@ -183,8 +185,10 @@ func (m *Manager) dispatch(ctx context.Context) {
 			return
 		}
 		m.queue = m.queue[1:]
-		m.mu.Unlock()
+		// Queued before m.mu is let go: an end of the session, which
+		// takes m.mu, is written after its offer.
 		head.onOffer(l) // it must not block
+		m.mu.Unlock()
 	}
 }
 

@@ -74,29 +74,28 @@ func check(args []string, stdout, stderr io.Writer) int {
 	} else {
 		fmt.Fprintf(stdout, "versions: %d published, clones are made of version %d\n", len(vs), cur.Meta.Seq)
 	}
-	// Every other host serves copies of the first one's versions.
-	code = exitOK
+	// Every other host serves copies of the first one's versions. What is
+	// wrong there is a warning: the broker serves with a host lost, and
+	// the unit runs check before it starts.
 	for _, h := range hosts[1:] {
-		if !checkReplica(ctx, cfg, h, cur, stdout, stderr) {
-			code = exitError
-		}
+		checkReplica(ctx, cfg, h, cur, stdout)
 	}
-	return code
+	return exitOK
 }
 
 // checkReplica says whether host h, which serves copies of the golden
 // host's versions, is reachable, and which version it holds against the
 // golden host's current one (cur, nil if none).
-func checkReplica(ctx context.Context, cfg *config.Config, h config.Host, cur *domxml.Version, stdout, stderr io.Writer) bool {
+func checkReplica(ctx context.Context, cfg *config.Config, h config.Host, cur *domxml.Version, stdout io.Writer) {
 	host, err := openHost(ctx, h)
 	if err != nil {
-		fmt.Fprintf(stderr, "vdi-broker: host %s: cannot reach libvirt at %s: %v\n", h.Name, h.URI, err)
-		return false
+		fmt.Fprintf(stdout, "host %s: WARNING: cannot reach libvirt at %s: %v; the broker serves from the other hosts until it is back\n", h.Name, h.URI, err)
+		return
 	}
 	vs, err := host.Versions(ctx, cfg.PoolName+"-v")
 	if err != nil {
-		fmt.Fprintf(stderr, "vdi-broker: host %s: reading its versions: %v\n", h.Name, err)
-		return false
+		fmt.Fprintf(stdout, "host %s: WARNING: reading its versions: %v\n", h.Name, err)
+		return
 	}
 	have := pool.Current(vs, cfg.PoolName, cfg.Golden)
 	switch {
@@ -105,15 +104,15 @@ func checkReplica(ctx context.Context, cfg *config.Config, h config.Host, cur *d
 	case have == nil:
 		fmt.Fprintf(stdout, "host %s: ok; no version yet: the broker copies version %d there when it starts\n", h.Name, cur.Meta.Seq)
 	case have.Meta.Seq == cur.Meta.Seq && !have.Meta.Published.Equal(cur.Meta.Published):
-		fmt.Fprintf(stderr, "vdi-broker: host %s holds a version %d of its own, not the golden host's: undefine %s there\n",
+		fmt.Fprintf(stdout, "host %s: WARNING: it holds a version %d of its own, not the golden host's, and gets no VMs until %s is undefined there\n",
 			h.Name, have.Meta.Seq, have.Name)
-		return false
 	case have.Meta.Seq == cur.Meta.Seq:
 		fmt.Fprintf(stdout, "host %s: ok, holds version %d\n", h.Name, have.Meta.Seq)
+	case have.Meta.Seq > cur.Meta.Seq:
+		fmt.Fprintf(stdout, "host %s: ok, holds version %d; the broker follows the golden host back to version %d there when it starts\n", h.Name, have.Meta.Seq, cur.Meta.Seq)
 	default:
 		fmt.Fprintf(stdout, "host %s: ok, holds version %d; the broker copies version %d there when it starts\n", h.Name, have.Meta.Seq, cur.Meta.Seq)
 	}
-	return true
 }
 
 func waitConnected(ctx context.Context, host *virt.Host) error {

@@ -15,9 +15,6 @@ import (
 	"undervdi/server/virt"
 )
 
-// checkHost checks that the server can run the configured pool: KVM,
-// libvirt, storage, memory and CPUs, ports, firewall, time, SELinux. The
-// unit runs it before the broker starts, as a warning.
 // openHost reaches h's libvirt, waiting up to 10 s for it to answer; the
 // connection ends with ctx.
 func openHost(ctx context.Context, h config.Host) (*virt.Host, error) {
@@ -33,6 +30,9 @@ func openHost(ctx context.Context, h config.Host) (*virt.Host, error) {
 	return host, nil
 }
 
+// checkHost checks that the server can run the configured pool: KVM,
+// libvirt, storage, memory and CPUs, ports, firewall, time, SELinux. The
+// unit runs it before the broker starts, as a warning.
 func checkHost(args []string, stdout, stderr io.Writer) int {
 	var asJSON, allowTCG *bool
 	cfg, _, code := configCommand("check-host", args, stderr, func(fs *flag.FlagSet) {
