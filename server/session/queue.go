@@ -52,8 +52,7 @@ func (m *Manager) enqueue(r *request) (*Lease, error) {
 		// The pool is asked without m.mu: a thousand kiosks asking at
 		// once would otherwise queue on m.mu behind each Take.
 		m.mu.Unlock()
-		id := "l-" + randomHex(8)
-		vm, err := m.pool.Take(pool.Claim{Kiosk: r.kiosk, Lease: id, Addr: r.addr.String()})
+		vm, id, err := m.take(r)
 		m.mu.Lock()
 		if why := m.refuseLocked(r); why != nil {
 			// Drained or put out of order meanwhile: a VM taken was
@@ -99,12 +98,18 @@ func (m *Manager) refuseLocked(r *request) error {
 // Taking is instant: the VM was checked ready (guest agent, display)
 // before it was clean.
 func (m *Manager) takeLocked(r *request) (*Lease, error) {
-	id := "l-" + randomHex(8)
-	vm, err := m.pool.Take(pool.Claim{Kiosk: r.kiosk, Lease: id, Addr: r.addr.String()})
+	vm, id, err := m.take(r)
 	if err != nil {
 		return nil, err
 	}
 	return m.leaseLocked(r, vm, id), nil
+}
+
+// take takes a clean VM from the pool for r, claimed for a new lease id.
+func (m *Manager) take(r *request) (pool.VM, string, error) {
+	id := "l-" + randomHex(8)
+	vm, err := m.pool.Take(pool.Claim{Kiosk: r.kiosk, Lease: id, Addr: r.addr.String()})
+	return vm, id, err
 }
 
 // leaseLocked makes r's lease of vm; m.mu is held.

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"time"
 
 	"undervdi/server/config"
 	"undervdi/server/domxml"
@@ -43,7 +42,7 @@ func check(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	hosts := cfg.SiteHosts()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second+10*time.Second*time.Duration(len(hosts)))
+	ctx, cancel := context.WithTimeout(context.Background(), hostsTimeout(len(hosts)))
 	defer cancel()
 	host, err := openHost(ctx, hosts[0])
 	if err != nil {

@@ -15,6 +15,10 @@ import (
 	"undervdi/server/virt"
 )
 
+// hostsTimeout bounds a command that reaches n hosts: each gets openHost's
+// 10 s to answer, and the checks 30 s besides.
+func hostsTimeout(n int) time.Duration { return 30*time.Second + 10*time.Second*time.Duration(n) }
+
 // openHost reaches h's libvirt, waiting up to 10 s for it to answer; the
 // connection ends with ctx.
 func openHost(ctx context.Context, h config.Host) (*virt.Host, error) {
@@ -42,8 +46,7 @@ func checkHost(args []string, stdout, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
-	// Each host gets 10 s to answer; the connections end with ctx.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second+10*time.Second*time.Duration(len(cfg.SiteHosts())))
+	ctx, cancel := context.WithTimeout(context.Background(), hostsTimeout(len(cfg.SiteHosts())))
 	defer cancel()
 	env := hostcheck.Env{AllowTCG: *allowTCG, Connect: func(ctx context.Context, h config.Host) (hostcheck.Libvirt, error) {
 		host, err := openHost(ctx, h)
