@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,6 +29,15 @@ type Client struct {
 	once    sync.Once
 
 	wmu sync.Mutex // one writer at a time
+
+	// busy: the kiosk asked for a session and it has not ended. A busy
+	// kiosk heartbeats every HeartbeatSeconds, an idle one every
+	// IdleHeartbeatSeconds. dmu orders changes of busy with the read
+	// deadline that follows from it: the broker answers every heartbeat,
+	// so the kiosk expects to hear from it at the same rate.
+	dmu      sync.Mutex
+	busy     bool
+	lastBeat atomic.Int64 // unix nanoseconds of the latest heartbeat sent
 
 	emu sync.Mutex
 	err error // why the connection ended
@@ -82,7 +92,7 @@ func (d Dialer) Dial(ctx context.Context, id, token, software string) (*Client, 
 		conn.SetDeadline(time.Now().Add(15 * time.Second))
 	}
 	hello := NewHello(id, token, software)
-	hello.Hello.Commands, hello.Hello.Image = d.Commands, short(d.Image)
+	hello.Hello.Commands, hello.Hello.Image, hello.Hello.IdleBeats = d.Commands, short(d.Image), true
 	if err := WriteMessage(conn, hello); err != nil {
 		conn.Close()
 		return nil, err
@@ -112,6 +122,7 @@ func (d Dialer) Dial(ctx context.Context, id, token, software string) (*Client, 
 		fault = func() string { return "" }
 	}
 	c := &Client{conn: conn, r: r, welcome: *m.Welcome, idle: idle, fault: fault, report: d.Report, msgs: make(chan *Message, 16), closed: make(chan struct{})}
+	c.lastBeat.Store(time.Now().UnixNano())
 	go c.readLoop()
 	go c.heartbeatLoop()
 	return c, nil
@@ -137,11 +148,44 @@ func (c *Client) Request(touched time.Time) error {
 	if !touched.IsZero() {
 		m.Request.TouchAgoMS = int(min(max(time.Since(touched), 0), time.Hour) / time.Millisecond)
 	}
+	c.setBusy(true)
 	return c.send(m)
 }
 
 // End ends the current session (or request) with a reason.
-func (c *Client) End(reason string) error { return c.send(NewEnd(reason)) }
+func (c *Client) End(reason string) error {
+	err := c.send(NewEnd(reason))
+	c.setBusy(false)
+	return err
+}
+
+// interval is how often the kiosk heartbeats now; c.dmu is held.
+func (c *Client) interval() time.Duration {
+	s := c.welcome.HeartbeatSeconds
+	if !c.busy && c.welcome.IdleHeartbeatSeconds > s {
+		s = c.welcome.IdleHeartbeatSeconds
+	}
+	return time.Duration(max(s, 1)) * time.Second
+}
+
+// armLocked sets the read deadline the current interval gives: three
+// missed answers and the broker is gone. c.dmu is held.
+func (c *Client) armLocked() time.Duration {
+	silence := 3 * c.interval()
+	c.conn.SetReadDeadline(time.Now().Add(silence))
+	return silence
+}
+
+// setBusy marks a session asked for or ended, and re-arms the read
+// deadline for the new rate.
+func (c *Client) setBusy(busy bool) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.busy != busy {
+		c.busy = busy
+		c.armLocked()
+	}
+}
 
 // SendScreenshot sends the screenshot the broker asked for as id, a JPEG in
 // parts, or refuses it (refused says why).
@@ -171,6 +215,7 @@ func (c *Client) Beat() error {
 		h := m.Heartbeat
 		h.State, h.UptimeSeconds, h.Screen, h.LastError = short(r.State), int(r.Uptime/time.Second), short(r.Screen), Clip(r.LastError)
 	}
+	c.lastBeat.Store(time.Now().UnixNano())
 	return c.send(m)
 }
 
@@ -193,10 +238,11 @@ func (c *Client) send(m *Message) error {
 
 func (c *Client) readLoop() {
 	defer close(c.msgs)
-	// The broker heartbeats too: three missed beats and it is gone.
-	silence := 3 * time.Duration(max(c.welcome.HeartbeatSeconds, 1)) * time.Second
 	for {
-		c.conn.SetReadDeadline(time.Now().Add(silence))
+		// The broker heartbeats too, answering the kiosk's.
+		c.dmu.Lock()
+		silence := c.armLocked()
+		c.dmu.Unlock()
 		m, err := ReadMessage(c.r)
 		if err != nil {
 			if isTimeout(err) {
@@ -205,8 +251,13 @@ func (c *Client) readLoop() {
 			c.fail(err)
 			return
 		}
-		if m.Type == THeartbeat {
+		switch {
+		case m.Type == THeartbeat:
 			continue
+		case m.Type == TEnd, m.Type == TError && m.Error.Code != CodeBusy:
+			// The session ended, or the request was refused ("busy" is
+			// the answer to a second request: the first one holds).
+			c.setBusy(false)
 		}
 		select {
 		case c.msgs <- m:
@@ -221,12 +272,22 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
+// heartbeatLoop beats at the busy rate's ticks whenever a beat is due at
+// the current rate: a kiosk that asks for a session is heard from at the
+// faster rate within one tick.
 func (c *Client) heartbeatLoop() {
-	t := time.NewTicker(time.Duration(max(c.welcome.HeartbeatSeconds, 1)) * time.Second)
+	tick := time.Duration(max(c.welcome.HeartbeatSeconds, 1)) * time.Second
+	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
 		select {
 		case <-t.C:
+			c.dmu.Lock()
+			every := c.interval()
+			c.dmu.Unlock()
+			if time.Since(time.Unix(0, c.lastBeat.Load()))+tick/2 < every {
+				continue
+			}
 			if c.Beat() != nil {
 				return
 			}

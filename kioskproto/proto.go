@@ -73,15 +73,25 @@ type Hello struct {
 	// Image is the kiosk image's version (its build stamp), "" where
 	// kioskd does not run from an undervdi image.
 	Image string `json:"image,omitempty"`
+	// IdleBeats says the kiosk heartbeats at the welcome's
+	// idle_heartbeat_seconds while it has no request and no session. A
+	// kiosk that does not say so (an older image) is sent no idle rate,
+	// and the broker expects its heartbeats at heartbeat_seconds.
+	IdleBeats bool `json:"idle_beats,omitempty"`
 }
 
 // Welcome accepts a kiosk and tells it the broker's timings.
 type Welcome struct {
-	Version          int     `json:"version"`
-	HeartbeatSeconds int     `json:"heartbeat_seconds"` // send a heartbeat at least this often
-	IdleLimitSeconds int     `json:"idle_limit_seconds"`
-	Broker           string  `json:"broker,omitempty"`
-	Viewer           *Viewer `json:"viewer,omitempty"` // what offers will say, so the viewer can start early
+	Version          int `json:"version"`
+	HeartbeatSeconds int `json:"heartbeat_seconds"` // send a heartbeat at least this often
+	// IdleHeartbeatSeconds, if more than HeartbeatSeconds, is how often a
+	// kiosk that said idle_beats heartbeats while it has no request and no
+	// session: an idle fleet costs the broker a wake-up per kiosk this
+	// often, not every HeartbeatSeconds.
+	IdleHeartbeatSeconds int     `json:"idle_heartbeat_seconds,omitempty"`
+	IdleLimitSeconds     int     `json:"idle_limit_seconds"`
+	Broker               string  `json:"broker,omitempty"`
+	Viewer               *Viewer `json:"viewer,omitempty"` // what offers will say, so the viewer can start early
 	// SpiceSubject is the subject of the certificate the SPICE gateway's
 	// TLS port presents ("O=undervdi,CN=vdi-broker"): remote-viewer's
 	// host-subject. It comes over the TLS connection the kiosk verified.
@@ -326,6 +336,7 @@ func (m *Message) Validate() error {
 	case TWelcome:
 		num("version", m.Welcome.Version, 1<<16)
 		num("heartbeat_seconds", m.Welcome.HeartbeatSeconds, 3600)
+		num("idle_heartbeat_seconds", m.Welcome.IdleHeartbeatSeconds, 3600)
 		num("idle_limit_seconds", m.Welcome.IdleLimitSeconds, 7*24*3600)
 		text("broker", m.Welcome.Broker, maxID, false)
 		if v := m.Welcome.Viewer; v != nil {
@@ -431,6 +442,12 @@ func NewWelcome(heartbeat, idleLimit time.Duration, broker string, viewer Viewer
 // WithSpiceSubject sets a welcome's SpiceSubject.
 func (m *Message) WithSpiceSubject(s string) *Message {
 	m.Welcome.SpiceSubject = s
+	return m
+}
+
+// WithIdleHeartbeat sets a welcome's IdleHeartbeatSeconds.
+func (m *Message) WithIdleHeartbeat(d time.Duration) *Message {
+	m.Welcome.IdleHeartbeatSeconds = int(d / time.Second)
 	return m
 }
 

@@ -147,27 +147,13 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 		}
 		blocked = b.blocked
 	}
-	v := cfg.Viewer
-	b.Sessions = session.New(session.Config{
-		ConnectWindow:    cfg.Gateway.ConnectWindow.D(),
-		Grace:            cfg.Gateway.Grace.D(),
-		Heartbeat:        cfg.Sessions.Heartbeat.D(),
-		HeartbeatTimeout: cfg.Sessions.HeartbeatTimeout.D(),
-		IdleLimit:        cfg.Sessions.IdleLimit.D(),
-		MaxSession:       cfg.Sessions.MaxSession.D(),
-		QueueLimit:       cfg.Sessions.QueueLimit,
-		MaxConnsPerAddr:  cfg.Sessions.MaxConnsPerAddr,
-		PublicHost:       cfg.Gateway.PublicHost,
-		GatewayPort:      portOf(cfg.Gateway.Listen),
-		GatewayTLSPort:   tlsPort,
-		SpiceSubject:     subject,
-		Viewer: kioskproto.Viewer{Title: v.Title, DisableAudio: v.DisableAudio, DisableEffects: v.DisableEffects,
-			Compression: v.Compression, USBAutoRedirect: v.USBAutoRedirect, USBRedirectConnect: v.USBRedirectConnect},
-		Metrics:        b.Metrics.Hooks(),
-		OutOfOrderFile: filepath.Join(cfg.StateDir, "out-of-order.json"),
-		CurrentImages:  (&images{paths: cfg.Images.Manifests, log: log}).Current,
-		Blocked:        blocked,
-	}, b.vms, registry, audit, log)
+	sc := SessionConfig(cfg)
+	sc.GatewayPort, sc.GatewayTLSPort, sc.SpiceSubject = portOf(cfg.Gateway.Listen), tlsPort, subject
+	sc.Metrics = b.Metrics.Hooks()
+	sc.OutOfOrderFile = filepath.Join(cfg.StateDir, "out-of-order.json")
+	sc.CurrentImages = (&images{paths: cfg.Images.Manifests, log: log}).Current
+	sc.Blocked = blocked
+	b.Sessions = session.New(sc, b.vms, registry, audit, log)
 	if b.Site != nil {
 		b.Site.OnLost(b.Sessions.EndVM)
 	}
@@ -308,6 +294,26 @@ func (b *Broker) Wait() {
 // HostLostAfter is how long a host's libvirt connection may be down before
 // the sessions on it end: longer than a libvirtd restart.
 const HostLostAfter = 20 * time.Second
+
+// SessionConfig is the session manager's part of cfg: its timings, limits
+// and the viewer's settings. The broker adds its ports, metrics and files.
+func SessionConfig(cfg *config.Config) session.Config {
+	ss, v := cfg.Sessions, cfg.Viewer
+	return session.Config{
+		ConnectWindow:    cfg.Gateway.ConnectWindow.D(),
+		Grace:            cfg.Gateway.Grace.D(),
+		Heartbeat:        ss.Heartbeat.D(),
+		HeartbeatTimeout: ss.HeartbeatTimeout.D(),
+		IdleHeartbeat:    ss.IdleHeartbeat.D(),
+		IdleLimit:        ss.IdleLimit.D(),
+		MaxSession:       ss.MaxSession.D(),
+		QueueLimit:       ss.QueueLimit,
+		MaxConnsPerAddr:  ss.MaxConnsPerAddr,
+		PublicHost:       cfg.Gateway.PublicHost,
+		Viewer: kioskproto.Viewer{Title: v.Title, DisableAudio: v.DisableAudio, DisableEffects: v.DisableEffects,
+			Compression: v.Compression, USBAutoRedirect: v.USBAutoRedirect, USBRedirectConnect: v.USBRedirectConnect},
+	}
+}
 
 // PoolConfig is the pool's part of cfg for its first (or only) host; ready
 // is its last readiness check.

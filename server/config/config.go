@@ -153,6 +153,7 @@ type Sessions struct {
 	LegacyListen     string   `toml:"legacy_listen"` // the original's vdi_signal_port
 	Heartbeat        Duration `toml:"heartbeat"`
 	HeartbeatTimeout Duration `toml:"heartbeat_timeout"`
+	IdleHeartbeat    Duration `toml:"idle_heartbeat"` // a kiosk with no session beats this often
 	IdleLimit        Duration `toml:"idle_limit"`
 	MaxSession       Duration `toml:"max_session"`
 	QueueLimit       int      `toml:"queue_limit"`
@@ -232,6 +233,7 @@ func Default() *Config {
 			LegacyListen:     ":5905",
 			Heartbeat:        Duration(5 * time.Second),
 			HeartbeatTimeout: Duration(15 * time.Second),
+			IdleHeartbeat:    Duration(30 * time.Second),
 			IdleLimit:        Duration(5 * time.Minute),
 			MaxSession:       Duration(4 * time.Hour),
 			QueueLimit:       200,
@@ -406,6 +408,9 @@ func (c *Config) Validate() error {
 	}
 	if ss.HeartbeatTimeout < 2*ss.Heartbeat {
 		bad("sessions.heartbeat_timeout", "%v: must be at least twice sessions.heartbeat (%v)", ss.HeartbeatTimeout, ss.Heartbeat)
+	}
+	if ss.IdleHeartbeat < ss.Heartbeat || ss.IdleHeartbeat > Duration(time.Hour) {
+		bad("sessions.idle_heartbeat", "%v: from sessions.heartbeat (%v) to 1h", ss.IdleHeartbeat, ss.Heartbeat)
 	}
 	if ss.IdleLimit < Duration(10*time.Second) {
 		bad("sessions.idle_limit", "%v: must be at least 10s", ss.IdleLimit)

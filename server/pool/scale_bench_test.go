@@ -49,9 +49,10 @@ const (
 	scaleToken  = "0123456789abcdef"
 	// scaleProfile, if set, is a directory where the broker writes CPU
 	// profiles of the heartbeat window (heartbeat.pprof) and of the
-	// handoff rounds (handoff.pprof), and at the end its heap (heap.pprof)
-	// and where the rounds waited on locks and channels (mutex.pprof,
-	// block.pprof), for `go tool pprof`.
+	// handoff rounds (handoff.pprof), and at the end its heap (heap.pprof),
+	// the runtime's memory by kind (memstats.txt) and where the rounds
+	// waited on locks and channels (mutex.pprof, block.pprof), for `go tool
+	// pprof`.
 	scaleProfile = "UNDERVDI_SCALE_PROFILE"
 )
 
@@ -80,8 +81,9 @@ func TestMain(m *testing.M) {
 // BenchmarkBrokerScale puts 200, then 1000 kiosks on a broker whose pool
 // tracks as many VMs, all clean. Per size, it measures:
 //   - heartbeat-core-%: the broker's CPU while every kiosk is connected and
-//     idle, over two heartbeat periods (the default 5 s), as a share of one
-//     core — what a fleet costs the broker when nothing happens;
+//     idle, over one idle heartbeat period (sessions.idle_heartbeat, the
+//     default 30 s), as a share of one core — what a fleet costs the broker
+//     when nothing happens;
 //   - broker-p50-ms, broker-p99-ms: handoff at the broker (request read →
 //     offer written) with every kiosk asking at the same moment, every round;
 //   - kiosk-p99-ms: the same as the kiosks saw it, over loopback TLS;
@@ -108,9 +110,11 @@ func benchScale(b *testing.B, n int) {
 		b.Fatalf("fleet: %q", got)
 	}
 
-	beat := config.Default().Sessions.Heartbeat.D()
-	time.Sleep(beat) // the connections' setup is over
-	window := 2 * beat
+	ss := config.Default().Sessions
+	time.Sleep(ss.Heartbeat.D()) // the connections' setup is over
+	// Idle kiosks beat once per idle period, each at its own moment: any
+	// window of one period holds one heartbeat of every kiosk.
+	window := ss.IdleHeartbeat.D()
 	brk.profile(b, "heartbeat")
 	before := brk.stats(b)
 	time.Sleep(window)
@@ -280,18 +284,16 @@ func scaleBroker(n int, caDir string, in io.Reader, out io.Writer) error {
 	}
 	var mu sync.Mutex
 	var handoffs []string
-	ss := cfg.Sessions
-	m := session.New(session.Config{
-		ConnectWindow: time.Minute, // the kiosks never link: their offers must outlast a round
-		Grace:         cfg.Gateway.Grace.D(), Heartbeat: ss.Heartbeat.D(), HeartbeatTimeout: ss.HeartbeatTimeout.D(),
-		IdleLimit: ss.IdleLimit.D(), MaxSession: ss.MaxSession.D(), QueueLimit: n, MaxConnsPerAddr: n,
-		GatewayPort: 5900, GatewayTLSPort: 5901,
-		Metrics: session.Metrics{Handoff: func(d time.Duration, _ bool) {
-			mu.Lock()
-			handoffs = append(handoffs, strconv.FormatInt(int64(d), 10))
-			mu.Unlock()
-		}},
-	}, p, reg, session.NewAudit(io.Discard, log), log)
+	sc := broker.SessionConfig(cfg)
+	sc.ConnectWindow = time.Minute // the kiosks never link: their offers must outlast a round
+	sc.QueueLimit, sc.MaxConnsPerAddr = n, n
+	sc.GatewayPort, sc.GatewayTLSPort = 5900, 5901
+	sc.Metrics = session.Metrics{Handoff: func(d time.Duration, _ bool) {
+		mu.Lock()
+		handoffs = append(handoffs, strconv.FormatInt(int64(d), 10))
+		mu.Unlock()
+	}}
+	m := session.New(sc, p, reg, session.NewAudit(io.Discard, log), log)
 	go func() {
 		for {
 			select {
@@ -361,6 +363,11 @@ func profile(name string) error {
 			pprof.Lookup(n).WriteTo(g, 0)
 			g.Close()
 		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		os.WriteFile(filepath.Join(os.Getenv(scaleProfile), "memstats.txt"), fmt.Appendf(nil,
+			"heap in use %d KiB (live %d KiB), stacks %d KiB, spans %d KiB, GC metadata %d KiB, other %d KiB, from the OS %d KiB\n",
+			ms.HeapInuse>>10, ms.HeapAlloc>>10, ms.StackInuse>>10, ms.MSpanInuse>>10, ms.GCSys>>10, ms.OtherSys>>10, ms.Sys>>10), 0o644)
 		return pprof.WriteHeapProfile(f)
 	}
 	return pprof.StartCPUProfile(f) // the file is closed when the process ends

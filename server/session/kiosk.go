@@ -45,17 +45,22 @@ const writeTimeout = 10 * time.Second
 // kioskConn is one kiosk's protocol connection. A lease lives with it: when
 // the connection is lost or its heartbeats stop, the session ends.
 type kioskConn struct {
-	m      *Manager
-	c      net.Conn
-	r      io.Reader
-	id     string
-	addr   netip.Addr
-	group  Group        // the registry entry that admitted it
-	host   string       // the offer's gateway host
-	since  time.Time    // when it said hello
-	last   atomic.Int64 // when a message last came, unix nanoseconds
-	closed chan struct{}
-	once   sync.Once
+	m     *Manager
+	c     net.Conn
+	r     io.Reader
+	id    string
+	addr  netip.Addr
+	group Group        // the registry entry that admitted it
+	host  string       // the offer's gateway host
+	since time.Time    // when it said hello
+	last  atomic.Int64 // when a message last came, unix nanoseconds
+	// idleBeats: the kiosk heartbeats at cfg.IdleHeartbeat while it has no
+	// request and no session (its hello said so). slow is whether it is at
+	// that rate now, for admitConn, which may not take k.mu.
+	idleBeats bool
+	slow      atomic.Bool
+	closed    chan struct{}
+	once      sync.Once
 
 	// The messages waiting to be written, in order. There is no writer
 	// goroutine per kiosk: whoever finds nothing being written writes
@@ -72,6 +77,7 @@ type kioskConn struct {
 
 	mu         sync.Mutex
 	req        *request             // the current request or session, if any
+	armed      time.Duration        // the read deadline's length, set by armLocked
 	fault      string               // why the kiosk says it is out of order; "": in order
 	faultSince time.Time            // when it first said so
 	report     kioskproto.Heartbeat // its latest heartbeat: state, uptime, last error
@@ -129,12 +135,17 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	if host == "" {
 		host = accept.LocalAddr(c).String()
 	}
+	welcome := kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker", m.cfg.Viewer).WithSpiceSubject(m.cfg.SpiceSubject)
+	idleBeats := h.IdleBeats && m.cfg.IdleHeartbeat > m.cfg.Heartbeat
+	if idleBeats {
+		welcome.WithIdleHeartbeat(m.cfg.IdleHeartbeat)
+	}
 	k := &kioskConn{m: m, c: c, r: r, id: h.Kiosk, addr: addr, host: host, group: group, since: time.Now(),
-		software: h.Software, image: h.Image, commands: h.Commands, closed: make(chan struct{}),
+		software: h.Software, image: h.Image, commands: h.Commands, closed: make(chan struct{}), idleBeats: idleBeats,
 		// The welcome is first: anything sent to the kiosk once it is
 		// admitted (a command, a broadcast) queues behind it.
-		queue:   []outMsg{{msg: kioskproto.NewWelcome(m.cfg.Heartbeat, m.cfg.IdleLimit, "vdi-broker", m.cfg.Viewer).WithSpiceSubject(m.cfg.SpiceSubject)}},
-		writing: true}
+		queue: []outMsg{{msg: welcome}}, writing: true}
+	k.slow.Store(idleBeats)
 	k.heard()
 	if err := m.admitConn(k); err != nil {
 		m.audit.Refused("kiosk", addr.String(), h.Kiosk, err.Error())
@@ -160,14 +171,19 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 // readLoop handles the kiosk's messages and returns why the connection ended.
 func (k *kioskConn) readLoop(ctx context.Context) string {
 	for {
-		k.c.SetReadDeadline(time.Now().Add(k.m.cfg.HeartbeatTimeout))
+		k.mu.Lock()
+		k.armLocked()
+		k.mu.Unlock()
 		msg, err := kioskproto.ReadMessage(k.r)
 		if err == nil {
 			k.heard()
 		}
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			return fmt.Sprintf("kiosk heartbeats stopped (nothing for %v)", k.m.cfg.HeartbeatTimeout)
+			k.mu.Lock()
+			armed := k.armed
+			k.mu.Unlock()
+			return fmt.Sprintf("kiosk heartbeats stopped (nothing for %v)", armed)
 		case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || isReset(err):
 			return "kiosk connection lost"
 		case err != nil:
@@ -203,6 +219,24 @@ func (k *kioskConn) readLoop(ctx context.Context) string {
 			k.sendNow(outMsg{msg: kioskproto.NewError(kioskproto.CodeBadMessage, fmt.Sprintf("a kiosk does not send %s messages", msg.Type))}, false)
 			return "kiosk sent a " + string(msg.Type) + " message"
 		}
+	}
+}
+
+// armLocked sets the read deadline: the heartbeat timeout, or for a kiosk
+// with no request or session that beats at the idle rate, the idle one.
+// A closed connection keeps the deadline close set. k.mu is held.
+func (k *kioskConn) armLocked() {
+	slow := k.idleBeats && k.req == nil
+	k.armed = k.m.cfg.HeartbeatTimeout
+	if slow {
+		k.armed = k.m.idleTimeout()
+	}
+	k.slow.Store(slow)
+	k.c.SetReadDeadline(time.Now().Add(k.armed))
+	select {
+	case <-k.closed:
+		k.c.SetReadDeadline(time.Now()) // close may have set its own before this one
+	default:
 	}
 }
 
@@ -279,6 +313,7 @@ func (k *kioskConn) endSession(r *request, reason string) {
 	k.mu.Lock()
 	if k.req == r {
 		k.req = nil
+		k.armLocked() // the kiosk beats at the idle rate from the end on
 	}
 	k.mu.Unlock()
 	k.send(kioskproto.NewEnd(reason))
@@ -402,6 +437,14 @@ func (k *kioskConn) heard() { k.last.Store(time.Now().UnixNano()) }
 // silence is how long the kiosk has said nothing.
 func (k *kioskConn) silence() time.Duration { return time.Since(time.Unix(0, k.last.Load())) }
 
+// beatsEvery is how often the kiosk heartbeats now.
+func (k *kioskConn) beatsEvery() time.Duration {
+	if k.slow.Load() {
+		return k.m.cfg.IdleHeartbeat
+	}
+	return k.m.cfg.Heartbeat
+}
+
 // admitConn makes k its kiosk's only connection. A kiosk id has one live
 // connection at a time: a second hello is refused while the first one
 // heartbeats, and replaces it once it has missed its heartbeats (a kiosk
@@ -411,7 +454,7 @@ func (m *Manager) admitConn(k *kioskConn) error {
 	m.mu.Lock()
 	old := m.conns[k.id]
 	switch {
-	case old != nil && old.silence() <= 2*m.cfg.Heartbeat:
+	case old != nil && old.silence() <= 2*old.beatsEvery():
 		m.mu.Unlock()
 		return fmt.Errorf("kiosk %q is connected already, from %s, and sends its heartbeats: refused", k.id, old.addr)
 	case old == nil && k.group.Max > 0 && m.groups[k.group.ID] >= k.group.Max:

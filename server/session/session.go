@@ -53,16 +53,20 @@ type Config struct {
 	Grace            time.Duration
 	Heartbeat        time.Duration
 	HeartbeatTimeout time.Duration
-	IdleLimit        time.Duration
-	MaxSession       time.Duration // 0: no limit
-	QueueLimit       int
-	MaxConnsPerAddr  int    // on the kiosk port; 0: no cap
-	PublicHost       string // "" : the address the kiosk reached the broker on
-	GatewayPort      int    // plaintext SPICE, for legacy kiosks
-	GatewayTLSPort   int    // SPICE over TLS; 0 where the site runs without TLS
-	SpiceSubject     string // the TLS port's certificate subject, for viewers' host-subject
-	Viewer           kioskproto.Viewer
-	Metrics          Metrics
+	// IdleHeartbeat, if longer than Heartbeat, is how often a kiosk with no
+	// request and no session heartbeats (one that says it can); its
+	// timeout then is HeartbeatTimeout scaled as IdleHeartbeat is.
+	IdleHeartbeat   time.Duration
+	IdleLimit       time.Duration
+	MaxSession      time.Duration // 0: no limit
+	QueueLimit      int
+	MaxConnsPerAddr int    // on the kiosk port; 0: no cap
+	PublicHost      string // "" : the address the kiosk reached the broker on
+	GatewayPort     int    // plaintext SPICE, for legacy kiosks
+	GatewayTLSPort  int    // SPICE over TLS; 0 where the site runs without TLS
+	SpiceSubject    string // the TLS port's certificate subject, for viewers' host-subject
+	Viewer          kioskproto.Viewer
+	Metrics         Metrics
 	// OutOfOrderFile keeps the kiosks operators put out of order across
 	// restarts; "": in memory only.
 	OutOfOrderFile string
@@ -147,6 +151,12 @@ func New(cfg Config, p Pool, reg *Registry, audit *Audit, log *slog.Logger) *Man
 		m.disabled = map[string]string{}
 	}
 	return m
+}
+
+// idleTimeout is how long a kiosk at the idle heartbeat rate may be
+// silent: HeartbeatTimeout, as many heartbeats long.
+func (m *Manager) idleTimeout() time.Duration {
+	return time.Duration(float64(m.cfg.HeartbeatTimeout) * float64(m.cfg.IdleHeartbeat) / float64(m.cfg.Heartbeat))
 }
 
 // Lease ties one kiosk to one VM.

@@ -1159,3 +1159,84 @@ func TestBrokerAnswersHeartbeats(t *testing.T) {
 		t.Errorf("%d heartbeats in 2.5 heartbeat periods without the kiosk's, want none", n)
 	}
 }
+
+// TestIdleHeartbeatRate: a kiosk that says idle_beats is told the idle rate
+// and may be silent for the idle timeout while it has no session, for the
+// heartbeat timeout while it has one, and for the idle timeout again once
+// the broker has ended it; a second hello does not replace it while it
+// keeps the idle rate. A kiosk that does not say so is told no idle rate.
+func TestIdleHeartbeatRate(t *testing.T) {
+	cfg := testConfig()
+	cfg.Heartbeat, cfg.HeartbeatTimeout, cfg.IdleHeartbeat = 100*time.Millisecond, 300*time.Millisecond, 2*time.Second
+	h := newHarness(t, 2, cfg) // idle timeout: 6s
+	hello := func(k *kiosk, id string, idleBeats bool) *kioskproto.Welcome {
+		t.Helper()
+		m := kioskproto.NewHello(id, token, "test")
+		m.Hello.IdleBeats = idleBeats
+		k.send(m)
+		w := k.next()
+		if w == nil || w.Type != kioskproto.TWelcome {
+			t.Fatalf("hello answered with %+v", w)
+		}
+		return w.Welcome
+	}
+	alive := func(k *kiosk, what string) {
+		t.Helper()
+		k.send(kioskproto.NewHeartbeat(0, ""))
+		for {
+			select {
+			case m, ok := <-k.msgs:
+				if !ok {
+					t.Fatalf("%s: the broker dropped the kiosk", what)
+				}
+				if m.Type == kioskproto.THeartbeat {
+					return
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s: no answer to a heartbeat", what)
+			}
+		}
+	}
+
+	old := h.dial("127.0.0.1")
+	if w := hello(old, "pool-old", false); w.IdleHeartbeatSeconds != 0 {
+		t.Errorf("a kiosk without idle_beats was told idle_heartbeat_seconds %d", w.IdleHeartbeatSeconds)
+	}
+	k := h.dial("127.0.0.1")
+	if w := hello(k, "pool-1", true); w.IdleHeartbeatSeconds != 2 {
+		t.Errorf("welcome's idle_heartbeat_seconds = %d, want 2", w.IdleHeartbeatSeconds)
+	}
+	time.Sleep(time.Second) // past the heartbeat timeout, within the idle one
+	alive(k, "idle, silent for 1s")
+	again := h.dial("127.0.0.1")
+	again.send(kioskproto.NewHello("pool-1", token, "test"))
+	if m := again.next(); m == nil || m.Type != kioskproto.TError || m.Error.Code != kioskproto.CodeBusy {
+		t.Errorf("a second hello for an idle kiosk beating at the idle rate = %+v, want it refused as busy", m)
+	}
+	if m, ok := <-old.msgs; ok {
+		t.Errorf("a kiosk without idle_beats, silent for 1s: %+v, want the connection dropped", m)
+	}
+
+	// In a session the heartbeat timeout holds; after the broker ends it,
+	// the idle one again.
+	k.send(kioskproto.NewRequest())
+	offer := k.until(kioskproto.TOffer).Offer
+	vm, _, _, err := h.m.Attach(context.Background(), addr("127.0.0.1"), offer.Ticket, "main:0", true, false, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.pool.GuestStops(vm.Name)
+	k.until(kioskproto.TEnd)
+	time.Sleep(time.Second)
+	alive(k, "silent for 1s after the broker ended its session")
+	k.send(kioskproto.NewRequest())
+	k.until(kioskproto.TOffer)
+	poll.Until(t, 5*time.Second, "the silent kiosk's session ended", func() bool {
+		for _, r := range records(h.audit) {
+			if r.Kiosk == "pool-1" && r.Reason == "kiosk heartbeats stopped (nothing for 300ms)" {
+				return true
+			}
+		}
+		return false
+	})
+}
