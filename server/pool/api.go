@@ -77,6 +77,9 @@ func (p *Pool) AtAddress(ip netip.Addr) (VM, bool) {
 // loses nothing, and handoffs do not wait for libvirt. The write that must
 // come first, in-use, is MarkUsed's.
 func (p *Pool) Take(c Claim) (VM, error) {
+	if v, ok := p.shelf.take(c); ok {
+		return v, nil
+	}
 	var out VM
 	var err error
 	if cerr := p.call(func() { out, err = p.take(c) }); cerr != nil {
@@ -89,16 +92,22 @@ func (p *Pool) take(c Claim) (VM, error) {
 	if err := p.available(); err != nil {
 		return VM{}, err
 	}
-	pick := p.oldestClean()
-	if pick == nil {
-		return VM{}, ErrNoCleanVM
+	for {
+		pick := p.oldestClean()
+		if pick == nil {
+			return VM{}, ErrNoCleanVM
+		}
+		now := time.Now()
+		c.At = now
+		err := p.apply(input{kind: apiTake, vm: pick.name, claim: c, at: now})
+		if err == errTaken {
+			continue // a Take took it from the shelf meanwhile
+		}
+		if err != nil {
+			return VM{}, err
+		}
+		return p.export(pick), nil
 	}
-	now := time.Now()
-	c.At = now
-	if err := p.apply(input{kind: apiTake, vm: pick.name, claim: c, at: now}); err != nil {
-		return VM{}, err
-	}
-	return p.export(pick), nil
 }
 
 // oldestClean returns the clean VM that waited longest: of the current

@@ -24,6 +24,7 @@ func (p *Pool) sync() {
 	if !p.serving() {
 		return
 	}
+	p.applyClaims() // the counts below are then the table's
 	t := p.count()
 	if p.trim(t) {
 		t = p.count()
@@ -73,7 +74,9 @@ func (p *Pool) count() tally {
 // (a roll), else the one that became clean last (offers never linked, that
 // came back after their replacement was made).
 func (p *Pool) trim(t tally) (trimmed bool) {
-	for ; t.clean > p.cfg.Size; t.clean-- {
+	// Bounded by the count, and by the table: VMs taken from the shelf
+	// while it trims leave the clean ones, and are not trimmed for.
+	for ; t.clean > p.cfg.Size && len(p.idx.clean) > p.cfg.Size; t.clean-- {
 		trimmed = true
 		var pick *vm
 		for _, v := range p.idx.clean {

@@ -31,6 +31,9 @@ func (p *Pool) checkIndex() error {
 	if !slices.Equal(want.clean, p.idx.clean) {
 		return fmt.Errorf("index has %d clean VMs in order, the table %d", len(p.idx.clean), len(want.clean))
 	}
+	if err := p.checkShelf(); err != nil {
+		return err
+	}
 	for i := range p.idx.guests {
 		g := p.idx.guests[i].Load()
 		var holders []*vm
@@ -50,6 +53,35 @@ func (p *Pool) checkIndex() error {
 		case len(holders) > 0 && !slices.ContainsFunc(holders, func(v *vm) bool { return v.name == g.Name && v.state == g.State }):
 			return fmt.Errorf("guest slot %d shows %s in state %s, which does not hold it so", i, g.Name, g.State)
 		}
+	}
+	return nil
+}
+
+// checkShelf reports where the shelf and the table disagree: once the
+// loop has applied the claims, the shelf holds exactly the clean VMs of the
+// current version, oldest first, while the pool may serve, and nothing
+// otherwise. The loop runs it (p.call).
+func (p *Pool) checkShelf() error {
+	p.applyClaims()
+	var want []string
+	if p.shelved.open {
+		for _, v := range p.idx.clean {
+			if v.version == p.shelved.version {
+				want = append(want, v.name)
+			}
+		}
+	}
+	p.shelf.mu.Lock()
+	defer p.shelf.mu.Unlock()
+	var got []string
+	for _, v := range p.shelf.vms {
+		if v.State != Clean {
+			return fmt.Errorf("the shelf holds %s in state %s", v.Name, v.State)
+		}
+		got = append(got, v.Name)
+	}
+	if !slices.Equal(got, want) {
+		return fmt.Errorf("the shelf holds %v, the table's clean VMs of the current version are %v", got, want)
 	}
 	return nil
 }

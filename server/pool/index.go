@@ -37,6 +37,9 @@ func (p *Pool) add(v *vm) {
 		p.idx.held[v.slot]++
 	}
 	p.showGuest(v)
+	if v.state == Clean {
+		p.shelve(v)
+	}
 }
 
 // moved follows a VM of the table from state from to v.state.
@@ -44,6 +47,9 @@ func (p *Pool) moved(v *vm, from State) {
 	p.idx.leave(v, from)
 	p.idx.enter(v)
 	p.showGuest(v)
+	if v.state == Clean {
+		p.shelve(v)
+	}
 }
 
 // drop takes a VM off the table.

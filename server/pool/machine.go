@@ -84,7 +84,10 @@ type input struct {
 	spice  SpiceTarget    // resCreated
 	paths  []string       // resCreated, resCreateFailed: the overlays made
 	claim  Claim          // apiTake
-	gen    uint64         // timers: which arming fired
+	// shelved: an apiTake of a VM a Take took from the shelf, already off
+	// it (shelf.go).
+	shelved bool
+	gen     uint64 // timers: which arming fired
 }
 
 // actionKind says what to do.
@@ -167,6 +170,10 @@ type rules struct {
 // Errors of next. Impossible inputs are bugs of the caller: the loop logs
 // them. Callers of the API get ErrNotOffered.
 var errImpossible = errors.New("impossible input")
+
+// errTaken is apply's answer to the loop's own take or retire of a clean VM
+// that a Take took from the shelf meanwhile (shelf.go).
+var errTaken = errors.New("taken from the shelf meanwhile")
 
 // ReasonRestart is why a VM found in a session's state at start ends.
 const ReasonRestart = "ended by a broker restart"

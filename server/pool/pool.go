@@ -182,11 +182,13 @@ type Pool struct {
 	started chan error    // Start's answer
 	cancel  context.CancelFunc
 	jobs    sync.WaitGroup
+	shelf   shelf // clean VMs Take hands out without the loop (shelf.go)
 
 	// Everything below belongs to the loop goroutine.
 	ctx        context.Context
 	vms        map[string]*vm
 	idx        index                // beside vms: the clean ones in order, counts, guest slots
+	shelved    shelfKey             // what the shelf was last stocked for
 	queues     map[string]*jobQueue // per VM (and per pool-level key): actions in order
 	active     int                  // jobs running, at most maxJobs
 	backlog    []waitingJob         // jobs waiting for one of those to end, in order
@@ -247,6 +249,7 @@ func New(cfg Config, hv Hypervisor, log *slog.Logger) *Pool {
 		slots = cfg.Network.Slots()
 	}
 	p.idx = newIndex(slots)
+	p.shelf.kick = make(chan struct{}, 1)
 	p.setBackoff(p.minBackoff, p.maxBackoff)
 	return p
 }
@@ -350,12 +353,15 @@ func (p *Pool) loop(ctx context.Context) {
 		case out <- head:
 			p.pending = p.pending[1:]
 			continue
+		case <-p.shelf.kick:
+			p.applyClaims()
 		case <-tick.C:
 			p.drainEvents(events) // queued events are newer news than a listing
 			p.retryPaused()
 			p.list()
 		}
 		p.sync()
+		p.restock()
 	}
 }
 
@@ -437,6 +443,22 @@ func (p *Pool) apply(in input) error {
 	}
 	if in.at.IsZero() {
 		in.at = time.Now()
+	}
+	if v.state == Clean && !in.shelved {
+		// No Take may have it while an input changes it (shelf.go).
+		switch p.shelf.unshelve(v.name) {
+		case wasShelved:
+			defer func() {
+				if v.state == Clean {
+					p.shelf.put(p.export(v))
+				}
+			}()
+		case claimedOff:
+			p.applyClaims() // v is offered now
+			if in.kind == apiTake || in.kind == apiRetire {
+				return errTaken // the loop's choice of a clean VM: choose again
+			}
+		}
 	}
 	nv, acts, err := p.rules.next(*v, in)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -708,4 +709,63 @@ func TestJobBacklog(t *testing.T) {
 		}
 		return recorded == n
 	})
+}
+
+// TestShelfRacesTheLoop: Takes served from the shelf while the loop retires
+// the same clean VMs (the pool shrunk to none) and libvirt reports some of
+// them stopped. Each VM goes one way: to exactly one taker, and then it is
+// offered (its first link is recorded), or retired or ended, never both.
+func TestShelfRacesTheLoop(t *testing.T) {
+	f := newFakeHV()
+	cfg := testConfig()
+	cfg.Size, cfg.MaxVMs, cfg.RefillConcurrency = 30, 30, 8
+	p := startPool(t, f, cfg)
+	poll.Until(t, 20*time.Second, "30 clean VMs", func() bool { return clean(p) == 30 })
+	var stopped []string
+	for _, v := range p.Status().VMs {
+		if len(stopped) < 5 {
+			stopped = append(stopped, v.Name)
+		}
+	}
+
+	var mu sync.Mutex
+	got := map[string]int{}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range 8 {
+		wg.Go(func() {
+			<-start
+			for {
+				v, err := p.Take(anyone)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				got[v.Name]++
+				mu.Unlock()
+			}
+		})
+	}
+	close(start)
+	if err := p.SetSize(0); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range stopped {
+		f.events <- virt.Event{Kind: virt.Stopped, Domain: name, Detail: "shutdown"}
+	}
+	wg.Wait()
+	for name, n := range got {
+		if n != 1 {
+			t.Errorf("VM %s handed out %d times", name, n)
+		}
+		err := p.MarkUsed(context.Background(), name)
+		if slices.Contains(stopped, name) {
+			continue // offered, then stopped: either answer is right
+		}
+		if err != nil {
+			t.Errorf("MarkUsed(%s), a VM handed out = %v; want it offered, not retired", name, err)
+		}
+	}
+	t.Logf("%d of 30 VMs handed out, the rest retired", len(got))
+	poll.Until(t, 20*time.Second, "no clean VM left", func() bool { return clean(p) == 0 })
 }

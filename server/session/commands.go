@@ -200,6 +200,7 @@ func (m *Manager) SetOutOfOrder(id, reason string) error {
 	} else {
 		m.disabled[id] = reason
 	}
+	m.regateLocked()
 	disabled := maps.Clone(m.disabled)
 	k := m.conns[id]
 	m.mu.Unlock()

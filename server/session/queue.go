@@ -43,39 +43,40 @@ type request struct {
 // caller to offer. Otherwise the dispatcher serves it, and tells it its
 // place if it has to wait at all.
 func (m *Manager) enqueue(r *request) (*Lease, error) {
-	m.mu.Lock()
-	if err := m.refuseLocked(r); err != nil {
-		m.mu.Unlock()
-		return nil, err
-	}
-	if len(m.queue) == 0 {
-		// The pool is asked without m.mu: a thousand kiosks asking at
-		// once would otherwise queue on m.mu behind each Take.
-		m.mu.Unlock()
-		vm, id, err := m.take(r)
-		m.mu.Lock()
-		if why := m.refuseLocked(r); why != nil {
-			// Drained or put out of order meanwhile: a VM taken was
-			// never offered, so it goes back clean.
-			m.mu.Unlock()
-			if err == nil {
+	if g := m.gate.Load(); m.waiting.Load() == 0 && !g.closed && g.disabled[r.kiosk] == "" {
+		// Nobody waits: the pool is asked, and the lease made, without
+		// m.mu, which is taken once, briefly, to record it. A thousand
+		// kiosks asking at once would otherwise queue on m.mu.
+		if vm, id, err := m.take(r); err == nil {
+			l := m.newLease(r, vm, id)
+			m.mu.Lock()
+			if why := m.refuseLocked(r); why != nil {
+				// Drained or put out of order meanwhile: the VM was
+				// never offered, so it goes back clean.
+				m.mu.Unlock()
 				m.pool.Release(m.ctx, vm.Name)
+				return nil, why
 			}
-			return nil, why
-		}
-		if err == nil {
-			l := m.leaseLocked(r, vm, id)
+			m.addLeaseLocked(l)
+			r.lease = l
 			m.mu.Unlock()
+			m.log.Debug("offer", "lease", l.ID, "kiosk", l.Kiosk, "vm", vm.Name)
 			return l, nil
 		}
 		// No clean VM (or the pool is unavailable): r waits, and the
 		// dispatcher says why.
+	}
+	m.mu.Lock()
+	if err := m.refuseLocked(r); err != nil {
+		m.mu.Unlock()
+		return nil, err
 	}
 	if len(m.queue) >= m.cfg.QueueLimit {
 		m.mu.Unlock()
 		return nil, ErrQueueFull
 	}
 	m.queue = append(m.queue, r)
+	m.waiting.Store(int32(len(m.queue)))
 	r.lastAhead, r.lastState = -1, kioskproto.StateQueued
 	m.mu.Unlock()
 	m.wake()
@@ -127,6 +128,7 @@ func (m *Manager) cancel(r *request, reason string) {
 	for i, q := range m.queue {
 		if q == r {
 			m.queue = append(m.queue[:i], m.queue[i+1:]...)
+			m.waiting.Store(int32(len(m.queue)))
 			break
 		}
 	}
@@ -190,6 +192,7 @@ func (m *Manager) dispatch(ctx context.Context) {
 			return
 		}
 		m.queue = m.queue[1:]
+		m.waiting.Store(int32(len(m.queue)))
 		// Queued before m.mu is let go: an end of the session, which
 		// takes m.mu, is written after its offer.
 		head.onOffer(l) // it must not block

@@ -27,9 +27,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"undervdi/kioskproto"
@@ -129,6 +131,12 @@ type Manager struct {
 	// why; saved in cfg.OutOfOrderFile.
 	disabled map[string]string
 	saveMu   sync.Mutex
+	// What a request served at once checks before it asks the pool,
+	// without m.mu: how many requests wait (len(queue)), and who is
+	// refused (closed, disabled). Written under m.mu; the answer is checked
+	// again under m.mu once a VM is taken.
+	waiting atomic.Int32
+	gate    atomic.Pointer[gate]
 
 	handoffs handoffStats
 }
@@ -150,7 +158,21 @@ func New(cfg Config, p Pool, reg *Registry, audit *Audit, log *slog.Logger) *Man
 		log.Error("cannot read which kiosks operators put out of order; all are in order", "err", err)
 		m.disabled = map[string]string{}
 	}
+	m.regateLocked()
 	return m
+}
+
+// gate is a copy of what refuses a request, for enqueue's check without
+// m.mu.
+type gate struct {
+	closed   bool
+	disabled map[string]string
+}
+
+// regateLocked publishes closed and disabled for enqueue; m.mu is held
+// (or m is not shared yet).
+func (m *Manager) regateLocked() {
+	m.gate.Store(&gate{closed: m.closed != "", disabled: maps.Clone(m.disabled)})
 }
 
 // idleTimeout is how long a kiosk at the idle heartbeat rate may be
@@ -201,6 +223,14 @@ func (m *Manager) Reason(l *Lease) string {
 // newLeaseLocked records lease id for a VM taken for r and starts its
 // connect window.
 func (m *Manager) newLeaseLocked(r *request, vm pool.VM, id string) *Lease {
+	l := m.newLease(r, vm, id)
+	m.addLeaseLocked(l)
+	return l
+}
+
+// newLease makes r's lease of vm, not yet known to m: what takes time
+// (the ticket, the maps) is done without m.mu.
+func (m *Manager) newLease(r *request, vm pool.VM, id string) *Lease {
 	now := time.Now()
 	l := &Lease{
 		ID: id, Kiosk: r.kiosk, Addr: r.addr, Legacy: r.legacy, VM: vm, touched: r.touched,
@@ -211,13 +241,18 @@ func (m *Manager) newLeaseLocked(r *request, vm pool.VM, id string) *Lease {
 	if !l.Legacy {
 		l.ticket = spice.NewPassword()
 	}
+	return l
+}
+
+// addLeaseLocked makes l known and starts its timers; m.mu is held.
+func (m *Manager) addLeaseLocked(l *Lease) {
+	vm := l.VM
 	m.leases[l.ID] = l
 	m.byVM[vm.Name] = l
 	m.timerLocked(l, "connect", m.cfg.ConnectWindow, fmt.Sprintf("not linked within the connect window (%v)", m.cfg.ConnectWindow))
 	if m.cfg.MaxSession > 0 {
 		m.timerLocked(l, "max", m.cfg.MaxSession, fmt.Sprintf("maximum session time (%v) reached", m.cfg.MaxSession))
 	}
-	return l
 }
 
 // timerLocked (re)starts the lease's timer named name, ending the session
@@ -363,6 +398,8 @@ func (m *Manager) Drain(why, notice string) {
 	m.closed, m.notice = why, notice
 	waiting := m.queue
 	m.queue = nil
+	m.waiting.Store(0)
+	m.regateLocked()
 	for _, r := range waiting {
 		r.cancelled = true
 	}
@@ -383,6 +420,7 @@ func (m *Manager) Resume() {
 	m.mu.Lock()
 	was, notice := m.closed, m.notice
 	m.closed, m.notice = "", ""
+	m.regateLocked()
 	m.mu.Unlock()
 	if notice != "" {
 		m.Broadcast(kioskproto.Command{Action: kioskproto.CmdClosed})
