@@ -187,6 +187,24 @@ func (p *Pool) Release(ctx context.Context, name string) error {
 	return err
 }
 
+// Finish tells the pool that the session on VM name is over, and returns
+// at once: a VM no client linked (used false) goes back clean, a used one
+// is destroyed with its disk, for reason, and Ended announces it once it is
+// wiped. A session's end does not wait for the loop: a thousand kiosks
+// ending at once would otherwise each keep a goroutine, and its stack,
+// until the loop got to them.
+func (p *Pool) Finish(name string, used bool, reason string) {
+	p.tell(func() {
+		in := input{kind: apiRelease, vm: name}
+		if used {
+			in = input{kind: apiEnd, vm: name, detail: reason}
+		}
+		if err := p.apply(in); err != nil {
+			p.log.Debug("pool: a finished session's VM is not what the session left", "vm", name, "used", used, "err", err)
+		}
+	})
+}
+
 // End destroys a VM with its disk, for the given reason (session over, an
 // admin). It returns at once; Ended announces the VM once it is wiped.
 func (p *Pool) End(name, reason string) error {

@@ -71,17 +71,42 @@ func (p *Pool) checkShelf() error {
 			}
 		}
 	}
-	p.shelf.mu.Lock()
-	defer p.shelf.mu.Unlock()
 	var got []string
-	for _, v := range p.shelf.vms {
-		if v.State != Clean {
-			return fmt.Errorf("the shelf holds %s in state %s", v.Name, v.State)
+	if st := p.shelf.stock.Load(); st != nil {
+		for _, e := range st.entries[st.head.Load():st.n.Load()] {
+			if e.claim.Load() != nil {
+				continue
+			}
+			if e.vm.State != Clean {
+				return fmt.Errorf("the shelf holds %s in state %s", e.vm.Name, e.vm.State)
+			}
+			if p.shelf.entries[e.vm.Name] != e {
+				return fmt.Errorf("the shelf holds %s, which the loop does not know there", e.vm.Name)
+			}
+			got = append(got, e.vm.Name)
 		}
-		got = append(got, v.Name)
+	}
+	if len(p.shelf.entries) != len(got) {
+		return fmt.Errorf("the loop knows %d VMs on the shelf, the shelf holds %d free", len(p.shelf.entries), len(got))
 	}
 	if !slices.Equal(got, want) {
 		return fmt.Errorf("the shelf holds %v, the table's clean VMs of the current version are %v", got, want)
 	}
 	return nil
+}
+
+// CleanCount is how many VMs of the table are clean: for the broker-scale
+// benchmark's wait between rounds, where a status, a copy of the table,
+// every few milliseconds would be most of what the broker allocates.
+func (p *Pool) CleanCount() int {
+	n := 0
+	p.call(func() {
+		p.quiet = true
+		for k, c := range p.idx.counts {
+			if k.state == Clean {
+				n += c
+			}
+		}
+	})
+	return n
 }

@@ -239,6 +239,23 @@ func TestTransitions(t *testing.T) {
 	}
 }
 
+// TestShelfNoOps: an input that leaves a clean VM clean and asks for
+// nothing leaves an offered one offered, asking for nothing: apply lets such
+// an input reach a clean VM still on the shelf, where a Take may have
+// claimed it already (pool.go, shelf.go).
+func TestShelfNoOps(t *testing.T) {
+	for _, k := range inputKinds {
+		in := sample(k)
+		got, acts, err := testRules.next(stateVM(Clean), in)
+		if err != nil || got.state != Clean || len(acts) > 0 {
+			continue
+		}
+		if got, acts, err := testRules.next(stateVM(Offered), in); err != nil || got.state != Offered || len(acts) > 0 {
+			t.Errorf("offered + %s = %s [%s], %v; want it to stay offered, asking for nothing, as clean + %s does", k, got.state, actionList(acts), err, k)
+		}
+	}
+}
+
 // TestMachineDetails checks what the table does not show: inputs whose
 // payload changes the way out, and what actions carry.
 func TestMachineDetails(t *testing.T) {

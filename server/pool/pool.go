@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"undervdi/kioskproto"
@@ -183,6 +184,10 @@ type Pool struct {
 	cancel  context.CancelFunc
 	jobs    sync.WaitGroup
 	shelf   shelf // clean VMs Take hands out without the loop (shelf.go)
+	// told is what callers told the loop to do without waiting for it
+	// (tell), newest first; nudge wakes the loop for it and for the shelf.
+	told  atomic.Pointer[told]
+	nudge chan struct{}
 
 	// Everything below belongs to the loop goroutine.
 	ctx        context.Context
@@ -249,7 +254,9 @@ func New(cfg Config, hv Hypervisor, log *slog.Logger) *Pool {
 		slots = cfg.Network.Slots()
 	}
 	p.idx = newIndex(slots)
-	p.shelf.kick = make(chan struct{}, 1)
+	p.nudge = make(chan struct{}, 1)
+	p.shelf.nudge = p.nudge
+	p.shelf.entries = map[string]*shelfEntry{}
 	p.setBackoff(p.minBackoff, p.maxBackoff)
 	return p
 }
@@ -353,8 +360,9 @@ func (p *Pool) loop(ctx context.Context) {
 		case out <- head:
 			p.pending = p.pending[1:]
 			continue
-		case <-p.shelf.kick:
+		case <-p.nudge:
 			p.applyClaims()
+			p.runTold()
 		case <-tick.C:
 			p.drainEvents(events) // queued events are newer news than a listing
 			p.retryPaused()
@@ -373,6 +381,41 @@ func (p *Pool) drainEvents(events <-chan virt.Event) {
 		default:
 			return
 		}
+	}
+}
+
+// told is one function told to the loop (tell).
+type told struct {
+	f    func()
+	next *told
+}
+
+// tell has the loop run f, and returns at once: it never waits, not even
+// for room in the loop's queue. Told functions run in the order they were
+// told; those told after the loop's end never run. One that reaches a VM a
+// Take took from the shelf finds it offered: apply applies the claim first.
+func (p *Pool) tell(f func()) {
+	t := &told{f: f}
+	for {
+		t.next = p.told.Load()
+		if p.told.CompareAndSwap(t.next, t) {
+			break
+		}
+	}
+	select {
+	case p.nudge <- struct{}{}:
+	default: // a nudge is pending: the loop takes this one with it
+	}
+}
+
+// runTold runs what was told, oldest first.
+func (p *Pool) runTold() {
+	var fs []func()
+	for t := p.told.Swap(nil); t != nil; t = t.next {
+		fs = append(fs, t.f)
+	}
+	for i := len(fs) - 1; i >= 0; i-- {
+		fs[i]()
 	}
 }
 
@@ -444,23 +487,28 @@ func (p *Pool) apply(in input) error {
 	if in.at.IsZero() {
 		in.at = time.Now()
 	}
-	if v.state == Clean && !in.shelved {
-		// No Take may have it while an input changes it (shelf.go).
-		switch p.shelf.unshelve(v.name) {
+	nv, acts, err := p.rules.next(*v, in)
+	if v.state == Clean && !in.shelved && (err != nil || nv.state != Clean || len(acts) > 0) {
+		// No Take may have it while an input changes it (shelf.go). An
+		// input that leaves it clean and asks for nothing (the result of
+		// writing its metadata, the guest agent's news) leaves it there:
+		// it is as much nothing to an offered VM, should a Take have it
+		// (TestShelfNoOps).
+		switch place, e := p.shelf.unshelve(v.name); place {
 		case wasShelved:
 			defer func() {
 				if v.state == Clean {
-					p.shelf.put(p.export(v))
+					p.shelve(v)
 				}
 			}()
 		case claimedOff:
-			p.applyClaims() // v is offered now
+			p.applyClaim(e) // v is offered now
 			if in.kind == apiTake || in.kind == apiRetire {
 				return errTaken // the loop's choice of a clean VM: choose again
 			}
+			nv, acts, err = p.rules.next(*v, in)
 		}
 	}
-	nv, acts, err := p.rules.next(*v, in)
 	if err != nil {
 		if errors.Is(err, errImpossible) {
 			p.log.Error("pool: input refused by the state machine (a bug)", "vm", v.name, "err", err)

@@ -180,6 +180,34 @@ func TestReleaseReturnsPristineVM(t *testing.T) {
 	}
 }
 
+// TestFinish: a session's end, told without waiting: an unused VM goes
+// back clean, a used one is wiped and announced, one the pool does not
+// know changes nothing.
+func TestFinish(t *testing.T) {
+	f := newFakeHV()
+	cfg := testConfig()
+	cfg.Size, cfg.MaxVMs = 2, 2
+	p := startPool(t, f, cfg)
+	ended := make(chan Ended, 1)
+	go forward(p, ended)
+	poll.Until(t, 10*time.Second, "2 clean VMs", func() bool { return clean(p) == 2 })
+	unused, _ := p.Take(anyone)
+	used, _ := p.Take(anyone)
+	if err := p.MarkUsed(context.Background(), used.Name); err != nil {
+		t.Fatal(err)
+	}
+	p.Finish("nosuchvm", true, "over")
+	p.Finish(unused.Name, false, "not linked")
+	p.Finish(used.Name, true, "visitor finished")
+	if e := <-ended; e.VM != used.Name || !e.Wiped || !e.Used || e.Reason != "visitor finished" {
+		t.Errorf("Ended = %+v, want %s wiped, used, for the visitor", e, used.Name)
+	}
+	poll.Until(t, 10*time.Second, "the unused VM clean again and the used one replaced", func() bool {
+		st := p.Status()
+		return st.Counts[Clean] == 2 && slices.ContainsFunc(st.VMs, func(v VMStatus) bool { return v.Name == unused.Name && v.State == Clean })
+	})
+}
+
 func TestEndWipesAndRefills(t *testing.T) {
 	f := newFakeHV()
 	p := startPool(t, f, testConfig())
@@ -709,6 +737,60 @@ func TestJobBacklog(t *testing.T) {
 		}
 		return recorded == n
 	})
+}
+
+// TestShelfRestocks: VMs taken and released again and again fill the
+// shelf's stock past its room, which the loop publishes anew; the shelf
+// keeps the clean VMs in the table's order, and hands out each once, through
+// a lost connection (the shelf closed) and its return.
+func TestShelfRestocks(t *testing.T) {
+	f := newFakeHV()
+	cfg := testConfig()
+	cfg.Size, cfg.MaxVMs = 3, 3
+	p := startPool(t, f, cfg)
+	poll.Until(t, 10*time.Second, "3 clean VMs", func() bool { return clean(p) == 3 })
+	check := func(when string) {
+		t.Helper()
+		p.call(func() {
+			if err := p.checkShelf(); err != nil {
+				t.Errorf("%s: %v", when, err)
+			}
+		})
+	}
+	for round := range 20 {
+		var taken []string
+		for range 3 {
+			v, err := p.Take(anyone)
+			if err != nil {
+				t.Fatalf("round %d: Take() = %v", round, err)
+			}
+			if slices.Contains(taken, v.Name) {
+				t.Fatalf("round %d: %s handed out twice", round, v.Name)
+			}
+			taken = append(taken, v.Name)
+		}
+		if _, err := p.Take(anyone); !errors.Is(err, ErrNoCleanVM) {
+			t.Fatalf("round %d: a fourth Take() = %v, want ErrNoCleanVM", round, err)
+		}
+		for _, name := range taken {
+			p.Finish(name, false, "not linked")
+		}
+		poll.Until(t, 10*time.Second, "the VMs back", func() bool { return clean(p) == 3 })
+		check(fmt.Sprintf("round %d", round))
+		if round == 10 {
+			f.events <- virt.Event{Kind: virt.Disconnected}
+			poll.Until(t, 10*time.Second, "disconnected", func() bool { return !p.Status().Connected })
+			if _, err := p.Take(anyone); !errors.Is(err, ErrUnavailable) {
+				t.Fatalf("Take() while disconnected = %v, want ErrUnavailable", err)
+			}
+			check("disconnected")
+			f.events <- virt.Event{Kind: virt.Connected}
+			poll.Until(t, 10*time.Second, "the pool back", func() bool {
+				st := p.Status()
+				return st.Connected && !st.Reconciling && st.Counts[Clean] == 3
+			})
+		}
+	}
 }
 
 // TestShelfRacesTheLoop: Takes served from the shelf while the loop retires

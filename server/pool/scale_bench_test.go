@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,10 +50,12 @@ const (
 	scaleToken  = "0123456789abcdef"
 	// scaleProfile, if set, is a directory where the broker writes CPU
 	// profiles of the heartbeat window (heartbeat.pprof) and of the
-	// handoff rounds (handoff.pprof), and at the end its heap (heap.pprof),
-	// the runtime's memory by kind (memstats.txt) and where the rounds
-	// waited on locks and channels (mutex.pprof, block.pprof), for `go tool
-	// pprof`.
+	// handoff rounds (handoff.pprof), an execution trace of the rounds
+	// (handoff.trace, for `go tool trace`: where a handoff waited), and at
+	// the end its heap (heap.pprof, every 256th byte sampled), the
+	// runtime's memory by kind (memstats.txt) and where the rounds waited
+	// on locks and channels (mutex.pprof, block.pprof), for `go tool
+	// pprof`. The figures of such a run are not the benchmark's.
 	scaleProfile = "UNDERVDI_SCALE_PROFILE"
 )
 
@@ -257,6 +260,9 @@ func scaleBroker(n int, caDir string, in io.Reader, out io.Writer) error {
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	broker.TuneGC() // as vdi-broker does
+	if os.Getenv(scaleProfile) != "" {
+		runtime.MemProfileRate = 256 // a heap profile that names what a kiosk costs
+	}
 	cfg := config.Default()
 	cfg.PoolName, cfg.Golden, cfg.PoolSize, cfg.MaxVMs = "scale", "golden", n, n
 	cfg.Network.Subnet = "10.213.0.0/21" // room for every VM's address
@@ -274,7 +280,7 @@ func scaleBroker(n int, caDir string, in io.Reader, out io.Writer) error {
 		return err
 	}
 	go p.Run(ctx)
-	for p.Status().Counts[pool.Clean] < n {
+	for p.CleanCount() < n {
 		time.Sleep(10 * time.Millisecond)
 	}
 
@@ -326,8 +332,8 @@ func scaleBroker(n int, caDir string, in io.Reader, out io.Writer) error {
 			}
 			fmt.Fprintln(out, int64(cpu), rss, hwm)
 		case "idle":
-			for len(m.Leases()) > 0 || p.Status().Counts[pool.Clean] < n {
-				time.Sleep(20 * time.Millisecond) // a status is a copy of the table: not too often
+			for len(m.Leases()) > 0 || p.CleanCount() < n {
+				time.Sleep(20 * time.Millisecond)
 			}
 			fmt.Fprintln(out, "idle")
 		case "profile heartbeat", "profile handoff", "profile heap":
@@ -355,8 +361,16 @@ func profile(name string) error {
 	if name == "handoff" {
 		runtime.SetMutexProfileFraction(1)
 		runtime.SetBlockProfileRate(1000)
+		tf, err := os.Create(filepath.Join(os.Getenv(scaleProfile), "handoff.trace"))
+		if err != nil {
+			return err
+		}
+		if err := trace.Start(tf); err != nil {
+			return err
+		}
 	}
 	if name == "heap" {
+		trace.Stop()
 		defer f.Close()
 		for _, n := range []string{"mutex", "block"} {
 			g, _ := os.Create(filepath.Join(os.Getenv(scaleProfile), n+".pprof"))

@@ -1,16 +1,15 @@
 package session
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	rtrace "runtime/trace"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,7 +46,7 @@ const writeTimeout = 10 * time.Second
 type kioskConn struct {
 	m     *Manager
 	c     net.Conn
-	r     io.Reader
+	r     *kioskReader
 	id    string
 	addr  netip.Addr
 	group Group        // the registry entry that admitted it
@@ -64,12 +63,14 @@ type kioskConn struct {
 
 	// The messages waiting to be written, in order. There is no writer
 	// goroutine per kiosk: whoever finds nothing being written writes
-	// (writing), the connection's reader inline (sendNow), anyone else
-	// from a goroutine started for it (post).
-	wmu     sync.Mutex
-	queue   []outMsg
-	writing bool
-	broken  bool // a write failed: nothing more is written
+	// (writing) — the connection's reader once it has handled a message
+	// (handling) or inline (sendNow), anyone else from a goroutine started
+	// for it (post).
+	wmu       sync.Mutex
+	queue     []outMsg
+	writing   bool
+	inHandler bool // the reader is handling a message: it writes once done
+	broken    bool // a write failed: nothing more is written
 
 	software string // what its hello said
 	image    string
@@ -97,15 +98,31 @@ func (m *Manager) KioskPort() accept.Port {
 // ServeKiosk runs the kiosk protocol on c until the connection ends.
 func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	defer c.Close()
+	// The handshake, the hello and the welcome are deep work: done on a
+	// stack of their own, as every message after them (kioskread.go).
+	k := onDeepStack(func() *kioskConn { return m.admit(c) })
+	if k == nil {
+		return
+	}
+	defer m.dropConn(k)
+	defer context.AfterFunc(ctx, k.close)() // a stopping broker hangs up
+	reason := k.readLoop()
+	k.close()
+	k.mu.Lock()
+	req := k.req
+	k.mu.Unlock()
+	if req != nil {
+		m.cancel(req, reason)
+	}
+}
+
+// admit reads c's hello and, if the kiosk is known there and may connect,
+// makes it the kiosk's connection and welcomes it; nil: c is refused, and
+// told why.
+func (m *Manager) admit(c net.Conn) *kioskConn {
 	addr := accept.RemoteAddr(c)
 	c.SetDeadline(time.Now().Add(helloTimeout))
-	// A TLS connection reads a whole record and hands it out from its own
-	// buffer; anything else gets a small buffer, so that a usual frame is
-	// one read, not two.
-	var r io.Reader = c
-	if _, ok := c.(*tls.Conn); !ok {
-		r = bufio.NewReaderSize(c, 1024)
-	}
+	r := newKioskReader(c)
 	msg, err := kioskproto.ReadMessage(r)
 	if err != nil || msg.Type != kioskproto.THello {
 		reason := "the first message must be hello"
@@ -114,14 +131,14 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 		}
 		kioskproto.WriteMessage(c, kioskproto.NewError(kioskproto.CodeBadMessage, reason))
 		m.audit.Refused("kiosk", addr.String(), "", reason)
-		return
+		return nil
 	}
 	h := msg.Hello
 	if h.Version != kioskproto.Version {
 		reason := fmt.Sprintf("protocol version %d is not spoken here (this broker speaks %d)", h.Version, kioskproto.Version)
 		kioskproto.WriteMessage(c, kioskproto.NewError(kioskproto.CodeBadVersion, reason))
 		m.audit.Refused("kiosk", addr.String(), h.Kiosk, reason)
-		return
+		return nil
 	}
 	group, err := m.registry.Authenticate(h.Kiosk, h.Token, addr)
 	if err != nil {
@@ -129,7 +146,7 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 		// id exists or which addresses it may use.
 		m.audit.Refused("kiosk", addr.String(), h.Kiosk, err.Error())
 		kioskproto.WriteMessage(c, kioskproto.NewError(kioskproto.CodeUnknown, RefusedHello))
-		return
+		return nil
 	}
 	host := m.cfg.PublicHost
 	if host == "" {
@@ -150,76 +167,126 @@ func (m *Manager) ServeKiosk(ctx context.Context, c net.Conn) {
 	if err := m.admitConn(k); err != nil {
 		m.audit.Refused("kiosk", addr.String(), h.Kiosk, err.Error())
 		kioskproto.WriteMessage(c, kioskproto.NewError(kioskproto.CodeBusy, err.Error()))
-		return
+		return nil
 	}
-	defer m.dropConn(k)
-	defer context.AfterFunc(ctx, k.close)() // a stopping broker hangs up
 	m.log.Debug("kiosk connected", "kiosk", k.id, "addr", addr, "software", h.Software)
-
 	k.flush() // the welcome, and whatever queued behind it
 	m.greet(k)
-	reason := k.readLoop(ctx)
-	k.close()
-	k.mu.Lock()
-	req := k.req
-	k.mu.Unlock()
-	if req != nil {
-		m.cancel(req, reason)
+	return k
+}
+
+// readLoop handles the kiosk's messages and returns why the connection
+// ended. Between messages it waits on the socket; each time bytes come, the
+// messages there are read and handled on a goroutine of their own
+// (kioskread.go).
+func (k *kioskConn) readLoop() string {
+	k.arm()
+	if k.r.wait == nil {
+		for {
+			if reason := k.readOne(); reason != "" {
+				return reason
+			}
+			k.arm()
+		}
+	}
+	// What came with the hello (a heartbeat sent right after it) is
+	// read before any wait.
+	pending := onDeepStack(k.r.pending)
+	k.arm()
+	reason := make(chan string, 1)
+	readSome := func() { reason <- k.readSome() } // made once: a message costs no allocation here
+	for {
+		if !pending {
+			if err := k.r.wait(); err != nil {
+				return k.lost(err)
+			}
+		}
+		deepWork.run(readSome)
+		if r := <-reason; r != "" {
+			return r
+		}
+		pending = false
 	}
 }
 
-// readLoop handles the kiosk's messages and returns why the connection ended.
-func (k *kioskConn) readLoop(ctx context.Context) string {
+// readSome reads and handles messages until none is pending, and returns
+// why the connection ended, if it did. It leaves the read deadline set for
+// the next message.
+func (k *kioskConn) readSome() string {
 	for {
-		k.mu.Lock()
-		k.armLocked()
-		k.mu.Unlock()
-		msg, err := kioskproto.ReadMessage(k.r)
-		if err == nil {
-			k.heard()
+		if reason := k.readOne(); reason != "" {
+			return reason
 		}
-		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			k.mu.Lock()
-			armed := k.armed
-			k.mu.Unlock()
-			return fmt.Sprintf("kiosk heartbeats stopped (nothing for %v)", armed)
-		case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || isReset(err):
-			return "kiosk connection lost"
-		case err != nil:
-			k.sendNow(outMsg{msg: kioskproto.NewError(kioskproto.CodeBadMessage, err.Error())}, false)
-			return "kiosk sent a bad message: " + err.Error()
-		}
-		switch msg.Type {
-		case kioskproto.TRequest:
-			if err := k.request(time.Now(), time.Duration(msg.Request.TouchAgoMS)*time.Millisecond); err != nil {
-				k.sendNow(outMsg{msg: err}, false)
-			}
-		case kioskproto.THeartbeat:
-			k.beat()
-			k.setFault(msg.Heartbeat.Fault)
-			k.mu.Lock()
-			r := k.req
-			k.report = *msg.Heartbeat
-			k.mu.Unlock()
-			if r != nil {
-				k.m.heartbeat(k.m.leaseOf(r), time.Duration(msg.Heartbeat.IdleSeconds)*time.Second)
-			}
-		case kioskproto.TScreenshot:
-			k.gotShot(msg.Screenshot)
-		case kioskproto.TEnd:
-			k.mu.Lock()
-			r := k.req
-			k.req = nil
-			k.mu.Unlock()
-			if r != nil {
-				k.m.cancel(r, "the kiosk ended the session: "+msg.End.Reason)
-			}
-		default:
-			k.sendNow(outMsg{msg: kioskproto.NewError(kioskproto.CodeBadMessage, fmt.Sprintf("a kiosk does not send %s messages", msg.Type))}, false)
-			return "kiosk sent a " + string(msg.Type) + " message"
+		pending := k.r.pending()
+		k.arm() // for the next message, as it stands after this one; pending moved it
+		if !pending {
+			return ""
 		}
 	}
+}
+
+// arm sets the read deadline for the kiosk's next message.
+func (k *kioskConn) arm() {
+	k.mu.Lock()
+	k.armLocked()
+	k.mu.Unlock()
+}
+
+// lost says why the connection ended, from the error that ended a read.
+func (k *kioskConn) lost(err error) string {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		k.mu.Lock()
+		armed := k.armed
+		k.mu.Unlock()
+		return fmt.Sprintf("kiosk heartbeats stopped (nothing for %v)", armed)
+	case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || isReset(err):
+		return "kiosk connection lost"
+	}
+	k.sendNow(outMsg{msg: kioskproto.NewError(kioskproto.CodeBadMessage, err.Error())}, false)
+	return "kiosk sent a bad message: " + err.Error()
+}
+
+// readOne reads one message and handles it; it returns why the connection
+// ended, if it did.
+func (k *kioskConn) readOne() string {
+	msg, err := kioskproto.ReadMessage(k.r)
+	if err != nil {
+		return k.lost(err)
+	}
+	k.heard()
+	k.handling(true)
+	defer k.handling(false)
+	switch msg.Type {
+	case kioskproto.TRequest:
+		if err := k.request(time.Now(), time.Duration(msg.Request.TouchAgoMS)*time.Millisecond); err != nil {
+			k.sendNow(outMsg{msg: err}, false)
+		}
+	case kioskproto.THeartbeat:
+		k.beat()
+		k.setFault(msg.Heartbeat.Fault)
+		k.mu.Lock()
+		r := k.req
+		k.report = *msg.Heartbeat
+		k.mu.Unlock()
+		if r != nil {
+			k.m.heartbeat(k.m.leaseOf(r), time.Duration(msg.Heartbeat.IdleSeconds)*time.Second)
+		}
+	case kioskproto.TScreenshot:
+		k.gotShot(msg.Screenshot)
+	case kioskproto.TEnd:
+		k.mu.Lock()
+		r := k.req
+		k.req = nil
+		k.mu.Unlock()
+		if r != nil {
+			k.m.cancel(r, "the kiosk ended the session: "+msg.End.Reason)
+		}
+	default:
+		k.sendNow(outMsg{msg: kioskproto.NewError(kioskproto.CodeBadMessage, fmt.Sprintf("a kiosk does not send %s messages", msg.Type))}, false)
+		return "kiosk sent a " + string(msg.Type) + " message"
+	}
+	return ""
 }
 
 // armLocked sets the read deadline: the heartbeat timeout, or for a kiosk
@@ -283,7 +350,7 @@ func (k *kioskConn) offer(l *Lease, received time.Time) outMsg {
 	return outMsg{msg: kioskproto.NewOffer(kioskproto.Offer{
 		Lease: l.ID, Host: k.host, Port: k.m.cfg.GatewayPort, TLSPort: k.m.cfg.GatewayTLSPort, Ticket: l.ticket, Expires: l.Expires,
 		Viewer: k.m.cfg.Viewer, MaxSeconds: int(k.m.cfg.MaxSession / time.Second),
-	}), written: func() { k.m.handoff(time.Since(received), false) }}
+	}), written: func() { rtrace.Log(context.Background(), "h", "written"); k.m.handoff(time.Since(received), false) }}
 }
 
 // setFault records what the kiosk's heartbeat says about its own state: a
@@ -319,11 +386,7 @@ func (k *kioskConn) endSession(r *request, reason string) {
 	k.send(kioskproto.NewEnd(reason))
 }
 
-func (m *Manager) leaseOf(r *request) *Lease {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return r.lease
-}
+func (m *Manager) leaseOf(r *request) *Lease { return r.lease.Load() }
 
 // outMsg is a message waiting to be written (or frame, a message framed
 // already), and what to do once it is.
@@ -366,7 +429,10 @@ func (k *kioskConn) sendNow(o outMsg, droppable bool) {
 }
 
 // queued adds o to the queue, and says whether the caller is to write it:
-// nobody is writing now, and the caller is the writer from here on.
+// nobody is writing now, nor is the reader handling a message (it writes
+// what is queued once it has: the answers its handling brought, an end
+// among them, without a goroutine each), and the caller is the writer from
+// here on.
 func (k *kioskConn) queued(o outMsg, droppable bool) (write bool) {
 	k.wmu.Lock()
 	defer k.wmu.Unlock()
@@ -374,9 +440,25 @@ func (k *kioskConn) queued(o outMsg, droppable bool) (write bool) {
 		return false
 	}
 	k.queue = append(k.queue, o)
-	write = !k.writing
+	if k.writing || k.inHandler {
+		return false
+	}
 	k.writing = true
-	return write
+	return true
+}
+
+// handling says that the reader starts (true) or has done (false)
+// handling a message. Once done, it writes what was queued meanwhile,
+// unless a writer is at it.
+func (k *kioskConn) handling(start bool) {
+	k.wmu.Lock()
+	k.inHandler = start
+	write := !start && !k.writing && !k.broken && len(k.queue) > 0
+	k.writing = k.writing || write
+	k.wmu.Unlock()
+	if write {
+		k.flush()
+	}
 }
 
 // flush writes what is queued, in order, until nothing is; one flush runs

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"undervdi/kioskproto"
@@ -32,10 +33,10 @@ type request struct {
 	onEnd    func(reason string) // the session ended; may be nil
 
 	// Guarded by Manager.mu.
-	cancelled bool
 	lastAhead int
 	lastState string
-	lease     *Lease
+
+	lease atomic.Pointer[Lease] // once served; set without m.mu when served at once
 }
 
 // enqueue puts r at the end of the queue. When nobody waits and a clean VM
@@ -44,22 +45,20 @@ type request struct {
 // place if it has to wait at all.
 func (m *Manager) enqueue(r *request) (*Lease, error) {
 	if g := m.gate.Load(); m.waiting.Load() == 0 && !g.closed && g.disabled[r.kiosk] == "" {
-		// Nobody waits: the pool is asked, and the lease made, without
-		// m.mu, which is taken once, briefly, to record it. A thousand
-		// kiosks asking at once would otherwise queue on m.mu.
+		// Nobody waits: the pool is asked, and the lease made and
+		// published, without m.mu. A thousand kiosks asking at once
+		// would otherwise queue on it.
 		if vm, id, err := m.take(r); err == nil {
 			l := m.newLease(r, vm, id)
-			m.mu.Lock()
-			if why := m.refuseLocked(r); why != nil {
-				// Drained or put out of order meanwhile: the VM was
-				// never offered, so it goes back clean.
-				m.mu.Unlock()
-				m.pool.Release(m.ctx, vm.Name)
-				return nil, why
+			r.lease.Store(l)
+			m.leases.publish(l)
+			// A drain or an operator that refused the kiosk between the
+			// check above and the publication has not seen the lease.
+			if g := m.gate.Load(); g.closed || g.disabled[r.kiosk] != "" {
+				if why := m.withdraw(r, l); why != nil {
+					return nil, why
+				}
 			}
-			m.addLeaseLocked(l)
-			r.lease = l
-			m.mu.Unlock()
 			m.log.Debug("offer", "lease", l.ID, "kiosk", l.Kiosk, "vm", vm.Name)
 			return l, nil
 		}
@@ -81,6 +80,30 @@ func (m *Manager) enqueue(r *request) (*Lease, error) {
 	m.mu.Unlock()
 	m.wake()
 	return nil, nil
+}
+
+// withdraw takes back l, the lease of a request served at once, if the
+// request is refused now (drained, or the kiosk put out of order): its
+// offer was never written, so its VM goes back clean and no session is
+// recorded. It returns why, or nil if r may be served after all.
+func (m *Manager) withdraw(r *request, l *Lease) error {
+	m.mu.Lock()
+	why := m.refuseLocked(r)
+	ended := l.ended // ended meanwhile (an operator): its VM is dealt with
+	if why != nil && !ended {
+		l.ended, l.reason = true, why.Error()
+		for _, t := range l.timers {
+			t.Stop()
+		}
+		m.leasesLocked().remove(l)
+		r.lease.Store(nil)
+		close(l.endedCh)
+	}
+	m.mu.Unlock()
+	if why != nil && !ended {
+		m.pool.Finish(l.VM.Name, false, why.Error())
+	}
+	return why
 }
 
 // refuseLocked says why r may not be served now, if it may not; m.mu is
@@ -116,15 +139,21 @@ func (m *Manager) take(r *request) (pool.VM, string, error) {
 // leaseLocked makes r's lease of vm; m.mu is held.
 func (m *Manager) leaseLocked(r *request, vm pool.VM, id string) *Lease {
 	l := m.newLeaseLocked(r, vm, id)
-	r.lease = l
+	r.lease.Store(l)
 	m.log.Debug("offer", "lease", l.ID, "kiosk", l.Kiosk, "vm", vm.Name)
 	return l
 }
 
 // cancel takes r out of the queue, or ends its session if it was served.
 func (m *Manager) cancel(r *request, reason string) {
+	if l := r.lease.Load(); l != nil {
+		// Served: off the queue (the dispatcher took it off as it made
+		// the lease), and the session is all there is to end. m.mu is
+		// not taken: a thousand kiosks ending at once would queue on it.
+		m.end(l, reason)
+		return
+	}
 	m.mu.Lock()
-	r.cancelled = true
 	for i, q := range m.queue {
 		if q == r {
 			m.queue = append(m.queue[:i], m.queue[i+1:]...)
@@ -132,7 +161,7 @@ func (m *Manager) cancel(r *request, reason string) {
 			break
 		}
 	}
-	l := r.lease
+	l := r.lease.Load() // served since
 	m.mu.Unlock()
 	if l != nil {
 		m.end(l, reason)

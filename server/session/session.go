@@ -45,8 +45,9 @@ type Pool interface {
 	Take(pool.Claim) (pool.VM, error)
 	WaitClean() <-chan struct{}
 	MarkUsed(ctx context.Context, name string) error
-	Release(ctx context.Context, name string) error
-	End(name, reason string) error
+	// Finish tells the pool, without waiting, that the session on a VM is
+	// over: unused, the VM goes back clean; used, it is destroyed.
+	Finish(name string, used bool, reason string)
 }
 
 // Config is the session part of the broker configuration.
@@ -119,8 +120,7 @@ type Manager struct {
 
 	mu      sync.Mutex
 	queue   []*request
-	leases  map[string]*Lease // by lease ID
-	byVM    map[string]*Lease
+	leases  leaseTable              // by lease ID and by VM (leases.go)
 	pending map[string]*AuditRecord // used VMs being wiped, by VM name
 	conns   map[string]*kioskConn   // by kiosk id
 	offline map[string]KioskStatus  // kiosks seen since the start and gone, by id: the fleet
@@ -139,6 +139,8 @@ type Manager struct {
 	gate    atomic.Pointer[gate]
 
 	handoffs handoffStats
+	// Why a lease's own timers end it, worded once.
+	reasons struct{ connect, max string }
 }
 
 // New returns a manager; Run starts its dispatcher.
@@ -146,13 +148,14 @@ func New(cfg Config, p Pool, reg *Registry, audit *Audit, log *slog.Logger) *Man
 	m := &Manager{
 		cfg: cfg, pool: p, registry: reg, audit: audit, log: log,
 		kick:    make(chan struct{}, 1),
-		leases:  map[string]*Lease{},
-		byVM:    map[string]*Lease{},
+		leases:  newLeaseTable(),
 		pending: map[string]*AuditRecord{},
 		conns:   map[string]*kioskConn{},
 		offline: map[string]KioskStatus{},
 		groups:  map[string]int{},
 	}
+	m.reasons.connect = fmt.Sprintf("not linked within the connect window (%v)", cfg.ConnectWindow)
+	m.reasons.max = fmt.Sprintf("maximum session time (%v) reached", cfg.MaxSession)
 	var err error
 	if m.disabled, err = loadDisabled(cfg.OutOfOrderFile); err != nil {
 		log.Error("cannot read which kiosks operators put out of order; all are in order", "err", err)
@@ -205,6 +208,7 @@ type Lease struct {
 	endedCh   chan struct{} // closed when the session ends
 	notifyEnd func(reason string)
 	timers    map[string]*time.Timer
+	nextFresh *Lease // on the list of leases published without m.mu
 }
 
 // Linked is closed at the lease's first SPICE link.
@@ -221,15 +225,16 @@ func (m *Manager) Reason(l *Lease) string {
 }
 
 // newLeaseLocked records lease id for a VM taken for r and starts its
-// connect window.
+// connect window; m.mu is held.
 func (m *Manager) newLeaseLocked(r *request, vm pool.VM, id string) *Lease {
 	l := m.newLease(r, vm, id)
-	m.addLeaseLocked(l)
+	m.leasesLocked().add(l)
 	return l
 }
 
-// newLease makes r's lease of vm, not yet known to m: what takes time
-// (the ticket, the maps) is done without m.mu.
+// newLease makes r's lease of vm, not yet known to m, and starts its
+// timers. It takes no lock: a request served at once makes its lease and
+// publishes it without m.mu (leases.go).
 func (m *Manager) newLease(r *request, vm pool.VM, id string) *Lease {
 	now := time.Now()
 	l := &Lease{
@@ -241,18 +246,26 @@ func (m *Manager) newLease(r *request, vm pool.VM, id string) *Lease {
 	if !l.Legacy {
 		l.ticket = spice.NewPassword()
 	}
+	connect, max := m.unarmedTimer(l, m.reasons.connect), (*time.Timer)(nil)
+	l.timers["connect"] = connect
+	if m.cfg.MaxSession > 0 {
+		max = m.unarmedTimer(l, m.reasons.max)
+		l.timers["max"] = max
+	}
+	// Armed once l is whole: a timer that fires reads it.
+	connect.Reset(m.cfg.ConnectWindow)
+	if max != nil {
+		max.Reset(m.cfg.MaxSession)
+	}
 	return l
 }
 
-// addLeaseLocked makes l known and starts its timers; m.mu is held.
-func (m *Manager) addLeaseLocked(l *Lease) {
-	vm := l.VM
-	m.leases[l.ID] = l
-	m.byVM[vm.Name] = l
-	m.timerLocked(l, "connect", m.cfg.ConnectWindow, fmt.Sprintf("not linked within the connect window (%v)", m.cfg.ConnectWindow))
-	if m.cfg.MaxSession > 0 {
-		m.timerLocked(l, "max", m.cfg.MaxSession, fmt.Sprintf("maximum session time (%v) reached", m.cfg.MaxSession))
-	}
+// unarmedTimer returns a stopped timer that ends l's session with reason
+// when it fires, once armed (Reset).
+func (m *Manager) unarmedTimer(l *Lease, reason string) *time.Timer {
+	t := time.AfterFunc(time.Hour, func() { m.end(l, reason) })
+	t.Stop()
+	return t
 }
 
 // timerLocked (re)starts the lease's timer named name, ending the session
@@ -289,8 +302,7 @@ func (m *Manager) endWith(l *Lease, reason string, wiped *pool.Ended) {
 	for _, t := range l.timers {
 		t.Stop()
 	}
-	delete(m.leases, l.ID)
-	delete(m.byVM, l.VM.Name)
+	m.leasesLocked().remove(l)
 	closers := make([]func(), 0, len(l.conns))
 	for _, c := range l.conns {
 		closers = append(closers, c)
@@ -323,15 +335,11 @@ func (m *Manager) endWith(l *Lease, reason string, wiped *pool.Ended) {
 	for _, c := range closers {
 		c()
 	}
-	switch {
-	case wiped != nil:
-	case used:
-		m.pool.End(l.VM.Name, reason) // VMEnded writes the audit record once the disk is gone
-	default:
-		// Never linked: the VM is still pristine and goes back ("one use", docs/design.md).
-		if err := m.pool.Release(m.ctx, l.VM.Name); err != nil {
-			m.log.Debug("could not return an unused VM to the pool", "vm", l.VM.Name, "err", err)
-		}
+	if wiped == nil {
+		// Used, the VM is destroyed, and VMEnded writes the audit record
+		// once its disk is gone. Never linked, it is still pristine and
+		// goes back ("one use", docs/design.md).
+		m.pool.Finish(l.VM.Name, used, reason)
 	}
 	m.wake()
 }
@@ -341,7 +349,7 @@ func (m *Manager) endWith(l *Lease, reason string, wiped *pool.Ended) {
 // restart ended gets the audit line its interrupted session never had.
 func (m *Manager) VMEnded(e pool.Ended) {
 	m.mu.Lock()
-	l := m.byVM[e.VM]
+	l := m.leasesLocked().byVM[e.VM]
 	m.mu.Unlock()
 	if l != nil {
 		m.endWith(l, e.Reason, &e)
@@ -367,7 +375,7 @@ func (m *Manager) Audit() *Audit { return m.audit }
 // EndVM ends the session on a VM, for an admin. It reports whether there was one.
 func (m *Manager) EndVM(vm, reason string) bool {
 	m.mu.Lock()
-	l := m.byVM[vm]
+	l := m.leasesLocked().byVM[vm]
 	m.mu.Unlock()
 	if l == nil {
 		return false
@@ -380,7 +388,7 @@ func (m *Manager) EndVM(vm, reason string) bool {
 // there was one.
 func (m *Manager) EndLease(id, reason string) bool {
 	m.mu.Lock()
-	l := m.leases[id]
+	l := m.leasesLocked().byID[id]
 	m.mu.Unlock()
 	if l == nil {
 		return false
@@ -400,9 +408,6 @@ func (m *Manager) Drain(why, notice string) {
 	m.queue = nil
 	m.waiting.Store(0)
 	m.regateLocked()
-	for _, r := range waiting {
-		r.cancelled = true
-	}
 	m.mu.Unlock()
 	for _, r := range waiting {
 		if r.onEnd != nil {
@@ -444,7 +449,7 @@ func (m *Manager) Closed() string {
 func (m *Manager) Lookup(addr netip.Addr) (pool.VM, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, l := range m.leases {
+	for _, l := range m.leasesLocked().byID {
 		if l.Addr == addr {
 			return l.VM, nil
 		}
@@ -470,7 +475,7 @@ const MaxChannels = 16
 func (m *Manager) Attach(ctx context.Context, addr netip.Addr, ticket, channel string, main, secure bool, hangUp func()) (vm pool.VM, input, detach func(), err error) {
 	m.mu.Lock()
 	var l *Lease
-	for _, cand := range m.leases {
+	for _, cand := range m.leasesLocked().byID {
 		if cand.Addr == addr && ticketMatches(cand, ticket) {
 			l = cand
 			break
@@ -604,7 +609,7 @@ func (m *Manager) Leases() []LeaseStatus {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []LeaseStatus
-	for _, l := range m.leases {
+	for _, l := range m.leasesLocked().byID {
 		s := LeaseStatus{ID: l.ID, Kiosk: l.Kiosk, Addr: l.Addr.String(), VM: l.VM.Name, Legacy: l.Legacy,
 			Offered: l.Offered, Connections: len(l.conns)}
 		if !l.linked.IsZero() {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 	"undervdi/server/config"
 	"undervdi/server/pool"
 	"undervdi/server/pool/pooltest"
+	"undervdi/server/siteca"
 )
 
 const token = "0123456789abcdef"
@@ -954,6 +956,44 @@ func TestDrain(t *testing.T) {
 	waiting.until(kioskproto.TOffer)
 }
 
+// TestRefusedDuringTake: a request served at once, whose kiosk is refused
+// while the pool hands it a VM (the broker drained, the kiosk put out of
+// order), is refused: no lease is left, no session recorded, and the VM is
+// clean again.
+func TestRefusedDuringTake(t *testing.T) {
+	for _, tc := range []struct {
+		name, want string
+		refuse     func(*Manager)
+	}{
+		{"drained", "closing time", func(m *Manager) { m.Drain("closing time", "") }},
+		{"out of order", "screen broken", func(m *Manager) { m.SetOutOfOrder("k1", "screen broken") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.OutOfOrderFile = filepath.Join(t.TempDir(), "out-of-order.json")
+			h := newHarness(t, 1, cfg)
+			var once sync.Once
+			h.pool.BeforeTake = func() { once.Do(func() { tc.refuse(h.m) }) }
+			k := h.dial("127.0.0.1")
+			k.send(kioskproto.NewHello("k1", token, "test"))
+			k.until(kioskproto.TWelcome)
+			k.send(kioskproto.NewRequest())
+			if m := k.until(kioskproto.TError); m.Error.Code != kioskproto.CodeUnavailable || !strings.Contains(m.Error.Message, tc.want) {
+				t.Errorf("request refused during its Take = %+v, want unavailable: %s", m.Error, tc.want)
+			}
+			if ls := h.m.Leases(); len(ls) != 0 {
+				t.Errorf("leases = %+v, want none", ls)
+			}
+			if vms := h.pool.VMs(); len(vms) != 1 || vms[0].State != pool.Clean {
+				t.Errorf("the pool's VMs = %+v, want the one clean again", vms)
+			}
+			if rs := records(h.audit); slices.ContainsFunc(rs, func(r AuditRecord) bool { return r.Lease != "" }) {
+				t.Errorf("audit = %+v, want no session", rs)
+			}
+		})
+	}
+}
+
 // commandKiosk connects as id taking commands, and returns it welcomed.
 func (h *harness) commandKiosk(id string) *kiosk {
 	h.t.Helper()
@@ -1239,4 +1279,74 @@ func TestIdleHeartbeatRate(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// TestTLSRecords: over TLS, messages that share a record, and a message
+// split across records, are all read and answered: the broker reads what a
+// record holds before it waits on the socket again (kioskread.go).
+func TestTLSRecords(t *testing.T) {
+	h := newHarness(t, 1, testConfig())
+	site, _, err := siteca.Ensure(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go h.m.KioskPort().Serve(ctx, tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{site.Certificate}}))
+	c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{ServerName: siteca.ServerName, RootCAs: site.Pool()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	k := &kiosk{t: t, c: c, msgs: make(chan *kioskproto.Message, 64)}
+	go func() {
+		defer close(k.msgs)
+		for {
+			m, err := kioskproto.ReadMessage(c)
+			if err != nil {
+				return
+			}
+			k.msgs <- m
+		}
+	}()
+	oneRecord := func(msgs ...*kioskproto.Message) {
+		var b bytes.Buffer
+		for _, m := range msgs {
+			if err := kioskproto.WriteMessage(&b, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := c.Write(b.Bytes()); err != nil { // one Write: one TLS record
+			t.Fatal(err)
+		}
+	}
+	want := func(types ...kioskproto.Type) {
+		t.Helper()
+		for _, typ := range types {
+			select {
+			case m := <-k.msgs:
+				if m == nil || m.Type != typ {
+					t.Fatalf("got %+v, want %s", m, typ)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("no %s from the broker", typ)
+			}
+		}
+	}
+	oneRecord(kioskproto.NewHello("k1", token, "test"), kioskproto.NewHeartbeat(0, ""))
+	want(kioskproto.TWelcome, kioskproto.THeartbeat)
+	oneRecord(kioskproto.NewHeartbeat(0, ""), kioskproto.NewRequest(), kioskproto.NewHeartbeat(0, ""))
+	want(kioskproto.THeartbeat, kioskproto.TOffer, kioskproto.THeartbeat)
+
+	var b bytes.Buffer
+	kioskproto.WriteMessage(&b, kioskproto.NewHeartbeat(0, ""))
+	frame := b.Bytes()
+	c.Write(frame[:3])
+	time.Sleep(200 * time.Millisecond)
+	c.Write(frame[3:])
+	want(kioskproto.THeartbeat)
 }

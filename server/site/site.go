@@ -53,6 +53,7 @@ type Host struct {
 // a pool, and more; *pool.Pool has it.
 type Pool interface {
 	session.Pool
+	End(name, reason string) error
 	Ended() <-chan pool.Ended
 	Status() pool.Status
 	SetSize(n int) error
@@ -261,13 +262,19 @@ func (s *Site) MarkUsed(ctx context.Context, name string) error {
 	return m.Pool.MarkUsed(ctx, name)
 }
 
-// Release puts an offered VM no client linked back into its host's pool.
-func (s *Site) Release(ctx context.Context, name string) error {
-	m := s.ownerOf(name)
-	if m == nil {
-		return fmt.Errorf("%w: %s", pool.ErrNotOffered, name)
+// Finish tells the VM's host that the session on it is over (pool.Finish).
+// A used VM whose host the site does not know is told to every host: the
+// one that has it destroys it.
+func (s *Site) Finish(name string, used bool, reason string) {
+	if m := s.ownerOf(name); m != nil {
+		m.Pool.Finish(name, used, reason)
+		return
 	}
-	return m.Pool.Release(ctx, name)
+	if used {
+		for _, m := range s.hosts {
+			m.Pool.Finish(name, used, reason)
+		}
+	}
 }
 
 // End destroys a VM on whichever host has it.

@@ -169,9 +169,12 @@ func (f *fakePool) MarkUsed(ctx context.Context, name string) error {
 	f.log("used %s", name)
 	return nil
 }
-func (f *fakePool) Release(ctx context.Context, name string) error {
+func (f *fakePool) Finish(name string, used bool, reason string) {
+	if used {
+		f.End(name, reason)
+		return
+	}
 	f.log("released %s", name)
-	return nil
 }
 func (f *fakePool) End(name, reason string) error {
 	f.mu.Lock()
@@ -279,16 +282,16 @@ func TestTakeRoutesByHost(t *testing.T) {
 	if err := s.MarkUsed(context.Background(), "b-1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Release(context.Background(), "a-0"); err != nil {
-		t.Fatal(err)
-	}
+	s.Finish("a-0", false, "not linked")
+	s.Finish("b-1", true, "over")
+	s.Finish("nowhere", true, "over")
 	if err := s.End("b-0", "done"); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.End("nowhere", "done"); !errors.Is(err, pool.ErrUnknownVM) {
 		t.Errorf("End(unknown) = %v, want ErrUnknownVM", err)
 	}
-	if !slices.Equal(a.Calls(), []string{"released a-0"}) || !slices.Equal(b.Calls(), []string{"used b-1", "ended b-0: done"}) {
+	if !slices.Equal(a.Calls(), []string{"released a-0"}) || !slices.Equal(b.Calls(), []string{"used b-1", "ended b-1: over", "ended b-0: done"}) {
 		t.Errorf("calls: a %v, b %v", a.Calls(), b.Calls())
 	}
 

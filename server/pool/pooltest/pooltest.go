@@ -31,6 +31,9 @@ type Pool struct {
 	Sink func(pool.Ended)
 	// Down, if set, is what Take returns: a pool that lost libvirt.
 	Down error
+	// BeforeTake, if set, runs at the start of every Take: what happens
+	// elsewhere while a request is served.
+	BeforeTake func()
 }
 
 // SetDown makes Take fail with err (nil: serve again), and wakes waiters.
@@ -80,6 +83,9 @@ func (f *Pool) VMs() []pool.VM {
 
 // Take implements session.Pool.
 func (f *Pool) Take(c pool.Claim) (pool.VM, error) {
+	if f.BeforeTake != nil {
+		f.BeforeTake()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.Down != nil {
@@ -122,6 +128,16 @@ func (f *Pool) Release(ctx context.Context, name string) error {
 	close(f.wait)
 	f.wait = make(chan struct{})
 	return nil
+}
+
+// Finish implements session.Pool: Release for a VM no client linked, End
+// for a used one.
+func (f *Pool) Finish(name string, used bool, reason string) {
+	if used {
+		f.End(name, reason)
+	} else {
+		f.Release(context.Background(), name)
+	}
 }
 
 // End destroys the VM and, like the real pool, reports it a moment later.
