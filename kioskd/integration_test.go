@@ -362,6 +362,9 @@ func TestKiosk(t *testing.T) {
 	r.slideshowShown()
 	r.broker = brokertest.Start(t, bed, 2, func(c *bconfig.Config) {
 		c.Sessions.Listen = fmt.Sprintf("0.0.0.0:%d", kioskPort)
+		// An idle kiosk's heartbeat, which the fleet view shows, comes
+		// within the tests' waits (30 s by default: as long as they).
+		c.Sessions.IdleHeartbeat = bconfig.Duration(10 * time.Second)
 	})
 	r.waitState(kioskd.Idle, time.Minute)
 
