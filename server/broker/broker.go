@@ -46,12 +46,6 @@ import (
 // status 2 for them, which the systemd unit does not restart.
 var ErrSetup = errors.New("setup error")
 
-// ErrRemoteGuestNet: the isolated guest network is the broker's own (its
-// DNS and proxies listen on the network's gateway), so far only on the
-// broker's machine.
-var ErrRemoteGuestNet = errors.New("[network] mode = \"isolated\" needs one host, on the broker's own machine, so far " +
-	"(the allowlist's DNS and proxies run on the broker); with a host elsewhere use mode = \"golden\" and the site's own network design (docs/hosts.md)")
-
 // Broker is a running broker. Its parts depend on each other in one
 // direction only, and are made in that order: the gateway's Displays (the
 // pool's last readiness check), the pool, the sessions (which take VMs from
@@ -79,15 +73,13 @@ type Broker struct {
 	apiTLS   *tls.Config      // the HTTPS API's; nil where api.listen is ""
 	schedule *schedule.Runner // the opening hours; nil: always open
 	guard    *egress.Guard    // the guest network's gateway; nil in network mode golden
+	plans    []*egress.Plan   // each host's guest network, as Pools; nil in network mode golden
 }
 
 // New prepares a broker; it starts connecting to libvirt at once, in the
 // background, until ctx ends.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, error) {
 	hosts := cfg.SiteHosts()
-	if (len(hosts) > 1 || hosts[0].Remote()) && cfg.Network.Isolated() {
-		return nil, fmt.Errorf("%w: %w", ErrSetup, ErrRemoteGuestNet)
-	}
 	dialer := gateway.SpiceDialer{}
 	if cfg.Gateway.HostsCA != "" {
 		pem, err := os.ReadFile(cfg.Gateway.HostsCA)
@@ -131,7 +123,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 	audit.OnRefused = b.Metrics.Refused
 	b.makePools(hosts)
 	var blocked func(string) (int, []session.BlockedName)
-	if plan, _ := cfg.Plan(); plan != nil { // config.Validate checked it
+	if cfg.Network.Isolated() {
+		for _, h := range hosts {
+			plan, _ := cfg.HostPlan(h) // config.Validate checked it
+			b.plans = append(b.plans, plan)
+		}
+		plans := b.plans
 		allow, _ := egress.ParseAllowlist(cfg.Network.Allow)
 		var kioskLAN []netip.Prefix
 		for _, k := range cfg.Kiosks {
@@ -139,11 +136,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Broker, er
 				kioskLAN = append(kioskLAN, p)
 			}
 		}
-		b.guard = egress.New(egress.Config{Plan: plan, Allow: allow, Resolver: cfg.Network.Resolver, Log: log,
+		b.guard = egress.New(egress.Config{Plans: plans, Allow: allow, Resolver: cfg.Network.Resolver, Log: log,
 			Metrics: b.Metrics.GuestRequest, Who: b.guestAt, Forbidden: kioskLAN})
 		if allow.Len() == 0 {
 			log.Warn("network.allow is empty: visitors' VMs reach nothing; list the sites they may use (docs/network.md)",
-				"network", plan.Network)
+				"network", plans[0].Network)
 		}
 		blocked = b.blocked
 	}
@@ -209,11 +206,29 @@ func portOf(addr string) int {
 	return n
 }
 
-// guestAt says which VM holds a guest network address, and whether a
-// visitor's session is on it.
+// guestsReach says where the guard listens for host i's clones: this
+// machine's guest network's gateway, if host i is this machine; or, for
+// i < 0, the broker's backend address, if a host elsewhere is on the
+// isolated guest network.
+func (b *Broker) guestsReach(i int) (netip.Addr, bool) {
+	for j, plan := range b.plans {
+		routed := plan.Broker() != plan.Gateway()
+		if i < 0 && routed || i == j && !routed {
+			return plan.Broker(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// guestAt says which VM holds a guest network address, on any host, and
+// whether a visitor's session is on it.
 func (b *Broker) guestAt(ip netip.Addr) (vm string, inSession, ok bool) {
-	v, ok := b.Pool.AtAddress(ip)
-	return v.Name, v.State == pool.Offered || v.State == pool.Linking || v.State == pool.InUse, ok
+	for _, p := range b.Pools {
+		if v, ok := p.AtAddress(ip); ok {
+			return v.Name, v.State == pool.Offered || v.State == pool.Linking || v.State == pool.InUse, true
+		}
+	}
+	return "", false, false
 }
 
 // blocked is the guest network's refusals for a session's audit line.
@@ -326,7 +341,7 @@ func PoolConfig(cfg *config.Config, ready func(context.Context, pool.VM) error) 
 func HostPoolConfig(cfg *config.Config, h config.Host, ready func(context.Context, pool.VM) error) pool.Config {
 	usb, _ := kioskproto.ParseUSBFilter(cfg.Viewer.USBAutoRedirect) // config.Validate checked it
 	var network pool.GuestNet
-	if plan, _ := cfg.Plan(); plan != nil { // config.Validate checked it
+	if plan, _ := cfg.HostPlan(h); plan != nil { // config.Validate checked it
 		network = plan
 	}
 	return pool.Config{
@@ -383,6 +398,27 @@ func (b *Broker) Run(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", ErrSetup, err)
 	}
 
+	// Clones of hosts other than this machine reach the broker at its
+	// backend address, which is up already: its ports open before any
+	// pool starts.
+	var guests []*egress.Listeners
+	closeAll := func() {
+		for _, ln := range listeners {
+			ln.Close()
+		}
+		for _, ls := range guests {
+			ls.Close()
+		}
+	}
+	if at, ok := b.guestsReach(-1); ok {
+		ls, err := b.guard.Listen(at)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("%w: network.broker_address: %w", ErrSetup, err)
+		}
+		guests = append(guests, ls)
+	}
+
 	daemon.SdNotify(false, "STATUS=connecting to libvirt and reconciling")
 	// The other hosts' pools start beside the golden host's, so that status
 	// can read them while it publishes; each starts serving once it holds a
@@ -393,27 +429,24 @@ func (b *Broker) Run(ctx context.Context) error {
 		go func() { others[i] <- p.Start(ctx) }()
 	}
 	if err := b.Pool.Start(ctx); err != nil {
-		for _, ln := range listeners {
-			ln.Close()
-		}
+		closeAll()
 		if errors.Is(err, domxml.ErrGolden) {
 			return fmt.Errorf("%w: %w", ErrSetup, err)
 		}
 		return err
 	}
-	var guest *egress.Listeners
-	if b.guard != nil {
-		// The guest network is up now: the pool's start made it.
-		if guest, err = b.guard.Listen(); err != nil {
-			for _, ln := range listeners {
-				ln.Close()
-			}
+	if at, ok := b.guestsReach(0); ok {
+		// This machine's guest network is up now: the pool's start made it.
+		ls, err := b.guard.Listen(at)
+		if err != nil {
+			closeAll()
 			return fmt.Errorf("%w: %w", ErrSetup, err)
 		}
+		guests = append(guests, ls)
 	}
 	g, ctx := errgroup.WithContext(ctx)
-	if guest != nil {
-		g.Go(func() error { return b.guard.Serve(ctx, guest) })
+	for _, ls := range guests {
+		g.Go(func() error { return b.guard.Serve(ctx, ls) })
 	}
 	g.Go(func() error { return b.Pool.Run(ctx) })
 	for i, p := range b.Pools[1:] {
@@ -430,6 +463,14 @@ func (b *Broker) Run(ctx context.Context) error {
 					b.Log.Error("a host's pool could not start; it serves nothing until the broker restarts", "host", name, "err", err)
 				}
 				return nil
+			}
+			if at, ok := b.guestsReach(i + 1); ok {
+				if ls, err := b.guard.Listen(at); err != nil {
+					b.Log.Error("the guest network's DNS and proxies cannot listen on this machine's guest network: its visitors reach nothing",
+						"host", name, "err", err)
+				} else {
+					g.Go(func() error { return b.guard.Serve(ctx, ls) })
+				}
 			}
 			return p.Run(ctx)
 		})

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/digitalocean/go-libvirt"
 	"github.com/miekg/dns"
 
 	"undervdi/internal/brokertest"
@@ -93,16 +94,46 @@ func standInInternet(t *testing.T) *netns.NS {
 	return ns
 }
 
-// guest runs one of the tiny VM's tools in vm; ok says whether it worked.
+// guest runs one of the tiny VM's tools in vm, on this machine; errText
+// says why it failed, if it did.
 func guest(t *testing.T, bed *testbed.Bed, vm string, args ...string) (out map[string]any, errText string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	r, err := tinyvm.Exec(ctx, bed.L, vm, args...)
-	if err != nil {
-		t.Fatalf("guest %v in %s: %v", args, vm, err)
+	return inGuest(t, bed.L, vm)(args...)
+}
+
+// inGuest returns a function that runs one of the tiny VM's tools in vm,
+// on the host l reaches.
+func inGuest(t *testing.T, l *libvirt.Libvirt, vm string) func(args ...string) (out map[string]any, errText string) {
+	return func(args ...string) (map[string]any, string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		r, err := tinyvm.Exec(ctx, l, vm, args...)
+		if err != nil {
+			t.Fatalf("guest %v in %s: %v", args, vm, err)
+		}
+		return r.Out, r.Err
 	}
-	return r.Out, r.Err
+}
+
+// guestGet is a request a guest's tool makes, and what it must come to: a
+// body that holds body, or an error that holds err.
+type guestGet struct {
+	args []string
+	body string // "": it must fail, with err
+	err  string
+}
+
+// checkGets makes each request with run and checks what it came to.
+func checkGets(t *testing.T, run func(args ...string) (map[string]any, string), gets []guestGet) {
+	t.Helper()
+	for _, g := range gets {
+		out, errText := run(g.args...)
+		body, _ := out["body"].(string)
+		if g.body != "" && !strings.Contains(body, g.body) || g.body == "" && !strings.Contains(errText, g.err) {
+			t.Errorf("guest %v = %v %q; want body %q or error %q", g.args, out, errText, g.body, g.err)
+		}
+	}
 }
 
 // TestRealGuestNetwork: a visitor's VM on the guest network reaches an
@@ -155,11 +186,7 @@ func TestRealGuestNetwork(t *testing.T) {
 		t.Fatalf("the other clone's DHCP: %s", errText)
 	}
 
-	for _, tc := range []struct {
-		args []string
-		body string // "": must fail, with err
-		err  string
-	}{
+	checkGets(t, inGuest(t, bed.L, l.VM), []guestGet{
 		{[]string{"get", "http://allowed.test/"}, "allowed site, host allowed.test", ""},
 		{[]string{"get", "https://www.allowed.test/"}, "allowed site, host www.allowed.test", ""},
 		{[]string{"get", "-proxy", "http://" + gw + ":3128", "https://allowed.test/p"}, "allowed site", ""},
@@ -167,13 +194,7 @@ func TestRealGuestNetwork(t *testing.T) {
 		{[]string{"get", "-proxy", "http://" + gw + ":3128", "http://blocked.test/"}, "not available at this kiosk", ""},
 		{[]string{"get", "-proxy", "http://" + gw + ":3128", "https://blocked.test/"}, "", "Forbidden"},
 		{[]string{"get", "-proxy", "http://" + gw + ":3128", "http://" + blockedIP + "/"}, "not available at this kiosk", ""},
-	} {
-		out, errText := guest(t, bed, l.VM, tc.args...)
-		body, _ := out["body"].(string)
-		if tc.body != "" && !strings.Contains(body, tc.body) || tc.body == "" && !strings.Contains(errText, tc.err) {
-			t.Errorf("guest %v = %v %q; want body %q or error %q", tc.args, out, errText, tc.body, tc.err)
-		}
-	}
+	})
 
 	// With a default route a visitor could set, direct packets go to the
 	// gateway's MAC; the filter drops what is not for the broker's ports.

@@ -2,10 +2,10 @@ package broker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"undervdi/server/config"
@@ -61,17 +61,41 @@ group = "branch"`)
 	}
 }
 
-// TestRemoteGuestNetRefused: the isolated guest network with a host on
-// another machine is refused at start, saying why (config.Validate refuses
-// it too; a broker given it anyway does not leave guests without their
-// allowlist).
-func TestRemoteGuestNetRefused(t *testing.T) {
+// TestRemoteGuestNet: on the isolated guest network, a host on another
+// machine gets its own subnet, routed to the broker's backend address,
+// where the guard listens for its clones; this machine's host keeps the
+// broker's own network.
+func TestRemoteGuestNet(t *testing.T) {
 	cfg := hostsConfig(t, `[[hosts]]
+name = "a"
+uri = "qemu:///system"
+[[hosts]]
+name = "b"
 uri = "qemu+tls://kvm2/system"
-spice_address = "10.10.0.12"`)
-	cfg.Network.Mode = "isolated"
-	b, err := New(context.Background(), cfg, slog.New(slog.DiscardHandler))
-	if !errors.Is(err, ErrRemoteGuestNet) || !errors.Is(err, ErrSetup) {
-		t.Errorf("New = %v, %v; want ErrRemoteGuestNet", b, err)
+spice_address = "10.10.0.12"
+guest_subnet = "10.213.1.0/24"`)
+	cfg.Network.Mode, cfg.Network.BrokerAddress = "isolated", "10.10.0.1"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b, err := New(ctx, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, r := HostPoolConfig(cfg, cfg.Hosts[0], nil), HostPoolConfig(cfg, cfg.Hosts[1], nil)
+	if a.Network == nil || r.Network == nil || a.Network.Addr(0).String() != "10.213.0.10" || r.Network.Addr(0).String() != "10.213.1.10" ||
+		!strings.Contains(r.Network.NetworkXML(), "<forward mode='route'/>") || strings.Contains(a.Network.NetworkXML(), "<forward") {
+		t.Errorf("the hosts' guest networks: a %+v, b %+v", a.Network, r.Network)
+	}
+	if at, ok := b.guestsReach(-1); !ok || at.String() != "10.10.0.1" {
+		t.Errorf("other hosts' clones reach the guard at %s, %v; want the broker's backend address", at, ok)
+	}
+	if at, ok := b.guestsReach(0); !ok || at.String() != "10.213.0.1" {
+		t.Errorf("this machine's clones reach the guard at %s, %v; want the gateway", at, ok)
+	}
+	if _, ok := b.guestsReach(1); ok {
+		t.Error("the guard listens on another machine's guest network")
 	}
 }

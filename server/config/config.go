@@ -5,6 +5,7 @@
 package config
 
 import (
+	"cmp"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -84,12 +85,46 @@ type Network struct {
 	Allow     []string `toml:"allow"`      // names, *.name patterns, IPv4 addresses and ranges
 	Resolver  string   `toml:"resolver"`   // host:port of the DNS server allowed names are resolved with; "": the host's
 	ProxyPort int      `toml:"proxy_port"` // the explicit proxy, on the gateway
+	// BrokerAddress is the broker's address on the hosts' backend network,
+	// where clones on hosts other than this machine reach its DNS and
+	// proxies (each such host's guest_subnet is routed to it). Required
+	// with such a host.
+	BrokerAddress string `toml:"broker_address,omitempty"`
 }
 
 // Isolated reports whether the broker manages the guest network.
 func (n Network) Isolated() bool { return n.Mode == "isolated" }
 
-// Plan is the guest network's layout for pool; nil unless Isolated.
+// HostPlan is the guest network's layout on host h; nil unless Isolated.
+// On the broker's machine it is Plan; on another host, its guest_subnet,
+// routed to network.broker_address.
+func (c *Config) HostPlan(h Host) (*egress.Plan, error) {
+	plan, err := c.hostSubnet(h)
+	if err != nil || plan == nil || !h.Remote() {
+		return plan, err
+	}
+	broker, err := netip.ParseAddr(c.Network.BrokerAddress)
+	if err != nil {
+		return nil, fmt.Errorf("network.broker_address %q is not an IPv4 address", c.Network.BrokerAddress)
+	}
+	return plan.Routed(broker)
+}
+
+// hostSubnet is host h's guest network on its subnet, not yet routed to
+// the broker; nil unless Isolated.
+func (c *Config) hostSubnet(h Host) (*egress.Plan, error) {
+	if !c.Network.Isolated() || !h.Remote() {
+		return c.Plan()
+	}
+	subnet, err := netip.ParsePrefix(h.GuestSubnet)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not an IPv4 range such as 10.213.1.0/24", h.GuestSubnet)
+	}
+	return egress.NewPlan(c.PoolName, subnet, c.Network.Bridge, c.Network.ProxyPort)
+}
+
+// Plan is the guest network's layout on the broker's own machine; nil
+// unless Isolated.
 func (c *Config) Plan() (*egress.Plan, error) {
 	if !c.Network.Isolated() {
 		return nil, nil
@@ -580,19 +615,7 @@ func (c *Config) validateNetwork(bad func(key, format string, args ...any)) {
 	if n.ProxyPort < 1 || n.ProxyPort > 65535 || n.ProxyPort == 53 || n.ProxyPort == egress.PortHTTP || n.ProxyPort == egress.PortHTTPS {
 		bad("network.proxy_port", "%d: a port from 1 to 65535 other than 53, 80 and 443 (the gateway's DNS and transparent proxies)", n.ProxyPort)
 	}
-	plan, err := c.Plan()
-	if err != nil {
-		bad("network.subnet", "%v", err)
-	} else {
-		if plan.Slots() < c.Capacity() {
-			bad("network.subnet", "%s has %d addresses for clones, fewer than max_vms (%d)", plan.Subnet, plan.Slots(), c.Capacity())
-		}
-		for i, k := range c.Kiosks {
-			if p, err := k.Prefix(); err == nil && p.Overlaps(plan.Subnet) {
-				bad("network.subnet", "%s overlaps kiosk[%d]'s address %s: visitors' VMs and the kiosk LAN must not share addresses", plan.Subnet, i, k.Address)
-			}
-		}
-	}
+	c.validatePlans(bad)
 	if _, err := egress.ParseAllowlist(n.Allow); err != nil {
 		bad("network.allow", "%v", err)
 	}
@@ -600,6 +623,67 @@ func (c *Config) validateNetwork(bad func(key, format string, args ...any)) {
 		host, port, err := net.SplitHostPort(n.Resolver)
 		if _, perr := strconv.Atoi(port); err != nil || perr != nil || net.ParseIP(host) == nil {
 			bad("network.resolver", "%q is not an address and port such as 192.0.2.53:53", n.Resolver)
+		}
+	}
+}
+
+// validatePlans checks every host's guest network: each on a subnet of its
+// own, with an address for each VM the host may hold, apart from the kiosk
+// LAN; hosts other than this machine reach the broker at
+// network.broker_address.
+func (c *Config) validatePlans(bad func(key, format string, args ...any)) {
+	type used struct {
+		key    string
+		subnet netip.Prefix
+	}
+	var subnets []used
+	remote := false
+	for i, h := range c.SiteHosts() {
+		key := "network.subnet"
+		if h.Remote() {
+			remote = true
+			key = fmt.Sprintf("hosts %q.guest_subnet", cmp.Or(h.Name, strconv.Itoa(i)))
+			if h.GuestSubnet == "" {
+				bad(key, "required for a host other than this machine with network.mode isolated: the range its clones get, routed to network.broker_address")
+				continue
+			}
+		} else if h.GuestSubnet != "" {
+			bad(fmt.Sprintf("hosts %q.guest_subnet", cmp.Or(h.Name, strconv.Itoa(i))), "only for a host other than this machine: here clones are on network.subnet")
+		}
+		plan, err := c.hostSubnet(h)
+		if err != nil {
+			bad(key, "%v", err)
+			continue
+		}
+		if capacity := h.Capacity(c.VMUnits); plan.Slots() < capacity {
+			bad(key, "%s has %d addresses for clones, fewer than the host's max_vms (%d)", plan.Subnet, plan.Slots(), capacity)
+		}
+		for _, u := range subnets {
+			if u.subnet.Overlaps(plan.Subnet) {
+				bad(key, "%s overlaps %s (%s): each host's clones need addresses of their own", plan.Subnet, u.key, u.subnet)
+			}
+		}
+		subnets = append(subnets, used{key, plan.Subnet})
+		for j, k := range c.Kiosks {
+			if p, err := k.Prefix(); err == nil && p.Overlaps(plan.Subnet) {
+				bad(key, "%s overlaps kiosk[%d]'s address %s: visitors' VMs and the kiosk LAN must not share addresses", plan.Subnet, j, k.Address)
+			}
+		}
+	}
+	if !remote {
+		return
+	}
+	broker, err := netip.ParseAddr(c.Network.BrokerAddress)
+	switch {
+	case c.Network.BrokerAddress == "":
+		bad("network.broker_address", "required with a host other than this machine: the broker's address on the hosts' backend network, where their clones reach its DNS and proxies")
+	case err != nil || !broker.Is4() || broker.IsUnspecified() || broker.IsLoopback():
+		bad("network.broker_address", "%q: an IPv4 address of this machine on the hosts' backend network", c.Network.BrokerAddress)
+	default:
+		for _, u := range subnets {
+			if u.subnet.Contains(broker) {
+				bad("network.broker_address", "%s is in %s (%s): the broker's backend address is no clone's", broker, u.key, u.subnet)
+			}
 		}
 	}
 }

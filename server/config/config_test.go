@@ -167,7 +167,7 @@ func TestNetworkValidated(t *testing.T) {
 		{"[network]\nmode = \"bridged\"", []string{"network.mode", `"bridged"`}},
 		{"[network]\nsubnet = \"10.213.0.0/29\"", []string{"network.subnet", "/16 to /27"}},
 		{"[network]\nsubnet = \"10.213.0.0\"", []string{"network.subnet", "not an IPv4 range"}},
-		{"max_vms = 30\n[network]\nsubnet = \"10.213.0.0/27\"", []string{"network.subnet", "21 addresses for clones, fewer than max_vms (30)"}},
+		{"max_vms = 30\n[network]\nsubnet = \"10.213.0.0/27\"", []string{"network.subnet", "21 addresses for clones, fewer than the host's max_vms (30)"}},
 		{"[network]\nallow = [\"*\", \"ok.org\", \"*.com\"]", []string{"network.allow", `"*": not a host`, `"*.com"`}},
 		{"[network]\nproxy_port = 80", []string{"network.proxy_port"}},
 		{"[network]\nresolver = \"dns.example:53\"", []string{"network.resolver"}},

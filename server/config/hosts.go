@@ -38,6 +38,11 @@ type Host struct {
 	// clones' SPICE listens (TLS only) for the broker's gateway. Required
 	// for a host other than the broker's machine.
 	SpiceAddress string `toml:"spice_address"`
+	// GuestSubnet is the range its clones get on the isolated guest
+	// network, for a host other than the broker's machine (network.subnet
+	// is this machine's): its libvirt network routes it, without NAT, and
+	// the broker's machine routes it back through SpiceAddress.
+	GuestSubnet string `toml:"guest_subnet,omitempty"`
 	// OverlayDir and VersionDir are the host's own directories for its
 	// clones' overlays and its copies of the versions; "" takes the
 	// top-level overlay_dir and versions_dir.
@@ -204,10 +209,6 @@ func (c *Config) validateHosts(bad func(key, format string, args ...any)) {
 	if local := slices.IndexFunc(c.Hosts, func(h Host) bool { return !h.Remote() }); local >= 0 &&
 		slices.ContainsFunc(c.Hosts[local+1:], func(h Host) bool { return !h.Remote() }) {
 		bad("hosts", "more than one host on this machine (qemu:///system and qemu+unix:// name the same libvirtd): each pool would destroy the other's VMs")
-	}
-	if remote && c.Network.Isolated() {
-		bad("network.mode", "\"isolated\" needs the host on the broker's own machine so far (the allowlist's DNS and proxies run on the broker): "+
-			"with a host elsewhere use mode = \"golden\" and the site's own network design")
 	}
 	if remote && c.Gateway.HostsCA == "" {
 		bad("gateway.hosts_ca", "required with a host other than this machine: the CA file that signed the hosts' SPICE certificates (libvirt's spice_tls)")

@@ -77,6 +77,41 @@ func TestHosts(t *testing.T) {
 	}
 }
 
+// isolatedHosts is twoHosts on the isolated guest network.
+var isolatedHosts = strings.Replace(strings.Replace(twoHosts, `mode = "golden"`, "mode = \"isolated\"\nbroker_address = \"10.10.0.1\"", 1),
+	`spice_address = "10.10.0.12"`, "spice_address = \"10.10.0.12\"\nguest_subnet = \"10.213.1.0/24\"", 1)
+
+// TestIsolatedHosts: each host's guest network, another machine's routed
+// to the broker's backend address.
+func TestIsolatedHosts(t *testing.T) {
+	c, err := Parse([]byte(isolatedHosts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := c.SiteHosts()
+	local, err := c.HostPlan(hs[0])
+	if err != nil || local.Subnet.String() != "10.213.0.0/24" || local.Broker().String() != "10.213.0.1" {
+		t.Errorf("kvm1's plan %+v, %v: want network.subnet, the broker at its gateway", local, err)
+	}
+	other, err := c.HostPlan(hs[1])
+	if err != nil || other.Subnet.String() != "10.213.1.0/24" || other.Broker().String() != "10.10.0.1" || other.Network != local.Network {
+		t.Errorf("kvm2's plan %+v, %v: want its guest_subnet, the broker at its backend address", other, err)
+	}
+}
+
+// refused checks that base with from replaced by to is refused with an
+// error that says want.
+func refused(t *testing.T, base, name, from, to, want string) {
+	t.Helper()
+	in := strings.Replace(base, from, to, 1)
+	if in == base {
+		t.Fatalf("%s: %q is not in the base file", name, from)
+	}
+	if _, err := Parse([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("%s: %v, want an error with %q", name, err, want)
+	}
+}
+
 func TestHostsValidated(t *testing.T) {
 	for _, tc := range []struct {
 		name, from, to string // twoHosts with from replaced by to
@@ -104,19 +139,31 @@ func TestHostsValidated(t *testing.T) {
 		{"versions in the overlays", `versions_dir = "/srv/kvm2/versions"`, "versions_dir = \"/srv/x\"\noverlay_dir = \"/srv/x/\"", `hosts "kvm2".versions_dir: "/srv/x" must not be its overlay_dir`},
 		{"this machine twice", `qemu+tls://kvm2.backend/system`, `qemu+unix:///system`, `hosts: more than one host on this machine`},
 		{"placement", `placement = "pack"`, `placement = "random"`, `placement: "random": spread`},
-		{"the isolated guest network with a host elsewhere", `mode = "golden"`, `mode = "isolated"`, `network.mode: "isolated" needs the host on the broker's own machine`},
 		{"a URI that skips verification", `qemu+tls://kvm2.backend/system`, `qemu+tls://kvm2.backend/system?no_verify=1`, `no_verify= would change what the connection verifies`},
 		{"a URI naming another daemon", `qemu+tls://kvm2.backend/system`, `qemu+tls://kvm2.backend/system?name=qemu:///session`, `name= would change`},
 		{"libvirt_uri besides [[hosts]]", `golden = "g"`, "golden = \"g\"\nlibvirt_uri = \"qemu:///system\"", `libvirt_uri: with [[hosts]]`},
+		{"a host elsewhere on the isolated guest network without its subnet", `mode = "golden"`, "mode = \"isolated\"\nbroker_address = \"10.10.0.1\"",
+			`hosts "kvm2".guest_subnet: required for a host other than this machine with network.mode isolated`},
+		{"the isolated guest network elsewhere without the broker's address", `mode = "golden"`, "mode = \"isolated\"\n[[hosts]]\nname = \"kvm3\"\nuri = \"qemu+tls://kvm3/system\"\nspice_address = \"10.10.0.13\"\nguest_subnet = \"10.213.3.0/24\"",
+			`network.broker_address: required with a host other than this machine`},
 	} {
-		in := strings.Replace(twoHosts, tc.from, tc.to, 1)
-		if in == twoHosts {
-			t.Fatalf("%s: %q is not in the base file", tc.name, tc.from)
-		}
-		_, err := Parse([]byte(in))
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
-		}
+		refused(t, twoHosts, tc.name, tc.from, tc.to, tc.want)
+	}
+	for _, tc := range []struct {
+		name, from, to string // isolatedHosts with from replaced by to
+		want           string
+	}{
+		{"a subnet twice", `guest_subnet = "10.213.1.0/24"`, `guest_subnet = "10.213.0.128/25"`,
+			`hosts "kvm2".guest_subnet: 10.213.0.128/25 overlaps network.subnet (10.213.0.0/24)`},
+		{"a subnet on this machine's host", `uri = "qemu:///system"`, "uri = \"qemu:///system\"\nguest_subnet = \"10.213.5.0/24\"",
+			`hosts "kvm1".guest_subnet: only for a host other than this machine`},
+		{"a subnet too small for the host", `guest_subnet = "10.213.1.0/24"`, `guest_subnet = "10.213.1.0/28"`, `hosts "kvm2".guest_subnet: subnet 10.213.1.0/28: must be an IPv4 range from /16 to /27`},
+		{"the broker in a guest subnet", `broker_address = "10.10.0.1"`, `broker_address = "10.213.1.1"`,
+			`network.broker_address: 10.213.1.1 is in hosts "kvm2".guest_subnet`},
+		{"the broker on loopback", `broker_address = "10.10.0.1"`, `broker_address = "127.0.0.1"`, `network.broker_address: "127.0.0.1": an IPv4 address of this machine`},
+		{"a subnet on the kiosk LAN", `guest_subnet = "10.213.1.0/24"`, `guest_subnet = "169.254.24.0/24"`, `hosts "kvm2".guest_subnet: 169.254.24.0/24 overlaps kiosk[0]`},
+	} {
+		refused(t, isolatedHosts, tc.name, tc.from, tc.to, tc.want)
 	}
 	// Another machine named by libvirt_uri alone: where would its SPICE be?
 	if _, err := Parse([]byte("golden = \"g\"\nlibvirt_uri = \"qemu+tls://kvm2/system\"\n")); err == nil ||

@@ -2,6 +2,7 @@ package egress
 
 import (
 	"net"
+	"net/netip"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -10,11 +11,11 @@ import (
 // dnsTTL is how long a guest may keep an answer.
 const dnsTTL = 60
 
-// ServeDNS answers a clone's query. An allowed name resolves to the
-// gateway, where the transparent proxies take the connection on (the guest
-// needs no proxy setting); its other record types are empty, IPv6 among
-// them. Any other name does not exist, and counts as a refusal. A query
-// from an address no clone holds is refused.
+// ServeDNS answers a clone's query. An allowed name resolves to the address
+// the query came to, the broker's, where the transparent proxies take the
+// connection on (the guest needs no proxy setting); its other record types
+// are empty, IPv6 among them. Any other name does not exist, and counts as
+// a refusal. A query from an address no clone holds is refused.
 func (g *Guard) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	m := new(dns.Msg)
 	m.SetReply(r)
@@ -39,11 +40,16 @@ func (g *Guard) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 			m.Rcode = dns.RcodeNameError
 			break
 		}
+		at, err := netip.ParseAddrPort(w.LocalAddr().String())
+		if err != nil || !at.Addr().Unmap().Is4() {
+			m.Rcode = dns.RcodeServerFailure // the Guard listens on IPv4 addresses only
+			break
+		}
 		m.Authoritative = true
 		if q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY {
 			m.Answer = []dns.RR{&dns.A{
 				Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: dnsTTL},
-				A:   net.IP(g.cfg.Plan.Gateway().AsSlice()),
+				A:   net.IP(at.Addr().Unmap().AsSlice()),
 			}}
 		}
 	}

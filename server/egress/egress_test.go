@@ -134,6 +134,62 @@ func TestPlan(t *testing.T) {
 	}
 }
 
+// TestRoutedPlan: the same network on a host other than the broker's
+// machine: its bridge forwards (route, no NAT), DHCP names the broker's
+// backend address as DNS server, and the filter, named apart, holds clones
+// to DHCP with the host and to the broker's address for the rest. The
+// broker's own plan is unchanged by it.
+func TestRoutedPlan(t *testing.T) {
+	local, err := NewPlan("undervdi", netip.MustParsePrefix("10.213.0.0/24"), "", 3128)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host2, err := NewPlan("undervdi", netip.MustParsePrefix("10.213.1.0/24"), "", 3128)
+	if err != nil {
+		t.Fatal(err)
+	}
+	localChain, localRoot := local.FilterXML()
+	p, err := host2.Routed(netip.MustParseAddr("192.168.100.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Broker().String() != "192.168.100.1" || p.Gateway().String() != "10.213.1.1" || host2.Broker() != host2.Gateway() {
+		t.Errorf("routed: broker %s, gateway %s; unrouted broker %s", p.Broker(), p.Gateway(), host2.Broker())
+	}
+	x := p.NetworkXML()
+	for _, must := range []string{"<forward mode='route'/>", "<ip address='10.213.1.1' prefix='24'>", "dhcp-option=option:dns-server,192.168.100.1"} {
+		if !strings.Contains(x, must) {
+			t.Errorf("routed network XML lacks %s:\n%s", must, x)
+		}
+	}
+	if strings.Contains(x, "nat") {
+		t.Errorf("routed network XML has NAT: the broker must see each clone's own address")
+	}
+	chain, root := p.FilterXML()
+	if p.Filter != "undervdi-guest-routed" || !strings.Contains(root, "<filterref filter='undervdi-guest-routed-ipv4'/>") {
+		t.Errorf("routed filter %s:\n%s", p.Filter, root)
+	}
+	if !strings.Contains(chain, "<ip dstipaddr='$GATEWAY' protocol='udp' srcportstart='68' dstportstart='67'/>") ||
+		strings.Count(chain, "$BROKER") != 6 || strings.Count(chain, "$GATEWAY") != 2 {
+		t.Errorf("routed chain: DHCP with $GATEWAY, DNS and ports with $BROKER:\n%s", chain)
+	}
+	if nic := p.NIC(0); fmt.Sprint(nic.Params) != "[{IP 10.213.1.10} {GATEWAY 10.213.1.1} {BROKER 192.168.100.1} {PORT 80} {PORT 443} {PORT 3128}]" ||
+		nic.Filter != p.Filter {
+		t.Errorf("routed NIC(0) = %+v", nic)
+	}
+	if p.Policy() == host2.Policy() || !strings.HasSuffix(p.Policy(), ",broker 192.168.100.1") {
+		t.Errorf("routed policy %q: a clone made for another layout must be replaced", p.Policy())
+	}
+	if c, r := local.FilterXML(); c != localChain || r != localRoot || strings.Contains(c, "BROKER") {
+		t.Error("the broker's own filter changed")
+	}
+	for _, bad := range []string{"10.213.1.7", "::1", "0.0.0.0", "127.0.0.1"} {
+		if _, err := host2.Routed(netip.MustParseAddr(bad)); err == nil {
+			t.Errorf("Routed(%s) accepted", bad)
+		}
+	}
+}
+
 // world is a Guard serving on loopback, with an upstream web site (HTTP and
 // HTTPS) and a DNS server that says where allowed.test, blocked.test and
 // rebind.test are.
@@ -181,7 +237,7 @@ func newWorld(t *testing.T, allow ...string) *world {
 	}
 	w := &world{}
 	w.inSession.Store(true)
-	w.g = New(Config{Plan: plan, Allow: al, Resolver: up.PacketConn.LocalAddr().String(),
+	w.g = New(Config{Plans: []*Plan{plan}, Allow: al, Resolver: up.PacketConn.LocalAddr().String(),
 		Who: func(ip netip.Addr) (string, bool, bool) { return "vm1", w.inSession.Load(), ip.IsLoopback() }})
 	w.g.redirect = func(addr string) string {
 		switch addr {
@@ -192,7 +248,13 @@ func newWorld(t *testing.T, allow ...string) *world {
 		}
 		return "192.0.2.1:9" // nowhere: the test fails if the guard dials anything else
 	}
-	guestDNS := &dns.Server{PacketConn: listenUDP(t), Handler: w.g}
+	// The Guard's DNS answers with the address it was asked at: where
+	// the broker is for the asking clone.
+	at, err := net.ListenPacket("udp4", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	guestDNS := &dns.Server{PacketConn: at, Handler: w.g}
 	go guestDNS.ActivateAndServe()
 	t.Cleanup(func() { guestDNS.Shutdown() })
 	w.dnsAddr = guestDNS.PacketConn.LocalAddr().String()
@@ -288,8 +350,8 @@ func TestGuard(t *testing.T) {
 	w := newWorld(t, "allowed.test", "*.rebind.test", "rebind.test")
 
 	if r := w.query(t, "allowed.test", dns.TypeA); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 ||
-		r.Answer[0].(*dns.A).A.String() != "10.213.9.1" {
-		t.Errorf("allowed.test A = %v, want the gateway", r)
+		r.Answer[0].(*dns.A).A.String() != "127.0.0.2" {
+		t.Errorf("allowed.test A = %v, want the address the query came to, 127.0.0.2", r)
 	}
 	if r := w.query(t, "ALLOWED.test", dns.TypeAAAA); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 0 {
 		t.Errorf("allowed.test AAAA = %v, want no records", r)
@@ -362,5 +424,28 @@ func TestGuard(t *testing.T) {
 	w.query(t, "blocked.test", dns.TypeA)
 	if n, _ := w.g.Take("vm1", 5); n != 0 {
 		t.Errorf("refusals outside a session = %d, want none counted", n)
+	}
+}
+
+// TestNoGuestNetworkReached: no allowed range leads the proxies into a
+// guest network, the broker's own or another host's.
+func TestNoGuestNetworkReached(t *testing.T) {
+	var plans []*Plan
+	for _, subnet := range []string{"10.213.0.0/24", "10.213.1.0/24"} {
+		p, err := NewPlan("t", netip.MustParsePrefix(subnet), "", 3128)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plans = append(plans, p)
+	}
+	al, err := ParseAllowlist([]string{"10.0.0.0/8"}) // a site's intranet
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := New(Config{Plans: plans, Allow: al})
+	for ip, want := range map[string]bool{"10.5.5.5": true, "10.213.0.20": false, "10.213.1.20": false, "10.213.2.20": true} {
+		if got := g.reachable(netip.MustParseAddr(ip)); got != want {
+			t.Errorf("reachable(%s) = %v, want %v", ip, got, want)
+		}
 	}
 }

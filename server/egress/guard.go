@@ -19,7 +19,10 @@ import (
 
 // Config is what a Guard needs.
 type Config struct {
-	Plan  *Plan
+	// Plans are the guest networks' layouts, one per host: their clones
+	// reach the broker at each plan's Broker address, and none of their
+	// addresses is a destination.
+	Plans []*Plan
 	Allow *Allowlist
 	// Resolver is the DNS server ("host:port") the proxies resolve allowed
 	// names with; "": the host's own resolver.
@@ -285,8 +288,10 @@ func (g *Guard) reachable(ip netip.Addr) bool {
 	if !ip.Is4() {
 		return false
 	}
-	if g.cfg.Plan.Subnet.Contains(ip) {
-		return false
+	for _, p := range g.cfg.Plans {
+		if p.Subnet.Contains(ip) {
+			return false
+		}
 	}
 	if g.cfg.Allow.AllowsAddr(ip) {
 		return true

@@ -28,10 +28,14 @@ type Plan struct {
 	Bridge    string       // its bridge device
 	Subnet    netip.Prefix // IPv4; the gateway is its first address
 	Filter    string       // the nwfilter on every clone's interface
-	ProxyPort int          // the explicit proxy's port on the gateway
+	ProxyPort int          // the explicit proxy's port, where the broker is (Broker)
 	first     netip.Addr   // the first clone address
 	slots     int
 	macPrefix [4]byte // 52:54:00:xx, xx from the network's name
+	// broker, if set, is the broker's address on the hosts' backend
+	// network: the plan is a host's other than the broker's machine
+	// (Routed).
+	broker netip.Addr
 }
 
 // NewPlan lays out the guest network of pool on subnet. Clones get the
@@ -63,9 +67,34 @@ func NewPlan(pool string, subnet netip.Prefix, bridge string, proxyPort int) (*P
 	return p, nil
 }
 
-// Gateway is the broker's address on the guest network: DNS, DHCP and the
-// proxies.
+// Routed returns the plan of the same network on a host other than the
+// broker's machine, whose clones reach the broker's DNS and proxies at its
+// address broker, on the hosts' backend network. There the libvirt network
+// forwards in mode route, without NAT — the broker sees each clone's own
+// address, and the broker's machine routes the subnet back through the
+// host — and the filter (named apart: its rules differ) holds clones to
+// DHCP with the host and DNS and the proxies' ports at broker.
+func (p *Plan) Routed(broker netip.Addr) (*Plan, error) {
+	if !broker.Is4() || broker.IsUnspecified() || broker.IsLoopback() || p.Subnet.Contains(broker) {
+		return nil, fmt.Errorf("the broker's address %s: an IPv4 address of the broker's machine, outside %s", broker, p.Subnet)
+	}
+	r := *p
+	r.broker, r.Filter = broker, p.Filter+"-routed"
+	return &r, nil
+}
+
+// Gateway is the host's address on the guest network: DHCP, and on the
+// broker's machine DNS and the proxies too.
 func (p *Plan) Gateway() netip.Addr { return p.Subnet.Addr().Next() }
+
+// Broker is where clones reach the broker's DNS and proxies: the gateway
+// on the broker's machine, the broker's backend address from another host.
+func (p *Plan) Broker() netip.Addr {
+	if p.broker.IsValid() {
+		return p.broker
+	}
+	return p.Gateway()
+}
 
 // Slots is the number of clone addresses.
 func (p *Plan) Slots() int { return p.slots }
@@ -104,8 +133,10 @@ func u32(a netip.Addr) uint32 {
 
 // NIC is the interface of the clone in slot i.
 func (p *Plan) NIC(i int) domxml.NIC {
-	gw := p.Gateway().String()
-	params := []domxml.FilterParam{{Name: "IP", Value: p.Addr(i).String()}, {Name: "GATEWAY", Value: gw}}
+	params := []domxml.FilterParam{{Name: "IP", Value: p.Addr(i).String()}, {Name: "GATEWAY", Value: p.Gateway().String()}}
+	if p.broker.IsValid() {
+		params = append(params, domxml.FilterParam{Name: "BROKER", Value: p.broker.String()})
+	}
 	for _, port := range p.Ports() {
 		params = append(params, domxml.FilterParam{Name: "PORT", Value: strconv.Itoa(port)})
 	}
@@ -124,26 +155,35 @@ func (p *Plan) Ports() []int {
 // Policy is what of the plan a clone's definition carries: a clean clone
 // made under another one is replaced.
 func (p *Plan) Policy() string {
-	return fmt.Sprintf("net:%s,%s,%s,%s,%v", p.Network, p.Bridge, p.Subnet, p.Filter, p.Ports())
+	s := fmt.Sprintf("net:%s,%s,%s,%s,%v", p.Network, p.Bridge, p.Subnet, p.Filter, p.Ports())
+	if p.broker.IsValid() {
+		s += ",broker " + p.broker.String()
+	}
+	return s
 }
 
-// NetworkXML is the libvirt network: an isolated bridge (no forwarding,
-// no NAT: nothing leaves it but through the broker), libvirt's own DNS off
-// (the broker's answers instead, and DHCP names it), and one fixed DHCP
-// host per clone slot and no dynamic range: a MAC the plan did not make
-// gets no address.
+// NetworkXML is the libvirt network: on the broker's machine an isolated
+// bridge (no forwarding, no NAT: nothing leaves it but through the
+// broker), on another host a bridge that forwards in mode route, without
+// NAT, where the filters let clones reach the broker only (Routed);
+// libvirt's own DNS off (the broker's answers instead, and DHCP names it),
+// and one fixed DHCP host per clone slot and no dynamic range: a MAC the
+// plan did not make gets no address.
 func (p *Plan) NetworkXML() string {
 	var b strings.Builder
 	e := html.EscapeString
 	gw := p.Gateway()
 	fmt.Fprintf(&b, "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>\n  <name>%s</name>\n", e(p.Network))
+	if p.broker.IsValid() {
+		b.WriteString("  <forward mode='route'/>\n")
+	}
 	fmt.Fprintf(&b, "  <bridge name='%s' stp='off' delay='0'/>\n  <dns enable='no'/>\n", e(p.Bridge))
 	fmt.Fprintf(&b, "  <ip address='%s' prefix='%d'>\n    <dhcp>\n", gw, p.Subnet.Bits())
 	for i := range p.slots {
 		fmt.Fprintf(&b, "      <host mac='%s' ip='%s'/>\n", p.MAC(i), p.Addr(i))
 	}
 	b.WriteString("    </dhcp>\n  </ip>\n")
-	fmt.Fprintf(&b, "  <dnsmasq:options>\n    <dnsmasq:option value='dhcp-option=option:dns-server,%s'/>\n  </dnsmasq:options>\n</network>\n", gw)
+	fmt.Fprintf(&b, "  <dnsmasq:options>\n    <dnsmasq:option value='dhcp-option=option:dns-server,%s'/>\n  </dnsmasq:options>\n</network>\n", p.Broker())
 	return b.String()
 }
 
@@ -154,25 +194,30 @@ func (p *Plan) NetworkXML() string {
 // no-ip-spoofing, no-arp-spoofing: the clone sends with its MAC and $IP
 // only), lets ARP through, and drops every other layer-2 protocol, IPv6
 // among them. The IPv4 chain lets the clone do DHCP with the gateway, and
-// talk to the gateway on DNS and $PORT; all other IPv4, to or from anywhere
-// (other clones, the kiosk LAN, the host's other addresses and ports, the
-// internet), is dropped. The rules are stateless ebtables rules on the
-// bridge: no br_netfilter, no conntrack.
+// talk to the broker on DNS and $PORT — at the gateway, or on another host
+// at $BROKER, the broker's backend address; all other IPv4, to or from
+// anywhere (other clones, the kiosk LAN, the host's other addresses and
+// ports, the internet), is dropped. The rules are stateless ebtables rules
+// on the bridge: no br_netfilter, no conntrack.
 func (p *Plan) FilterXML() (chain, root string) {
 	chainName := p.Filter + "-ipv4"
-	chain = fmt.Sprintf(`<filter name='%s' chain='ipv4' priority='-700'>
+	broker := "$GATEWAY"
+	if p.broker.IsValid() {
+		broker = "$BROKER"
+	}
+	chain = strings.ReplaceAll(fmt.Sprintf(`<filter name='%s' chain='ipv4' priority='-700'>
   <rule action='accept' direction='out' priority='100'><ip srcipaddr='0.0.0.0' dstipaddr='255.255.255.255' protocol='udp' srcportstart='68' dstportstart='67'/></rule>
   <rule action='accept' direction='out' priority='100'><ip dstipaddr='$GATEWAY' protocol='udp' srcportstart='68' dstportstart='67'/></rule>
   <rule action='accept' direction='in' priority='100'><ip srcipaddr='$GATEWAY' protocol='udp' srcportstart='67' dstportstart='68'/></rule>
-  <rule action='accept' direction='out' priority='200'><ip dstipaddr='$GATEWAY' protocol='udp' dstportstart='53'/></rule>
-  <rule action='accept' direction='in' priority='200'><ip srcipaddr='$GATEWAY' protocol='udp' srcportstart='53'/></rule>
-  <rule action='accept' direction='out' priority='200'><ip dstipaddr='$GATEWAY' protocol='tcp' dstportstart='53'/></rule>
-  <rule action='accept' direction='in' priority='200'><ip srcipaddr='$GATEWAY' protocol='tcp' srcportstart='53'/></rule>
-  <rule action='accept' direction='out' priority='300'><ip dstipaddr='$GATEWAY' protocol='tcp' dstportstart='$PORT[@1]'/></rule>
-  <rule action='accept' direction='in' priority='300'><ip srcipaddr='$GATEWAY' protocol='tcp' srcportstart='$PORT[@1]'/></rule>
+  <rule action='accept' direction='out' priority='200'><ip dstipaddr='@BROKER' protocol='udp' dstportstart='53'/></rule>
+  <rule action='accept' direction='in' priority='200'><ip srcipaddr='@BROKER' protocol='udp' srcportstart='53'/></rule>
+  <rule action='accept' direction='out' priority='200'><ip dstipaddr='@BROKER' protocol='tcp' dstportstart='53'/></rule>
+  <rule action='accept' direction='in' priority='200'><ip srcipaddr='@BROKER' protocol='tcp' srcportstart='53'/></rule>
+  <rule action='accept' direction='out' priority='300'><ip dstipaddr='@BROKER' protocol='tcp' dstportstart='$PORT[@1]'/></rule>
+  <rule action='accept' direction='in' priority='300'><ip srcipaddr='@BROKER' protocol='tcp' srcportstart='$PORT[@1]'/></rule>
   <rule action='drop' direction='inout' priority='1000'/>
 </filter>
-`, html.EscapeString(chainName))
+`, html.EscapeString(chainName)), "@BROKER", broker)
 	root = fmt.Sprintf(`<filter name='%s' chain='root'>
   <filterref filter='no-mac-spoofing'/>
   <filterref filter='no-ip-spoofing'/>

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
+	"net/netip"
 	"time"
 
 	"github.com/miekg/dns"
@@ -15,23 +15,24 @@ import (
 	"undervdi/server/accept"
 )
 
-// Listeners are the Guard's sockets on the gateway address.
+// Listeners are the Guard's sockets on one of its addresses.
 type Listeners struct {
 	dnsUDP                net.PacketConn
 	dnsTCP, http, tls, px net.Listener
 }
 
-// Listen opens the gateway's ports: DNS (UDP and TCP), 80, 443 and the
-// explicit proxy's. The guest network must be up: the address is its
-// bridge's. Ports under 1024 need CAP_NET_BIND_SERVICE (the unit grants it).
-func (g *Guard) Listen() (*Listeners, error) {
-	gw := g.cfg.Plan.Gateway().String()
-	at := func(port int) string { return net.JoinHostPort(gw, strconv.Itoa(port)) }
+// Listen opens the Guard's ports on addr, where clones reach the broker
+// (a plan's Broker): DNS (UDP and TCP), 80, 443 and the explicit proxy's.
+// The address must be up: a guest network's gateway once the network is
+// started, or the broker's backend address. Ports under 1024 need
+// CAP_NET_BIND_SERVICE (the unit grants it).
+func (g *Guard) Listen(addr netip.Addr) (*Listeners, error) {
+	at := func(port int) string { return netip.AddrPortFrom(addr, uint16(port)).String() }
 	var ls Listeners
 	var err error
 	fail := func(what string, err error) (*Listeners, error) {
 		ls.Close()
-		return nil, fmt.Errorf("guest network: listening for %s: %w", what, err)
+		return nil, fmt.Errorf("guest network: listening on %s for %s: %w", addr, what, err)
 	}
 	if ls.dnsUDP, err = net.ListenPacket("udp4", at(53)); err != nil {
 		return fail("DNS", err)
@@ -45,7 +46,7 @@ func (g *Guard) Listen() (*Listeners, error) {
 	if ls.tls, err = net.Listen("tcp4", at(PortHTTPS)); err != nil {
 		return fail("HTTPS", err)
 	}
-	if ls.px, err = net.Listen("tcp4", at(g.cfg.Plan.ProxyPort)); err != nil {
+	if ls.px, err = net.Listen("tcp4", at(g.cfg.Plans[0].ProxyPort)); err != nil {
 		return fail("the explicit proxy", err)
 	}
 	return &ls, nil

@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/dustin/go-humanize"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"undervdi/server/config"
@@ -63,6 +64,9 @@ type Env struct {
 	// Addrs lists the host's interface addresses by interface; nil: the
 	// host's own.
 	Addrs func() (map[string][]netip.Prefix, error)
+	// Route says through which router this machine sends to dst (invalid:
+	// directly, on a network it is on); nil: the kernel's routing table.
+	Route func(dst netip.Addr) (netip.Addr, error)
 }
 
 // Run runs every check for cfg, on each of its hosts. This machine's own
@@ -362,6 +366,7 @@ func (e Env) guestNetwork(cfg *config.Config, add func(string, string, string, s
 		add("guest network", Warn, "cannot list the host's addresses: "+err.Error(), "")
 		return
 	}
+	e.guestRoutes(cfg, ifaces, add)
 	var clash []string
 	for name, ps := range ifaces {
 		for _, p := range ps {
@@ -382,6 +387,72 @@ func (e Env) guestNetwork(cfg *config.Config, add func(string, string, string, s
 		add("guest network", Pass, fmt.Sprintf("%s on %s, gateway %s, %d allowed entries", plan.Network, plan.Subnet, plan.Gateway(),
 			len(cfg.Network.Allow)), "")
 	}
+}
+
+// guestRoutes: the clones of hosts other than this machine reach the
+// broker at network.broker_address, one of this machine's addresses, and
+// this machine sends its answers to each such host's guest_subnet through
+// that host (its spice_address), which routes it to its clones.
+func (e Env) guestRoutes(cfg *config.Config, ifaces map[string][]netip.Prefix, add func(string, string, string, string)) {
+	hosts := cfg.SiteHosts()
+	if !slices.ContainsFunc(hosts, config.Host.Remote) {
+		return
+	}
+	broker, _ := netip.ParseAddr(cfg.Network.BrokerAddress) // config.Validate checked it
+	mine := false
+	for _, ps := range ifaces {
+		mine = mine || slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Addr() == broker })
+	}
+	if mine {
+		add("guest network broker_address", Pass, fmt.Sprintf("%s is this machine's: other hosts' clones reach its DNS and proxies there", broker), "")
+	} else {
+		add("guest network broker_address", Fail, fmt.Sprintf("network.broker_address %s is no address of this machine: other hosts' clones reach nothing", broker),
+			"give this machine that address on the hosts' backend network, or set network.broker_address to the address it has there")
+	}
+	route := e.Route
+	if route == nil {
+		route = kernelRoute
+	}
+	for _, h := range hosts {
+		if !h.Remote() {
+			continue
+		}
+		plan, err := cfg.HostPlan(h)
+		if err != nil {
+			continue // config.Validate said why
+		}
+		check := "guest route " + h.Name
+		via, err := route(plan.Addr(0))
+		host, _ := netip.ParseAddr(h.SpiceAddress)
+		fix := fmt.Sprintf("route the host's guest subnet through it: ip route add %s via %s (NetworkManager: nmcli connection modify <the backend connection> +ipv4.routes \"%s %s\"); docs/hosts.md",
+			plan.Subnet, host, plan.Subnet, host)
+		switch {
+		case err != nil:
+			add(check, Fail, fmt.Sprintf("cannot tell how this machine reaches %s: %v", plan.Subnet, err), fix)
+		case via != host:
+			how := "directly"
+			if via.IsValid() {
+				how = "through " + via.String()
+			}
+			add(check, Fail, fmt.Sprintf("this machine sends to %s (%s's clones) %s, not through %s: the answers to their DNS and proxy requests go astray", plan.Subnet, h.Name, how, host), fix)
+		default:
+			add(check, Pass, fmt.Sprintf("%s (%s's clones) through %s", plan.Subnet, h.Name, host), "")
+		}
+	}
+}
+
+// kernelRoute asks the kernel's routing table which router dst goes
+// through.
+func kernelRoute(dst netip.Addr) (netip.Addr, error) {
+	routes, err := netlink.RouteGet(dst.AsSlice())
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if len(routes) == 0 {
+		return netip.Addr{}, fmt.Errorf("no route to %s", dst)
+	}
+	gw, _ := netip.AddrFromSlice(routes[0].Gw)
+	return gw.Unmap(), nil
 }
 
 func hostAddrs() (map[string][]netip.Prefix, error) {

@@ -259,3 +259,44 @@ func TestSeveralHosts(t *testing.T) {
 		t.Errorf("kvm1's storage is its own overlay_dir: %+v", r)
 	}
 }
+
+// TestGuestRoutes: with a host elsewhere on the isolated guest network, the
+// broker's backend address must be this machine's, and each such host's
+// guest subnet routed through that host.
+func TestGuestRoutes(t *testing.T) {
+	c := cfg(t)
+	c.Network.BrokerAddress = "192.0.2.10"
+	c.Gateway.HostsCA = "/etc/undervdi/hosts-ca.pem"
+	c.Hosts = []config.Host{
+		{Name: "kvm1", URI: "qemu:///system", MaxVMs: 4, Weight: 1},
+		{Name: "kvm2", URI: "qemu+tls://kvm2.backend/system", MaxVMs: 4, Weight: 1, SpiceAddress: "192.0.2.12", GuestSubnet: "10.213.2.0/24"},
+		{Name: "kvm3", URI: "qemu+tls://kvm3.backend/system", MaxVMs: 4, Weight: 1, SpiceAddress: "192.0.2.13", GuestSubnet: "10.213.3.0/24"},
+	}
+	e := env(t, host(t, "vmx", "1"))
+	var asked []string
+	e.Route = func(dst netip.Addr) (netip.Addr, error) {
+		asked = append(asked, dst.String())
+		if dst.String() == "10.213.2.10" {
+			return netip.MustParseAddr("192.0.2.12"), nil
+		}
+		return netip.MustParseAddr("192.0.2.1"), nil // the default route
+	}
+	v := verdicts(Run(context.Background(), c, e))
+	if r := v["guest network broker_address"]; r.Result != Pass {
+		t.Errorf("broker_address on eno1: %+v", r)
+	}
+	if r := v["guest route kvm2"]; r.Result != Pass || !strings.Contains(r.Detail, "10.213.2.0/24 (kvm2's clones) through 192.0.2.12") {
+		t.Errorf("kvm2 routed: %+v", r)
+	}
+	if r := v["guest route kvm3"]; r.Result != Fail || !strings.Contains(r.Detail, "through 192.0.2.1, not through 192.0.2.13") ||
+		!strings.Contains(r.Hint, "ip route add 10.213.3.0/24 via 192.0.2.13") {
+		t.Errorf("kvm3 through the default route: %+v", r)
+	}
+	if _, ok := v["guest route kvm1"]; ok || !slices.Equal(asked, []string{"10.213.2.10", "10.213.3.10"}) {
+		t.Errorf("routes asked for %v; want the other hosts' clones only", asked)
+	}
+	c.Network.BrokerAddress = "192.0.2.99"
+	if r := verdicts(Run(context.Background(), c, e))["guest network broker_address"]; r.Result != Fail || !strings.Contains(r.Detail, "no address of this machine") {
+		t.Errorf("broker_address elsewhere: %+v", r)
+	}
+}

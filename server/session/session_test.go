@@ -113,8 +113,13 @@ func (h *harness) dial(from string) *kiosk {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.t.Cleanup(func() { c.Close() })
-	k := &kiosk{t: h.t, c: c, msgs: make(chan *kioskproto.Message, 64)}
+	return newKiosk(h.t, c)
+}
+
+// newKiosk is a test client on c, which it closes when t ends.
+func newKiosk(t testing.TB, c net.Conn) *kiosk {
+	t.Cleanup(func() { c.Close() })
+	k := &kiosk{t: t, c: c, msgs: make(chan *kioskproto.Message, 64)}
 	go func() {
 		defer close(k.msgs)
 		for {
@@ -1301,18 +1306,7 @@ func TestTLSRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	k := &kiosk{t: t, c: c, msgs: make(chan *kioskproto.Message, 64)}
-	go func() {
-		defer close(k.msgs)
-		for {
-			m, err := kioskproto.ReadMessage(c)
-			if err != nil {
-				return
-			}
-			k.msgs <- m
-		}
-	}()
+	k := newKiosk(t, c)
 	oneRecord := func(msgs ...*kioskproto.Message) {
 		var b bytes.Buffer
 		for _, m := range msgs {

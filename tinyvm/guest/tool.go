@@ -2,9 +2,9 @@ package main
 
 // The guest's test tools: run with arguments (the host starts them through
 // the guest agent's guest-exec), the binary configures the network by DHCP,
-// fetches URLs, dials addresses, sets a default route, spoofs its
-// addresses, and writes and reads
-// its disk, printing one line of JSON. Tests use them to see the guest
+// (with the lease's router as the default route), fetches URLs, dials
+// addresses, sets a default route, spoofs its addresses, and writes and
+// reads its disk, printing one line of JSON. Tests use them to see the guest
 // network's filters and the disk encryption from inside a real guest.
 
 import (
@@ -157,7 +157,12 @@ func dhcp() (*lease, error) {
 		res.DNS = dns[0].String()
 	}
 	if r := ack.Router(); len(r) > 0 {
+		// A router in the lease is the default route, as a guest OS takes
+		// it: a host elsewhere routes its guest network to the broker.
 		res.Gateway = r[0].String()
+		if err := defaultRoute(res.Gateway); err != nil {
+			return nil, fmt.Errorf("default route from the lease: %w", err)
+		}
 	}
 	b, _ := json.Marshal(res)
 	return res, os.WriteFile(leaseFile, b, 0o644)
