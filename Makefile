@@ -63,17 +63,25 @@ unit:
 
 # fuzz runs every fuzz target (parsers and the live state machines: the
 # SPICE gateway, the signal port, the ads handler and mirror, the viewer's
-# file) for FUZZTIME each; make test runs each briefly. A failing input is
+# file) for FUZZTIME each; make test runs each briefly. Each package's test
+# binary is built once, instrumented, and run once per target from the
+# package's folder, with go test's own corpus cache, as `go test -fuzz`
+# would (which links the binary again for every target). A failing input is
 # kept in the package's testdata/fuzz, where go test then replays it.
 # Go 1.26's coordinator can fail a run at its -fuzztime deadline with a bare
 # "context deadline exceeded" and no input (go.dev/issue/75804, fixed in
 # 1.27): that one outcome is reported and passed; anything else fails.
 FUZZTIME ?= 1m
+FUZZBIN := $(CURDIR)/out/fuzz
 fuzz:
-	@for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+	@mkdir -p $(FUZZBIN); cache=$$(go env GOCACHE)/fuzz; \
+	for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+		path=$$(go list $$pkg) || exit 1; bin=$(FUZZBIN)/$$(echo $$path | tr / _).test; \
+		go test -c -fuzz=. -o $$bin $$pkg || exit 1; \
 		for target in $$(grep -h '^func Fuzz' $$pkg/*_test.go | sed 's/^func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
 			echo "fuzz $$pkg $$target ($(FUZZTIME))"; \
-			go test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg > /tmp/undervdi-fuzz.log 2>&1 && continue; \
+			(cd $$pkg && $$bin -test.run='^$$' -test.fuzz="^$$target\$$" -test.fuzztime=$(FUZZTIME) \
+				-test.fuzzcachedir=$$cache/$$path) > /tmp/undervdi-fuzz.log 2>&1 && continue; \
 			if grep -q 'context deadline exceeded' /tmp/undervdi-fuzz.log && \
 				! grep -qE 'Failing input written|panic:|_test.go:[0-9]+:' /tmp/undervdi-fuzz.log; then \
 				echo "  $$target: Go's fuzzer stopped at its deadline with no failing input (go.dev/issue/75804), not a finding"; \
@@ -86,9 +94,12 @@ fuzz:
 # Integration tests share one libvirtd, so packages run one at a time. (Two
 # lanes side by side, libvirt's and the QEMU-only packages', took 27 minutes
 # instead of 32 here, but the kiosk booted in QEMU then timed out linking its
-# viewer: three software-emulated guests on two cores.)
+# viewer: three software-emulated guests on two cores.) Only the packages
+# with integration tests run: the others' tests ran in unit already, with
+# the race detector.
+INTEGRATION_PKGS = $(shell grep -rl --include='*_test.go' '^//go:build integration' . | grep -v '^./third_party/' | xargs -n1 dirname | sort -u)
 integration:
-	go test -tags integration -count=1 -p 1 -timeout 30m $(GO_PKGS)
+	go test -tags integration -count=1 -p 1 -timeout 30m $(INTEGRATION_PKGS)
 
 # bench prints a table of the benchmarks. Those on real libvirt + QEMU boot
 # VMs, so they run few iterations, six times each (benchstat's minimum for a

@@ -50,6 +50,7 @@ func TestBoot(t *testing.T) {
 	for _, fw := range []string{"seabios", "ovmf"} {
 		for _, dev := range []string{"virtio", "usb"} {
 			t.Run(fw+"-"+dev, func(t *testing.T) {
+				t.Parallel() // each QEMU reads the image read-only
 				took, console := bootToBanner(t, img, fw, dev)
 				t.Logf("%s, %s: banner after %v", fw, dev, took.Round(100*time.Millisecond))
 				// The kernel prints the command line grub.cfg gave it.

@@ -53,6 +53,7 @@ func TestKioskBootsFromSDCard(t *testing.T) {
 		bus  string
 	}{{"seabios-virtio", false, "virtio"}, {"ovmf-usb", true, "usb"}} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // each QEMU reads the image read-only
 			dir := t.TempDir()
 			vm, err := kioskvm.Start(kioskvm.Options{Disk: img, DiskBus: tc.bus, UEFI: tc.uefi, Dir: dir})
 			if err != nil {

@@ -453,14 +453,16 @@ func TestProxy(t *testing.T) {
 	ns, clientNS := kioskNet(t, "192.168.77.2/24", 2)
 
 	// The site's own DHCP server, a plain dnsmasq, in a namespace of its
-	// own joined to the kiosk network's bridge.
+	// own joined to the kiosk network's bridge. It offers at once
+	// (--no-ping: dnsmasq otherwise pings an address for seconds before
+	// offering it, and the probes' clients are the only ones here).
 	siteNS := join(t, ns, "uvsite-", "vs0", "site0")
 	ip(t, "-n", siteNS, "addr", "add", "192.168.77.1/24", "dev", "site0")
 	ip(t, "-n", siteNS, "link", "set", "site0", "up")
 	leases := filepath.Join(t.TempDir(), "site.leases")
 	site := start(t, "site dnsmasq", inNS(context.Background(), siteNS, "dnsmasq", "--keep-in-foreground",
 		"--conf-file=/dev/null", "--port=0", "--interface=site0", "--bind-interfaces", "--pid-file=",
-		"--dhcp-range=192.168.77.100,192.168.77.199,255.255.255.0,1h", "--dhcp-leasefile="+leases,
+		"--dhcp-range=192.168.77.100,192.168.77.199,255.255.255.0,1h", "--dhcp-leasefile="+leases, "--no-ping",
 		"--log-facility=-", "--log-dhcp"))
 	site.waitFor(t, 10*time.Second, "DHCP, IP range")
 
@@ -663,9 +665,11 @@ func runProbe(req probeRequest, log *slog.Logger) (probeResult, error) {
 		} else if siteOffer == nil {
 			siteOffer = m
 		}
-		return false // listen until the deadline
+		// Both heard: done. A proxy that stays silent is heard out until
+		// the deadline.
+		return siteOffer != nil && proxyOffer != nil
 	})
-	if !errors.Is(err, context.DeadlineExceeded) {
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return res, fmt.Errorf("listening for offers: %v", err)
 	}
 	mu.Lock()

@@ -190,18 +190,46 @@ func claimSubnet(prefix string) (subnet, lock string, err error) {
 }
 
 // Close removes everything carrying the prefix: clone domains, the golden,
-// overlays, storage pools, files. It reconnects if libvirt was restarted.
+// overlays, storage pools, files. It reconnects if libvirt was restarted,
+// and starts over once if libvirtd went away while it removed (Debian's
+// libvirtd 9.0 crashes now and then under these tests; the supervisor
+// starts it again, as systemd would).
 func (b *Bed) Close() error {
 	if b.subnetLock != "" {
 		defer os.Remove(b.subnetLock)
 	}
-	l := b.L
+	lost, err := b.remove(b.L)
+	if err != nil && lost {
+		var again *libvirt.Libvirt
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+			if again, err = Connect(); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("libvirtd went away during the cleanup and did not come back: %w", err)
+		}
+		_, err = b.remove(again)
+	}
+	if rmErr := os.RemoveAll(b.Root); rmErr != nil {
+		err = errors.Join(err, rmErr)
+	}
+	return err
+}
+
+// remove removes the bed's libvirt objects through l, or a new connection
+// if l is closed, and closes the connection it used; lost says whether
+// that connection was lost before the end.
+func (b *Bed) remove(l *libvirt.Libvirt) (lost bool, err error) {
 	if !l.IsConnected() {
-		var err error
 		if l, err = Connect(); err != nil {
-			return err
+			return true, err
 		}
 	}
+	defer func() {
+		lost = !l.IsConnected()
+		l.Disconnect()
+	}()
 	var errs []string
 	doms, _, err := l.ConnectListAllDomains(1, 0)
 	if err != nil {
@@ -250,14 +278,10 @@ func (b *Bed) Close() error {
 			}
 		}
 	}
-	if err := os.RemoveAll(b.Root); err != nil {
-		errs = append(errs, err.Error())
-	}
-	l.Disconnect()
 	if len(errs) > 0 {
-		return fmt.Errorf("%s", strings.Join(errs, "; "))
+		return false, fmt.Errorf("%s", strings.Join(errs, "; "))
 	}
-	return nil
+	return false, nil
 }
 
 // IsClone reports whether a domain name is one of the bed's pool's clones
