@@ -94,12 +94,14 @@ fuzz:
 # Integration tests share one libvirtd, so packages run one at a time. (Two
 # lanes side by side, libvirt's and the QEMU-only packages', took 27 minutes
 # instead of 32 here, but the kiosk booted in QEMU then timed out linking its
-# viewer: three software-emulated guests on two cores.) Only the packages
-# with integration tests run: the others' tests ran in unit already, with
-# the race detector.
-INTEGRATION_PKGS = $(shell grep -rl --include='*_test.go' '^//go:build integration' . | grep -v '^./third_party/' | xargs -n1 dirname | sort -u)
+# viewer: three software-emulated guests on two cores.) Only the
+# integration tests run, in the packages that have them: the other tests
+# ran in unit already, with the race detector.
+INTEGRATION_FILES = $(shell grep -rl --include='*_test.go' '^//go:build integration' . | grep -v '^./third_party/')
+INTEGRATION_PKGS = $(shell echo $(INTEGRATION_FILES) | xargs -n1 dirname | sort -u)
+INTEGRATION_TESTS = $(shell sed -n 's/^func \(Test[A-Za-z0-9_]*\)(t \*testing\.T).*/\1/p' $(INTEGRATION_FILES) | sort -u | paste -sd'|')
 integration:
-	go test -tags integration -count=1 -p 1 -timeout 30m $(INTEGRATION_PKGS)
+	go test -tags integration -count=1 -p 1 -timeout 30m -run '^($(INTEGRATION_TESTS))$$' $(INTEGRATION_PKGS)
 
 # bench prints a table of the benchmarks. Those on real libvirt + QEMU boot
 # VMs, so they run few iterations, six times each (benchstat's minimum for a
