@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	rtrace "runtime/trace"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -350,7 +349,7 @@ func (k *kioskConn) offer(l *Lease, received time.Time) outMsg {
 	return outMsg{msg: kioskproto.NewOffer(kioskproto.Offer{
 		Lease: l.ID, Host: k.host, Port: k.m.cfg.GatewayPort, TLSPort: k.m.cfg.GatewayTLSPort, Ticket: l.ticket, Expires: l.Expires,
 		Viewer: k.m.cfg.Viewer, MaxSeconds: int(k.m.cfg.MaxSession / time.Second),
-	}), written: func() { rtrace.Log(context.Background(), "h", "written"); k.m.handoff(time.Since(received), false) }}
+	}), written: func() { k.m.handoff(time.Since(received), false) }}
 }
 
 // setFault records what the kiosk's heartbeat says about its own state: a
