@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"undervdi/internal/lockfree"
 	"undervdi/kioskproto"
 	"undervdi/server/domxml"
 	"undervdi/server/virt"
@@ -396,12 +397,7 @@ type told struct {
 // Take took from the shelf finds it offered: apply applies the claim first.
 func (p *Pool) tell(f func()) {
 	t := &told{f: f}
-	for {
-		t.next = p.told.Load()
-		if p.told.CompareAndSwap(t.next, t) {
-			break
-		}
-	}
+	lockfree.Push(&p.told, t, &t.next)
 	select {
 	case p.nudge <- struct{}{}:
 	default: // a nudge is pending: the loop takes this one with it

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"sync/atomic"
 	"time"
+
+	"undervdi/internal/lockfree"
 )
 
 // The shelf is how Take hands out a clean VM without waiting for the loop,
@@ -72,13 +74,7 @@ func (s *shelf) take(c Claim) (VM, bool) {
 		if h := st.head.Load(); int(h) <= i {
 			st.head.CompareAndSwap(h, int32(i+1)) // a hint: losing this race costs a later Take one look
 		}
-		for {
-			old := s.claims.Load()
-			e.next = old
-			if s.claims.CompareAndSwap(old, e) {
-				break
-			}
-		}
+		lockfree.Push(&s.claims, e, &e.next)
 		select {
 		case s.nudge <- struct{}{}:
 		default:

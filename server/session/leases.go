@@ -1,6 +1,10 @@
 package session
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"undervdi/internal/lockfree"
+)
 
 // leaseTable is the live leases, by id and by VM. Everything reads and
 // changes it under Manager.mu, through leasesLocked, but for one writer: a
@@ -20,15 +24,7 @@ func newLeaseTable() leaseTable {
 }
 
 // publish makes l known without m.mu.
-func (t *leaseTable) publish(l *Lease) {
-	for {
-		old := t.fresh.Load()
-		l.nextFresh = old
-		if t.fresh.CompareAndSwap(old, l) {
-			return
-		}
-	}
-}
+func (t *leaseTable) publish(l *Lease) { lockfree.Push(&t.fresh, l, &l.nextFresh) }
 
 // leasesLocked returns the table with every published lease taken in;
 // m.mu is held. A lease that ended before it was taken in (its timer fired
